@@ -1,0 +1,50 @@
+# MCP Host. `make up` runs the platform; `make test` runs the whole suite on real components.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+APT_PACKAGES := git podman runc docker-registry debootstrap apache2-utils
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+
+.PHONY: up test lint bench install system-deps clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## up: create .venv, install, and run the embedded platform (Temporal + UI, Postgres, API, worker)
+up: install
+	$(BIN)/mcphost up
+
+## system-deps: on Debian as root, the container engine, registry and image tooling the tests use
+system-deps:
+	@if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+	  missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  fi; \
+	else echo "not root on Debian: skipping apt packages ($(APT_PACKAGES)); tests needing them will skip"; fi
+
+## test: install what the tests need, start the real components, run the whole suite
+test: install system-deps
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+## lint: ruff (format check + lint) and mypy on the whole tree
+lint: install
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy .
+
+## bench: performance benchmarks (writes bench/results/*.json)
+bench: install system-deps
+	$(BIN)/python bench/deploy_latency.py
+	$(BIN)/python bench/build_push.py
+
+clean:
+	rm -rf $(VENV) .mcphost build *.egg-info

@@ -1,0 +1,317 @@
+"""Activities that record what happened in Postgres. Each is idempotent: safe to run twice."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import delete, func, select, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.build import ArtifactImage
+from core.db import DEPLOYMENTS_CHANNEL, ROUTES_CHANNEL
+from core.models import Deployment, DeploymentStep, Server, ServerLog
+
+TERMINAL = ("running", "failed", "stopped", "superseded")
+
+
+@dataclass
+class DeploymentPlan:
+    deployment_id: str
+    server_id: str
+    slug: str
+    seq: int
+    runtime: str
+    source_type: str
+
+
+@dataclass
+class RecordImage:
+    deployment_id: str
+    image: ArtifactImage
+
+
+@dataclass
+class StepRecord:
+    deployment_id: str
+    step: str
+    status: str  # started | succeeded | failed
+    message: str | None = None
+
+
+@dataclass
+class InstanceRecord:
+    runtime: str
+    ref: str
+    deployment_id: str
+    server_id: str
+    url: str
+
+
+@dataclass
+class ActivateInput:
+    deployment_id: str
+    instance: InstanceRecord
+    capabilities: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ActivateResult:
+    activated: bool
+    previous_deployment_id: str | None = None
+
+
+@dataclass
+class FinishInput:
+    deployment_id: str
+    status: str  # failed | superseded
+    error: str | None = None
+
+
+@dataclass
+class ServerRef:
+    server_id: str
+
+
+async def _notify_route(session: AsyncSession, slug: str) -> None:
+    """Tell every API process to drop its cached route; delivered when the transaction commits."""
+    await session.execute(text("SELECT pg_notify(:channel, :slug)"), {"channel": ROUTES_CHANNEL, "slug": slug})
+
+
+async def _notify_deployment(session: AsyncSession, deployment_id: uuid.UUID) -> None:
+    """Wake up whoever follows this deployment (SSE streams); delivered when the transaction commits."""
+    await session.execute(
+        text("SELECT pg_notify(:channel, :id)"), {"channel": DEPLOYMENTS_CHANNEL, "id": str(deployment_id)}
+    )
+
+
+class RecordActivities:
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+        self.sessionmaker = sessionmaker
+
+    async def _log(
+        self,
+        session: AsyncSession,
+        server_id: uuid.UUID,
+        deployment_id: uuid.UUID | None,
+        message: str,
+        level: str = "info",
+    ) -> None:
+        session.add(ServerLog(server_id=server_id, deployment_id=deployment_id, level=level, message=message))
+
+    @activity.defn(name="load_plan")
+    async def load_plan(self, deployment_id: str) -> DeploymentPlan:
+        async with self.sessionmaker() as session, session.begin():
+            row = (
+                await session.execute(
+                    select(Deployment, Server)
+                    .join(Server, Server.id == Deployment.server_id)
+                    .where(Deployment.id == uuid.UUID(deployment_id))
+                )
+            ).first()
+            if row is None:
+                raise ApplicationError(f"deployment {deployment_id} no longer exists", type="gone", non_retryable=True)
+            deployment, server = row
+            if deployment.status == "pending":
+                deployment.status = "deploying"
+                server.status = "deploying" if server.active_deployment_id is None else server.status
+            return DeploymentPlan(
+                deployment_id=deployment_id,
+                server_id=str(server.id),
+                slug=server.slug,
+                seq=deployment.seq,
+                runtime=deployment.runtime or "process",
+                source_type=str(deployment.spec["source"]["type"]),
+            )
+
+    @activity.defn(name="record_step")
+    async def record_step(self, record: StepRecord) -> None:
+        dep_id = uuid.UUID(record.deployment_id)
+        async with self.sessionmaker() as session, session.begin():
+            server_id = await session.scalar(select(Deployment.server_id).where(Deployment.id == dep_id))
+            if server_id is None:
+                return
+            finished = func.now() if record.status != "started" else None
+            stmt = insert(DeploymentStep).values(
+                deployment_id=dep_id,
+                step=record.step,
+                status=record.status,
+                message=record.message,
+                finished_at=finished,
+            )
+            # A retried "started" counts an attempt; a later status just updates the row.
+            attempts = DeploymentStep.attempts + 1 if record.status == "started" else DeploymentStep.attempts
+            stmt = stmt.on_conflict_do_update(
+                constraint="uq_deployment_steps_step",
+                set_={
+                    "status": record.status,
+                    "message": record.message,
+                    "finished_at": finished,
+                    "attempts": attempts,
+                },
+            )
+            await session.execute(stmt)
+            await session.execute(update(Deployment).where(Deployment.id == dep_id).values(step=record.step))
+            text_ = f"{record.step}: {record.status}" + (f" - {record.message}" if record.message else "")
+            await self._log(session, server_id, dep_id, text_, "error" if record.status == "failed" else "info")
+            await _notify_deployment(session, dep_id)
+
+    @activity.defn(name="record_image")
+    async def record_image(self, data: RecordImage) -> None:
+        """The image a git deployment runs: launch reads it from here (with the port and path inside it)."""
+        async with self.sessionmaker() as session, session.begin():
+            deployment = await session.get(Deployment, uuid.UUID(data.deployment_id), with_for_update=True)
+            if deployment is None:
+                raise ApplicationError("deployment no longer exists", type="gone", non_retryable=True)
+            image = data.image
+            deployment.artifact_id = uuid.UUID(image.artifact_id)
+            deployment.image_ref = image.image_ref
+            deployment.image_digest = image.digest
+            deployment.spec = {
+                **deployment.spec,
+                "built": {"image": image.image_ref, "port": image.port, "path": image.path},
+            }
+
+    @activity.defn(name="record_instance")
+    async def record_instance(self, instance: InstanceRecord) -> None:
+        async with self.sessionmaker() as session, session.begin():
+            await session.execute(
+                update(Deployment)
+                .where(Deployment.id == uuid.UUID(instance.deployment_id))
+                .values(
+                    instance={"runtime": instance.runtime, "ref": instance.ref, "url": instance.url},
+                    upstream_url=instance.url,
+                )
+            )
+
+    @activity.defn(name="activate")
+    async def activate(self, data: ActivateInput) -> ActivateResult:
+        """Point the gateway at this deployment, unless a newer one already serves (or a stop came after)."""
+        dep_id = uuid.UUID(data.deployment_id)
+        async with self.sessionmaker() as session, session.begin():
+            deployment = await session.get(Deployment, dep_id, with_for_update=True)
+            if deployment is None:
+                raise ApplicationError("deployment no longer exists", type="gone", non_retryable=True)
+            server = await session.get(Server, deployment.server_id, with_for_update=True)
+            assert server is not None
+            if server.active_deployment_id == dep_id:
+                return ActivateResult(activated=True)  # this step already ran
+            if server.active_seq >= deployment.seq:
+                return ActivateResult(activated=False)
+            previous = server.active_deployment_id
+            server.active_deployment_id = dep_id
+            server.active_seq = deployment.seq
+            server.status = "running"
+            server.capabilities = data.capabilities
+            # The deployment itself turns "running" in complete_deployment, once the earlier revision
+            # is retired and every step is recorded: a client that sees "running" sees a finished record.
+            deployment.upstream_url = data.instance.url
+            await self._log(session, server.id, dep_id, f"serving revision {deployment.seq}")
+            await _notify_route(session, server.slug)
+            return ActivateResult(activated=True, previous_deployment_id=str(previous) if previous else None)
+
+    @activity.defn(name="complete_deployment")
+    async def complete_deployment(self, deployment_id: str) -> str:
+        """The deployment's final status once its steps are done: ``running`` when the gateway still
+        serves it (earlier running revisions become ``stopped``), else ``superseded`` by a newer
+        revision or ``stopped`` by a stop that came meanwhile."""
+        dep_id = uuid.UUID(deployment_id)
+        async with self.sessionmaker() as session, session.begin():
+            deployment = await session.get(Deployment, dep_id, with_for_update=True)
+            if deployment is None:
+                raise ApplicationError("deployment no longer exists", type="gone", non_retryable=True)
+            if deployment.status in TERMINAL:
+                return deployment.status  # this step already ran
+            server = await session.get(Server, deployment.server_id, with_for_update=True)
+            assert server is not None
+            if server.active_deployment_id == dep_id:
+                status = "running"
+                await session.execute(
+                    update(Deployment)
+                    .where(
+                        Deployment.server_id == server.id,
+                        Deployment.status == "running",
+                        Deployment.seq < deployment.seq,
+                    )
+                    .values(status="stopped", finished_at=func.coalesce(Deployment.finished_at, func.now()))
+                )
+            else:
+                status = "stopped" if server.active_deployment_id is None else "superseded"
+                deployment.error = "a stop came first" if status == "stopped" else "a newer deployment took over"
+            deployment.status = status
+            deployment.finished_at = func.now()
+            await _notify_deployment(session, dep_id)
+            return status
+
+    @activity.defn(name="finish_deployment")
+    async def finish_deployment(self, data: FinishInput) -> None:
+        dep_id = uuid.UUID(data.deployment_id)
+        async with self.sessionmaker() as session, session.begin():
+            deployment = await session.get(Deployment, dep_id, with_for_update=True)
+            if deployment is None or deployment.status in TERMINAL:
+                return
+            deployment.status = data.status
+            deployment.error = data.error
+            deployment.finished_at = func.now()
+            server = await session.get(Server, deployment.server_id, with_for_update=True)
+            assert server is not None
+            if server.active_deployment_id is None and server.status == "deploying":
+                server.status = "failed" if data.status == "failed" else "stopped"
+            level = "error" if data.status == "failed" else "info"
+            await self._log(session, server.id, dep_id, f"deployment {data.status}: {data.error or ''}".strip(), level)
+            await _notify_deployment(session, dep_id)
+
+    @activity.defn(name="deactivate_server")
+    async def deactivate_server(self, data: ServerRef) -> None:
+        """Take the server off the gateway and stop any deployment still under way from taking it back."""
+        async with self.sessionmaker() as session, session.begin():
+            server = await session.get(Server, uuid.UUID(data.server_id), with_for_update=True)
+            if server is None:
+                return
+            server.active_deployment_id = None
+            server.active_seq = server.deploy_seq
+            if server.status != "deleting":
+                server.status = "stopping"
+            await session.execute(
+                update(Deployment)
+                .where(Deployment.server_id == server.id, Deployment.status == "running")
+                .values(status="stopped")
+            )
+            await self._log(session, server.id, None, "server stopped")
+            await _notify_route(session, server.slug)
+
+    @activity.defn(name="mark_server_stopped")
+    async def mark_server_stopped(self, data: ServerRef) -> None:
+        """Called once the instances are gone; a deploy started meanwhile keeps its own status."""
+        async with self.sessionmaker() as session, session.begin():
+            await session.execute(
+                update(Server)
+                .where(Server.id == uuid.UUID(data.server_id), Server.status == "stopping")
+                .values(status="stopped")
+            )
+
+    @activity.defn(name="delete_server_records")
+    async def delete_server_records(self, data: ServerRef) -> None:
+        async with self.sessionmaker() as session, session.begin():
+            slug = await session.scalar(select(Server.slug).where(Server.id == uuid.UUID(data.server_id)))
+            await session.execute(delete(Server).where(Server.id == uuid.UUID(data.server_id)))
+            if slug:
+                await _notify_route(session, slug)
+
+    def all(self) -> list[Any]:
+        return [
+            self.load_plan,
+            self.record_step,
+            self.record_image,
+            self.record_instance,
+            self.activate,
+            self.complete_deployment,
+            self.finish_deployment,
+            self.deactivate_server,
+            self.mark_server_stopped,
+            self.delete_server_records,
+        ]

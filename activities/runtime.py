@@ -1,0 +1,196 @@
+"""Activities that act on runtimes: prepare a source, launch, retire and stop instances.
+
+The deployment's spec (source and config env, which may hold secrets) is read from the database
+here rather than passed through workflow history, so secrets never enter Temporal's history.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.common import as_application_error, heartbeating, open_env
+from activities.records import InstanceRecord
+from core.crypto import EnvCipher
+from core.models import Deployment, Server
+from core.sources import GitSource, ImageSource, parse_source
+from runtimes.base import Executor, Instance, LaunchSpec, RuntimeFailure
+
+
+@dataclass
+class RetireInput:
+    server_id: str
+    keep_deployment_id: str | None = None
+    remove: bool = True
+
+
+@dataclass
+class RetireResult:
+    stopped_deployment_ids: list[str] = field(default_factory=list)
+
+
+def to_record(instance: Instance) -> InstanceRecord:
+    return InstanceRecord(
+        runtime=instance.runtime,
+        ref=instance.ref,
+        deployment_id=instance.deployment_id,
+        server_id=instance.server_id,
+        url=instance.url,
+    )
+
+
+def from_record(record: InstanceRecord) -> Instance:
+    return Instance(
+        runtime=record.runtime,
+        ref=record.ref,
+        deployment_id=record.deployment_id,
+        server_id=record.server_id,
+        url=record.url,
+    )
+
+
+class RuntimeActivities:
+    def __init__(
+        self, sessionmaker: async_sessionmaker[AsyncSession], executors: Mapping[str, Executor], cipher: EnvCipher
+    ) -> None:
+        self.sessionmaker = sessionmaker
+        self.executors = executors
+        self.cipher = cipher
+
+    def executor(self, name: str) -> Executor:
+        executor = self.executors.get(name)
+        if executor is None:
+            raise ApplicationError(
+                f"runtime {name!r} is not enabled on this worker (enabled: {', '.join(self.executors)})",
+                type="runtime_unavailable",
+                non_retryable=True,
+            )
+        return executor
+
+    async def _spec(self, deployment_id: str) -> tuple[Executor, LaunchSpec]:
+        async with self.sessionmaker() as session:
+            row = (
+                await session.execute(
+                    select(Deployment, Server.slug)
+                    .join(Server, Server.id == Deployment.server_id)
+                    .where(Deployment.id == uuid.UUID(deployment_id))
+                )
+            ).first()
+        if row is None:
+            raise ApplicationError(f"deployment {deployment_id} no longer exists", type="gone", non_retryable=True)
+        deployment, slug = row
+        source = parse_source(deployment.spec["source"])
+        if isinstance(source, GitSource):
+            # A git source runs the image its build produced (recorded by the build/push steps).
+            built = deployment.spec.get("built")
+            if not built:
+                raise ApplicationError("this git deployment has no built image yet", type="gone", non_retryable=True)
+            source = ImageSource(image=built["image"], port=built["port"], path=built["path"])
+        spec = LaunchSpec(
+            server_id=str(deployment.server_id),
+            deployment_id=deployment_id,
+            slug=slug,
+            source=source,
+            env=open_env(self.cipher, deployment.spec.get("env")),
+        )
+        return self.executor(deployment.runtime or "process"), spec
+
+    @activity.defn(name="prepare_source")
+    async def prepare_source(self, deployment_id: str) -> str:
+        executor, spec = await self._spec(deployment_id)
+        try:
+            return await heartbeating(executor.prepare(spec), "preparing")
+        except RuntimeFailure as exc:
+            raise as_application_error(exc) from None
+
+    @activity.defn(name="launch_instance")
+    async def launch_instance(self, deployment_id: str) -> InstanceRecord:
+        executor, spec = await self._spec(deployment_id)
+        try:
+            instance = await heartbeating(executor.launch(spec), "launching")
+        except RuntimeFailure as exc:
+            raise as_application_error(exc) from None
+        if not instance.url:
+            raise ApplicationError("the instance started but publishes no port", type="no_port")
+        return to_record(instance)
+
+    @activity.defn(name="retire_instances")
+    async def retire_instances(self, data: RetireInput) -> RetireResult:
+        """Stop (and remove) the server's instances that belong to earlier revisions, on every runtime.
+
+        With ``keep_deployment_id`` (a deploy retiring what it replaced), the instance of the revision
+        the gateway serves right now and those of newer revisions are kept too: a slow deploy that
+        finishes after a newer one has taken over must not stop the newer one. Without it (a stop or a
+        delete), everything goes.
+        """
+        protected = await self._protected(data) if data.keep_deployment_id else set()
+        stopped: list[str] = []
+        for executor in self.executors.values():
+            try:
+                instances = await heartbeating(executor.instances(data.server_id), "listing")
+                for instance in instances:
+                    if instance.deployment_id in protected:
+                        continue
+                    await heartbeating(
+                        executor.remove(instance) if data.remove else executor.stop(instance), "stopping"
+                    )
+                    stopped.append(instance.deployment_id)
+            except RuntimeFailure as exc:
+                raise as_application_error(exc) from None
+        return RetireResult(stopped_deployment_ids=sorted(set(stopped)))
+
+    async def _protected(self, data: RetireInput) -> set[str]:
+        assert data.keep_deployment_id is not None
+        protected = {data.keep_deployment_id}
+        async with self.sessionmaker() as session:
+            server = await session.get(Server, uuid.UUID(data.server_id))
+            keep = await session.get(Deployment, uuid.UUID(data.keep_deployment_id))
+            if server is not None and server.active_deployment_id is not None:
+                protected.add(str(server.active_deployment_id))
+            if keep is not None:
+                newer = await session.scalars(
+                    select(Deployment.id).where(Deployment.server_id == keep.server_id, Deployment.seq > keep.seq)
+                )
+                protected.update(str(dep_id) for dep_id in newer)
+        return protected
+
+    @activity.defn(name="remove_deployment_instance")
+    async def remove_deployment_instance(self, record: InstanceRecord) -> None:
+        executor = self.executor(record.runtime)
+        try:
+            await heartbeating(executor.remove(from_record(record)), "removing")
+        except RuntimeFailure as exc:
+            raise as_application_error(exc) from None
+
+    @activity.defn(name="remove_deployment_instances")
+    async def remove_deployment_instances(self, deployment_id: str) -> None:
+        """Clean up whatever a failed deployment left running, found by looking at the runtime."""
+        async with self.sessionmaker() as session:
+            deployment = await session.get(Deployment, uuid.UUID(deployment_id))
+        if deployment is None:
+            return
+        executor = self.executors.get(deployment.runtime or "process")
+        if executor is None:
+            return  # that runtime is not enabled here, so nothing of it can be running here either
+        try:
+            for instance in await executor.instances(str(deployment.server_id)):
+                if instance.deployment_id == deployment_id:
+                    await heartbeating(executor.remove(instance), "removing")
+        except RuntimeFailure as exc:
+            raise as_application_error(exc) from None
+
+    def all(self) -> list[Any]:
+        return [
+            self.prepare_source,
+            self.launch_instance,
+            self.retire_instances,
+            self.remove_deployment_instance,
+            self.remove_deployment_instances,
+        ]

@@ -1,0 +1,173 @@
+"""Dependencies shared by the routes: database session, Temporal client, the current user."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from temporalio.client import Client
+
+from api.events import DeploymentEvents
+from core import temporal
+from core.crypto import EnvCipher
+from core.errors import Forbidden, NotFound, Unauthorized, Unavailable
+from core.models import ApiToken, Deployment, RevokedSession, Server, User
+from core.security import USER_TOKEN_PREFIX, InvalidToken, decode_session_token, hash_token
+from core.settings import Settings
+from runtimes.base import Executor, Instance
+
+if TYPE_CHECKING:
+    from api.gateway import RouteTable
+    from api.usage import UsageRecorder
+
+SESSION_COOKIE = "mcphost_session"
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    routes: RouteTable
+    usage: UsageRecorder
+    executors: dict[str, Executor] = field(default_factory=dict)
+    cipher: EnvCipher | None = None
+    deployment_events: DeploymentEvents | None = None
+
+    @property
+    def env_cipher(self) -> EnvCipher:
+        if self.cipher is None:
+            self.cipher = self.settings.env_cipher()
+        return self.cipher
+
+    temporal_client: Client | None = None
+    _temporal_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def temporal(self) -> Client:
+        """The process's one Temporal client, connected on first use so the API can start before Temporal."""
+        if self.temporal_client is not None:
+            return self.temporal_client
+        async with self._temporal_lock:
+            if self.temporal_client is None:
+                try:
+                    self.temporal_client = await asyncio.wait_for(temporal.connect(self.settings), timeout=5)
+                except Exception as exc:
+                    raise Unavailable(f"Temporal is not reachable at {self.settings.temporal_address}: {exc}") from None
+            return self.temporal_client
+
+    async def runtime_log_tail(self, deployment: Deployment, tail: int) -> list[str]:
+        """Read-only look at an instance's output; empty when this host cannot see that runtime."""
+        executor = self.executors.get(deployment.runtime or "process")
+        if executor is None or not deployment.instance:
+            return []
+        instance = Instance(
+            runtime=deployment.instance.get("runtime", ""),
+            ref=deployment.instance.get("ref", ""),
+            deployment_id=str(deployment.id),
+            server_id=str(deployment.server_id),
+            url=deployment.instance.get("url", ""),
+        )
+        try:
+            return await executor.logs(instance, tail)
+        except Exception:
+            return []
+
+
+def get_state(request: Request) -> AppState:
+    return request.app.state.mcphost  # type: ignore[no-any-return]
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+
+async def get_session(state: StateDep) -> AsyncIterator[AsyncSession]:
+    async with state.sessionmaker() as session:
+        yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+
+
+async def get_temporal(state: StateDep) -> Client:
+    return await state.temporal()
+
+
+TemporalDep = Annotated[Client, Depends(get_temporal)]
+
+
+def bearer_token(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+async def get_current_user(request: Request, state: StateDep, session: SessionDep) -> User:
+    token = bearer_token(request) or request.cookies.get(SESSION_COOKIE)
+    if not token:
+        raise Unauthorized("authentication required: log in, or send 'Authorization: Bearer <token>'")
+    now = datetime.now(UTC)
+    if token.startswith(USER_TOKEN_PREFIX):
+        api_token = await session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(token)))
+        if api_token is None or (api_token.expires_at is not None and api_token.expires_at <= now):
+            raise Unauthorized("invalid or expired API token")
+        user = await session.get(User, api_token.user_id)
+        if user is None:
+            raise Unauthorized("invalid or expired API token")
+        await session.execute(update(ApiToken).where(ApiToken.id == api_token.id).values(last_used_at=now))
+        await session.commit()
+        request.state.session_jti = None
+        return user
+    settings = state.settings
+    try:
+        claims = decode_session_token(
+            token,
+            secret=settings.jwt_secret.get_secret_value(),
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+        )
+    except InvalidToken:
+        raise Unauthorized("invalid or expired session; log in again") from None
+    if await session.get(RevokedSession, claims.jti) is not None:
+        raise Unauthorized("this session has been logged out; log in again")
+    user = await session.get(User, claims.user_id)
+    if user is None:
+        raise Unauthorized("invalid or expired session; log in again")
+    request.state.session_jti = claims.jti
+    request.state.session_expires = claims.expires_at
+    # End the read transaction so routes can open their own with `session.begin()`.
+    await session.commit()
+    return user
+
+
+CurrentUser = Annotated[User, Depends(get_current_user)]
+
+
+async def get_admin(user: CurrentUser) -> User:
+    if user.role != "admin":
+        raise Forbidden("administrator role required")
+    return user
+
+
+AdminUser = Annotated[User, Depends(get_admin)]
+
+
+async def load_server(session: AsyncSession, user: User, server_id: uuid.UUID, *, lock: bool = False) -> Server:
+    """The server if the user may see it. Another user's server is reported as not found."""
+    stmt = select(Server).where(Server.id == server_id)
+    if user.role != "admin":
+        stmt = stmt.where(Server.owner_id == user.id)
+    if lock:
+        stmt = stmt.with_for_update()
+    server = await session.scalar(stmt)
+    if server is None:
+        raise NotFound(f"server {server_id} not found")
+    return server

@@ -1,0 +1,145 @@
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from fastapi import APIRouter, Request, Response, status
+from sqlalchemy import delete, func, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import IntegrityError
+
+from api.deps import SESSION_COOKIE, CurrentUser, SessionDep, StateDep
+from api.schemas import (
+    Credentials,
+    ListOf,
+    Registration,
+    SessionToken,
+    TokenCreate,
+    TokenCreated,
+    TokenPublic,
+    UserPublic,
+)
+from core.errors import Conflict, Forbidden, NotFound, Unauthorized
+from core.models import ApiToken, RevokedSession, User
+from core.security import (
+    USER_TOKEN_PREFIX,
+    display_prefix,
+    generate_secret_token,
+    hash_password,
+    hash_token,
+    issue_session_token,
+    password_needs_rehash,
+    verify_password,
+)
+
+router = APIRouter(prefix="/api", tags=["accounts"])
+
+
+@router.post("/register", status_code=status.HTTP_201_CREATED, response_model=UserPublic)
+async def register(body: Registration, state: StateDep, session: SessionDep) -> User:
+    """Create an account. The first account on a new installation becomes its administrator."""
+    email = body.email.lower()
+    password_hash = hash_password(body.password)
+    async with session.begin():
+        # Serialise registrations so exactly one first user becomes admin.
+        await session.execute(select(func.pg_advisory_xact_lock(0x6D6370)))
+        existing = await session.scalar(select(func.count()).select_from(User))
+        if existing and not state.settings.allow_registration:
+            raise Forbidden("registration is closed on this installation; ask an administrator")
+        if await session.scalar(select(User.id).where(User.email == email)):
+            raise Conflict("an account with this email already exists")
+        user = User(
+            email=email,
+            password_hash=password_hash,
+            role="user" if existing else "admin",
+            server_quota=state.settings.default_server_quota,
+        )
+        session.add(user)
+    return user
+
+
+@router.post("/login", response_model=SessionToken)
+async def login(body: Credentials, response: Response, state: StateDep, session: SessionDep) -> SessionToken:
+    """Exchange email and password for a session: an HttpOnly cookie and the same token as a bearer token."""
+    user = await session.scalar(select(User).where(User.email == body.email.lower()))
+    if not verify_password(body.password, user.password_hash if user else None) or user is None:
+        raise Unauthorized("invalid email or password")
+    if password_needs_rehash(user.password_hash):
+        user.password_hash = hash_password(body.password)
+        await session.commit()
+    settings = state.settings
+    token, claims = issue_session_token(
+        user.id,
+        secret=settings.jwt_secret.get_secret_value(),
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        ttl_seconds=settings.jwt_ttl_seconds,
+    )
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=settings.jwt_ttl_seconds,
+        httponly=True,
+        samesite="strict",
+        secure=settings.cookie_secure,
+        path="/",
+    )
+    return SessionToken(access_token=token, expires_at=claims.expires_at)
+
+
+@router.post("/logout", status_code=status.HTTP_204_NO_CONTENT)
+async def logout(request: Request, user: CurrentUser, session: SessionDep) -> Response:
+    """End this session: the token stops working even before it expires. API tokens are deleted instead."""
+    jti = getattr(request.state, "session_jti", None)
+    if jti:
+        await session.execute(
+            insert(RevokedSession).values(jti=jti, expires_at=request.state.session_expires).on_conflict_do_nothing()
+        )
+        await session.execute(delete(RevokedSession).where(RevokedSession.expires_at < func.now()))
+        await session.commit()
+    response = Response(status_code=status.HTTP_204_NO_CONTENT)
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+    return response
+
+
+@router.get("/me", response_model=UserPublic)
+async def me(user: CurrentUser) -> User:
+    return user
+
+
+@router.post("/tokens", status_code=status.HTTP_201_CREATED, response_model=TokenCreated)
+async def create_token(body: TokenCreate, user: CurrentUser, session: SessionDep) -> TokenCreated:
+    """A personal API token for the CLI and CI. It is shown once; only its hash is stored."""
+    token = generate_secret_token(USER_TOKEN_PREFIX)
+    expires = datetime.now(UTC) + timedelta(days=body.expires_in_days) if body.expires_in_days else None
+    row = ApiToken(
+        user_id=user.id,
+        name=body.name,
+        token_hash=hash_token(token),
+        prefix=display_prefix(token),
+        expires_at=expires,
+    )
+    session.add(row)
+    try:
+        await session.commit()
+    except IntegrityError:
+        raise Conflict("token collision; try again") from None
+    await session.refresh(row)
+    return TokenCreated(**TokenPublic.model_validate(row).model_dump(), token=token)
+
+
+@router.get("/tokens", response_model=ListOf[TokenPublic])
+async def list_tokens(user: CurrentUser, session: SessionDep) -> ListOf[TokenPublic]:
+    rows = (
+        await session.scalars(select(ApiToken).where(ApiToken.user_id == user.id).order_by(ApiToken.created_at))
+    ).all()
+    return ListOf[TokenPublic](count=len(rows), data=[TokenPublic.model_validate(r) for r in rows])
+
+
+@router.delete("/tokens/{token_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_token(token_id: uuid.UUID, user: CurrentUser, session: SessionDep) -> Response:
+    result = await session.execute(delete(ApiToken).where(ApiToken.id == token_id, ApiToken.user_id == user.id))
+    if result.rowcount == 0:  # type: ignore[attr-defined]
+        raise NotFound(f"token {token_id} not found")
+    await session.commit()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,262 @@
+"""Request and response bodies. Secrets appear only in the *Created bodies, once."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
+
+from core.sources import ServerSource, validate_env
+
+T = TypeVar("T")
+SLUG_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+class ListOf(BaseModel, Generic[T]):
+    count: int
+    data: list[T]
+
+
+class Message(BaseModel):
+    detail: str
+
+
+# ---- accounts ----------------------------------------------------------------------------------
+
+
+class Credentials(BaseModel):
+    email: EmailStr
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class Registration(BaseModel):
+    email: EmailStr
+    password: str = Field(min_length=12, max_length=1024, description="At least 12 characters")
+
+
+class UserPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    email: str
+    role: str
+    server_quota: int
+    created_at: datetime
+
+
+class SessionToken(BaseModel):
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_at: datetime
+
+
+class TokenCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=100)
+    expires_in_days: int | None = Field(default=None, ge=1, le=3650)
+
+
+class TokenPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    name: str
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None
+    expires_at: datetime | None
+
+
+class TokenCreated(TokenPublic):
+    token: str = Field(description="Shown only once; store it now")
+
+
+# ---- servers -----------------------------------------------------------------------------------
+
+
+def _check_slug(value: str | None) -> str | None:
+    if value is not None and not SLUG_PATTERN.match(value):
+        raise ValueError(
+            "slug must be 1-63 characters of lowercase letters, digits and '-', starting and ending with a "
+            "letter or digit"
+        )
+    return value
+
+
+def _check_name(value: str | None) -> str | None:
+    if value is not None:
+        value = value.strip()
+        if not value or any(ord(c) < 32 for c in value):
+            raise ValueError("name must be non-empty printable text")
+    return value
+
+
+class ServerCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100)
+    slug: str | None = Field(default=None, description="URL name under /mcp/; derived from the name if omitted")
+    source: ServerSource
+    env: dict[str, str] = Field(default_factory=dict, description="Environment variables for the server")
+    runtime: Literal["process", "docker", "kubernetes", "virtual-machine"] | None = None
+
+    _slug = field_validator("slug")(classmethod(lambda cls, v: _check_slug(v)))
+    _name = field_validator("name")(classmethod(lambda cls, v: _check_name(v)))
+    _env = field_validator("env")(classmethod(lambda cls, v: validate_env(v)))
+
+
+class ServerUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, min_length=1, max_length=100)
+    source: ServerSource | None = None
+    env: dict[str, str] | None = None
+    runtime: Literal["process", "docker", "kubernetes", "virtual-machine"] | None = None
+
+    _name = field_validator("name")(classmethod(lambda cls, v: _check_name(v)))
+    _env = field_validator("env")(classmethod(lambda cls, v: validate_env(v) if v is not None else v))
+
+
+class ServerPublic(BaseModel):
+    id: uuid.UUID
+    owner_id: uuid.UUID
+    name: str
+    slug: str
+    source: dict[str, Any]
+    runtime: str | None
+    env_keys: list[str] = Field(description="Names of configured variables; values are never returned")
+    status: str
+    api_key_prefix: str
+    active_deployment_id: uuid.UUID | None
+    gateway_url: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class ServerCreated(ServerPublic):
+    api_key: str = Field(description="Shown only once: the key MCP clients send to the gateway")
+    webhook_secret: str = Field(description="Shown only once: HMAC key for signed redeploy webhooks")
+
+
+class ApiKeyRotated(BaseModel):
+    api_key: str
+    api_key_prefix: str
+
+
+class Capabilities(BaseModel):
+    server_id: uuid.UUID
+    deployment_id: uuid.UUID | None
+    protocol_version: str | None = None
+    server_name: str | None = None
+    tools: list[dict[str, Any]] = Field(default_factory=list)
+    prompts: list[dict[str, Any]] = Field(default_factory=list)
+    resources: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class ClientConfig(BaseModel):
+    url: str
+    transport: Literal["streamable-http"] = "streamable-http"
+    headers: dict[str, str]
+    mcpServers: dict[str, Any]  # noqa: N815 - the key clients expect in their config files
+
+
+class WorkflowStarted(BaseModel):
+    workflow_id: str
+    status: str
+
+
+class LogLine(BaseModel):
+    source: Literal["platform", "runtime"]
+    level: str
+    message: str
+    created_at: datetime | None = None
+    deployment_id: uuid.UUID | None = None
+
+
+# ---- deployments -------------------------------------------------------------------------------
+
+
+class DeploymentAccepted(BaseModel):
+    deployment_id: uuid.UUID
+    workflow_id: str
+    status: str
+    seq: int
+
+
+class StepPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    step: str
+    status: str
+    message: str | None
+    attempts: int
+    started_at: datetime
+    finished_at: datetime | None
+
+
+class LiveProgress(BaseModel):
+    step: str | None
+    status: str
+
+
+class DeploymentPublic(BaseModel):
+    id: uuid.UUID
+    server_id: uuid.UUID
+    seq: int
+    workflow_id: str
+    status: str
+    step: str | None
+    runtime: str | None
+    error: str | None
+    created_at: datetime
+    finished_at: datetime | None
+    revision: str | None = Field(default=None, description="Git sources: the commit this deployment built")
+    image_ref: str | None = Field(default=None, description="Git sources: the image it runs (registry digest)")
+    image_digest: str | None = None
+    artifact_id: uuid.UUID | None = None
+
+
+class DeploymentDetail(DeploymentPublic):
+    steps: list[StepPublic]
+    live: LiveProgress | None = Field(default=None, description="The workflow's own view, when it answers")
+
+
+class ArtifactPlatformPublic(BaseModel):
+    platform: str
+    image_id: str | None
+    local_image: str | None
+    manifest_digest: str | None
+    build_seconds: float | None
+    push_seconds: float | None
+    pruned_at: datetime | None
+
+
+class ArtifactPublic(BaseModel):
+    id: uuid.UUID
+    server_id: uuid.UUID
+    deployment_id: uuid.UUID | None
+    status: str = Field(description="building | built | pushed | failed")
+    source_repo: str
+    source_branch: str | None
+    source_revision: str
+    subdirectory: str | None
+    recipe: dict[str, Any]
+    local_image: str | None
+    registry_image: str | None
+    manifest_tag: str | None
+    manifest_digest: str | None
+    credential_outcomes: dict[str, Any]
+    timings: dict[str, Any]
+    error: str | None
+    created_at: datetime
+    finished_at: datetime | None
+    platforms: list[ArtifactPlatformPublic]
+
+
+class MetricEvent(BaseModel):
+    id: int
+    event: str
+    details: dict[str, Any]
+    created_at: datetime

@@ -1,0 +1,68 @@
+"""Starting platform workflows from the API: business ids, conflict policies, search attributes."""
+
+from __future__ import annotations
+
+import uuid
+
+from temporalio.client import Client
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError
+
+from core import temporal
+from core.errors import Unavailable
+from core.settings import Settings
+from workflows.deploy import DeployInput
+from workflows.server_lifecycle import ServerInput
+
+SERVER_WORKFLOW_PREFIX = {"StopServerWorkflow": "stop", "DeleteServerWorkflow": "delete"}
+
+
+def deploy_workflow_id(server_id: uuid.UUID, seq: int) -> str:
+    return f"deploy-{server_id}-{seq}"
+
+
+async def start_deploy(
+    client: Client, settings: Settings, *, server_id: uuid.UUID, deployment_id: uuid.UUID, workflow_id: str
+) -> None:
+    """Start the deployment's workflow; a retried start of the same deployment joins the existing run."""
+    try:
+        await client.start_workflow(
+            "DeployWorkflow",
+            DeployInput(
+                deployment_id=str(deployment_id),
+                server_id=str(server_id),
+                health_timeout_seconds=settings.health_check_timeout_seconds,
+                install_timeout_seconds=settings.package_install_timeout_seconds,
+            ),
+            id=workflow_id,
+            task_queue=settings.temporal_task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(temporal.SERVER_ID, str(server_id)),
+                    SearchAttributePair(temporal.DEPLOYMENT_ID, str(deployment_id)),
+                ]
+            ),
+        )
+    except WorkflowAlreadyStartedError:
+        pass  # it ran already and closed: that run is this deployment's
+    except RPCError as exc:
+        raise Unavailable(f"could not start the deployment workflow: {exc.message}") from None
+
+
+async def start_server_workflow(client: Client, settings: Settings, workflow: str, server_id: uuid.UUID) -> str:
+    """Start a stop/delete workflow. While one runs, asking again returns the same run."""
+    workflow_id = f"{SERVER_WORKFLOW_PREFIX[workflow]}-{server_id}"
+    try:
+        await client.start_workflow(
+            workflow,
+            ServerInput(server_id=str(server_id)),
+            id=workflow_id,
+            task_queue=settings.temporal_task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            search_attributes=TypedSearchAttributes([SearchAttributePair(temporal.SERVER_ID, str(server_id))]),
+        )
+    except RPCError as exc:
+        raise Unavailable(f"could not start {workflow}: {exc.message}") from None
+    return workflow_id

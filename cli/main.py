@@ -1,0 +1,481 @@
+"""The `mcphost` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+app = typer.Typer(
+    help="MCP Host: build, deploy, serve and govern MCP servers.", no_args_is_help=True, add_completion=False
+)
+servers_app = typer.Typer(help="Create, list, show and delete servers.", no_args_is_help=True)
+app.add_typer(servers_app, name="servers")
+console = Console()
+err = Console(stderr=True)
+
+TERMINAL = ("running", "failed", "superseded", "stopped")
+
+
+# ---- platform processes --------------------------------------------------------------------------
+
+
+@app.command()
+def up(
+    state_dir: Path = typer.Option(Path(".mcphost"), envvar="STATE_DIR", help="Where data, logs and envs live"),
+    bind_address: str = typer.Option("127.0.0.1", envvar="BIND_ADDRESS", help="API listen address"),
+    bind_port: int = typer.Option(3000, envvar="BIND_PORT", help="API listen port"),
+    temporal_port: int = typer.Option(7233, help="Port of the embedded Temporal dev server"),
+    ui_port: int = typer.Option(8233, help="Port of the Temporal Web UI"),
+) -> None:
+    """Run the whole platform on this machine: Temporal (with Web UI), Postgres, migrations, API, worker."""
+    from cli.up import run_stack
+
+    raise typer.Exit(
+        run_stack(
+            state_dir=state_dir.resolve(),
+            bind_address=bind_address,
+            bind_port=bind_port,
+            temporal_port=temporal_port,
+            ui_port=ui_port,
+        )
+    )
+
+
+@app.command()
+def migrate() -> None:
+    """Apply database migrations (Alembic) to DATABASE_URL."""
+    from core.migrate import upgrade
+    from core.settings import load_settings_or_exit
+
+    settings = load_settings_or_exit()
+    try:
+        upgrade(settings.database_url)
+    except Exception as exc:
+        err.print(f"[red]migration failed:[/] {exc}")
+        raise typer.Exit(1) from None
+    err.print("database schema is up to date")
+
+
+secrets_app = typer.Typer(help="Sealed server config env: rotate the key, seal env written in clear.")
+app.add_typer(secrets_app, name="secrets")
+
+
+@secrets_app.command("reseal")
+def secrets_reseal() -> None:
+    """Re-encrypt every stored config env with the first SECRETS_KEY (after adding a new key first)."""
+    import asyncio
+
+    from core.crypto import SecretsKeyError, reseal_all
+    from core.settings import load_settings_or_exit
+
+    settings = load_settings_or_exit()
+    try:
+        servers, deployments = asyncio.run(reseal_all(settings.database_url, settings.env_cipher()))
+    except SecretsKeyError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    err.print(f"resealed the env of {servers} server(s) and {deployments} deployment(s)")
+
+
+@app.command()
+def api(
+    migrate_first: bool = typer.Option(True, "--migrate/--no-migrate", help="Apply migrations before serving"),
+) -> None:
+    """Serve the HTTP API and MCP gateway on BIND_ADDRESS:BIND_PORT."""
+    import uvicorn
+
+    from api.app import create_app
+    from core.migrate import upgrade
+    from core.settings import load_settings_or_exit
+
+    settings = load_settings_or_exit()
+    if migrate_first:
+        try:
+            upgrade(settings.database_url)
+        except Exception as exc:
+            if not settings.allow_migration_failure:
+                err.print(
+                    f"[red]migration failed, not starting:[/] {exc}\n(ALLOW_MIGRATION_FAILURE=true starts anyway)"
+                )
+                raise typer.Exit(1) from None
+            err.print(f"[yellow]migration failed, starting anyway (ALLOW_MIGRATION_FAILURE):[/] {exc}")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.bind_address,
+        port=settings.bind_port,
+        log_level="info",
+        proxy_headers=False,
+    )
+
+
+@app.command()
+def worker() -> None:
+    """Run a Temporal worker for the platform's workflows and activities."""
+    from worker.main import main as worker_main
+
+    worker_main()
+
+
+# ---- API client ----------------------------------------------------------------------------------
+
+
+def config_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "mcphost" / "config.json"
+
+
+def load_config() -> dict[str, Any]:
+    path = config_path()
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def save_config(data: dict[str, Any]) -> None:
+    path = config_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2)
+
+
+class Api:
+    def __init__(self, url: str | None = None, token: str | None = None) -> None:
+        config = load_config()
+        self.url = (url or os.environ.get("MCPHOST_URL") or config.get("url") or "http://127.0.0.1:3000").rstrip("/")
+        self.token = token or os.environ.get("MCPHOST_TOKEN") or config.get("token")
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=30.0)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            err.print(f"[red]cannot reach MCP Host at {self.url}:[/] {exc}\nIs it running? (make up)")
+            raise typer.Exit(2) from None
+        if response.status_code == 401:
+            err.print("[red]not logged in or session expired:[/] run `mcphost login`")
+            raise typer.Exit(2)
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail")
+            except ValueError:
+                detail = response.text
+            if isinstance(detail, list):
+                detail = "; ".join(f"{'.'.join(str(p) for p in d.get('loc', [])[1:])}: {d.get('msg')}" for d in detail)
+            err.print(f"[red]error {response.status_code}:[/] {detail}")
+            raise typer.Exit(1)
+        return response.json() if response.content else None
+
+    def resolve_server(self, ref: str) -> dict[str, Any]:
+        """A server by id, slug or name."""
+        servers = self.request("GET", "/api/servers")["data"]
+        for server in servers:
+            if ref in (server["id"], server["slug"], server["name"]):
+                return server  # type: ignore[no-any-return]
+        err.print(f"[red]no server {ref!r}[/] (see `mcphost servers list`)")
+        raise typer.Exit(1)
+
+
+@app.command()
+def login(
+    email: str = typer.Option(..., prompt=True),
+    password: str = typer.Option(..., prompt=True, hide_input=True),
+    url: str = typer.Option(None, envvar="MCPHOST_URL", help="API base URL (default http://127.0.0.1:3000)"),
+) -> None:
+    """Log in and keep a personal API token for the CLI in ~/.config/mcphost/config.json."""
+    client = Api(url=url, token="")
+    session = client.request("POST", "/api/login", json={"email": email, "password": password})
+    authed = Api(url=client.url, token=session["access_token"])
+    token = authed.request("POST", "/api/tokens", json={"name": f"cli on {socket.gethostname()}"[:100]})
+    save_config({"url": client.url, "token": token["token"]})
+    console.print(f"logged in to {client.url} as {email}")
+
+
+@app.command()
+def register(
+    email: str = typer.Option(..., prompt=True),
+    password: str = typer.Option(..., prompt=True, hide_input=True, confirmation_prompt=True),
+    url: str = typer.Option(None, envvar="MCPHOST_URL"),
+) -> None:
+    """Create an account (the first one on an installation is its administrator), then log in."""
+    client = Api(url=url, token="")
+    user = client.request("POST", "/api/register", json={"email": email, "password": password})
+    console.print(f"account created: {user['email']} ({user['role']})")
+    login(email=email, password=password, url=client.url)
+
+
+def _source_from_options(
+    package: str | None,
+    registry: str,
+    version: str | None,
+    image: str | None,
+    port: int | None,
+    command: str | None,
+    args: list[str],
+    transport: str,
+    entrypoint: str | None,
+    git: str | None = None,
+    branch: str | None = None,
+    ref: str | None = None,
+    subdirectory: str | None = None,
+) -> dict[str, Any]:
+    chosen = [x for x in (package, image, command, git) if x]
+    if len(chosen) != 1:
+        err.print("[red]give exactly one of --package, --image, --command or --git[/]")
+        raise typer.Exit(2)
+    if package:
+        source: dict[str, Any] = {
+            "type": "package",
+            "registry": registry,
+            "package": package,
+            "args": args,
+            "transport": transport,
+        }
+        if version:
+            source["version"] = version
+        if entrypoint:
+            source["command"] = entrypoint
+        return source
+    if image:
+        return {"type": "image", "image": image, "port": port or 8080}
+    if git:
+        source = {"type": "git", "repo_url": git}
+        for key, value in (("branch", branch), ("ref", ref), ("subdirectory", subdirectory), ("port", port)):
+            if value:
+                source[key] = value
+        return source
+    return {"type": "command", "command": command, "args": args, "transport": transport}
+
+
+@servers_app.command("create")
+def servers_create(
+    name: str = typer.Argument(..., help="Server name"),
+    package: str = typer.Option(None, help="PyPI or npm package of the MCP server"),
+    registry: str = typer.Option("pypi", help="pypi or npm"),
+    version: str = typer.Option(None, help="Exact package version"),
+    entrypoint: str = typer.Option(None, help="Console script to run (when the package has several)"),
+    image: str = typer.Option(None, help="OCI image serving MCP over streamable HTTP"),
+    port: int = typer.Option(None, help="Container port (image: default 8080; git: EXPOSE or 8000)"),
+    git: str = typer.Option(None, help="git repository to build (https://...)"),
+    branch: str = typer.Option(None, help="git branch or tag (default: the default branch)"),
+    ref: str = typer.Option(None, help="exact git commit to build"),
+    subdirectory: str = typer.Option(None, help="folder of the repository holding the server"),
+    command: str = typer.Option(None, help="Executable on the worker host (administrators only)"),
+    arg: list[str] = typer.Option([], help="Argument for the server (repeatable)"),
+    transport: str = typer.Option("stdio", help="stdio (bridged) or http"),
+    env: list[str] = typer.Option([], help="KEY=VALUE for the server's environment (repeatable)"),
+    slug: str = typer.Option(None, help="URL name under /mcp/ (default: from the name)"),
+    runtime: str = typer.Option(None, help="process or docker (default: chosen from the source)"),
+) -> None:
+    """Register a server. Prints its API key once: store it."""
+    env_map: dict[str, str] = {}
+    for item in env:
+        key, sep, value = item.partition("=")
+        if not sep:
+            err.print(f"[red]--env {item!r} must be KEY=VALUE[/]")
+            raise typer.Exit(2)
+        env_map[key] = value
+    body: dict[str, Any] = {
+        "name": name,
+        "source": _source_from_options(
+            package, registry, version, image, port, command, arg, transport, entrypoint, git, branch, ref, subdirectory
+        ),
+        "env": env_map,
+    }
+    if slug:
+        body["slug"] = slug
+    if runtime:
+        body["runtime"] = runtime
+    server = Api().request("POST", "/api/servers", json=body)
+    console.print(f"created server [bold]{server['name']}[/] ({server['id']})")
+    console.print(f"  gateway URL:    {server['gateway_url']}")
+    console.print(f"  API key:        [bold]{server['api_key']}[/]   (shown once)")
+    console.print(f"  webhook secret: {server['webhook_secret']}   (shown once)")
+    console.print(f"next: mcphost deploy {server['slug']}")
+
+
+@servers_app.command("list")
+def servers_list(as_json: bool = typer.Option(False, "--json", help="Print JSON")) -> None:
+    """List your servers (administrators: all servers)."""
+    data = Api().request("GET", "/api/servers")
+    if as_json:
+        console.print_json(data=data)
+        return
+    table = Table("name", "slug", "status", "source", "id")
+    for s in data["data"]:
+        src = s["source"]
+        label = src.get("package") or src.get("image") or src.get("command") or src.get("repo_url")
+        table.add_row(s["name"], s["slug"], s["status"], f"{src['type']}:{label}", s["id"])
+    console.print(table)
+
+
+@servers_app.command("show")
+def servers_show(server: str = typer.Argument(..., help="id, slug or name")) -> None:
+    """Show a server, its capabilities and recent deployments."""
+    client = Api()
+    found = client.resolve_server(server)
+    detail = client.request("GET", f"/api/servers/{found['id']}")
+    caps = client.request("GET", f"/api/servers/{found['id']}/capabilities")
+    deployments = client.request("GET", f"/api/servers/{found['id']}/deployments")
+    console.print_json(data={"server": detail, "capabilities": caps, "deployments": deployments["data"][:5]})
+
+
+@servers_app.command("delete")
+def servers_delete(
+    server: str = typer.Argument(..., help="id, slug or name"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation"),
+) -> None:
+    """Stop a server's instances and delete it."""
+    client = Api()
+    found = client.resolve_server(server)
+    if not yes:
+        typer.confirm(f"delete server {found['name']} ({found['slug']})?", abort=True)
+    result = client.request("DELETE", f"/api/servers/{found['id']}")
+    console.print(f"deleting {found['name']} (workflow {result['workflow_id']})")
+
+
+def _print_steps(detail: dict[str, Any], seen: dict[str, str]) -> None:
+    for step in detail["steps"]:
+        if seen.get(step["step"]) != step["status"]:
+            seen[step["step"]] = step["status"]
+            mark = {
+                "started": "[yellow]...[/]",
+                "succeeded": "[green]ok[/]",
+                "failed": "[red]failed[/]",
+            }.get(step["status"], step["status"])
+            message = f"  {step['message']}" if step.get("message") and step["status"] != "started" else ""
+            console.print(f"  {step['step']:<16} {mark}{message}")
+
+
+def _still_running(detail: dict[str, Any], deployment_id: str, timeout: float) -> typer.Exit:
+    err.print(
+        f"[yellow]still {detail['status']} after {timeout:.0f}s; follow with "
+        f"`mcphost deploy --follow {deployment_id}`[/]"
+    )
+    return typer.Exit(3)
+
+
+def follow_deployment(client: Api, deployment_id: str, timeout: float) -> dict[str, Any]:
+    """Print each step as the workflow records it, until the deployment ends: from the server-sent
+    event stream, or by polling when the stream is not available."""
+    seen: dict[str, str] = {}
+    deadline = time.monotonic() + timeout
+    detail: dict[str, Any] = {}
+    try:
+        with client.http.stream(
+            "GET", f"/api/deployments/{deployment_id}/events", timeout=httpx.Timeout(10.0, read=30.0)
+        ) as response:
+            if response.status_code == 200:
+                event = ""
+                for line in response.iter_lines():
+                    if line.startswith("event:"):
+                        event = line.partition(":")[2].strip()
+                    elif line.startswith("data:") and event == "deployment":
+                        detail = json.loads(line.partition(":")[2])
+                        _print_steps(detail, seen)
+                    elif line.startswith("data:") and event == "end" and detail:
+                        return detail
+                    if time.monotonic() > deadline:
+                        raise _still_running(detail or {"status": "deploying"}, deployment_id, timeout)
+    except httpx.HTTPError:
+        pass  # fall back to polling below
+    while True:
+        detail = client.request("GET", f"/api/deployments/{deployment_id}")
+        _print_steps(detail, seen)
+        if detail["status"] in TERMINAL:
+            return detail
+        if time.monotonic() > deadline:
+            raise _still_running(detail, deployment_id, timeout)
+        time.sleep(0.5)
+
+
+@app.command()
+def deploy(
+    server: str = typer.Argument(..., help="id, slug or name of the server (or a deployment id with --follow)"),
+    follow: bool = typer.Option(False, "--follow", help="Only follow an existing deployment id"),
+    timeout: float = typer.Option(900, help="Seconds to wait for the deployment to end"),
+) -> None:
+    """Deploy a server and show the workflow's steps live until it ends."""
+    client = Api()
+    if follow:
+        deployment_id = server
+    else:
+        found = client.resolve_server(server)
+        accepted = client.request("POST", f"/api/servers/{found['id']}/deployments")
+        deployment_id = accepted["deployment_id"]
+        console.print(f"deploying {found['name']} revision {accepted['seq']} (workflow {accepted['workflow_id']})")
+    detail = follow_deployment(client, deployment_id, timeout)
+    if detail["status"] == "running":
+        console.print(f"[green]running[/] - MCP endpoint: {client.url}/mcp/{server if follow else found['slug']}")
+        return
+    err.print(f"[red]{detail['status']}:[/] {detail.get('error') or ''}")
+    raise typer.Exit(1)
+
+
+@app.command()
+def stop(server: str = typer.Argument(..., help="id, slug or name")) -> None:
+    """Take a server off the gateway and stop its instances."""
+    client = Api()
+    found = client.resolve_server(server)
+    result = client.request("POST", f"/api/servers/{found['id']}/stop")
+    console.print(f"stopping {found['name']} (workflow {result['workflow_id']})")
+
+
+@app.command()
+def logs(server: str = typer.Argument(..., help="id, slug or name"), tail: int = typer.Option(100)) -> None:
+    """Platform events and the serving instance's output."""
+    client = Api()
+    found = client.resolve_server(server)
+    for line in client.request("GET", f"/api/servers/{found['id']}/logs", params={"tail": tail})["data"]:
+        console.print(f"[dim]{line['source']:<8}[/] {escape(line['message'])}")
+
+
+@app.command()
+def artifacts(
+    server: str = typer.Argument(..., help="id, slug or name"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON"),
+) -> None:
+    """Builds of a git server: revision, status, pushed image and per-platform digests."""
+    client = Api()
+    found = client.resolve_server(server)
+    data = client.request("GET", f"/api/servers/{found['id']}/artifacts")
+    if as_json:
+        console.print_json(data=data)
+        return
+    table = Table("revision", "status", "image", "platforms", "created")
+    for run in data["data"]:
+        image = f"{run['registry_image']}@{run['manifest_digest']}" if run["manifest_digest"] else run["local_image"]
+        platforms = ", ".join(p["platform"] for p in run["platforms"])
+        table.add_row(run["source_revision"][:12], run["status"], image or "", platforms, run["created_at"][:19])
+    console.print(table)
+
+
+@app.command()
+def events(
+    server: str = typer.Argument(..., help="id, slug or name"),
+    event: str = typer.Option(None, help="Only these events, comma-separated (e.g. push_retry,push_failed)"),
+) -> None:
+    """Build, push and credential telemetry events of a server, oldest first."""
+    client = Api()
+    found = client.resolve_server(server)
+    params = {"event": event} if event else {}
+    for item in client.request("GET", f"/api/servers/{found['id']}/metrics", params=params)["data"]:
+        details = " ".join(f"{k}={v}" for k, v in item["details"].items() if k != "deployment_id")
+        console.print(f"[dim]{item['created_at'][:19]}[/] [bold]{item['event']}[/] {escape(details)}")
+
+
+def main() -> None:
+    app(prog_name="mcphost")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+"""One async engine per process, made by the process entry point and disposed at shutdown."""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+ROUTES_CHANNEL = "mcphost_routes"
+# Payload: a deployment id whose record changed (steps, status); SSE streams wake up on it.
+DEPLOYMENTS_CHANNEL = "mcphost_deployments"
+
+
+def make_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
+    return create_async_engine(database_url, pool_size=pool_size, max_overflow=10, pool_pre_ping=True)
+
+
+def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def asyncpg_dsn(database_url: str) -> str:
+    """The same URL in the form asyncpg.connect() accepts (for LISTEN connections)."""
+    return database_url.replace("postgresql+asyncpg://", "postgresql://", 1)

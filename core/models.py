@@ -1,0 +1,216 @@
+"""The platform's tables. Alembic migrations in `migrations/` are the only way these change in a database."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSONB, uuid.UUID: UUID(as_uuid=True)}
+
+
+def _now_column() -> Mapped[datetime]:
+    return mapped_column(DateTime(timezone=True), server_default=func.now(), nullable=False)
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16), default="user")
+    server_quota: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = _now_column()
+
+
+class ApiToken(Base):
+    """A personal API token. Only the SHA-256 of the token is kept; the token itself is shown once."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = _now_column()
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class RevokedSession(Base):
+    """JWT ids ended by logout; rows can be dropped once `expires_at` has passed."""
+
+    __tablename__ = "revoked_sessions"
+
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class Server(Base):
+    __tablename__ = "servers"
+    __table_args__ = (UniqueConstraint("owner_id", "name", name="uq_servers_owner_name"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    slug: Mapped[str] = mapped_column(String(63), unique=True)
+    source: Mapped[dict[str, Any]] = mapped_column()
+    runtime: Mapped[str | None] = mapped_column(String(32))
+    env: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    api_key_hash: Mapped[str] = mapped_column(String(64))
+    api_key_prefix: Mapped[str] = mapped_column(String(16))
+    webhook_secret: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16), default="created")
+    active_deployment_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("deployments.id", ondelete="SET NULL", use_alter=True, name="fk_servers_active_deployment"),
+        index=True,
+    )
+    # Sequence of the deployment whose revision the gateway serves; a deployment only takes the route
+    # from an older one, so a slow earlier deployment can never replace a newer one.
+    active_seq: Mapped[int] = mapped_column(Integer, default=0)
+    deploy_seq: Mapped[int] = mapped_column(Integer, default=0)
+    capabilities: Mapped[dict[str, Any] | None] = mapped_column()
+    created_at: Mapped[datetime] = _now_column()
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+
+class Deployment(Base):
+    __tablename__ = "deployments"
+    __table_args__ = (
+        UniqueConstraint("server_id", "seq", name="uq_deployments_server_seq"),
+        UniqueConstraint("server_id", "idempotency_key", name="uq_deployments_server_idem"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    server_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("servers.id", ondelete="CASCADE"), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    idempotency_key: Mapped[str] = mapped_column(String(200))
+    workflow_id: Mapped[str] = mapped_column(String(200), unique=True)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    step: Mapped[str | None] = mapped_column(String(32))
+    runtime: Mapped[str | None] = mapped_column(String(32))
+    spec: Mapped[dict[str, Any]] = mapped_column()
+    instance: Mapped[dict[str, Any] | None] = mapped_column()
+    upstream_url: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), index=True)
+    created_at: Mapped[datetime] = _now_column()
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Git sources: the build this deployment runs, and the exact image (registry digest or local id).
+    artifact_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("build_artifact_runs.id", ondelete="SET NULL"), index=True
+    )
+    revision: Mapped[str | None] = mapped_column(String(64))
+    image_ref: Mapped[str | None] = mapped_column(Text)
+    image_digest: Mapped[str | None] = mapped_column(String(80))
+
+
+class BuildArtifactRun(Base):
+    """One build of one source revision for a set of platforms, and where it was pushed.
+
+    Unique by (server, build key): the build key is derived from repository, revision, subdirectory,
+    platforms and registry, so a retried or repeated build of the same revision finds this row.
+    """
+
+    __tablename__ = "build_artifact_runs"
+    __table_args__ = (UniqueConstraint("server_id", "build_key", name="uq_build_artifact_runs_key"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    server_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("servers.id", ondelete="CASCADE"), index=True)
+    deployment_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("deployments.id", ondelete="SET NULL", use_alter=True), index=True
+    )
+    build_key: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="building")  # building | built | pushed | failed
+    source_repo: Mapped[str] = mapped_column(Text)
+    source_branch: Mapped[str | None] = mapped_column(String(255))
+    source_revision: Mapped[str] = mapped_column(String(64))
+    subdirectory: Mapped[str | None] = mapped_column(Text)
+    recipe: Mapped[dict[str, Any]] = mapped_column(default=dict)  # kind, port, path, exposed, config schema
+    local_image: Mapped[str | None] = mapped_column(Text)
+    registry_image: Mapped[str | None] = mapped_column(Text)
+    manifest_tag: Mapped[str | None] = mapped_column(String(128))
+    manifest_digest: Mapped[str | None] = mapped_column(String(80))
+    credential_outcomes: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    timings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now_column()
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class BuildArtifactPlatform(Base):
+    __tablename__ = "build_artifact_platforms"
+    __table_args__ = (UniqueConstraint("run_id", "platform", name="uq_build_artifact_platforms_platform"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("build_artifact_runs.id", ondelete="CASCADE"), index=True)
+    platform: Mapped[str] = mapped_column(String(64))
+    image_id: Mapped[str | None] = mapped_column(String(128))
+    local_image: Mapped[str | None] = mapped_column(Text)
+    manifest_digest: Mapped[str | None] = mapped_column(String(80))
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    build_seconds: Mapped[float | None] = mapped_column()
+    push_seconds: Mapped[float | None] = mapped_column()
+    pruned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _now_column()
+
+
+class DeploymentStep(Base):
+    """One row per deployment step; retried attempts update the same row (idempotent by deployment + step)."""
+
+    __tablename__ = "deployment_steps"
+    __table_args__ = (UniqueConstraint("deployment_id", "step", name="uq_deployment_steps_step"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    deployment_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"), index=True)
+    step: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    started_at: Mapped[datetime] = _now_column()
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ServerLog(Base):
+    __tablename__ = "server_logs"
+    __table_args__ = (Index("ix_server_logs_server_created", "server_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    server_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("servers.id", ondelete="CASCADE"))
+    deployment_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("deployments.id", ondelete="CASCADE"), index=True
+    )
+    level: Mapped[str] = mapped_column(String(8), default="info")
+    message: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now_column()
+
+
+class UsageMetric(Base):
+    __tablename__ = "usage_metrics"
+    __table_args__ = (Index("ix_usage_metrics_server_created", "server_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    server_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("servers.id", ondelete="CASCADE"))
+    event: Mapped[str] = mapped_column(String(64), index=True)
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = _now_column()

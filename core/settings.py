@@ -1,0 +1,187 @@
+"""Process configuration, read from the environment and `.env`.
+
+This is the only module that reads the environment. Everything else receives a `Settings`.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.crypto import EnvCipher, split_keys
+
+RuntimeName = Literal["process", "docker", "kubernetes", "virtual-machine"]
+
+# The runtimes this release can launch; the others are accepted names reserved for later releases.
+IMPLEMENTED_RUNTIMES: tuple[str, ...] = ("process", "docker")
+
+
+def default_state_dir() -> Path:
+    return Path.cwd() / ".mcphost"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    database_url: str = Field(
+        default="postgresql+asyncpg://postgres@127.0.0.1:5432/mcphost",
+        description="SQLAlchemy URL of the platform database (asyncpg driver).",
+    )
+    temporal_address: str = "127.0.0.1:7233"
+    temporal_namespace: str = "default"
+    temporal_task_queue: str = "mcphost"
+    jwt_secret: SecretStr = Field(description="HMAC key for session tokens; at least 32 characters.")
+    secrets_key: SecretStr = Field(
+        description="Key(s) sealing server config env at rest: comma-separated, 32+ characters each; first seals."
+    )
+    jwt_ttl_seconds: int = Field(default=8 * 3600, ge=60)
+    jwt_issuer: str = "mcphost"
+    jwt_audience: str = "mcphost-api"
+    bind_address: str = "0.0.0.0"
+    bind_port: int = Field(default=3000, ge=1, le=65535)
+    public_url: str | None = Field(
+        default=None, description="Base URL clients use to reach the API; defaults to http://<host>:<port>."
+    )
+    allow_migration_failure: bool = False
+    allow_registration: bool = True
+    default_server_quota: int = Field(default=10, ge=0)
+    container_runtime: RuntimeName = "process"
+    docker_host: str | None = Field(
+        default=None,
+        description="Docker Engine API endpoint (unix:///run/podman/podman.sock); else the SDK default.",
+    )
+    state_dir: Path = Field(default_factory=default_state_dir)
+    health_check_timeout_seconds: float = Field(default=90.0, gt=0)
+    package_install_timeout_seconds: float = Field(default=600.0, gt=0)
+    cookie_secure: bool = False
+
+    # Git sources and image builds.
+    git_allow_insecure_urls: bool = Field(
+        default=False, description="Also allow http://, file:// and private hosts as git sources (local/test use)."
+    )
+    git_clone_timeout_seconds: float = Field(default=300.0, gt=0)
+    git_max_repo_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)
+    build_timeout_seconds: float = Field(default=1800.0, gt=0)
+    build_python_image: str = "python:3.11-slim-bookworm"
+    build_python_version: str = Field(
+        default="3.11",
+        pattern=r"^3\.[0-9]{1,2}$",
+        description="Python of BUILD_PYTHON_IMAGE (wheels are fetched for it).",
+    )
+    build_node_image: str = "node:22-bookworm-slim"
+    build_rust_image: str = "rust:1-slim-bookworm"
+
+    # The OCI registry built images are pushed to.
+    registry: str | None = Field(
+        default=None, description="host[:port][/namespace] to push built images to; unset: images stay local."
+    )
+    registry_insecure: bool = Field(default=False, description="Talk plain HTTP to the registry (loopback/test).")
+    registry_auth_dockerconfig: Path | None = None
+    registry_auth_refresher: str | None = Field(
+        default=None, description="Command run to rewrite REGISTRY_AUTH_DOCKERCONFIG when credentials must rotate."
+    )
+    registry_auth_max_age_seconds: int = Field(default=86400, ge=1)
+    registry_auth_rotate_lead_seconds: int = Field(default=3600, ge=0)
+    registry_push_retries: int = Field(default=3, ge=0, le=20)
+    registry_push_backoff_seconds: float = Field(default=1.0, ge=0)
+    registry_push_timeout_seconds: float = Field(default=60.0, gt=0)
+    registry_arch_targets: str = "linux/amd64"
+    registry_build_parallelism: int = Field(default=2, ge=1, le=16)
+    registry_build_cache_from: str | None = None
+    registry_build_disable_cache: bool = False
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _strong_secret(cls, value: SecretStr) -> SecretStr:
+        raw = value.get_secret_value()
+        if len(raw) < 32:
+            raise ValueError("JWT_SECRET must be at least 32 characters (try: openssl rand -hex 32)")
+        if raw.lower() in {"changeme" * 4, "secret" * 6}:
+            raise ValueError("JWT_SECRET is a well-known default; generate a random one")
+        return value
+
+    @field_validator("secrets_key")
+    @classmethod
+    def _strong_keys(cls, value: SecretStr) -> SecretStr:
+        keys = [k.strip() for k in value.get_secret_value().split(",") if k.strip()]
+        if not keys or any(len(k) < 32 for k in keys):
+            raise ValueError("SECRETS_KEY needs keys of at least 32 characters (try: openssl rand -hex 32)")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, value: str) -> str:
+        # Accept the plain libpq form users paste and pick the async driver for them.
+        for prefix in ("postgresql://", "postgres://"):
+            if value.startswith(prefix):
+                return "postgresql+asyncpg://" + value[len(prefix) :]
+        if not value.startswith("postgresql+asyncpg://"):
+            raise ValueError("DATABASE_URL must be a PostgreSQL URL (postgresql://...)")
+        return value
+
+    @field_validator("registry_arch_targets")
+    @classmethod
+    def _platforms(cls, value: str) -> str:
+        platforms = [p.strip() for p in value.split(",") if p.strip()]
+        if not platforms:
+            raise ValueError("name at least one platform, e.g. linux/amd64")
+        for platform in platforms:
+            parts = platform.split("/")
+            if len(parts) not in (2, 3) or not all(re.fullmatch(r"[a-z0-9_]+", p) for p in parts):
+                raise ValueError(f"{platform!r} is not a platform such as linux/amd64 or linux/arm64/v8")
+        return ",".join(platforms)
+
+    @field_validator("registry")
+    @classmethod
+    def _registry(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip().rstrip("/")
+        if "://" in value or not re.fullmatch(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[a-z0-9._/-]+)?", value):
+            raise ValueError("REGISTRY must look like registry.example.com[:port][/namespace], without a scheme")
+        return value
+
+    def env_cipher(self) -> EnvCipher:
+        return EnvCipher(split_keys(self.secrets_key.get_secret_value()))
+
+    @property
+    def arch_targets(self) -> list[str]:
+        return self.registry_arch_targets.split(",")
+
+    @property
+    def api_base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.bind_address in ("0.0.0.0", "::") else self.bind_address
+        return f"http://{host}:{self.bind_port}"
+
+
+def describe_settings_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        name = "_".join(str(p) for p in err["loc"]).upper() or "configuration"
+        if err["type"] == "missing":
+            lines.append(f"{name} is required but not set (environment variable or .env).")
+        else:
+            lines.append(f"{name}: {err['msg']}")
+    return "\n".join(lines)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()  # type: ignore[call-arg]
+
+
+def load_settings_or_exit() -> Settings:
+    """Settings for a process entry point: a configuration error ends the process with a readable message."""
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        print(f"mcphost: invalid configuration\n{describe_settings_error(exc)}", file=sys.stderr)
+        raise SystemExit(2) from None

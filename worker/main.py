@@ -1,0 +1,87 @@
+"""The worker process: one Temporal client, the platform's workflows and activities on one task queue."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from datetime import timedelta
+
+from temporalio.worker import Worker
+
+from activities.artifacts import ArtifactActivities
+from activities.build import BuildActivities
+from activities.health import HealthActivities
+from activities.records import RecordActivities
+from activities.registry import RegistryActivities
+from activities.runtime import RuntimeActivities
+from core import temporal
+from core.db import make_engine, make_sessionmaker
+from core.settings import Settings, load_settings_or_exit
+from runtimes import build_executors
+from runtimes.images import ImageBuilder
+from workflows.build import BuildWorkflow
+from workflows.deploy import DeployWorkflow
+from workflows.push import PushWorkflow
+from workflows.server_lifecycle import DeleteServerWorkflow, StopServerWorkflow
+
+log = logging.getLogger("mcphost.worker")
+
+WORKFLOWS = [DeployWorkflow, BuildWorkflow, PushWorkflow, StopServerWorkflow, DeleteServerWorkflow]
+
+
+async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    client = await temporal.connect(settings)
+    await temporal.ensure_search_attributes(client, settings.temporal_namespace)
+    engine = make_engine(settings.database_url, pool_size=5)
+    sessionmaker = make_sessionmaker(engine)
+    builder = ImageBuilder(settings.docker_host)
+    registry = RegistryActivities(sessionmaker, settings, builder)
+    executors = build_executors(settings, auth_for=registry.auth_for)
+    activities = [
+        *RecordActivities(sessionmaker).all(),
+        *BuildActivities(sessionmaker, settings, builder).all(),
+        *ArtifactActivities(sessionmaker).all(),
+        *registry.all(),
+        *RuntimeActivities(sessionmaker, executors, settings.env_cipher()).all(),
+        *HealthActivities(executors).all(),
+    ]
+    stop = stop or asyncio.Event()
+    try:
+        async with Worker(
+            client,
+            task_queue=settings.temporal_task_queue,
+            workflows=WORKFLOWS,
+            activities=activities,
+            max_concurrent_activities=50,
+            graceful_shutdown_timeout=timedelta(seconds=10),
+        ):
+            log.info(
+                "worker ready: task queue %s on %s (runtimes: %s)",
+                settings.temporal_task_queue,
+                settings.temporal_address,
+                ", ".join(executors),
+            )
+            await stop.wait()
+    finally:
+        for executor in executors.values():
+            await executor.close()
+        await engine.dispose()
+
+
+def main() -> None:
+    settings = load_settings_or_exit()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_worker(settings, stop)
+
+    asyncio.run(runner())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,260 @@
+"""DeployWorkflow: take a server revision from its source to serving traffic, or fail leaving the last
+healthy revision serving."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError, ChildWorkflowError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.build import ArtifactImage
+    from activities.health import HealthActivities, HealthInput, HealthResult
+    from activities.records import (
+        ActivateInput,
+        DeploymentPlan,
+        FinishInput,
+        InstanceRecord,
+        RecordActivities,
+        RecordImage,
+        StepRecord,
+    )
+    from activities.runtime import RetireInput, RuntimeActivities
+    from workflows import policies
+    from workflows.build import BuildInput, BuildOutcome, BuildWorkflow
+    from workflows.errors import failure_reason
+    from workflows.push import PushInput, PushWorkflow
+
+# Git sources add "build" (and "push" when a registry is configured) after "resolve".
+STEPS = ("resolve", "build", "push", "prepare", "launch", "health_check", "switch_route", "retire_previous")
+
+
+@dataclass
+class DeployInput:
+    deployment_id: str
+    server_id: str
+    health_timeout_seconds: float = 90.0
+    install_timeout_seconds: float = 600.0
+
+
+@dataclass
+class DeployOutcome:
+    deployment_id: str
+    status: str  # running | failed | superseded
+    error: str | None = None
+    upstream_url: str | None = None
+
+
+@dataclass
+class StepState:
+    step: str
+    status: str
+    message: str | None = None
+
+
+@dataclass
+class DeployProgress:
+    step: str | None
+    status: str
+    steps: list[StepState] = field(default_factory=list)
+    error: str | None = None
+
+
+@workflow.defn(name="DeployWorkflow")
+class DeployWorkflow:
+    def __init__(self) -> None:
+        self._progress = DeployProgress(step=None, status="pending")
+        self._current = "resolve"
+
+    @workflow.query(name="progress")
+    def progress(self) -> DeployProgress:
+        return self._progress
+
+    async def _step(self, step: str, status: str, message: str | None = None) -> None:
+        self._progress.step = step
+        states = [s for s in self._progress.steps if s.step != step]
+        self._progress.steps = [*states, StepState(step=step, status=status, message=message)]
+        await workflow.execute_activity_method(
+            RecordActivities.record_step,
+            StepRecord(deployment_id=self._deployment_id, step=step, status=status, message=message),
+            start_to_close_timeout=policies.DB_TIMEOUT,
+            retry_policy=policies.DATABASE,
+        )
+
+    @workflow.run
+    async def run(self, data: DeployInput) -> DeployOutcome:
+        self._deployment_id = data.deployment_id
+        self._progress.status = "deploying"
+        instance: InstanceRecord | None = None
+        self._current = "resolve"
+        try:
+            await self._step("resolve", "started")
+            plan: DeploymentPlan = await workflow.execute_activity_method(
+                RecordActivities.load_plan,
+                data.deployment_id,
+                start_to_close_timeout=policies.DB_TIMEOUT,
+                retry_policy=policies.DATABASE,
+            )
+            await self._step("resolve", "succeeded", f"{plan.source_type} source on the {plan.runtime} runtime")
+
+            if plan.source_type == "git":
+                self._current = "build"
+                await self._build(data)
+
+            self._current = "prepare"
+            await self._step("prepare", "started")
+            prepared: str = await workflow.execute_activity_method(
+                RuntimeActivities.prepare_source,
+                data.deployment_id,
+                start_to_close_timeout=timedelta(seconds=data.install_timeout_seconds),
+                heartbeat_timeout=policies.HEARTBEAT,
+                retry_policy=policies.RUNTIME,
+            )
+            await self._step("prepare", "succeeded", prepared[:500])
+
+            self._current = "launch"
+            await self._step("launch", "started")
+            instance = await workflow.execute_activity_method(
+                RuntimeActivities.launch_instance,
+                data.deployment_id,
+                start_to_close_timeout=policies.LAUNCH_TIMEOUT,
+                heartbeat_timeout=policies.HEARTBEAT,
+                retry_policy=policies.RUNTIME,
+            )
+            await workflow.execute_activity_method(
+                RecordActivities.record_instance,
+                instance,
+                start_to_close_timeout=policies.DB_TIMEOUT,
+                retry_policy=policies.DATABASE,
+            )
+            await self._step("launch", "succeeded", f"{instance.runtime} instance {instance.ref}")
+
+            self._current = "health_check"
+            await self._step("health_check", "started")
+            health: HealthResult = await workflow.execute_activity_method(
+                HealthActivities.check_health,
+                HealthInput(instance=instance, timeout_seconds=data.health_timeout_seconds),
+                start_to_close_timeout=timedelta(seconds=data.health_timeout_seconds + 30),
+                heartbeat_timeout=policies.HEARTBEAT,
+                retry_policy=policies.HEALTH,
+            )
+            await self._step(
+                "health_check",
+                "succeeded",
+                f"MCP {health.protocol_version}: {len(health.tools)} tools, {len(health.prompts)} prompts, "
+                f"{len(health.resources)} resources",
+            )
+
+            self._current = "switch_route"
+            await self._step("switch_route", "started")
+            activated = await workflow.execute_activity_method(
+                RecordActivities.activate,
+                ActivateInput(deployment_id=data.deployment_id, instance=instance, capabilities=health.capabilities()),
+                start_to_close_timeout=policies.DB_TIMEOUT,
+                retry_policy=policies.DATABASE,
+            )
+            if not activated.activated:
+                await self._step("switch_route", "failed", "a newer deployment or a stop came first")
+                await self._cleanup(instance)
+                return await self._finish("superseded", "a newer deployment or a stop came first")
+            await self._step("switch_route", "succeeded", f"gateway now serves {instance.url}")
+
+            self._current = "retire_previous"
+            await self._step("retire_previous", "started")
+            retired = await workflow.execute_activity_method(
+                RuntimeActivities.retire_instances,
+                RetireInput(server_id=data.server_id, keep_deployment_id=data.deployment_id),
+                start_to_close_timeout=policies.RETIRE_TIMEOUT,
+                heartbeat_timeout=policies.HEARTBEAT,
+                retry_policy=policies.CLEANUP,
+            )
+            await self._step(
+                "retire_previous",
+                "succeeded",
+                f"stopped {len(retired.stopped_deployment_ids)} earlier instance(s)",
+            )
+            final: str = await workflow.execute_activity_method(
+                RecordActivities.complete_deployment,
+                data.deployment_id,
+                start_to_close_timeout=policies.DB_TIMEOUT,
+                retry_policy=policies.DATABASE,
+            )
+            if final != "running":
+                # A newer revision or a stop took over while this one was finishing: it must not linger.
+                await self._cleanup(instance)
+                self._progress.status = final
+                return DeployOutcome(deployment_id=data.deployment_id, status=final, error=f"{final} meanwhile")
+            self._progress.status = "running"
+            return DeployOutcome(deployment_id=data.deployment_id, status="running", upstream_url=instance.url)
+        except (ActivityError, ChildWorkflowError) as err:
+            reason = failure_reason(err)
+            await self._step(self._current, "failed", reason)
+            try:
+                await self._cleanup(instance)
+            except ActivityError as cleanup_error:
+                # The deployment has failed either way; say so, and keep what cleanup could not do.
+                workflow.logger.warning("cleanup after a failed deployment failed: %s", failure_reason(cleanup_error))
+                reason = f"{reason} (cleanup also failed: {failure_reason(cleanup_error)})"
+            return await self._finish("failed", reason)
+
+    async def _build(self, data: DeployInput) -> None:
+        """Git sources: the child BuildWorkflow makes the image, the child PushWorkflow publishes it."""
+        await self._step("build", "started")
+        built: BuildOutcome = await workflow.execute_child_workflow(
+            BuildWorkflow.run, BuildInput(deployment_id=data.deployment_id), id=f"build-{data.deployment_id}"
+        )
+        platforms = ", ".join(built.plan.platforms)
+        revision = built.plan.revision[:12]
+        if built.plan.reused:
+            await self._step("build", "succeeded", f"reused the artifact of {revision} ({platforms})")
+        else:
+            await self._step("build", "succeeded", f"built {revision} for {platforms}")
+        image: ArtifactImage | None = built.image
+        if image is None:
+            self._current = "push"
+            await self._step("push", "started")
+            image = await workflow.execute_child_workflow(
+                PushWorkflow.run,
+                PushInput(plan=built.plan, images=built.images),
+                id=f"push-{data.deployment_id}",
+            )
+            await self._step("push", "succeeded", f"pushed {image.image_ref}")
+        await workflow.execute_activity_method(
+            RecordActivities.record_image,
+            RecordImage(deployment_id=data.deployment_id, image=image),
+            start_to_close_timeout=policies.DB_TIMEOUT,
+            retry_policy=policies.DATABASE,
+        )
+
+    async def _cleanup(self, instance: InstanceRecord | None) -> None:
+        """Remove this deployment's own instance; the previously serving revision is left alone."""
+        if instance is not None:
+            await workflow.execute_activity_method(
+                RuntimeActivities.remove_deployment_instance,
+                instance,
+                start_to_close_timeout=policies.RETIRE_TIMEOUT,
+                heartbeat_timeout=policies.HEARTBEAT,
+                retry_policy=policies.CLEANUP,
+            )
+        else:
+            # The launch may have started something before failing: find it by looking at the runtime.
+            await workflow.execute_activity_method(
+                RuntimeActivities.remove_deployment_instances,
+                self._deployment_id,
+                start_to_close_timeout=policies.RETIRE_TIMEOUT,
+                heartbeat_timeout=policies.HEARTBEAT,
+                retry_policy=policies.CLEANUP,
+            )
+
+    async def _finish(self, status: str, error: str) -> DeployOutcome:
+        await workflow.execute_activity_method(
+            RecordActivities.finish_deployment,
+            FinishInput(deployment_id=self._deployment_id, status=status, error=error),
+            start_to_close_timeout=policies.DB_TIMEOUT,
+            retry_policy=policies.DATABASE,
+        )
+        self._progress.status = status
+        self._progress.error = error
+        return DeployOutcome(deployment_id=self._deployment_id, status=status, error=error)
