@@ -22,10 +22,11 @@ install: $(STAMP)
 up: install
 	$(BIN)/mcphost up
 
-## system-deps: on Debian as root, the container engine, registry and image tooling the tests use
+## system-deps: on Debian as root, the container engine, registry, image tooling and Node.js (npm servers) the tests use
 system-deps:
 	@if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
 	  missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  command -v npm >/dev/null || missing="$$missing nodejs npm"; \
 	  if [ -n "$$missing" ]; then \
 	    echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  fi; \

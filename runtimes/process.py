@@ -42,6 +42,8 @@ ENV_DEPLOYMENT = "MCPHOST_DEPLOYMENT_ID"
 ENV_SERVER = "MCPHOST_SERVER_ID"
 ENV_URL = "MCPHOST_UPSTREAM_URL"
 # Variables a server process inherits from the worker; everything else comes from the server's config.
+# What installers and servers inherit from the worker: locale, the host's trust store and proxies (without
+# them TLS through an intercepting proxy fails, and npm retries for minutes), and package index settings.
 _PASSTHROUGH_ENV = (
     "PATH",
     "HOME",
@@ -50,11 +52,21 @@ _PASSTHROUGH_ENV = (
     "TZ",
     "TMPDIR",
     "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "NODE_EXTRA_CA_CERTS",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
     "PIP_INDEX_URL",
     "PIP_EXTRA_INDEX_URL",
     "PIP_FIND_LINKS",
     "PIP_CERT",
     "NPM_CONFIG_REGISTRY",
+    "npm_config_registry",
 )
 _NOT_FOUND_PIP = re.compile(r"No matching distribution found|Could not find a version that satisfies")
 

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import json
+import shutil
 import uuid
 
 import httpx
 import pytest
 
 from runtimes.process import ProcessExecutor
-from tests.support.mcp_client import call_tool
+from tests.support.components import require
+from tests.support.mcp_client import call_tool, list_tools
 from tests.support.stack import Stack, deploy, wait_deployment
 
 TIME = {"type": "package", "package": "mcp-server-time", "args": ["--local-timezone", "UTC"]}
+# The reference "everything" server from the npm registry: a stdio server, so it runs behind the bridge.
+EVERYTHING = {
+    "type": "package",
+    "registry": "npm",
+    "package": "@modelcontextprotocol/server-everything",
+    "version": "2026.8.31",
+}
 
 
 async def running_instances(stack: Stack, server_id: str) -> list[str]:
@@ -264,3 +273,38 @@ async def test_deployment_progress_streams_as_server_sent_events(stack: Stack) -
             assert (await other.get(f"/api/deployments/{accepted['deployment_id']}/events")).status_code == 404
         again = await client.get(f"/api/deployments/{accepted['deployment_id']}/events")
         assert again.text.count("event: deployment") == 1 and again.text.rstrip().endswith('{"status": "running"}')
+
+
+async def test_npm_package_server_runs_behind_the_bridge(stack: Stack) -> None:
+    require(shutil.which("npm") is not None, "Node.js and npm for npm package servers (apt-get install nodejs npm)")
+    client, _ = await stack.user()
+    async with client:
+        server = (
+            await client.post("/api/servers", json={"name": f"npm-{uuid.uuid4().hex[:6]}", "source": EVERYTHING})
+        ).json()
+        done = await deploy(client, server["id"], timeout=300)
+        assert done["status"] == "running", done
+        gateway = f"{stack.base_url}/mcp/{server['slug']}"
+        assert "echo" in await list_tools(gateway, server["api_key"])
+        assert "through the bridge" in await call_tool(
+            gateway, server["api_key"], "echo", {"message": "through the bridge"}
+        )
+        assert await running_instances(stack, server["id"]) == [done["id"]]
+
+        # A package the npm registry does not have fails the deployment with a reason, and nothing runs.
+        missing = (
+            await client.post(
+                "/api/servers",
+                json={
+                    "name": f"npm-missing-{uuid.uuid4().hex[:6]}",
+                    "source": {
+                        "type": "package",
+                        "registry": "npm",
+                        "package": f"@mcphost-test/none-{uuid.uuid4().hex[:8]}",
+                    },
+                },
+            )
+        ).json()
+        failed = await deploy(client, missing["id"], timeout=300)
+        assert failed["status"] == "failed" and "not found on npm" in failed["error"], failed
+        assert await running_instances(stack, missing["id"]) == []
