@@ -145,6 +145,10 @@ class ApiKeyRotated(BaseModel):
     api_key_prefix: str
 
 
+class WebhookSecretRotated(BaseModel):
+    webhook_secret: str = Field(description="Shown only once: the new HMAC key for signed redeploy webhooks")
+
+
 class Capabilities(BaseModel):
     server_id: uuid.UUID
     deployment_id: uuid.UUID | None

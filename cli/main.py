@@ -72,7 +72,8 @@ app.add_typer(secrets_app, name="secrets")
 
 @secrets_app.command("reseal")
 def secrets_reseal() -> None:
-    """Re-encrypt every stored config env with the first SECRETS_KEY (after adding a new key first)."""
+    """Re-encrypt every stored config env and webhook secret with the first SECRETS_KEY (after adding a
+    new key first); also seals what was written in clear by older versions."""
     import asyncio
 
     from core.crypto import SecretsKeyError, reseal_all
@@ -84,7 +85,7 @@ def secrets_reseal() -> None:
     except SecretsKeyError as exc:
         err.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from None
-    err.print(f"resealed the env of {servers} server(s) and {deployments} deployment(s)")
+    err.print(f"resealed the secrets of {servers} server(s) and the env of {deployments} deployment(s)")
 
 
 @app.command()

@@ -1,11 +1,13 @@
-"""Server config env (API keys for upstream services, tokens...) sealed at rest.
+"""Server secrets sealed at rest: config env (API keys for upstream services, tokens...) and webhook
+secrets (the HMAC check needs them in clear, so they are encrypted rather than hashed).
 
 Env maps are stored as an envelope `{"sealed": "<Fernet token>", "names": [...]}` in the same JSONB
 columns (`servers.env`, `deployments.spec.env`): values are encrypted and authenticated
 (AES-128-CBC + HMAC-SHA256, Fernet), names stay readable so the API can list them. Keys come from
 SECRETS_KEY: one or more comma-separated passphrases of 32+ characters, each stretched with
 HKDF-SHA256; the first seals, all open, so keys rotate by putting the new one first
-(`mcphost secrets reseal` then rewrites every stored env with it).
+(`mcphost secrets reseal` then rewrites every stored env with it). Single secrets are stored as
+`fernet:<token>`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 SEALED = "sealed"
+TEXT_PREFIX = "fernet:"
+_WRONG_KEY = (
+    "cannot be decrypted with SECRETS_KEY: the key changed? Put the previous key after the new one "
+    "(SECRETS_KEY=new,old)"
+)
 
 
 class SecretsKeyError(ValueError):
@@ -60,10 +67,7 @@ class EnvCipher:
         try:
             return dict(json.loads(self._all.decrypt(stored[SEALED].encode())))
         except InvalidToken:
-            raise SecretsKeyError(
-                "stored config env cannot be decrypted with SECRETS_KEY: the key changed? "
-                "Put the previous key after the new one (SECRETS_KEY=new,old)"
-            ) from None
+            raise SecretsKeyError(f"stored config env {_WRONG_KEY}") from None
 
     def reseal(self, stored: dict[str, Any] | None) -> dict[str, Any] | None:
         """The same env sealed with the primary key (None when nothing needs rewriting)."""
@@ -77,6 +81,28 @@ class EnvCipher:
                 pass
         return self.seal(self.open(stored))
 
+    def seal_text(self, value: str) -> str:
+        return TEXT_PREFIX + self._primary.encrypt(value.encode()).decode()
+
+    def open_text(self, stored: str) -> str:
+        """A single secret from its stored form (sealed; or in clear, as written before sealing)."""
+        if not stored.startswith(TEXT_PREFIX):
+            return stored
+        try:
+            return self._all.decrypt(stored[len(TEXT_PREFIX) :].encode()).decode()
+        except InvalidToken:
+            raise SecretsKeyError(f"a stored secret {_WRONG_KEY}") from None
+
+    def reseal_text(self, stored: str) -> str | None:
+        """The same secret sealed with the primary key (None when nothing needs rewriting)."""
+        if stored.startswith(TEXT_PREFIX):
+            try:
+                self._primary.decrypt(stored[len(TEXT_PREFIX) :].encode())
+                return None
+            except InvalidToken:
+                pass
+        return self.seal_text(self.open_text(stored))
+
 
 def env_names(stored: dict[str, Any] | None) -> list[str]:
     if not stored:
@@ -87,9 +113,9 @@ def env_names(stored: dict[str, Any] | None) -> list[str]:
 
 
 async def reseal_all(database_url: str, cipher: EnvCipher) -> tuple[int, int]:
-    """Rewrite every stored env (servers, deployments) sealed with the primary key: seals env written
-    in clear before sealing existed, and moves env to a new key after a rotation. Returns the number
-    of servers and deployments rewritten."""
+    """Rewrite every stored secret (server env and webhook secrets, deployment env) sealed with the
+    primary key: seals what was written in clear before sealing existed, and moves secrets to a new
+    key after a rotation. Returns the number of servers and deployments rewritten."""
     from sqlalchemy import select
 
     from core.db import make_engine, make_sessionmaker
@@ -101,8 +127,12 @@ async def reseal_all(database_url: str, cipher: EnvCipher) -> tuple[int, int]:
         async with make_sessionmaker(engine)() as session, session.begin():
             for server in await session.scalars(select(Server).with_for_update()):
                 sealed = cipher.reseal(server.env)
+                webhook = cipher.reseal_text(server.webhook_secret)
                 if sealed is not None:
-                    server.env, servers = sealed, servers + 1
+                    server.env = sealed
+                if webhook is not None:
+                    server.webhook_secret = webhook
+                servers += sealed is not None or webhook is not None
             for deployment in await session.scalars(select(Deployment).with_for_update()):
                 sealed = cipher.reseal(deployment.spec.get("env"))
                 if sealed is not None:

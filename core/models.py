@@ -77,7 +77,7 @@ class Server(Base):
     env: Mapped[dict[str, Any]] = mapped_column(default=dict)
     api_key_hash: Mapped[str] = mapped_column(String(64))
     api_key_prefix: Mapped[str] = mapped_column(String(16))
-    webhook_secret: Mapped[str] = mapped_column(String(128))
+    webhook_secret: Mapped[str] = mapped_column(Text)  # sealed (core.crypto)
     status: Mapped[str] = mapped_column(String(16), default="created")
     active_deployment_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("deployments.id", ondelete="SET NULL", use_alter=True, name="fk_servers_active_deployment"),

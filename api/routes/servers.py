@@ -20,6 +20,7 @@ from api.schemas import (
     ServerCreated,
     ServerPublic,
     ServerUpdate,
+    WebhookSecretRotated,
     WorkflowStarted,
 )
 from api.workflows import start_server_workflow
@@ -85,7 +86,8 @@ def check_source_allowed(user: User, source: Any, runtime: str | None, settings:
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=ServerCreated)
 async def create_server(body: ServerCreate, user: CurrentUser, session: SessionDep, state: StateDep) -> ServerCreated:
-    """Register a server. Its API key and webhook secret are returned once, here; only hashes are kept."""
+    """Register a server. Its API key and webhook secret are returned once, here: the key is kept as a
+    hash, the secret sealed with SECRETS_KEY (the HMAC check needs it)."""
     check_source_allowed(user, body.source, body.runtime, state.settings)
     slug = body.slug or slugify(body.name)
     api_key = generate_secret_token(SERVER_KEY_PREFIX)
@@ -114,7 +116,7 @@ async def create_server(body: ServerCreate, user: CurrentUser, session: SessionD
                 env=state.env_cipher.seal(body.env),
                 api_key_hash=hash_token(api_key),
                 api_key_prefix=display_prefix(api_key),
-                webhook_secret=webhook_secret,
+                webhook_secret=state.env_cipher.seal_text(webhook_secret),
                 status="created",
             )
             session.add(server)
@@ -221,6 +223,20 @@ async def rotate_api_key(
         session.add(ServerLog(server_id=server.id, message=f"API key rotated by {user.email}"))
     state.routes.invalidate(server.slug)
     return ApiKeyRotated(api_key=api_key, api_key_prefix=server.api_key_prefix)
+
+
+@router.post("/{server_id}/webhook-secret", response_model=WebhookSecretRotated)
+async def rotate_webhook_secret(
+    server_id: uuid.UUID, user: CurrentUser, session: SessionDep, state: StateDep
+) -> WebhookSecretRotated:
+    """Replace the server's webhook secret; signatures made with the old one stop matching at once.
+    The new secret is shown once."""
+    webhook_secret = secrets.token_hex(32)
+    async with session.begin():
+        server = await load_server(session, user, server_id, lock=True)
+        server.webhook_secret = state.env_cipher.seal_text(webhook_secret)
+        session.add(ServerLog(server_id=server.id, message=f"webhook secret rotated by {user.email}"))
+    return WebhookSecretRotated(webhook_secret=webhook_secret)
 
 
 @router.get("/{server_id}/capabilities", response_model=Capabilities)

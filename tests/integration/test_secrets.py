@@ -63,7 +63,54 @@ async def test_env_is_sealed_at_rest_and_rotates(stack: Stack) -> None:
     assert EnvCipher([new_key]).open(envelope) == {"UPSTREAM_TOKEN": VALUE}
     with pytest.raises(SecretsKeyError):
         current.open(envelope)
+    engine = create_async_engine(stack.settings.database_url)
+    async with engine.connect() as conn:
+        hook = str(await conn.scalar(text("select webhook_secret from servers where id = :id"), {"id": server["id"]}))
+    await engine.dispose()
+    assert EnvCipher([new_key]).open_text(hook) == server["webhook_secret"]  # moved to the new key too
     # Put the test platform's key back in front, for the other tests sharing this database.
     await reseal_all(stack.settings.database_url, EnvCipher([old_keys, new_key]))
     env_back, _ = await stored(stack.settings.database_url, server["id"])
     assert current.open(json.loads(env_back)) == {"UPSTREAM_TOKEN": VALUE}
+
+
+async def test_webhook_secret_is_sealed_shown_once_and_rotates(stack: Stack) -> None:
+    client, _ = await stack.user()
+    async with client:
+        created = await client.post(
+            "/api/servers",
+            json={"name": f"hook-{uuid.uuid4().hex[:6]}", "source": {"type": "package", "package": "mcp-server-time"}},
+        )
+        assert created.status_code == 201, created.text
+        server = created.json()
+        secret = server["webhook_secret"]
+        assert len(secret) == 64
+        assert secret not in (await client.get(f"/api/servers/{server['id']}")).text
+
+        async def column() -> str:
+            engine = create_async_engine(stack.settings.database_url)
+            async with engine.connect() as conn:
+                value = await conn.scalar(
+                    text("select webhook_secret from servers where id = :id"), {"id": server["id"]}
+                )
+            await engine.dispose()
+            return str(value)
+
+        cipher = stack.settings.env_cipher()
+        stored_secret = await column()
+        assert secret not in stored_secret and stored_secret.startswith("fernet:")
+        assert cipher.open_text(stored_secret) == secret
+
+        rotated = await client.post(f"/api/servers/{server['id']}/webhook-secret")
+        assert rotated.status_code == 200, rotated.text
+        new_secret = rotated.json()["webhook_secret"]
+        assert new_secret != secret and cipher.open_text(await column()) == new_secret
+        logs = (await client.get(f"/api/servers/{server['id']}/logs")).json()["data"]
+        assert any("webhook secret rotated" in line["message"] for line in logs)
+        assert new_secret not in json.dumps(logs)
+
+        # Another user's server is a 404, and its secret stays as it was.
+        other, _ = await stack.user()
+        async with other:
+            assert (await other.post(f"/api/servers/{server['id']}/webhook-secret")).status_code == 404
+        assert cipher.open_text(await column()) == new_secret

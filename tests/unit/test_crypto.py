@@ -46,3 +46,20 @@ def test_env_written_in_clear_still_opens_and_gets_sealed() -> None:
     sealed = cipher.reseal(ENV)
     assert sealed is not None and is_sealed(sealed) and cipher.open(sealed) == ENV
     assert cipher.open(None) == {} and cipher.reseal({}) is None
+
+
+def test_single_secrets_seal_open_rotate_and_accept_clear_text() -> None:
+    old, new = "o" * 40, "n" * 40
+    secret = "a1" * 32
+    stored = EnvCipher([old]).seal_text(secret)
+    assert stored.startswith("fernet:") and secret not in stored
+    assert EnvCipher([old]).open_text(stored) == secret
+    assert EnvCipher([old]).reseal_text(stored) is None  # already under the primary key
+    with pytest.raises(SecretsKeyError, match="SECRETS_KEY=new,old"):
+        EnvCipher([new]).open_text(stored)
+    rotated = EnvCipher([new, old]).reseal_text(stored)
+    assert rotated is not None and EnvCipher([new]).open_text(rotated) == secret
+    # Written in clear by an older version: still usable, and sealed by a reseal.
+    assert EnvCipher([old]).open_text(secret) == secret
+    sealed = EnvCipher([old]).reseal_text(secret)
+    assert sealed is not None and EnvCipher([old]).open_text(sealed) == secret
