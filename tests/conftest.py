@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from tests.support.components import (
     drop_database,
     free_port,
     require,
+    stop_process_instances,
     temporal_cli,
 )
 from tests.support.git_server import GitHttpServer
@@ -73,11 +75,14 @@ async def database_url() -> AsyncIterator[str]:
 
 
 @pytest.fixture(scope="session")
-def process_state_dir() -> Path:
+def process_state_dir() -> Iterator[Path]:
     # Package environments are cached across runs: installing from PyPI is the slow part of a deploy.
     path = CACHE / "state"
     path.mkdir(parents=True, exist_ok=True)
-    return path
+    started = time.time()
+    yield path
+    # Server processes outlive workers by design; the ones this run started go with it.
+    stop_process_instances(path / "process" / "work", started_after=started)
 
 
 @pytest.fixture(scope="session")

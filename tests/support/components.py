@@ -32,6 +32,39 @@ def require(ok: bool, what: str) -> None:
     pytest.skip(f"component not available: {what}")
 
 
+def stop_process_instances(work_dir: Path, started_after: float = 0.0) -> int:
+    """Stop the MCP server processes the process runtime started under `work_dir` (their working
+    directory) since `started_after`. They run in their own session, so they outlive the tests' workers
+    and platform on purpose; each is stopped with its session (the bridge and its stdio children)."""
+    import signal
+
+    import psutil
+
+    from runtimes.process import ENV_SERVER
+
+    found = []
+    for proc in psutil.process_iter(["pid", "create_time"]):
+        try:
+            if proc.info["create_time"] < started_after or not Path(proc.cwd()).is_relative_to(work_dir):
+                continue
+            if ENV_SERVER in proc.environ() and os.getsid(proc.pid) == proc.pid:
+                found.append(proc)
+        except (psutil.Error, OSError):
+            continue
+    for proc in found:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except OSError:
+            pass
+    _, alive = psutil.wait_procs(found, timeout=10)
+    for proc in alive:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+    return len(found)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
