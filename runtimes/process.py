@@ -41,9 +41,9 @@ from runtimes.base import (
 ENV_DEPLOYMENT = "MCPHOST_DEPLOYMENT_ID"
 ENV_SERVER = "MCPHOST_SERVER_ID"
 ENV_URL = "MCPHOST_UPSTREAM_URL"
-# Variables a server process inherits from the worker; everything else comes from the server's config.
-# What installers and servers inherit from the worker: locale, the host's trust store and proxies (without
-# them TLS through an intercepting proxy fails, and npm retries for minutes), and package index settings.
+# What installers and server processes inherit from the worker: locale, the host's trust store and proxies
+# (without them TLS through an intercepting proxy fails, and npm retries for minutes), and package index
+# settings. Everything else a server gets comes from its own config env.
 _PASSTHROUGH_ENV = (
     "PATH",
     "HOME",

@@ -27,6 +27,14 @@ async def stored(database_url: str, server_id: str) -> tuple[str, str]:
     return str(env), str(spec)
 
 
+async def stored_webhook_secret(database_url: str, server_id: str) -> str:
+    engine = create_async_engine(database_url)
+    async with engine.connect() as conn:
+        value = await conn.scalar(text("select webhook_secret from servers where id = :id"), {"id": server_id})
+    await engine.dispose()
+    return str(value)
+
+
 async def test_env_is_sealed_at_rest_and_rotates(stack: Stack) -> None:
     client, _ = await stack.user()
     async with client:
@@ -63,10 +71,7 @@ async def test_env_is_sealed_at_rest_and_rotates(stack: Stack) -> None:
     assert EnvCipher([new_key]).open(envelope) == {"UPSTREAM_TOKEN": VALUE}
     with pytest.raises(SecretsKeyError):
         current.open(envelope)
-    engine = create_async_engine(stack.settings.database_url)
-    async with engine.connect() as conn:
-        hook = str(await conn.scalar(text("select webhook_secret from servers where id = :id"), {"id": server["id"]}))
-    await engine.dispose()
+    hook = await stored_webhook_secret(stack.settings.database_url, server["id"])
     assert EnvCipher([new_key]).open_text(hook) == server["webhook_secret"]  # moved to the new key too
     # Put the test platform's key back in front, for the other tests sharing this database.
     await reseal_all(stack.settings.database_url, EnvCipher([old_keys, new_key]))
@@ -88,13 +93,7 @@ async def test_webhook_secret_is_sealed_shown_once_and_rotates(stack: Stack) -> 
         assert secret not in (await client.get(f"/api/servers/{server['id']}")).text
 
         async def column() -> str:
-            engine = create_async_engine(stack.settings.database_url)
-            async with engine.connect() as conn:
-                value = await conn.scalar(
-                    text("select webhook_secret from servers where id = :id"), {"id": server["id"]}
-                )
-            await engine.dispose()
-            return str(value)
+            return await stored_webhook_secret(stack.settings.database_url, server["id"])
 
         cipher = stack.settings.env_cipher()
         stored_secret = await column()
