@@ -10,6 +10,7 @@ COPY cli cli/
 COPY core core/
 COPY migrations migrations/
 COPY runtimes runtimes/
+COPY builds builds/
 COPY worker worker/
 COPY workflows workflows/
 RUN pip install --no-cache-dir -e .

@@ -12,8 +12,8 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.build import ArtifactImage, FailArtifact, FinishBuild
+from builds import recipes
 from core.models import BuildArtifactPlatform, BuildArtifactRun
-from runtimes import recipes
 
 
 class ArtifactActivities:

@@ -24,13 +24,13 @@ from temporalio.exceptions import ApplicationError
 
 from activities.common import as_application_error, heartbeating, open_env
 from activities.telemetry import EventWriter
+from builds import git, recipes, wheels
+from builds.images import LABEL_BUILD_KEY, ImageBuilder, emulation_missing
 from core.gitpolicy import GitUrlRejected, check_git_url_resolves_public
 from core.models import BuildArtifactPlatform, BuildArtifactRun, Deployment, Server
 from core.settings import Settings
 from core.sources import GitSource, parse_source
-from runtimes import git, recipes, wheels
 from runtimes.base import RuntimeFailure
-from runtimes.images import LABEL_BUILD_KEY, ImageBuilder, emulation_missing
 
 
 @dataclass

@@ -24,10 +24,8 @@ from temporalio.exceptions import ApplicationError
 from activities.build import ArtifactImage, platform_suffix
 from activities.common import heartbeating
 from activities.telemetry import EventWriter
-from core.models import BuildArtifactPlatform, BuildArtifactRun, Server
-from core.settings import Settings
-from runtimes.images import ImageBuilder
-from runtimes.registry import (
+from builds.images import ImageBuilder
+from builds.registry import (
     OCI_MANIFEST,
     Credentials,
     Descriptor,
@@ -38,6 +36,8 @@ from runtimes.registry import (
     load_dockerconfig,
     split_registry,
 )
+from core.models import BuildArtifactPlatform, BuildArtifactRun, Server
+from core.settings import Settings
 
 
 @dataclass

@@ -15,11 +15,11 @@ from activities.health import HealthActivities
 from activities.records import RecordActivities
 from activities.registry import RegistryActivities
 from activities.runtime import RuntimeActivities
+from builds.images import ImageBuilder
 from core import temporal
 from core.db import make_engine, make_sessionmaker
 from core.settings import Settings, load_settings_or_exit
 from runtimes import build_executors
-from runtimes.images import ImageBuilder
 from workflows.build import BuildWorkflow
 from workflows.deploy import DeployWorkflow
 from workflows.push import PushWorkflow

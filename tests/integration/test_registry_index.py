@@ -18,10 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.testing import ActivityEnvironment
 
 from activities.registry import IndexRequest, PlatformPush, RegistryActivities
+from builds.images import ImageBuilder
+from builds.registry import Credentials, Descriptor, RegistryClient
 from core.db import make_engine, make_sessionmaker
 from core.models import BuildArtifactPlatform, BuildArtifactRun, Server, UsageMetric, User
-from runtimes.images import ImageBuilder
-from runtimes.registry import Credentials, Descriptor, RegistryClient
 from tests.support.components import ECHO_IMAGE, Podman
 from tests.support.registry import USER, Registry
 from tests.support.stack import make_settings

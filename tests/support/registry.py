@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from runtimes.registry import ACCEPT_MANIFESTS
+from builds.registry import ACCEPT_MANIFESTS
 
 USER = "mcphost"
 

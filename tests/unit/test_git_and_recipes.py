@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from builds import git, recipes
+from builds.images import emulation_missing, host_arch
+from builds.registry import RegistryRejected, load_dockerconfig
 from core.gitpolicy import GitUrlRejected, check_git_url_policy
 from core.settings import Settings
 from core.sources import GitSource, parse_source
 from core.telemetry import EVENT_NAMES, BuildEvent
-from runtimes import git, recipes
-from runtimes.images import emulation_missing, host_arch
-from runtimes.registry import RegistryRejected, load_dockerconfig
 
 IMAGES = recipes.BaseImages(python="py:base", node="node:base", rust="rust:base")
 

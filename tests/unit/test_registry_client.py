@@ -10,8 +10,8 @@ import json
 import httpx
 import pytest
 
-from runtimes.images import classify_push_error
-from runtimes.registry import Credentials, RegistryAuthError, RegistryClient, RegistryError, RegistryRejected
+from builds.images import classify_push_error
+from builds.registry import Credentials, RegistryAuthError, RegistryClient, RegistryError, RegistryRejected
 
 BASIC = "Basic " + base64.b64encode(b"robot:s3cret").decode()
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import docker
 import docker.errors
 
+from builds.registry import RegistryAuthError, RegistryError, RegistryRejected
 from runtimes.base import PermanentFailure, RuntimeFailure
-from runtimes.registry import RegistryAuthError, RegistryError, RegistryRejected
 
 ARCH_ALIASES = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le", "s390x": "s390x"}
 QEMU_NAMES = {

@@ -3,7 +3,7 @@ indexes, delete manifests.
 
 Every connection, status code and credential challenge is seen and classified here: transient
 (connection reset, timeout, 5xx, 429), authentication (401/403) or rejected (other 4xx, with the
-registry's message). Image layers themselves are pushed by the engine (`runtimes.images`).
+registry's message). Image layers themselves are pushed by the engine (`builds.images`).
 """
 
 from __future__ import annotations

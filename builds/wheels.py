@@ -8,8 +8,8 @@ import asyncio
 import sys
 from pathlib import Path
 
+from builds.recipes import RecipeError
 from runtimes.base import RuntimeFailure
-from runtimes.recipes import RecipeError
 
 PIP_ARCH = {"amd64": "x86_64", "arm64": "aarch64", "386": "i686", "ppc64le": "ppc64le", "s390x": "s390x"}
 
