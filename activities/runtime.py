@@ -19,8 +19,10 @@ from temporalio.exceptions import ApplicationError
 from activities.common import as_application_error, heartbeating, open_env
 from activities.records import InstanceRecord
 from core.crypto import EnvCipher
-from core.models import Deployment, Server
+from core.models import Deployment, Server, User
+from core.settings import Settings
 from core.sources import GitSource, ImageSource, parse_source
+from core.tenancy import Resources, server_data_dir, server_uid
 from runtimes.base import Executor, Instance, LaunchSpec, RuntimeFailure
 
 
@@ -56,13 +58,27 @@ def from_record(record: InstanceRecord) -> Instance:
     )
 
 
+def server_resources(server: Server, settings: Settings) -> Resources:
+    return Resources(
+        cpu=server.cpu_limit or settings.default_cpu_limit,
+        memory_mib=server.memory_limit or settings.default_memory_limit,
+        pids=settings.sandbox_pids_limit,
+        gpu=bool(server.use_gpu),
+    )
+
+
 class RuntimeActivities:
     def __init__(
-        self, sessionmaker: async_sessionmaker[AsyncSession], executors: Mapping[str, Executor], cipher: EnvCipher
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        executors: Mapping[str, Executor],
+        cipher: EnvCipher,
+        settings: Settings | None = None,
     ) -> None:
         self.sessionmaker = sessionmaker
         self.executors = executors
         self.cipher = cipher
+        self.settings = settings
 
     def executor(self, name: str) -> Executor:
         executor = self.executors.get(name)
@@ -78,14 +94,15 @@ class RuntimeActivities:
         async with self.sessionmaker() as session:
             row = (
                 await session.execute(
-                    select(Deployment, Server.slug)
+                    select(Deployment, Server, User.role)
                     .join(Server, Server.id == Deployment.server_id)
+                    .join(User, User.id == Server.owner_id)
                     .where(Deployment.id == uuid.UUID(deployment_id))
                 )
             ).first()
         if row is None:
             raise ApplicationError(f"deployment {deployment_id} no longer exists", type="gone", non_retryable=True)
-        deployment, slug = row
+        deployment, server, owner_role = row
         source = parse_source(deployment.spec["source"])
         if isinstance(source, GitSource):
             # A git source runs the image its build produced (recorded by the build/push steps).
@@ -93,12 +110,17 @@ class RuntimeActivities:
             if not built:
                 raise ApplicationError("this git deployment has no built image yet", type="gone", non_retryable=True)
             source = ImageSource(image=built["image"], port=built["port"], path=built["path"])
+        settings = self.settings
         spec = LaunchSpec(
             server_id=str(deployment.server_id),
             deployment_id=deployment_id,
-            slug=slug,
+            slug=server.slug,
             source=source,
             env=open_env(self.cipher, deployment.spec.get("env")),
+            resources=server_resources(server, settings) if settings else None,
+            uid=server_uid(server.id, settings.sandbox_uid_base) if settings else None,
+            data_dir=server_data_dir(settings.state_dir, server.id) if settings else None,
+            trusted=owner_role == "admin",
         )
         return self.executor(deployment.runtime or "process"), spec
 

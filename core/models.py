@@ -8,7 +8,9 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -88,6 +90,10 @@ class Server(Base):
     active_seq: Mapped[int] = mapped_column(Integer, default=0)
     deploy_seq: Mapped[int] = mapped_column(Integer, default=0)
     capabilities: Mapped[dict[str, Any] | None] = mapped_column()
+    # Resources: cores and MiB (None: the installation's defaults), and whether it gets the host's GPUs.
+    cpu_limit: Mapped[float | None] = mapped_column(Float)
+    memory_limit: Mapped[int | None] = mapped_column(Integer)
+    use_gpu: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
     created_at: Mapped[datetime] = _now_column()
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()

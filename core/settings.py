@@ -61,6 +61,40 @@ class Settings(BaseSettings):
     package_install_timeout_seconds: float = Field(default=600.0, gt=0)
     cookie_secure: bool = False
 
+    # Isolation of hosted servers (see the README's threat model).
+    process_sandbox: Literal["required", "off"] = Field(
+        default="required",
+        description="required: process-runtime servers and installs run in a bubblewrap + slirp4netns sandbox, "
+        "and non-administrators' servers are refused where it cannot be set up; off: single-user local use only.",
+    )
+    sandbox_uid_base: int = Field(
+        default=200000, ge=1000, description="First host uid of the per-server sandbox uids (a range of 65536)."
+    )
+    sandbox_pids_limit: int = Field(default=512, ge=16, description="Processes (threads) a server may run at once.")
+    package_allow_sdist: bool = Field(
+        default=False,
+        description="Let PyPI installs build source distributions (in the sandbox) and npm run install scripts.",
+    )
+    package_python_image: str = Field(
+        default="python:3.11-slim-bookworm", description="Base image of package sources on the docker runtime (PyPI)."
+    )
+    package_node_image: str = Field(
+        default="node:22-bookworm-slim", description="Base image of package sources on the docker runtime (npm)."
+    )
+    default_cpu_limit: float = Field(default=1.0, gt=0, description="Cores a server gets when it names none.")
+    max_cpu_limit: float = Field(default=4.0, gt=0, description="Most cores a non-administrator's server may ask for.")
+    default_memory_limit: int = Field(default=512, ge=16, description="MiB a server gets when it names none.")
+    max_memory_limit: int = Field(default=4096, ge=16, description="Most MiB a non-administrator's server may ask for.")
+    gpu_available: bool | None = Field(
+        default=None, description="Whether servers may ask for GPUs; unset: detected (/dev/nvidia* present)."
+    )
+    files_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1, description="Largest file one upload may store.")
+    files_quota_bytes: int = Field(default=100 * 1024 * 1024, ge=1, description="Total size of a server's /data.")
+
+    # Abuse limits of the account endpoints.
+    login_rate_per_minute: int = Field(default=10, ge=1, description="Login/register attempts per address a minute.")
+    login_account_rate_per_minute: int = Field(default=5, ge=1, description="Failed logins per account a minute.")
+
     # Git sources and image builds.
     git_allow_insecure_urls: bool = Field(
         default=False, description="Also allow http://, file:// and private hosts as git sources (local/test use)."

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from core.sources import CommandSource, ImageSource, PackageSource
+from core.tenancy import Resources
 
 Source = ImageSource | PackageSource | CommandSource
 
@@ -58,6 +60,12 @@ class LaunchSpec:
     slug: str
     source: Source
     env: dict[str, str] = field(default_factory=dict)
+    # The server's own limits, host uid and `/data` directory (None: the runtime's defaults, no /data).
+    resources: Resources | None = None
+    uid: int | None = None
+    data_dir: Path | None = None
+    # Whether the server's owner is an administrator: only their servers may run unsandboxed.
+    trusted: bool = False
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
         *BuildActivities(sessionmaker, settings, builder).all(),
         *ArtifactActivities(sessionmaker).all(),
         *registry.all(),
-        *RuntimeActivities(sessionmaker, executors, settings.env_cipher()).all(),
+        *RuntimeActivities(sessionmaker, executors, settings.env_cipher(), settings).all(),
         *HealthActivities(executors).all(),
     ]
     stop = stop or asyncio.Event()
