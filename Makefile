@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := git podman runc docker-registry debootstrap apache2-utils
+APT_PACKAGES := git podman runc docker-registry debootstrap apache2-utils bubblewrap slirp4netns
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
 .PHONY: up test lint bench install system-deps clean

@@ -6,6 +6,7 @@ This is the only module that reads the environment. Everything else receives a `
 from __future__ import annotations
 
 import re
+import socket
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -36,6 +37,19 @@ class Settings(BaseSettings):
     temporal_address: str = "127.0.0.1:7233"
     temporal_namespace: str = "default"
     temporal_task_queue: str = "mcphost"
+    worker_host_id: str = Field(
+        default_factory=socket.gethostname,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        max_length=100,
+        description="Names the host a worker acts on (its processes, state directory, engine): the runtime steps "
+        "of the instances started there come back through the task queue <TEMPORAL_TASK_QUEUE>-host-<this>.",
+    )
+    worker_host_wait_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="How long a runtime step waits for a worker of the host it must run on; past it, that host "
+        "counts as gone (a deployment fails there, a stop goes on without it and says so).",
+    )
     jwt_secret: SecretStr = Field(description="HMAC key for session tokens; at least 32 characters.")
     secrets_key: SecretStr = Field(
         description="Key(s) sealing server config env at rest: comma-separated, 32+ characters each; first seals."
@@ -74,6 +88,11 @@ class Settings(BaseSettings):
     package_allow_sdist: bool = Field(
         default=False,
         description="Let PyPI installs build source distributions (in the sandbox) and npm run install scripts.",
+    )
+    package_find_links: str | None = Field(
+        default=None,
+        description="Local wheel directories (space-separated) pip may install from beside the index; "
+        "they are shown read-only to sandboxed installs.",
     )
     package_python_image: str = Field(
         default="python:3.11-slim-bookworm", description="Base image of package sources on the docker runtime (PyPI)."
@@ -183,6 +202,11 @@ class Settings(BaseSettings):
 
     def env_cipher(self) -> EnvCipher:
         return EnvCipher(split_keys(self.secrets_key.get_secret_value()))
+
+    @property
+    def host_task_queue(self) -> str:
+        """The task queue only this host's workers poll: where the runtime steps of its instances run."""
+        return f"{self.temporal_task_queue}-host-{self.worker_host_id}"
 
     @property
     def arch_targets(self) -> list[str]:

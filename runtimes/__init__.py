@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from core.settings import Settings
-from runtimes.base import Executor
+# Kept light: the sandbox launcher (`python -m runtimes.sandbox`) imports this package on every start.
+if TYPE_CHECKING:
+    from core.settings import Settings
+    from runtimes.base import Executor
 
 # Given an image reference, the credentials to pull it with (docker SDK auth_config), or None.
 AuthLookup = Callable[[str], "dict[str, str] | None"]
@@ -14,9 +17,21 @@ AuthLookup = Callable[[str], "dict[str, str] | None"]
 def build_executors(settings: Settings, auth_for: AuthLookup | None = None) -> dict[str, Executor]:
     from runtimes.process import ProcessExecutor
 
+    from pathlib import Path
+
+    # Besides the state directory, what a hosted process must never read: the platform's .env and keys.
+    hidden = [Path(".env").resolve(), settings.state_dir.resolve()]
+    if settings.registry_auth_dockerconfig is not None:
+        hidden.append(settings.registry_auth_dockerconfig.resolve())
     executors: dict[str, Executor] = {
         "process": ProcessExecutor(
-            settings.state_dir / "process", install_timeout=settings.package_install_timeout_seconds
+            settings.state_dir / "process",
+            install_timeout=settings.package_install_timeout_seconds,
+            sandbox_mode=settings.process_sandbox,
+            installer_uid=settings.sandbox_uid_base + 65536,
+            allow_sdist=settings.package_allow_sdist,
+            find_links=settings.package_find_links,
+            hidden=tuple(hidden),
         )
     }
     if settings.container_runtime == "docker" or settings.docker_host:

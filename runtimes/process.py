@@ -1,9 +1,15 @@
-"""The process runtime: MCP servers run as host processes, each in its own session.
+"""The process runtime: MCP servers run as host processes, each in its own session and, unless the
+installation turned it off, in its own sandbox (`runtimes.sandbox`).
 
-Packages are installed once into cached environments (a venv per PyPI requirement, an npm prefix
-per npm requirement). Instances are found by looking at the real processes, through environment
-markers, so a launch repeated after a worker crash finds the process it already started instead
-of starting a second one. Processes outlive the worker that started them.
+Packages are installed once into cached environments (a venv per PyPI requirement, an npm prefix per
+npm requirement), by a sandboxed installer that runs as a uid of its own: servers get their environment
+read-only and can never write into it. Installs take binary wheels only and skip npm install scripts
+unless PACKAGE_ALLOW_SDIST is set. A server's command must be an entry point its package declares.
+
+Each instance is recorded in a file of the platform's own (pid, start time, URL), so a launch repeated
+after a worker crash finds the process it already started instead of starting a second one, and no
+process a hosted server starts can pass itself off as another server's instance. Processes outlive the
+worker that started them.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from typing import Any
 import psutil
 
 from core.sources import CommandSource, ImageSource, PackageSource
+from runtimes import sandbox
 from runtimes.base import (
     CommandNotFound,
     Instance,
@@ -38,9 +45,6 @@ from runtimes.base import (
     free_loopback_port,
 )
 
-ENV_DEPLOYMENT = "MCPHOST_DEPLOYMENT_ID"
-ENV_SERVER = "MCPHOST_SERVER_ID"
-ENV_URL = "MCPHOST_UPSTREAM_URL"
 # What installers and server processes inherit from the worker: locale, the host's trust store and proxies
 # (without them TLS through an intercepting proxy fails, and npm retries for minutes), and package index
 # settings. Everything else a server gets comes from its own config env.
@@ -69,6 +73,20 @@ _PASSTHROUGH_ENV = (
     "npm_config_registry",
 )
 _NOT_FOUND_PIP = re.compile(r"No matching distribution found|Could not find a version that satisfies")
+# Names that would run arbitrary code rather than the package's own server.
+INTERPRETERS = re.compile(
+    r"^(python[0-9.]*|pypy[0-9.]*|node(js)?|deno|bun|npm|npx|pnpm|yarn|pip[0-9.]*|uvx?|"
+    r"(ba|da|z|k|c|tc|fi)?sh|env|busybox|perl|ruby|php|lua|awk|gawk|sudo|su)$"
+)
+SANDBOX_PORT = 8000  # where an HTTP server listens inside its own network namespace
+
+
+def ensure_owned_dir(path: Path, uid: int) -> None:
+    """A directory only the given uid (and the platform) may use: the server's /data."""
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        os.chown(path, uid, uid)
+    os.chmod(path, 0o700)
 
 
 def _tail(text: str, lines: int = 15) -> str:
@@ -78,20 +96,61 @@ def _tail(text: str, lines: int = 15) -> str:
 class ProcessExecutor:
     name = "process"
 
-    def __init__(self, state_dir: Path, *, install_timeout: float = 600.0) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        install_timeout: float = 600.0,
+        sandbox_mode: str = "off",
+        installer_uid: int = 265536,
+        allow_sdist: bool = False,
+        find_links: str | None = None,
+        hidden: tuple[Path, ...] = (),
+    ) -> None:
         self.state_dir = state_dir
         self.envs_dir = state_dir / "envs"
         self.logs_dir = state_dir / "logs"
         self.work_dir = state_dir / "work"
+        self.plans_dir = state_dir / "plans"
+        self.records_dir = state_dir / "instances"
         self.install_timeout = install_timeout
-        for d in (self.envs_dir, self.logs_dir, self.work_dir):
+        self.sandbox_mode = sandbox_mode
+        self.installer_uid = installer_uid
+        self.allow_sdist = allow_sdist
+        self.find_links = find_links
+        # What no hosted code may see besides the usual (the whole platform state directory, .env files).
+        self.hidden = tuple(str(p) for p in (state_dir, *hidden))
+        self.support = sandbox.probe() if sandbox_mode == "required" else None
+        for d in (self.envs_dir, self.logs_dir, self.work_dir, self.plans_dir, self.records_dir):
             d.mkdir(parents=True, exist_ok=True)
+        for d in (self.plans_dir, self.records_dir, self.logs_dir):
+            os.chmod(d, 0o700)
+
+    @property
+    def sandboxed(self) -> bool:
+        """Whether installs and servers run sandboxed on this host."""
+        return self.support is not None and self.support.ok
+
+    def _require_sandbox(self, spec: LaunchSpec) -> bool:
+        """Whether this server runs sandboxed; refuses an untrusted server where no sandbox can be had."""
+        if self.support is None:
+            return False  # PROCESS_SANDBOX=off: a single-user installation
+        if self.support.ok:
+            return True
+        if spec.trusted:
+            return False
+        raise PermanentFailure(
+            f"{self.support.describe()}. Servers of non-administrators run on the process runtime only in "
+            "the sandbox; install what is missing, or use the docker runtime"
+        )
 
     # ---- preparation -------------------------------------------------------------------------
 
     async def prepare(self, spec: LaunchSpec) -> str:
+        self._require_sandbox(spec)
         argv = await self._resolve_argv(spec.source)
-        return " ".join(argv)
+        how = f"sandboxed ({self.support.limits})" if self.sandboxed and self.support else "not sandboxed"
+        return f"{' '.join(argv)} [{how}]"
 
     async def _resolve_argv(self, source: Any) -> list[str]:
         if isinstance(source, ImageSource):
@@ -109,7 +168,9 @@ class ProcessExecutor:
         return [exe, *source.args]
 
     def _env_dir(self, source: PackageSource) -> Path:
-        digest = hashlib.sha256(f"{source.registry}:{source.requirement}".encode()).hexdigest()[:12]
+        # Environments made with source builds / install scripts allowed are kept apart from wheel-only ones.
+        key = f"{source.registry}:{source.requirement}:{'sdist' if self.allow_sdist else 'binary'}"
+        digest = hashlib.sha256(key.encode()).hexdigest()[:12]
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", source.package)[:60]
         return self.envs_dir / source.registry / f"{safe}-{digest}"
 
@@ -126,30 +187,75 @@ class ProcessExecutor:
             os.close(fd)
 
     async def _run(self, *argv: str, cwd: Path | None = None) -> tuple[int, str]:
+        """Run an install step; in the sandbox (as the installer uid, writing only `cwd`) when there is one."""
+        env = self._base_env()
+        if self.find_links:
+            env["PIP_FIND_LINKS"] = " ".join(filter(None, [self.find_links, env.get("PIP_FIND_LINKS")]))
+        command = list(argv)
+        if self.sandboxed and cwd is not None:
+            env["HOME"] = sandbox.HOME
+            env["TMPDIR"] = "/tmp"
+            plan = sandbox.SandboxPlan(
+                uid=self.installer_uid,
+                argv=command,
+                cgroup=f"install-{cwd.name}",
+                ro_binds=[[p, p] for p in sandbox.exposed_paths(env)],
+                rw_binds=[[str(cwd), str(cwd)]],
+                hidden=list(self.hidden),
+                chdir=str(cwd),
+                pids=1024,
+            )
+            plan_path = self.plans_dir / f"install-{cwd.name}.json"
+            plan.write(plan_path)
+            command = [sys.executable, "-m", "runtimes.sandbox", "--plan", str(plan_path)]
         proc = await asyncio.create_subprocess_exec(
-            *argv,
+            *command,
             cwd=cwd,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
-            env=self._base_env(),
+            env=env,
+            start_new_session=True,
         )
         try:
             out, _ = await asyncio.wait_for(proc.communicate(), timeout=self.install_timeout)
         except TimeoutError:
-            proc.kill()
-            await proc.wait()
+            await self._kill(proc)
             raise RuntimeFailure(f"{argv[0]} did not finish within {self.install_timeout:.0f}s") from None
+        except asyncio.CancelledError:
+            # A cancelled install must not keep running beside the next attempt.
+            await self._kill(proc)
+            raise
         return proc.returncode or 0, out.decode(errors="replace")
+
+    @staticmethod
+    async def _kill(proc: asyncio.subprocess.Process) -> None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        await proc.wait()
+
+    def _own_env_dir(self, env_dir: Path) -> None:
+        """A fresh environment directory the sandboxed installer (and nobody else) may write."""
+        shutil.rmtree(env_dir, ignore_errors=True)
+        env_dir.mkdir(parents=True)
+        if self.sandboxed:
+            os.chown(env_dir, self.installer_uid, self.installer_uid)
+        else:
+            os.chmod(env_dir, 0o755)
 
     async def _install_pypi(self, source: PackageSource) -> str:
         env_dir = self._env_dir(source)
         marker = env_dir / ".mcphost-ready.json"
         async with self._env_lock(env_dir):
             if not marker.exists():
-                shutil.rmtree(env_dir, ignore_errors=True)
-                code, out = await self._run(sys.executable, "-m", "venv", str(env_dir))
+                self._own_env_dir(env_dir)
+                code, out = await self._run(
+                    os.path.realpath(sys.executable), "-m", "venv", str(env_dir), cwd=env_dir
+                )
                 if code != 0:
                     raise RuntimeFailure(f"could not create a virtual environment: {_tail(out)}")
+                binary = [] if self.allow_sdist else ["--only-binary=:all:"]
                 code, out = await self._run(
                     str(env_dir / "bin" / "python"),
                     "-m",
@@ -157,14 +263,20 @@ class ProcessExecutor:
                     "install",
                     "--disable-pip-version-check",
                     "--no-input",
+                    "--no-cache-dir",
                     "-q",
+                    *binary,
                     source.requirement,
+                    cwd=env_dir,
                 )
                 if code != 0:
                     shutil.rmtree(env_dir, ignore_errors=True)
                     if _NOT_FOUND_PIP.search(out):
+                        hint = (
+                            "" if self.allow_sdist else " as a binary wheel (source builds need PACKAGE_ALLOW_SDIST)"
+                        )
                         raise PackageNotFound(
-                            f"package {source.requirement!r} was not found on PyPI; check the name and version"
+                            f"package {source.requirement!r} was not found on PyPI{hint}; check the name and version"
                         )
                     raise RuntimeFailure(f"pip install {source.requirement} failed: {_tail(out)}")
                 code, out = await self._run(
@@ -173,16 +285,17 @@ class ProcessExecutor:
                     "import importlib.metadata as m, json, sys; d = m.distribution(sys.argv[1]); "
                     "print(json.dumps(sorted(e.name for e in d.entry_points if e.group == 'console_scripts')))",
                     source.package,
+                    cwd=env_dir,
                 )
                 scripts = json.loads(out.strip().splitlines()[-1]) if code == 0 else []
                 marker.write_text(json.dumps({"requirement": source.requirement, "scripts": scripts}))
             scripts = json.loads(marker.read_text())["scripts"]
         wanted = source.command or self._default_script(source.package, scripts)
         exe = env_dir / "bin" / wanted
-        if not exe.exists():
+        if wanted not in scripts or not exe.exists():
             raise CommandNotFound(
-                f"package {source.package!r} has no console script {wanted!r}; "
-                f"available: {', '.join(scripts) or 'none'} (set source.command)"
+                f"package {source.package!r} declares no console script {wanted!r}; its entry points: "
+                f"{', '.join(scripts) or 'none'} (set source.command to one of them)"
             )
         return str(exe)
 
@@ -206,18 +319,20 @@ class ProcessExecutor:
         marker = env_dir / ".mcphost-ready.json"
         async with self._env_lock(env_dir):
             if not marker.exists():
-                shutil.rmtree(env_dir, ignore_errors=True)
-                env_dir.mkdir(parents=True)
+                self._own_env_dir(env_dir)
+                scripts_flag = [] if self.allow_sdist else ["--ignore-scripts"]
                 code, out = await self._run(
-                    "npm",
+                    os.path.realpath(shutil.which("npm") or "npm"),
                     "install",
                     "--prefix",
                     str(env_dir),
                     "--no-audit",
                     "--no-fund",
+                    "--no-update-notifier",
                     "--omit=dev",
-                    "--ignore-scripts",
+                    *scripts_flag,
                     source.requirement,
+                    cwd=env_dir,
                 )
                 if code != 0:
                     shutil.rmtree(env_dir, ignore_errors=True)
@@ -234,8 +349,11 @@ class ProcessExecutor:
             scripts = json.loads(marker.read_text())["scripts"]
         wanted = source.command or self._default_script(source.package.split("/")[-1], scripts)
         exe = env_dir / "node_modules" / ".bin" / wanted
-        if not exe.exists():
-            raise CommandNotFound(f"npm package {source.package!r} has no executable {wanted!r}")
+        if wanted not in scripts or not exe.exists():
+            raise CommandNotFound(
+                f"npm package {source.package!r} declares no executable {wanted!r}; its bin entries: "
+                f"{', '.join(scripts) or 'none'} (set source.command to one of them)"
+            )
         return str(exe)
 
     # ---- instances ---------------------------------------------------------------------------
@@ -248,29 +366,32 @@ class ProcessExecutor:
         for instance in existing:
             if (await self.status(instance)).state == "running":
                 return instance
+        sandboxed = self._require_sandbox(spec)
         argv = await self._resolve_argv(spec.source)
         source = spec.source
         assert not isinstance(source, ImageSource)
         port = free_loopback_port()
-        if source.transport == "stdio":
-            path = "/mcp"
-            argv = [sys.executable, "-m", "runtimes.bridge", "--port", str(port), "--path", path, "--", *argv]
-        else:
-            path = source.path
+        path = "/mcp" if source.transport == "stdio" else source.path
         url = f"http://127.0.0.1:{port}{path}"
-        env = (
-            self._base_env()
-            | spec.env
-            | {
-                "PORT": str(port),
-                ENV_DEPLOYMENT: spec.deployment_id,
-                ENV_SERVER: spec.server_id,
-                ENV_URL: url,
-            }
-        )
+        env = self._base_env() | spec.env | {"PORT": str(port)}
+        log_path = self.logs_dir / f"{spec.deployment_id}.log"
+        if sandboxed:
+            env |= {"HOME": sandbox.HOME, "TMPDIR": "/tmp"}
+            plan = self._plan(spec, argv, env)
+            if source.transport == "http":
+                env |= {"PORT": str(SANDBOX_PORT), "HOST": "0.0.0.0"}
+                plan.forward = [port, SANDBOX_PORT]
+                plan.api_socket = str(self.plans_dir / f"{spec.deployment_id}.sock")
+            plan_path = self.plans_dir / f"{spec.deployment_id}.json"
+            plan.write(plan_path)
+            argv = [sys.executable, "-m", "runtimes.sandbox", "--plan", str(plan_path), "--", *argv]
+            self._note(log_path, f"sandboxed as uid {plan.uid} ({self.support.limits if self.support else ''})")
+        elif self.support is not None:
+            self._note(log_path, f"NOT sandboxed (administrator's server): {self.support.describe()}")
+        if source.transport == "stdio":
+            argv = [sys.executable, "-m", "runtimes.bridge", "--port", str(port), "--path", path, "--", *argv]
         workdir = self.work_dir / spec.deployment_id
         workdir.mkdir(parents=True, exist_ok=True)
-        log_path = self.logs_dir / f"{spec.deployment_id}.log"
         with open(log_path, "ab") as log_file:
             try:
                 proc = subprocess.Popen(
@@ -285,43 +406,71 @@ class ProcessExecutor:
                 )
             except OSError as exc:
                 raise CommandNotFound(f"could not start {argv[0]}: {exc}") from None
-        created = psutil.Process(proc.pid).create_time()
-        return Instance(
+        instance = Instance(
             runtime=self.name,
-            ref=f"{proc.pid}:{created}",
+            ref=f"{proc.pid}:{psutil.Process(proc.pid).create_time()}",
             deployment_id=spec.deployment_id,
             server_id=spec.server_id,
             url=url,
         )
+        self._record(instance)
+        return instance
+
+    def _plan(self, spec: LaunchSpec, argv: list[str], env: dict[str, str]) -> sandbox.SandboxPlan:
+        if spec.uid is None:
+            raise PermanentFailure("the sandbox needs the server's uid; this worker was not given one")
+        ro = [[p, p] for p in sandbox.exposed_paths(env)]
+        if argv and argv[0].startswith(str(self.envs_dir)):
+            env_dir = self.envs_dir.joinpath(*Path(argv[0]).relative_to(self.envs_dir).parts[:2])
+            ro.append([str(env_dir), str(env_dir)])
+        rw = []
+        if spec.data_dir is not None:
+            ensure_owned_dir(spec.data_dir, spec.uid)
+            rw.append([str(spec.data_dir), "/data"])
+        resources = spec.resources
+        return sandbox.SandboxPlan(
+            uid=spec.uid,
+            argv=argv,
+            cgroup=spec.deployment_id,
+            ro_binds=ro,
+            rw_binds=rw,
+            hidden=list(self.hidden),
+            memory_mib=resources.memory_mib if resources else None,
+            cpu=resources.cpu if resources else None,
+            pids=resources.pids if resources else None,
+        )
+
+    @staticmethod
+    def _note(log_path: Path, message: str) -> None:
+        with open(log_path, "a") as fh:
+            fh.write(f"mcphost: {message}\n")
+
+    # ---- instance records ----------------------------------------------------------------------
+
+    def _record_path(self, server_id: str, deployment_id: str) -> Path:
+        return self.records_dir / server_id / f"{deployment_id}.json"
+
+    def _record(self, instance: Instance) -> None:
+        path = self._record_path(instance.server_id, instance.deployment_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(instance.to_dict()))
+        os.replace(tmp, path)
 
     async def instances(self, server_id: str) -> list[Instance]:
-        return await asyncio.to_thread(self._scan, server_id)
+        return await asyncio.to_thread(self._read_records, server_id)
 
-    def _scan(self, server_id: str) -> list[Instance]:
-        found: dict[int, tuple[psutil.Process, dict[str, str]]] = {}
-        for proc in psutil.process_iter(["pid", "ppid", "status"]):
+    def _read_records(self, server_id: str) -> list[Instance]:
+        folder = self.records_dir / server_id
+        if not re.fullmatch(r"[0-9a-f-]{36}", server_id) or not folder.is_dir():
+            return []
+        found = []
+        for path in sorted(folder.glob("*.json")):
             try:
-                if proc.info["status"] == psutil.STATUS_ZOMBIE:
-                    continue
-                env = proc.environ()
-            except (psutil.Error, OSError):
+                found.append(Instance(**json.loads(path.read_text())))
+            except (OSError, ValueError, TypeError):
                 continue
-            if env.get(ENV_SERVER) == server_id and ENV_DEPLOYMENT in env:
-                found[proc.pid] = (proc, env)
-        result = []
-        for pid, (proc, env) in found.items():
-            if proc.info["ppid"] in found:
-                continue  # a child of an instance (the bridge's stdio server), not an instance itself
-            result.append(
-                Instance(
-                    runtime=self.name,
-                    ref=f"{pid}:{proc.create_time()}",
-                    deployment_id=env[ENV_DEPLOYMENT],
-                    server_id=server_id,
-                    url=env.get(ENV_URL, ""),
-                )
-            )
-        return result
+        return found
 
     @staticmethod
     def _process(instance: Instance) -> psutil.Process | None:
@@ -381,6 +530,12 @@ class ProcessExecutor:
     async def remove(self, instance: Instance) -> None:
         await self.stop(instance)
         shutil.rmtree(self.work_dir / instance.deployment_id, ignore_errors=True)
+        for leftover in (
+            self._record_path(instance.server_id, instance.deployment_id),
+            self.plans_dir / f"{instance.deployment_id}.json",
+            self.plans_dir / f"{instance.deployment_id}.sock",
+        ):
+            leftover.unlink(missing_ok=True)
 
     async def logs(self, instance: Instance, tail: int = 200) -> list[str]:
         return self.read_log(instance.deployment_id, tail)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from tests.support.components import (
     drop_database,
     free_port,
     require,
+    server_ids,
     stop_process_instances,
     temporal_cli,
 )
@@ -71,6 +71,9 @@ async def database_url() -> AsyncIterator[str]:
         raise
     await upgrade_async(url)
     yield url
+    # Server processes outlive workers by design; those of this run's servers go with it (other runs may
+    # share the cached state directory, so nothing else is touched).
+    stop_process_instances(CACHE / "state" / "process", await server_ids(url))
     await drop_database(admin, name)
 
 
@@ -79,10 +82,7 @@ def process_state_dir() -> Iterator[Path]:
     # Package environments are cached across runs: installing from PyPI is the slow part of a deploy.
     path = CACHE / "state"
     path.mkdir(parents=True, exist_ok=True)
-    started = time.time()
     yield path
-    # Server processes outlive workers by design; the ones this run started go with it.
-    stop_process_instances(path / "process" / "work", started_after=started)
 
 
 @pytest.fixture(scope="session")

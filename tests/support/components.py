@@ -32,24 +32,26 @@ def require(ok: bool, what: str) -> None:
     pytest.skip(f"component not available: {what}")
 
 
-def stop_process_instances(work_dir: Path, started_after: float = 0.0) -> int:
-    """Stop the MCP server processes the process runtime started under `work_dir` (their working
-    directory) since `started_after`. They run in their own session, so they outlive the tests' workers
-    and platform on purpose; each is stopped with its session (the bridge and its stdio children)."""
+def stop_process_instances(process_dir: Path, server_ids: set[str]) -> int:
+    """Stop the MCP server processes the process runtime under `process_dir` runs for the given servers
+    (the ones this test run made: other runs may share the directory). They run in their own session, so
+    they outlive the tests' workers and platform on purpose; each is stopped with its session (the
+    bridge, the sandbox and the server)."""
+    import json
     import signal
 
     import psutil
 
-    from runtimes.process import ENV_SERVER
-
     found = []
-    for proc in psutil.process_iter(["pid", "create_time"]):
+    for record in (process_dir / "instances").glob("*/*.json"):
         try:
-            if proc.info["create_time"] < started_after or not Path(proc.cwd()).is_relative_to(work_dir):
+            if record.parent.name not in server_ids:
                 continue
-            if ENV_SERVER in proc.environ() and os.getsid(proc.pid) == proc.pid:
+            pid_text, _, created = json.loads(record.read_text())["ref"].partition(":")
+            proc = psutil.Process(int(pid_text))
+            if abs(proc.create_time() - float(created)) < 0.01:
                 found.append(proc)
-        except (psutil.Error, OSError):
+        except (psutil.Error, OSError, ValueError, KeyError):
             continue
     for proc in found:
         try:
@@ -121,6 +123,16 @@ async def create_database(admin_url: str) -> tuple[str, str]:
     finally:
         await conn.close()
     return name, with_database(admin_url, name).replace("postgresql://", "postgresql+asyncpg://", 1)
+
+
+async def server_ids(database_url: str) -> set[str]:
+    import asyncpg
+
+    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    try:
+        return {str(row["id"]) for row in await conn.fetch("SELECT id FROM servers")}
+    finally:
+        await conn.close()
 
 
 async def drop_database(admin_url: str, name: str) -> None:

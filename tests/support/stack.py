@@ -13,13 +13,15 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import uvicorn
+from fastapi import FastAPI
 from pydantic import SecretStr
 
 from api.app import create_app
+from api.deps import AppState
 from core.settings import Settings
 from tests.support.components import free_port
 from worker.main import run_worker
@@ -38,6 +40,9 @@ def make_settings(database_url: str, temporal_address: str, state_dir: Path, **o
         "bind_port": free_port(),
         "state_dir": state_dir,
         "health_check_timeout_seconds": 60,
+        # The suite registers hundreds of accounts from one address; rate limits have tests of their own.
+        "login_rate_per_minute": 100000,
+        "login_account_rate_per_minute": 100000,
     }
     values.update(overrides)
     return Settings.model_validate(values)
@@ -128,6 +133,13 @@ class Stack:
                     if time.monotonic() > deadline:
                         raise RuntimeError(f"API at {self.base_url} does not answer: {exc!r}") from None
                 await asyncio.sleep(0.1)
+
+    @property
+    def state(self) -> AppState:
+        """The API process's state (route cache, login limits), for tests that look inside it."""
+        assert self._server is not None
+        app = cast(FastAPI, self._server.config.app)
+        return cast(AppState, app.state.mcphost)
 
     async def stop(self) -> None:
         self._worker_stop.set()

@@ -1,0 +1,407 @@
+"""The process runtime's sandbox: bubblewrap namespaces, a per-server uid, slirp4netns networking, limits.
+
+A hosted server (and every package install) runs as
+
+    launcher (platform, outside)  ->  bwrap (new pid/ipc/uts/net/mount namespaces)  ->  setpriv (drop to
+    the server's own unprivileged uid, no capabilities, no new privileges)  ->  the command
+
+with a read-only view of the host in which the platform's state directory, /run, /tmp, /home and
+/root are replaced by empty tmpfs mounts, only the server's own directories bound back in (its package
+environment read-only, its /data read-write), and a network namespace whose only way out is a
+slirp4netns user-mode stack with the host's loopback disabled: the internet is reachable where the host
+reaches it, the platform's Postgres, Temporal, API and other servers' ports are not.
+
+The launcher is this module run as a program (`python -m runtimes.sandbox --plan FILE -- cmd ...`). It
+stays outside the sandbox for the life of the command: it puts itself into the server's cgroup (memory,
+cpu and pids limits, v2 or v1) or, where cgroups are not writable, sets rlimits; it starts slirp4netns
+once bwrap has made the network namespace and lets the command start only when the network is up; and
+when the command dies of the memory limit it says so on stderr, which is the server's log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CGROUP_GROUP = "mcphost"
+HOME = "/home/mcp"
+# Host paths no hosted code may see: replaced by empty tmpfs mounts inside every sandbox.
+ALWAYS_HIDDEN = ("/run", "/tmp", "/var/tmp", "/home", "/root", "/dev/shm", "/var/lib/postgresql", "/var/lib/containers")
+
+
+@dataclass
+class SandboxPlan:
+    """Everything the launcher needs, written as JSON by the platform (never holds secrets: the server's
+    config env reaches the command through the process environment)."""
+
+    uid: int
+    argv: list[str]
+    cgroup: str
+    ro_binds: list[list[str]] = field(default_factory=list)  # [host path, path inside]
+    rw_binds: list[list[str]] = field(default_factory=list)
+    hidden: list[str] = field(default_factory=list)
+    network: bool = True
+    memory_mib: int | None = None
+    cpu: float | None = None
+    pids: int | None = None
+    chdir: str = HOME
+    # [host port, port inside]: an inbound TCP forward from the host's loopback (servers that speak HTTP)
+    forward: list[int] | None = None
+    api_socket: str | None = None
+
+    def write(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self)))
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+
+    @classmethod
+    def read(cls, path: Path) -> SandboxPlan:
+        return cls(**json.loads(path.read_text()))
+
+
+@dataclass(frozen=True)
+class SandboxSupport:
+    """Whether this host can sandbox hosted processes, and how it limits resources."""
+
+    missing: tuple[str, ...]
+    limits: str  # cgroup-v2 | cgroup-v1 | rlimit
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing
+
+    def describe(self) -> str:
+        if self.ok:
+            return f"bubblewrap + slirp4netns sandbox, limits by {self.limits}"
+        return "the process sandbox cannot be set up on this worker host: missing " + "; ".join(self.missing)
+
+
+def probe() -> SandboxSupport:
+    missing = []
+    for tool, package in (("bwrap", "bubblewrap"), ("slirp4netns", "slirp4netns"), ("setpriv", "util-linux")):
+        if shutil.which(tool) is None:
+            missing.append(f"{tool} (apt-get install {package})")
+    if os.geteuid() != 0:
+        missing.append("root privileges for the worker (each server runs as its own uid)")
+    return SandboxSupport(missing=tuple(missing), limits=cgroup_mode())
+
+
+def cgroup_mode() -> str:
+    if os.geteuid() != 0:
+        return "rlimit"
+    controllers = CGROUP_ROOT / "cgroup.controllers"
+    if controllers.exists() and "memory" in controllers.read_text().split() and os.access(CGROUP_ROOT, os.W_OK):
+        return "cgroup-v2"
+    if (CGROUP_ROOT / "memory").is_dir() and os.access(CGROUP_ROOT / "memory", os.W_OK):
+        return "cgroup-v1"
+    return "rlimit"
+
+
+def exposed_paths(env: dict[str, str]) -> list[str]:
+    """Host paths hosted code needs to read although they may sit under a hidden directory: the Python
+    the package environments were made with, and local wheel directories and trust stores the operator
+    named for installs."""
+    paths = {os.path.realpath(sys.base_prefix)}
+    for name in ("PIP_FIND_LINKS", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS"):
+        for item in env.get(name, "").split():
+            if item.startswith("/") and os.path.exists(item):
+                paths.add(os.path.realpath(item))
+    return sorted(paths)
+
+
+def bwrap_argv(plan: SandboxPlan, info_fd: int, block_fd: int) -> list[str]:
+    argv = [
+        "bwrap",
+        "--die-with-parent",
+        "--new-session",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--hostname",
+        "mcp",
+        "--tmpfs",
+        "/",
+    ]
+    # The host's top-level folders, read-only, on a root of the sandbox's own (so that /data, which the
+    # host does not have, can be made).
+    for name in sorted(os.listdir("/")):
+        host = "/" + name
+        if name in ("proc", "dev", "data", "lost+found"):
+            continue
+        if os.path.islink(host):
+            argv += ["--symlink", os.readlink(host), host]
+        elif os.path.isdir(host):
+            argv += ["--ro-bind", host, host]
+    argv += ["--dev", "/dev", "--proc", "/proc", "--perms", "0755", "--dir", "/data"]
+    if plan.network:
+        argv.append("--unshare-net")
+    hidden = sorted({os.path.normpath(p) for p in (*ALWAYS_HIDDEN, *plan.hidden)})
+    # A path inside another hidden one is gone already (and a second tmpfs would hide the first's binds).
+    hidden = [p for p in hidden if not any(p != q and p.startswith(q + "/") for q in hidden)]
+    for path in hidden:
+        if os.path.isdir(path):
+            argv += ["--tmpfs", path]
+        elif os.path.exists(path):
+            argv += ["--ro-bind", "/dev/null", path]
+    argv += ["--dir", HOME, "--chmod", "0777", HOME, "--chmod", "1777", "/tmp", "--chmod", "1777", "/dev/shm"]
+    # The way down to a path bound back under a hidden one must be traversable by the sandbox's uid.
+    ancestors: set[str] = set()
+    for _host, inside in (*plan.ro_binds, *plan.rw_binds):
+        parent = os.path.dirname(os.path.normpath(inside))
+        while parent not in ("/", "") and any(parent.startswith(h + "/") for h in hidden):
+            ancestors.add(parent)
+            parent = os.path.dirname(parent)
+    for path in sorted(ancestors, key=lambda p: p.count("/")):
+        argv += ["--perms", "0755", "--dir", path]
+    for host, inside in plan.ro_binds:
+        argv += ["--ro-bind", host, inside]
+    for host, inside in plan.rw_binds:
+        argv += ["--bind", host, inside]
+    argv += ["--chdir", plan.chdir, "--info-fd", str(info_fd), "--block-fd", str(block_fd), "--"]
+    argv += [
+        "setpriv",
+        f"--reuid={plan.uid}",
+        f"--regid={plan.uid}",
+        "--clear-groups",
+        "--no-new-privs",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+        "--",
+        *plan.argv,
+    ]
+    return argv
+
+
+# ---- resource limits --------------------------------------------------------------------------------
+
+
+class Limits:
+    """The cgroup (v2 or v1) a sandbox runs in, or the rlimits that stand in for it."""
+
+    def __init__(self, plan: SandboxPlan) -> None:
+        self.plan = plan
+        self.mode = cgroup_mode()
+        self.dirs: list[Path] = []
+        self.oom_before = 0
+
+    def _v2(self) -> None:
+        parent = CGROUP_ROOT / CGROUP_GROUP
+        parent.mkdir(exist_ok=True)
+        for level in (CGROUP_ROOT, parent):
+            enabled = set((level / "cgroup.subtree_control").read_text().split())
+            available = set((level / "cgroup.controllers").read_text().split())
+            wanted = {"memory", "pids", "cpu"} & available - enabled
+            if wanted:
+                (level / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in sorted(wanted)))
+        group = parent / self.plan.cgroup
+        group.mkdir(exist_ok=True)
+        if self.plan.memory_mib:
+            (group / "memory.max").write_text(str(self.plan.memory_mib * 1024 * 1024))
+            if (group / "memory.swap.max").exists():
+                (group / "memory.swap.max").write_text("0")
+        if self.plan.pids and (group / "pids.max").exists():
+            (group / "pids.max").write_text(str(self.plan.pids))
+        if self.plan.cpu and (group / "cpu.max").exists():
+            (group / "cpu.max").write_text(f"{int(self.plan.cpu * 100000)} 100000")
+        self.dirs = [group]
+
+    def _v1(self) -> None:
+        def group(controller: str) -> Path | None:
+            root = CGROUP_ROOT / controller
+            if not root.is_dir() or not os.access(root, os.W_OK):
+                return None
+            path = root / CGROUP_GROUP / self.plan.cgroup
+            path.mkdir(parents=True, exist_ok=True)
+            self.dirs.append(path)
+            return path
+
+        memory = group("memory")
+        if memory is not None and self.plan.memory_mib:
+            limit = str(self.plan.memory_mib * 1024 * 1024)
+            (memory / "memory.limit_in_bytes").write_text(limit)
+            memsw = memory / "memory.memsw.limit_in_bytes"
+            if memsw.exists():
+                try:
+                    memsw.write_text(limit)
+                except OSError:
+                    pass
+        pids = group("pids")
+        if pids is not None and self.plan.pids:
+            (pids / "pids.max").write_text(str(self.plan.pids))
+        cpu = group("cpu")
+        if cpu is not None and self.plan.cpu:
+            (cpu / "cpu.cfs_period_us").write_text("100000")
+            (cpu / "cpu.cfs_quota_us").write_text(str(int(self.plan.cpu * 100000)))
+
+    def enter(self) -> None:
+        """Put this launcher (and so everything it starts) into the limits."""
+        try:
+            if self.mode == "cgroup-v2":
+                self._v2()
+            elif self.mode == "cgroup-v1":
+                self._v1()
+            for path in self.dirs:
+                (path / "cgroup.procs").write_text(str(os.getpid()))
+        except OSError as exc:
+            print(f"mcphost sandbox: cgroup limits unavailable ({exc}); using rlimits", file=sys.stderr)
+            self.mode = "rlimit"
+        self.oom_before = self.oom_kills()
+
+    def child_rlimits(self) -> None:
+        """In the child before exec: rlimits that hold whatever the cgroup mode (a per-uid process count),
+        and the memory bound where no cgroup enforces it."""
+        if self.plan.pids:
+            resource.setrlimit(resource.RLIMIT_NPROC, (self.plan.pids, self.plan.pids))
+        if self.mode == "rlimit" and self.plan.memory_mib:
+            limit = self.plan.memory_mib * 1024 * 1024
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+    def oom_kills(self) -> int:
+        for path in self.dirs:
+            for name in ("memory.events", "memory.oom_control"):
+                events = path / name
+                if events.exists():
+                    for line in events.read_text().splitlines():
+                        key, _, value = line.partition(" ")
+                        if key == "oom_kill":
+                            return int(value)
+        return 0
+
+    def release(self) -> None:
+        for path in self.dirs:
+            try:
+                # Out of the group first: a cgroup with a process in it cannot be removed.
+                root = path.parent.parent
+                (root / "cgroup.procs").write_text(str(os.getpid()))
+                path.rmdir()
+            except OSError:
+                pass  # still in use by another session of the same server, or not ours to remove
+
+
+# ---- the launcher -----------------------------------------------------------------------------------
+
+
+def _read_child_pid(fd: int) -> int:
+    data = b""
+    while True:
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+        try:
+            return int(json.loads(data)["child-pid"])
+        except ValueError:
+            continue
+    raise RuntimeError("bubblewrap did not report its child")
+
+
+def _add_forward(plan: SandboxPlan) -> None:
+    import socket
+
+    assert plan.forward is not None and plan.api_socket is not None
+    host_port, guest_port = plan.forward
+    request = {
+        "execute": "add_hostfwd",
+        "arguments": {"proto": "tcp", "host_addr": "127.0.0.1", "host_port": host_port, "guest_port": guest_port},
+    }
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(plan.api_socket)
+        sock.sendall(json.dumps(request).encode())
+        sock.shutdown(socket.SHUT_WR)
+        answer = json.loads(sock.recv(65536) or b"{}")
+    if "error" in answer:
+        raise RuntimeError(f"cannot forward 127.0.0.1:{host_port} into the sandbox: {answer['error']}")
+
+
+def launch(plan: SandboxPlan) -> int:
+    limits = Limits(plan)
+    limits.enter()
+    info_r, info_w = os.pipe()
+    block_r, block_w = os.pipe()
+    argv = bwrap_argv(plan, info_w, block_r)
+    proc = subprocess.Popen(argv, pass_fds=(info_w, block_r), preexec_fn=limits.child_rlimits)  # noqa: PLW1509
+    os.close(info_w)
+    os.close(block_r)
+    slirp: subprocess.Popen[bytes] | None = None
+
+    def forward(signum: int, _frame: object) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    try:
+        child = _read_child_pid(info_r)
+        if plan.network:
+            ready_r, ready_w = os.pipe()
+            api = ["--api-socket", plan.api_socket] if plan.forward and plan.api_socket else []
+            slirp = subprocess.Popen(
+                [
+                    "slirp4netns",
+                    "--configure",
+                    "--mtu=65520",
+                    "--disable-host-loopback",
+                    *api,
+                    "--ready-fd",
+                    str(ready_w),
+                    str(child),
+                    "tap0",
+                ],
+                pass_fds=(ready_w,),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            os.close(ready_w)
+            if not os.read(ready_r, 1):
+                print("mcphost sandbox: the sandbox network did not come up", file=sys.stderr)
+            os.close(ready_r)
+            if api:
+                _add_forward(plan)
+        os.write(block_w, b"1")
+    except Exception as exc:  # noqa: BLE001 - the command must not start half-sandboxed
+        print(f"mcphost sandbox: could not set up the sandbox: {exc}", file=sys.stderr)
+        proc.kill()
+    finally:
+        os.close(block_w)
+        os.close(info_r)
+    code = proc.wait()
+    if slirp is not None:
+        slirp.terminate()
+        slirp.wait()
+    if limits.oom_kills() > limits.oom_before:
+        print(
+            f"mcphost: the server was killed: it used more than its memory limit of {plan.memory_mib} MiB",
+            file=sys.stderr,
+            flush=True,
+        )
+    limits.release()
+    return 128 - code if code < 0 else code
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m runtimes.sandbox", description="Run a command in a sandbox.")
+    parser.add_argument("--plan", required=True, type=Path, help="the sandbox plan (JSON) written by the platform")
+    parser.add_argument("command", nargs=argparse.REMAINDER)
+    ns = parser.parse_args(argv)
+    plan = SandboxPlan.read(ns.plan)
+    command = ns.command[1:] if ns.command[:1] == ["--"] else ns.command
+    if command:
+        plan.argv = command
+    raise SystemExit(launch(plan))
+
+
+if __name__ == "__main__":
+    main()
