@@ -30,6 +30,7 @@ from core.gitpolicy import GitUrlRejected, check_git_url_resolves_public
 from core.models import BuildArtifactPlatform, BuildArtifactRun, Deployment, Server
 from core.settings import Settings
 from core.sources import GitSource, parse_source
+from core.tenancy import image_repository
 from runtimes.base import RuntimeFailure
 
 
@@ -106,16 +107,16 @@ def build_key(source: GitSource, revision: str, platforms: list[str], registry: 
     return hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
-def local_repository(slug: str) -> str:
-    return f"localhost/mcphost/{slug}"
+def local_repository(server_id: str | uuid.UUID) -> str:
+    return f"localhost/{image_repository(server_id)}"
 
 
 def platform_suffix(platform: str) -> str:
     return platform.replace("/", "-")
 
 
-def local_tag(slug: str, revision: str, platform: str) -> str:
-    return f"{local_repository(slug)}:{revision[:12]}-{platform_suffix(platform)}"
+def local_tag(server_id: str | uuid.UUID, revision: str, platform: str) -> str:
+    return f"{local_repository(server_id)}:{revision[:12]}-{platform_suffix(platform)}"
 
 
 class BuildActivities:
@@ -175,7 +176,7 @@ class BuildActivities:
             if reused and not settings.registry and existing is not None:
                 # A local-only artifact is reusable while its image is still in the engine.
                 platform = settings.arch_targets[0]
-                tag = local_tag(server.slug, revision, platform)
+                tag = local_tag(server.id, revision, platform)
                 reused = await self.builder.find(tag, key, platform) is not None
             if existing is None:
                 run_id = uuid.uuid4()
@@ -239,7 +240,7 @@ class BuildActivities:
                 raise ApplicationError("build artifact record is gone", type="gone", non_retryable=True)
             key, revision = run.build_key, run.source_revision
         server_id = str(server.id)
-        tag = local_tag(server.slug, revision, request.platform)
+        tag = local_tag(server.id, revision, request.platform)
         started = time.monotonic()
 
         existing = await self.builder.find(tag, key, request.platform)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, func, select, text, update
@@ -13,10 +15,13 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.build import ArtifactImage
-from core.db import DEPLOYMENTS_CHANNEL, ROUTES_CHANNEL
+from core.db import DEPLOYMENTS_CHANNEL, notify_route_changed
+from core.files import remove_data_dir
 from core.models import Deployment, DeploymentStep, Server, ServerLog
 
 TERMINAL = ("running", "failed", "stopped", "superseded")
+# Set in a deployment's instance record once its host has retired everything of it: no host need be asked again.
+RETIRED = "retired"
 
 
 @dataclass
@@ -50,6 +55,21 @@ class InstanceRecord:
     deployment_id: str
     server_id: str
     url: str
+    # The task queue of the host holding the instance ("" in histories from before hosts had queues).
+    host_queue: str = ""
+
+
+@dataclass
+class InstanceHosts:
+    # Host task queues that may still hold instances of the server; "" stands for the shared task queue.
+    host_queues: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ServerNote:
+    server_id: str
+    message: str
+    level: str = "warning"
 
 
 @dataclass
@@ -77,11 +97,6 @@ class ServerRef:
     server_id: str
 
 
-async def _notify_route(session: AsyncSession, slug: str) -> None:
-    """Tell every API process to drop its cached route; delivered when the transaction commits."""
-    await session.execute(text("SELECT pg_notify(:channel, :slug)"), {"channel": ROUTES_CHANNEL, "slug": slug})
-
-
 async def _notify_deployment(session: AsyncSession, deployment_id: uuid.UUID) -> None:
     """Wake up whoever follows this deployment (SSE streams); delivered when the transaction commits."""
     await session.execute(
@@ -90,8 +105,10 @@ async def _notify_deployment(session: AsyncSession, deployment_id: uuid.UUID) ->
 
 
 class RecordActivities:
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], state_dir: Path | None = None) -> None:
         self.sessionmaker = sessionmaker
+        # Where servers' /data directories live; None leaves them alone (tests of the records only).
+        self.state_dir = state_dir
 
     async def _log(
         self,
@@ -183,10 +200,39 @@ class RecordActivities:
                 update(Deployment)
                 .where(Deployment.id == uuid.UUID(instance.deployment_id))
                 .values(
-                    instance={"runtime": instance.runtime, "ref": instance.ref, "url": instance.url},
+                    instance={
+                        "runtime": instance.runtime,
+                        "ref": instance.ref,
+                        "url": instance.url,
+                        "host_queue": instance.host_queue,
+                    },
                     upstream_url=instance.url,
                 )
             )
+
+    @activity.defn(name="instance_hosts")
+    async def instance_hosts(self, data: ServerRef) -> InstanceHosts:
+        """Where the server's instances may still be: the hosts of its recorded instances not yet retired."""
+        async with self.sessionmaker() as session:
+            rows = await session.execute(
+                select(Deployment.status, Deployment.instance).where(Deployment.server_id == uuid.UUID(data.server_id))
+            )
+            queues: set[str] = set()
+            for status, instance in rows.all():
+                if not instance or instance.get(RETIRED):
+                    continue
+                queue = str(instance.get("host_queue") or "")
+                # A record from before hosts had queues names none; while it may still serve, the shared queue
+                # stands in for its host, as it did when it was launched.
+                if queue or status in ("deploying", "running"):
+                    queues.add(queue)
+        return InstanceHosts(host_queues=sorted(queues))
+
+    @activity.defn(name="note_server")
+    async def note_server(self, data: ServerNote) -> None:
+        async with self.sessionmaker() as session, session.begin():
+            if await session.get(Server, uuid.UUID(data.server_id)) is not None:
+                await self._log(session, uuid.UUID(data.server_id), None, data.message, data.level)
 
     @activity.defn(name="activate")
     async def activate(self, data: ActivateInput) -> ActivateResult:
@@ -211,7 +257,7 @@ class RecordActivities:
             # is retired and every step is recorded: a client that sees "running" sees a finished record.
             deployment.upstream_url = data.instance.url
             await self._log(session, server.id, dep_id, f"serving revision {deployment.seq}")
-            await _notify_route(session, server.slug)
+            await notify_route_changed(session, server.slug)
             return ActivateResult(activated=True, previous_deployment_id=str(previous) if previous else None)
 
     @activity.defn(name="complete_deployment")
@@ -282,7 +328,7 @@ class RecordActivities:
                 .values(status="stopped")
             )
             await self._log(session, server.id, None, "server stopped")
-            await _notify_route(session, server.slug)
+            await notify_route_changed(session, server.slug)
 
     @activity.defn(name="mark_server_stopped")
     async def mark_server_stopped(self, data: ServerRef) -> None:
@@ -296,11 +342,17 @@ class RecordActivities:
 
     @activity.defn(name="delete_server_records")
     async def delete_server_records(self, data: ServerRef) -> None:
+        """Delete the server's rows, then its /data directory.
+
+        Rows first: once they are gone no upload can reach the directory again. A failed removal is
+        retried with the activity, and finding nothing left is success."""
         async with self.sessionmaker() as session, session.begin():
             slug = await session.scalar(select(Server.slug).where(Server.id == uuid.UUID(data.server_id)))
             await session.execute(delete(Server).where(Server.id == uuid.UUID(data.server_id)))
             if slug:
-                await _notify_route(session, slug)
+                await notify_route_changed(session, slug)
+        if self.state_dir is not None:
+            await asyncio.to_thread(remove_data_dir, self.state_dir, data.server_id)
 
     def all(self) -> list[Any]:
         return [
@@ -308,6 +360,8 @@ class RecordActivities:
             self.record_step,
             self.record_image,
             self.record_instance,
+            self.instance_hosts,
+            self.note_server,
             self.activate,
             self.complete_deployment,
             self.finish_deployment,

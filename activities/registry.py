@@ -38,6 +38,7 @@ from builds.registry import (
 )
 from core.models import BuildArtifactPlatform, BuildArtifactRun, Server
 from core.settings import Settings
+from core.tenancy import image_repository
 
 
 @dataclass
@@ -107,14 +108,19 @@ class RegistryActivities:
             raise ApplicationError("REGISTRY is not set on this worker", type="registry_unset", non_retryable=True)
         return split_registry(self.settings.registry)[0]
 
-    async def _repository(self, server_id: str) -> str:
-        async with self.sessionmaker() as session:
-            slug = await session.scalar(select(Server.slug).where(Server.id == uuid.UUID(server_id)))
-        if slug is None:
-            raise ApplicationError("server no longer exists", type="gone", non_retryable=True)
+    def repository(self, server_id: str) -> str:
+        """The server's repository in the registry (namespace/name, without the endpoint)."""
         assert self.settings.registry is not None
         namespace = split_registry(self.settings.registry)[1]
-        return f"{namespace}/{slug}" if namespace else slug
+        name = image_repository(server_id)
+        return f"{namespace}/{name}" if namespace else name
+
+    async def _repository(self, server_id: str) -> str:
+        async with self.sessionmaker() as session:
+            found = await session.scalar(select(Server.id).where(Server.id == uuid.UUID(server_id)))
+        if found is None:
+            raise ApplicationError("server no longer exists", type="gone", non_retryable=True)
+        return self.repository(server_id)
 
     async def _revision(self, artifact_id: str) -> str:
         async with self.sessionmaker() as session:
@@ -141,9 +147,17 @@ class RegistryActivities:
             self._loaded = True
         return self._credentials
 
-    def auth_for(self, image_ref: str) -> dict[str, str] | None:
-        """Pull credentials for images in the configured registry (used by the docker runtime)."""
-        if not self.settings.registry or not image_ref.startswith(self.endpoint + "/"):
+    def auth_for(self, image_ref: str, server_id: str) -> dict[str, str] | None:
+        """Pull credentials for the docker runtime: only for the server's own repository in the configured
+        registry, so no server can use the platform's credentials to read another's images (or anything
+        else the credentials reach)."""
+        if not self.settings.registry:
+            return None
+        try:
+            own = f"{self.endpoint}/{self.repository(server_id)}"
+        except ValueError:
+            return None
+        if not image_ref.startswith((own + ":", own + "@")):
             return None
         try:
             credentials = self.credentials()

@@ -17,7 +17,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.common import as_application_error, heartbeating, open_env
-from activities.records import InstanceRecord
+from activities.records import RETIRED, InstanceRecord
 from core.crypto import EnvCipher
 from core.models import Deployment, Server, User
 from core.settings import Settings
@@ -38,13 +38,20 @@ class RetireResult:
     stopped_deployment_ids: list[str] = field(default_factory=list)
 
 
-def to_record(instance: Instance) -> InstanceRecord:
+@dataclass
+class HostClaim:
+    host_queue: str
+    host_id: str
+
+
+def to_record(instance: Instance, host_queue: str = "") -> InstanceRecord:
     return InstanceRecord(
         runtime=instance.runtime,
         ref=instance.ref,
         deployment_id=instance.deployment_id,
         server_id=instance.server_id,
         url=instance.url,
+        host_queue=host_queue,
     )
 
 
@@ -79,6 +86,10 @@ class RuntimeActivities:
         self.executors = executors
         self.cipher = cipher
         self.settings = settings
+
+    @property
+    def host_queue(self) -> str:
+        return self.settings.host_task_queue if self.settings else ""
 
     def executor(self, name: str) -> Executor:
         executor = self.executors.get(name)
@@ -124,6 +135,15 @@ class RuntimeActivities:
         )
         return self.executor(deployment.runtime or "process"), spec
 
+    @activity.defn(name="claim_host")
+    async def claim_host(self, deployment_id: str) -> HostClaim:
+        """Place a deployment on the host of whichever worker picks this up from the shared queue: its
+        instance will live there, so every later runtime step of it is sent to that host's queue."""
+        if not self.host_queue:
+            raise ApplicationError("this worker has no host queue", type="runtime_unavailable", non_retryable=True)
+        assert self.settings is not None
+        return HostClaim(host_queue=self.host_queue, host_id=self.settings.worker_host_id)
+
     @activity.defn(name="prepare_source")
     async def prepare_source(self, deployment_id: str) -> str:
         executor, spec = await self._spec(deployment_id)
@@ -141,7 +161,8 @@ class RuntimeActivities:
             raise as_application_error(exc) from None
         if not instance.url:
             raise ApplicationError("the instance started but publishes no port", type="no_port")
-        return to_record(instance)
+        # Whichever queue brought the launch here, the instance is local to this worker's host.
+        return to_record(instance, self.host_queue)
 
     @activity.defn(name="retire_instances")
     async def retire_instances(self, data: RetireInput) -> RetireResult:
@@ -153,6 +174,8 @@ class RuntimeActivities:
         delete), everything goes.
         """
         protected = await self._protected(data) if data.keep_deployment_id else set()
+        # Read before looking at the runtimes: an instance recorded after the look may not have been seen.
+        recorded_here = await self._recorded_here(data.server_id)
         stopped: list[str] = []
         for executor in self.executors.values():
             try:
@@ -166,7 +189,35 @@ class RuntimeActivities:
                     stopped.append(instance.deployment_id)
             except RuntimeFailure as exc:
                 raise as_application_error(exc) from None
+        if data.remove:
+            await self._mark_retired(recorded_here - protected)
         return RetireResult(stopped_deployment_ids=sorted(set(stopped)))
+
+    async def _recorded_here(self, server_id: str) -> set[str]:
+        """The server's deployments whose instance records name this host and are not retired yet."""
+        if not self.host_queue:
+            return set()
+        async with self.sessionmaker() as session:
+            rows = await session.execute(
+                select(Deployment.id, Deployment.instance).where(Deployment.server_id == uuid.UUID(server_id))
+            )
+            return {
+                str(dep_id)
+                for dep_id, instance in rows.all()
+                if instance and instance.get("host_queue") == self.host_queue and not instance.get(RETIRED)
+            }
+
+    async def _mark_retired(self, deployment_ids: set[str]) -> None:
+        """Nothing of these is left on this host (removed now, or gone before): later retirements of the
+        server need not wait for this host, which may be gone by then."""
+        if not deployment_ids:
+            return
+        async with self.sessionmaker() as session, session.begin():
+            for deployment in await session.scalars(
+                select(Deployment).where(Deployment.id.in_([uuid.UUID(d) for d in deployment_ids])).with_for_update()
+            ):
+                if deployment.instance and not deployment.instance.get(RETIRED):
+                    deployment.instance = {**deployment.instance, RETIRED: True}
 
     async def _protected(self, data: RetireInput) -> set[str]:
         assert data.keep_deployment_id is not None
@@ -210,6 +261,7 @@ class RuntimeActivities:
 
     def all(self) -> list[Any]:
         return [
+            self.claim_host,
             self.prepare_source,
             self.launch_instance,
             self.retire_instances,

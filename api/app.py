@@ -16,10 +16,12 @@ from pydantic import ValidationError
 from api import gateway
 from api.deps import AppState
 from api.events import DeploymentEvents
-from api.routes import artifacts, auth, deployments, health, servers
+from api.routes import artifacts, auth, deployments, files, health, servers
 from api.usage import UsageRecorder
+from core.accesslog import install_access_log_redaction
 from core.db import make_engine, make_sessionmaker
-from core.errors import DomainError
+from core.errors import DomainError, RateLimited
+from core.ratelimit import retry_after_seconds
 from core.settings import Settings
 from runtimes import build_executors
 
@@ -27,6 +29,8 @@ log = logging.getLogger("mcphost.api")
 
 
 def create_app(settings: Settings) -> FastAPI:
+    install_access_log_redaction()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = make_engine(settings.database_url)
@@ -77,6 +81,8 @@ def create_app(settings: Settings) -> FastAPI:
     @app.exception_handler(DomainError)
     async def domain_error(_request: Request, exc: DomainError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        if isinstance(exc, RateLimited):
+            headers = {"Retry-After": str(retry_after_seconds(exc.retry_after))}
         return JSONResponse({"detail": exc.message, "code": exc.code}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(ValidationError)
@@ -97,5 +103,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(servers.router)
     app.include_router(deployments.router)
     app.include_router(artifacts.router)
+    app.include_router(files.router)
     app.include_router(gateway.router)
     return app

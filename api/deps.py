@@ -19,6 +19,7 @@ from core import temporal
 from core.crypto import EnvCipher
 from core.errors import Forbidden, NotFound, Unauthorized, Unavailable
 from core.models import ApiToken, Deployment, RevokedSession, Server, User
+from core.ratelimit import LoginThrottle
 from core.security import USER_TOKEN_PREFIX, InvalidToken, decode_session_token, hash_token
 from core.settings import Settings
 from runtimes.base import Executor, Instance
@@ -40,12 +41,21 @@ class AppState:
     executors: dict[str, Executor] = field(default_factory=dict)
     cipher: EnvCipher | None = None
     deployment_events: DeploymentEvents | None = None
+    throttle: LoginThrottle | None = None
 
     @property
     def env_cipher(self) -> EnvCipher:
         if self.cipher is None:
             self.cipher = self.settings.env_cipher()
         return self.cipher
+
+    @property
+    def login_throttle(self) -> LoginThrottle:
+        if self.throttle is None:
+            self.throttle = LoginThrottle(
+                self.settings.login_rate_per_minute, self.settings.login_account_rate_per_minute
+            )
+        return self.throttle
 
     temporal_client: Client | None = None
     _temporal_lock: asyncio.Lock = field(default_factory=asyncio.Lock)

@@ -64,15 +64,24 @@ class RouteTable:
         self.database_url = database_url
         self.ttl = ttl
         self._cache: dict[str, tuple[float, Route | None]] = {}
+        # Bumped by every invalidation. A lookup that read the row before a change was notified must not
+        # cache what it read after the notification has already emptied the slot.
+        self._generation = 0
         self._listener = PgListener(
             database_url, ROUTES_CHANNEL, lambda slug: self.invalidate(slug or None), self.invalidate
         )
+
+    @property
+    def listening(self) -> bool:
+        """Whether changes made by other processes reach this table now (else it falls back to a short TTL)."""
+        return self._listener.connected
 
     async def lookup(self, slug: str) -> Route | None:
         ttl = self.ttl if self._listener.connected else 2.0
         cached = self._cache.get(slug)
         if cached is not None and time.monotonic() - cached[0] < ttl:
             return cached[1]
+        generation = self._generation
         async with self.sessionmaker() as session:
             row = (
                 await session.execute(
@@ -86,10 +95,12 @@ class RouteTable:
             if row
             else None
         )
-        self._cache[slug] = (time.monotonic(), route)
+        if generation == self._generation:
+            self._cache[slug] = (time.monotonic(), route)
         return route
 
     def invalidate(self, slug: str | None = None) -> None:
+        self._generation += 1
         if slug is None:
             self._cache.clear()
         else:

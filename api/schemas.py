@@ -101,6 +101,16 @@ class ServerCreate(BaseModel):
     source: ServerSource
     env: dict[str, str] = Field(default_factory=dict, description="Environment variables for the server")
     runtime: Literal["process", "docker", "kubernetes", "virtual-machine"] | None = None
+    cpu_limit: float | None = Field(
+        default=None, gt=0, le=256, description="Cores the server may use; unset: DEFAULT_CPU_LIMIT"
+    )
+    memory_limit: int | None = Field(
+        default=None,
+        ge=16,
+        le=1048576,
+        description="MiB of memory; past it the server is killed. Unset: DEFAULT_MEMORY_LIMIT",
+    )
+    use_gpu: bool = Field(default=False, description="Give the server the host's GPUs (docker runtime)")
 
     _slug = field_validator("slug")(classmethod(lambda cls, v: _check_slug(v)))
     _name = field_validator("name")(classmethod(lambda cls, v: _check_name(v)))
@@ -114,6 +124,16 @@ class ServerUpdate(BaseModel):
     source: ServerSource | None = None
     env: dict[str, str] | None = None
     runtime: Literal["process", "docker", "kubernetes", "virtual-machine"] | None = None
+    cpu_limit: float | None = Field(
+        default=None, gt=0, le=256, description="Cores the server may use; unset: DEFAULT_CPU_LIMIT"
+    )
+    memory_limit: int | None = Field(
+        default=None,
+        ge=16,
+        le=1048576,
+        description="MiB of memory; past it the server is killed. Unset: DEFAULT_MEMORY_LIMIT",
+    )
+    use_gpu: bool | None = None
 
     _name = field_validator("name")(classmethod(lambda cls, v: _check_name(v)))
     _env = field_validator("env")(classmethod(lambda cls, v: validate_env(v) if v is not None else v))
@@ -130,6 +150,9 @@ class ServerPublic(BaseModel):
     status: str
     api_key_prefix: str
     active_deployment_id: uuid.UUID | None
+    cpu_limit: float | None = None
+    memory_limit: int | None = None
+    use_gpu: bool = False
     gateway_url: str
     created_at: datetime
     updated_at: datetime
@@ -264,3 +287,36 @@ class MetricEvent(BaseModel):
     event: str
     details: dict[str, Any]
     created_at: datetime
+
+
+# ---- errors ------------------------------------------------------------------------------------
+
+
+class ValidationIssue(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorBody(BaseModel):
+    """Every error response: what to fix, and a stable machine-readable code."""
+
+    detail: str | list[ValidationIssue]
+    code: str = Field(examples=["not_found", "invalid_input", "payload_too_large"])
+
+
+# ---- files -------------------------------------------------------------------------------------
+
+
+class FileInfo(BaseModel):
+    path: str = Field(description="Relative to the server's /data, '/'-separated")
+    size: int = Field(description="Bytes")
+    modified_at: datetime
+
+
+class FileList(BaseModel):
+    count: int
+    total_bytes: int = Field(description="Bytes all files in /data take, uploads in progress included")
+    quota_bytes: int = Field(description="FILES_QUOTA_BYTES: what uploads may fill /data up to")
+    max_file_bytes: int = Field(description="FILES_MAX_BYTES: the largest file one upload may store")
+    data: list[FileInfo]

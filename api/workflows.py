@@ -34,6 +34,7 @@ async def start_deploy(
                 server_id=str(server_id),
                 health_timeout_seconds=settings.health_check_timeout_seconds,
                 install_timeout_seconds=settings.package_install_timeout_seconds,
+                host_wait_seconds=settings.worker_host_wait_seconds,
             ),
             id=workflow_id,
             task_queue=settings.temporal_task_queue,
@@ -57,7 +58,7 @@ async def start_server_workflow(client: Client, settings: Settings, workflow: st
     try:
         await client.start_workflow(
             workflow,
-            ServerInput(server_id=str(server_id)),
+            ServerInput(server_id=str(server_id), host_wait_seconds=settings.worker_host_wait_seconds),
             id=workflow_id,
             task_queue=settings.temporal_task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,

@@ -7,7 +7,8 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+from urllib.parse import quote
 
 import httpx
 import typer
@@ -137,15 +138,39 @@ def config_path() -> Path:
 
 def load_config() -> dict[str, Any]:
     path = config_path()
-    return json.loads(path.read_text()) if path.exists() else {}
+    if not path.exists():
+        return {}
+    owner_only(path)
+    return json.loads(path.read_text())
+
+
+def owner_only(path: Path) -> None:
+    """Take group and other permissions away from a file or directory that holds a credential."""
+    try:
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            path.chmod(mode & 0o700)
+    except OSError:
+        pass  # not ours to change (a shared config mounted read-only): the token still works
 
 
 def save_config(data: dict[str, Any]) -> None:
+    """Keep the CLI's personal API token readable by this user alone: 0700 directory, 0600 file."""
     path = config_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    owner_only(path.parent)
+    # Written beside the file and renamed over it: an existing file keeps its mode when truncated, and a
+    # reader never sees half a file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            os.fchmod(fh.fileno(), 0o600)  # a leftover temporary file would keep its old mode
+            json.dump(data, fh, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class Api:
@@ -160,8 +185,18 @@ class Api:
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            err.print(f"[red]cannot reach MCP Host at {self.url}:[/] {exc}\nIs it running? (make up)")
-            raise typer.Exit(2) from None
+            self.unreachable(exc)
+        self.check(response)
+        return response.json() if response.content else None
+
+    def unreachable(self, exc: httpx.HTTPError) -> NoReturn:
+        err.print(f"[red]cannot reach MCP Host at {self.url}:[/] {exc}\nIs it running? (make up)")
+        raise typer.Exit(2) from None
+
+    def check(self, response: httpx.Response) -> None:
+        """Exit with the API's reason when the response is an error (a streamed one is read first)."""
+        if response.status_code >= 400 and not response.is_stream_consumed:
+            response.read()
         if response.status_code == 401:
             err.print("[red]not logged in or session expired:[/] run `mcphost login`")
             raise typer.Exit(2)
@@ -174,7 +209,6 @@ class Api:
                 detail = "; ".join(f"{'.'.join(str(p) for p in d.get('loc', [])[1:])}: {d.get('msg')}" for d in detail)
             err.print(f"[red]error {response.status_code}:[/] {detail}")
             raise typer.Exit(1)
-        return response.json() if response.content else None
 
     def resolve_server(self, ref: str) -> dict[str, Any]:
         """A server by id, slug or name."""
@@ -472,6 +506,102 @@ def events(
     for item in client.request("GET", f"/api/servers/{found['id']}/metrics", params=params)["data"]:
         details = " ".join(f"{k}={v}" for k, v in item["details"].items() if k != "deployment_id")
         console.print(f"[dim]{item['created_at'][:19]}[/] [bold]{item['event']}[/] {escape(details)}")
+
+
+# ---- files in a server's /data ------------------------------------------------------------------
+
+files_app = typer.Typer(help="List, upload, download and delete the files in a server's /data.", no_args_is_help=True)
+app.add_typer(files_app, name="files")
+
+
+def _files_url(server_id: str, remote: str = "") -> str:
+    base = f"/api/servers/{server_id}/files"
+    return f"{base}/{quote(remote.lstrip('/'), safe='/')}" if remote else base
+
+
+@files_app.command("ls")
+def files_ls(
+    server: str = typer.Argument(..., help="id, slug or name"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON"),
+) -> None:
+    """List the files in the server's /data."""
+    client = Api()
+    found = client.resolve_server(server)
+    listing = client.request("GET", _files_url(found["id"]))
+    if as_json:
+        console.print_json(data=listing)
+        return
+    table = Table("path", "bytes", "modified")
+    for item in listing["data"]:
+        table.add_row(escape(item["path"]), str(item["size"]), item["modified_at"][:19])
+    console.print(table)
+    console.print(f"{listing['total_bytes']} of {listing['quota_bytes']} bytes used")
+
+
+@files_app.command("put")
+def files_put(
+    server: str = typer.Argument(..., help="id, slug or name"),
+    local: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True, help="File to upload"),
+    remote: str = typer.Argument(None, help="Path under /data (default: the file's name)"),
+) -> None:
+    """Upload a file to the server's /data, replacing any file at that path."""
+    client = Api()
+    found = client.resolve_server(server)
+    with local.open("rb") as fh:
+        stored = client.request(
+            "POST",
+            _files_url(found["id"], remote or local.name),
+            content=fh,
+            headers={"Content-Type": "application/octet-stream"},
+            timeout=httpx.Timeout(30.0, write=None),
+        )
+    console.print(f"stored /data/{escape(stored['path'])} ({stored['size']} bytes)")
+
+
+@files_app.command("get")
+def files_get(
+    server: str = typer.Argument(..., help="id, slug or name"),
+    remote: str = typer.Argument(..., help="Path under /data"),
+    output: Path = typer.Option(None, "--output", "-o", help="Where to write it (default: its name; - for stdout)"),
+) -> None:
+    """Download a file from the server's /data."""
+    client = Api()
+    found = client.resolve_server(server)
+    target = output or Path(remote.rstrip("/").rsplit("/", 1)[-1])
+    try:
+        with client.http.stream("GET", _files_url(found["id"], remote), timeout=httpx.Timeout(30.0, read=None)) as r:
+            client.check(r)
+            if str(target) == "-":
+                out = typer.get_binary_stream("stdout")
+                for chunk in r.iter_bytes():
+                    out.write(chunk)
+                out.flush()
+                return
+            # Written beside the target and renamed over it, so a failed download leaves no half file.
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
+            try:
+                with tmp.open("wb") as fh:
+                    for chunk in r.iter_bytes():
+                        fh.write(chunk)
+                tmp.replace(target)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+    except httpx.HTTPError as exc:
+        client.unreachable(exc)
+    err.print(f"wrote {escape(str(target))}")
+
+
+@files_app.command("rm")
+def files_rm(
+    server: str = typer.Argument(..., help="id, slug or name"),
+    remote: str = typer.Argument(..., help="Path under /data: a file, or an empty directory"),
+) -> None:
+    """Delete a file (or an empty directory) from the server's /data."""
+    client = Api()
+    found = client.resolve_server(server)
+    client.request("DELETE", _files_url(found["id"], remote))
+    console.print(f"deleted /data/{escape(remote)}")
 
 
 def main() -> None:

@@ -89,9 +89,15 @@ def port_in_use(host: str, port: int) -> bool:
 
 
 def ensure_secret(state_dir: Path, name: str) -> str:
-    """A random secret kept in the state directory, so sessions and sealed config env survive a restart."""
+    """A random secret kept in the state directory, so sessions and sealed config env survive a restart.
+    Readable by this user alone: anyone who reads it can forge sessions or open every sealed secret."""
     path = state_dir / name
     if path.exists():
+        if path.stat().st_mode & 0o077:
+            try:
+                path.chmod(0o600)
+            except OSError as exc:
+                raise SystemExit(f"mcphost up: {path} is readable by others and cannot be restricted: {exc}") from None
         return path.read_text().strip()
     secret = secrets.token_hex(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

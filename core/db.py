@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+# Payload: the slug of a server whose route (upstream, API key, existence) changed; API processes drop
+# their cached route for it.
 ROUTES_CHANNEL = "mcphost_routes"
 # Payload: a deployment id whose record changed (steps, status); SSE streams wake up on it.
 DEPLOYMENTS_CHANNEL = "mcphost_deployments"
@@ -20,3 +23,10 @@ def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
 def asyncpg_dsn(database_url: str) -> str:
     """The same URL in the form asyncpg.connect() accepts (for LISTEN connections)."""
     return database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+async def notify_route_changed(session: AsyncSession, slug: str) -> None:
+    """Tell every API process to drop its cached route for `slug`. Postgres delivers it when the
+    transaction commits, and not at all on rollback, so no process can reload the row before it is
+    written or drop a route for a change that never happened."""
+    await session.execute(text("SELECT pg_notify(:channel, :slug)"), {"channel": ROUTES_CHANNEL, "slug": slug})

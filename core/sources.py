@@ -23,6 +23,11 @@ _IMAGE_REF = re.compile(
     r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?"
     r"(?:@(?P<digest>sha256:[a-f0-9]{64}))?$"
 )
+# Names that would run arbitrary code instead of the package's own server.
+INTERPRETERS = re.compile(
+    r"^(python[0-9.]*|pypy[0-9.]*|node(js)?|deno|bun|npm|npx|pnpm|yarn|pip[0-9.]*|uvx?|"
+    r"(ba|da|z|k|c|tc|fi)?sh|env|busybox|perl|ruby|php|lua|awk|gawk|sudo|su)$"
+)
 _EXECUTABLE = re.compile(r"^[A-Za-z0-9_./+-][A-Za-z0-9_./+@:=-]{0,255}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 RESERVED_ENV = ("PORT", "MCPHOST_")
@@ -79,7 +84,9 @@ class PackageSource(_Source):
     package: str
     version: str | None = None
     command: str | None = Field(
-        default=None, description="Console script to run (PyPI); defaults to the package's own script"
+        default=None,
+        description="Entry point the package declares (a PyPI console script or an npm bin) to run; "
+        "defaults to the one named after the package. Interpreters, shells and paths are refused.",
     )
     args: list[str] = Field(default_factory=list)
     transport: Literal["stdio", "http"] = Field(
@@ -106,8 +113,19 @@ class PackageSource(_Source):
     @field_validator("command")
     @classmethod
     def _valid_command(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", value):
-            raise ValueError("command must be a console script name (letters, digits, '.', '_', '-')")
+        if value is None:
+            return value
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", value):
+            raise ValueError(
+                "command must name an entry point the package declares (a console script or npm bin), "
+                "not a path: letters, digits, '.', '_', '-'"
+            )
+        if INTERPRETERS.match(value.lower()):
+            raise ValueError(
+                f"command {value!r} is an interpreter or shell; a package server runs only an entry point "
+                "the package itself declares (its console scripts or npm bin entries). Leave command unset "
+                "to run the package's own entry point"
+            )
         return value
 
     _args = field_validator("args")(classmethod(lambda cls, v: _check_args(v)))

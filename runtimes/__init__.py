@@ -10,14 +10,15 @@ if TYPE_CHECKING:
     from core.settings import Settings
     from runtimes.base import Executor
 
-# Given an image reference, the credentials to pull it with (docker SDK auth_config), or None.
-AuthLookup = Callable[[str], "dict[str, str] | None"]
+# Given an image reference and the id of the server pulling it, the credentials to pull it with (docker
+# SDK auth_config), or None.
+AuthLookup = Callable[[str, str], "dict[str, str] | None"]
 
 
 def build_executors(settings: Settings, auth_for: AuthLookup | None = None) -> dict[str, Executor]:
-    from runtimes.process import ProcessExecutor
-
     from pathlib import Path
+
+    from runtimes.process import ProcessExecutor
 
     # Besides the state directory, what a hosted process must never read: the platform's .env and keys.
     hidden = [Path(".env").resolve(), settings.state_dir.resolve()]

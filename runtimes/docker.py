@@ -4,17 +4,27 @@ Works with Docker and with Podman's Docker-compatible service. Containers publis
 on loopback only; the gateway is the way in. Each container carries labels that tie it to its
 server and deployment, and its name is derived from the deployment, so a repeated launch finds the
 container it already made.
+
+What a container is confined to: no capabilities and no privilege gain (setuid binaries stay inert),
+the server's cores, memory (no swap beyond it) and process count, the server's own unprivileged uid
+unless the image names a non-root user of its own, a network of its own server (not the engine's
+shared bridge, so it cannot reach other servers' containers), and the server's `/data` directory as
+the one host path it sees.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import docker
 from docker.errors import APIError, DockerException, NotFound
 from docker.errors import ImageNotFound as DockerImageNotFound
+from docker.types import DeviceRequest, Mount
 
 from core.sources import ImageSource
 from runtimes.base import (
@@ -29,9 +39,51 @@ from runtimes.base import (
     RuntimeFailure,
 )
 
+MIB = 1024 * 1024
+# What a container killed with SIGKILL exits with.
+SIGKILL_EXIT = 137
+
 
 def container_name(deployment_id: str) -> str:
     return f"mcphost-{deployment_id}"
+
+
+def network_name(server_id: str) -> str:
+    """The engine network all of one server's containers share, and no other server's do."""
+    return f"mcphost-srv-{uuid.UUID(server_id).hex}"
+
+
+def runs_as_root(image_user: str | None) -> bool:
+    """Whether an image's configured `User` (name or uid, optionally `:group`) means root."""
+    user = (image_user or "").split(":", 1)[0].strip()
+    return user in ("", "root", "0")
+
+
+def oom_detail(attrs: dict[str, Any], *, guess: bool = False) -> str | None:
+    """Why an exited container ended, when its memory limit is the reason.
+
+    `guess` also reads a SIGKILL under a memory limit as the limit's doing: some engines (podman on
+    cgroup v1) never set OOMKilled, and the platform itself only kills after a stop it asked for."""
+    state = attrs.get("State") or {}
+    limit = int((attrs.get("HostConfig") or {}).get("Memory") or 0)
+    where = f" (limit {limit // MIB} MiB)" if limit else ""
+    if state.get("OOMKilled"):
+        return f"out of memory{where}"
+    if guess and limit and state.get("ExitCode") == SIGKILL_EXIT:
+        return f"killed (SIGKILL), likely out of memory{where}"
+    return None
+
+
+def prepare_data_dir(path: Path, uid: int | None) -> None:
+    """The server's `/data` on the host: only its uid (and the platform) may use it."""
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if uid is not None and os.geteuid() == 0:
+            os.fchown(fd, uid, uid)
+        os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
 
 
 def _is_missing_image(exc: APIError) -> bool:
@@ -51,6 +103,12 @@ def _is_missing_image(exc: APIError) -> bool:
     )
 
 
+def _is_missing_network(text: str) -> bool:
+    # Docker answers 404, Podman 500; both name the network and say it was not found.
+    text = text.lower()
+    return "network" in text and ("not found" in text or "no such network" in text)
+
+
 class DockerExecutor:
     name = "docker"
 
@@ -59,12 +117,13 @@ class DockerExecutor:
         base_url: str | None = None,
         *,
         stop_timeout: int = 10,
-        auth_for: Callable[[str], dict[str, str] | None] | None = None,
+        auth_for: Callable[[str, str], dict[str, str] | None] | None = None,
     ) -> None:
         self.base_url = base_url
         self.stop_timeout = stop_timeout
         self.auth_for = auth_for
         self._client: docker.DockerClient | None = None
+        self._podman: bool | None = None
 
     def _docker(self) -> docker.DockerClient:
         if self._client is None:
@@ -94,6 +153,13 @@ class DockerExecutor:
         except DockerException as exc:
             raise RuntimeFailure(f"container engine unreachable: {exc}") from None
 
+    async def _is_podman(self) -> bool:
+        if self._podman is None:
+            version = await self._call(self._docker().version)
+            components = version.get("Components") or []
+            self._podman = any("podman" in str(c.get("Name", "")).lower() for c in components)
+        return self._podman
+
     async def ping(self) -> bool:
         try:
             return bool(await self._call(self._docker().ping))
@@ -111,7 +177,8 @@ class DockerExecutor:
         except (NotFound, DockerImageNotFound):
             pass
         try:
-            auth = self.auth_for(source.image) if self.auth_for else None
+            # The platform's registry credentials go only with pulls of this server's own images.
+            auth = self.auth_for(source.image, spec.server_id) if self.auth_for else None
             image = await asyncio.to_thread(client.images.pull, source.image, auth_config=auth)
         except (NotFound, DockerImageNotFound):
             raise ImageNotFound(f"image {source.image!r} was not found in its registry") from None
@@ -122,6 +189,96 @@ class DockerExecutor:
         except DockerException as exc:
             raise RuntimeFailure(f"container engine unreachable: {exc}") from None
         return f"pulled image {source.image} ({image.short_id})"
+
+    # ---- the server's network --------------------------------------------------------------------
+
+    async def _ensure_network(self, server_id: str) -> str:
+        """The server's network, made on first use; concurrent launches may both try, one wins."""
+        client = self._docker()
+        name = network_name(server_id)
+        try:
+            await self._call(client.networks.get, name)
+            return name
+        except NotFound:
+            pass
+        labels = {LABEL_SERVER: server_id}
+        try:
+            if await self._is_podman():
+                await self._call(self._create_podman_network, name, labels)
+            else:
+                await self._call(client.networks.create, name, driver="bridge", labels=labels, check_duplicate=True)
+        except RuntimeFailure as exc:
+            # Podman answers a duplicate with 409 or 500 depending on the endpoint; both say so.
+            if "already" not in exc.message.lower():
+                raise
+        return name
+
+    def _create_podman_network(self, name: str, labels: dict[str, str]) -> None:
+        # Podman's bridges route to each other unless isolated, and its Docker-compatible endpoint drops
+        # network options, so this goes through its own API. Docker isolates user-defined bridges from
+        # each other by default.
+        api = self._docker().api
+        response = api.post(
+            f"{api.base_url}/v4.0.0/libpod/networks/create",
+            json={"name": name, "driver": "bridge", "labels": labels, "options": {"isolate": "true"}},
+            timeout=60,
+        )
+        if response.status_code >= 400:
+            raise APIError("creating the network failed", response=response, explanation=response.text)
+
+    async def _remove_network_if_unused(self, server_id: str) -> None:
+        """Best effort: a network left behind costs a bridge, not safety, and the next launch reuses it."""
+        client = self._docker()
+        try:
+            remaining = await self._call(
+                client.containers.list, all=True, filters={"label": f"{LABEL_SERVER}={server_id}"}
+            )
+            if remaining:
+                return
+            network = await self._call(client.networks.get, network_name(server_id))
+            await self._call(network.remove)
+        except (NotFound, RuntimeFailure, ValueError):
+            pass
+
+    # ---- instances -------------------------------------------------------------------------------
+
+    async def _run_options(self, spec: LaunchSpec, image_ref: str) -> tuple[dict[str, Any], dict[str, str]]:
+        """The confinement of a new container (see the module docstring), and environment it needs."""
+        options: dict[str, Any] = {
+            "cap_drop": ["ALL"],
+            # The bare form is the one both Docker and Podman accept.
+            "security_opt": ["no-new-privileges"],
+            # Many images write to /tmp; a tmpfs keeps that off the image layer and counts it as memory.
+            "tmpfs": {"/tmp": "rw,nosuid,nodev,mode=1777"},
+        }
+        env: dict[str, str] = {}
+        resources = spec.resources
+        if resources is not None:
+            memory = f"{resources.memory_mib}m"
+            options |= {
+                "nano_cpus": int(resources.cpu * 1e9),
+                "mem_limit": memory,
+                # Equal to the memory limit: no swap on top of it.
+                "memswap_limit": memory,
+                "pids_limit": resources.pids,
+            }
+            if resources.gpu:
+                options["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+        if spec.uid is not None:
+            image = await self._call(self._docker().images.get, image_ref)
+            config = image.attrs.get("Config") or {}
+            if runs_as_root(config.get("User")):
+                options["user"] = f"{spec.uid}:{spec.uid}"
+                image_env = {item.split("=", 1)[0] for item in config.get("Env") or []}
+                if "HOME" not in image_env:
+                    # The engine would give an unknown uid `/` as home, which it cannot write.
+                    env["HOME"] = "/tmp"
+            # An image that names a non-root user of its own keeps it, as its own files belong to that
+            # user; /data, which belongs to the server's uid, is then not writable for it.
+        if spec.data_dir is not None:
+            await asyncio.to_thread(prepare_data_dir, spec.data_dir, spec.uid)
+            options["mounts"] = [Mount(target="/data", source=str(spec.data_dir), type="bind", read_only=False)]
+        return options, env
 
     async def launch(self, spec: LaunchSpec) -> Instance:
         source = spec.source
@@ -137,32 +294,48 @@ class DockerExecutor:
             return self._instance(container)
         except NotFound:
             pass
-        env = dict(spec.env) | {"PORT": str(source.port)}
         try:
-            container = await self._call(
-                client.containers.run,
-                source.image,
-                detach=True,
-                name=name,
-                environment=env,
-                labels={
-                    LABEL_SERVER: spec.server_id,
-                    LABEL_DEPLOYMENT: spec.deployment_id,
-                    LABEL_SLUG: spec.slug,
-                    "io.mcphost.port": str(source.port),
-                    "io.mcphost.path": source.path,
-                },
-                # The engine picks the host port and holds it from the start: choosing one here and
-                # handing it over would leave a moment in which something else can take it.
-                ports={f"{source.port}/tcp": ("127.0.0.1", None)},
-            )
+            options, extra_env = await self._run_options(spec, source.image)
         except (NotFound, DockerImageNotFound):
             raise ImageNotFound(f"image {source.image!r} is not available to the container engine") from None
-        except PermanentFailure as exc:
-            if "already in use" in exc.message:
-                # A concurrent attempt made it between our look and our create: use that one.
-                container = await self._call(client.containers.get, name)
-            else:
+        env = extra_env | dict(spec.env) | {"PORT": str(source.port)}
+        for attempt in range(2):
+            network = await self._ensure_network(spec.server_id)
+            try:
+                container = await self._call(
+                    client.containers.run,
+                    source.image,
+                    detach=True,
+                    name=name,
+                    environment=env,
+                    labels={
+                        LABEL_SERVER: spec.server_id,
+                        LABEL_DEPLOYMENT: spec.deployment_id,
+                        LABEL_SLUG: spec.slug,
+                        "io.mcphost.port": str(source.port),
+                        "io.mcphost.path": source.path,
+                    },
+                    network=network,
+                    # The engine picks the host port and holds it from the start: choosing one here and
+                    # handing it over would leave a moment in which something else can take it.
+                    ports={f"{source.port}/tcp": ("127.0.0.1", None)},
+                    **options,
+                )
+                break
+            except (NotFound, DockerImageNotFound) as exc:
+                if attempt == 0 and _is_missing_network(str(exc)):
+                    continue
+                raise ImageNotFound(f"image {source.image!r} is not available to the container engine") from None
+            except RuntimeFailure as exc:
+                if "already in use" in exc.message:
+                    # A concurrent attempt made it between our look and our create: use that one.
+                    container = await self._call(client.containers.get, name)
+                    break
+                if attempt == 0 and _is_missing_network(exc.message):
+                    # The server's last container went meanwhile and took the network with it: make it again.
+                    continue
+                if spec.resources is not None and spec.resources.gpu and "device driver" in exc.message:
+                    raise PermanentFailure(f"this host's container engine cannot give GPUs: {exc.message}") from None
                 raise
         await self._call(container.reload)
         return self._instance(container)
@@ -195,6 +368,16 @@ class DockerExecutor:
             return await self._call(self._docker().containers.get, instance.ref)
         except NotFound:
             return None
+        except RuntimeFailure as exc:
+            # Podman answers 500 for a container removed while it is being looked at.
+            if "no such container" in exc.message.lower():
+                return None
+            raise
+
+    async def _ended_by_memory(self, container: Any) -> str | None:
+        if container.status in ("running", "created", "restarting"):
+            return None
+        return oom_detail(container.attrs, guess=await self._is_podman())
 
     async def status(self, instance: Instance) -> InstanceStatus:
         container = await self._get(instance)
@@ -203,7 +386,8 @@ class DockerExecutor:
         if container.status in ("running", "created", "restarting"):
             return InstanceStatus(state="running", detail=container.status)
         code = container.attrs.get("State", {}).get("ExitCode")
-        return InstanceStatus(state="exited", exit_code=code, detail=container.status)
+        detail = await self._ended_by_memory(container)
+        return InstanceStatus(state="exited", exit_code=code, detail=detail or container.status)
 
     async def stop(self, instance: Instance) -> None:
         container = await self._get(instance)
@@ -220,13 +404,19 @@ class DockerExecutor:
                 await self._call(container.remove, force=True)
             except NotFound:
                 pass
+        if instance.server_id:
+            await self._remove_network_if_unused(instance.server_id)
 
     async def logs(self, instance: Instance, tail: int = 200) -> list[str]:
         container = await self._get(instance)
         if container is None:
             return []
         raw = await self._call(container.logs, tail=tail)
-        return raw.decode(errors="replace").splitlines()
+        lines = raw.decode(errors="replace").splitlines()
+        detail = await self._ended_by_memory(container)
+        if detail:
+            lines.append(f"mcphost: the server was killed: {detail}")
+        return lines
 
     async def close(self) -> None:
         if self._client is not None:

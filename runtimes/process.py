@@ -73,11 +73,6 @@ _PASSTHROUGH_ENV = (
     "npm_config_registry",
 )
 _NOT_FOUND_PIP = re.compile(r"No matching distribution found|Could not find a version that satisfies")
-# Names that would run arbitrary code rather than the package's own server.
-INTERPRETERS = re.compile(
-    r"^(python[0-9.]*|pypy[0-9.]*|node(js)?|deno|bun|npm|npx|pnpm|yarn|pip[0-9.]*|uvx?|"
-    r"(ba|da|z|k|c|tc|fi)?sh|env|busybox|perl|ruby|php|lua|awk|gawk|sudo|su)$"
-)
 SANDBOX_PORT = 8000  # where an HTTP server listens inside its own network namespace
 
 
@@ -225,6 +220,8 @@ class ProcessExecutor:
             # A cancelled install must not keep running beside the next attempt.
             await self._kill(proc)
             raise
+        if self.sandboxed and cwd is not None:
+            await asyncio.to_thread(sandbox.remove_cgroup, f"install-{cwd.name}")
         return proc.returncode or 0, out.decode(errors="replace")
 
     @staticmethod
@@ -250,9 +247,7 @@ class ProcessExecutor:
         async with self._env_lock(env_dir):
             if not marker.exists():
                 self._own_env_dir(env_dir)
-                code, out = await self._run(
-                    os.path.realpath(sys.executable), "-m", "venv", str(env_dir), cwd=env_dir
-                )
+                code, out = await self._run(os.path.realpath(sys.executable), "-m", "venv", str(env_dir), cwd=env_dir)
                 if code != 0:
                     raise RuntimeFailure(f"could not create a virtual environment: {_tail(out)}")
                 binary = [] if self.allow_sdist else ["--only-binary=:all:"]
@@ -272,9 +267,7 @@ class ProcessExecutor:
                 if code != 0:
                     shutil.rmtree(env_dir, ignore_errors=True)
                     if _NOT_FOUND_PIP.search(out):
-                        hint = (
-                            "" if self.allow_sdist else " as a binary wheel (source builds need PACKAGE_ALLOW_SDIST)"
-                        )
+                        hint = "" if self.allow_sdist else " as a binary wheel (source builds need PACKAGE_ALLOW_SDIST)"
                         raise PackageNotFound(
                             f"package {source.requirement!r} was not found on PyPI{hint}; check the name and version"
                         )
@@ -287,7 +280,13 @@ class ProcessExecutor:
                     source.package,
                     cwd=env_dir,
                 )
-                scripts = json.loads(out.strip().splitlines()[-1]) if code == 0 else []
+                try:
+                    scripts = json.loads(out.strip().splitlines()[-1]) if code == 0 else None
+                except (ValueError, IndexError):
+                    scripts = None
+                if scripts is None:
+                    shutil.rmtree(env_dir, ignore_errors=True)
+                    raise RuntimeFailure(f"could not read the entry points of {source.requirement}: {_tail(out)}")
                 marker.write_text(json.dumps({"requirement": source.requirement, "scripts": scripts}))
             scripts = json.loads(marker.read_text())["scripts"]
         wanted = source.command or self._default_script(source.package, scripts)
@@ -530,6 +529,7 @@ class ProcessExecutor:
     async def remove(self, instance: Instance) -> None:
         await self.stop(instance)
         shutil.rmtree(self.work_dir / instance.deployment_id, ignore_errors=True)
+        await asyncio.to_thread(sandbox.remove_cgroup, instance.deployment_id)
         for leftover in (
             self._record_path(instance.server_id, instance.deployment_id),
             self.plans_dir / f"{instance.deployment_id}.json",

@@ -28,6 +28,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -119,7 +120,7 @@ def exposed_paths(env: dict[str, str]) -> list[str]:
     return sorted(paths)
 
 
-def bwrap_argv(plan: SandboxPlan, info_fd: int, block_fd: int) -> list[str]:
+def bwrap_argv(plan: SandboxPlan, info_fd: int, ready_fd: int, go_fd: int) -> list[str]:
     argv = [
         "bwrap",
         "--die-with-parent",
@@ -168,8 +169,15 @@ def bwrap_argv(plan: SandboxPlan, info_fd: int, block_fd: int) -> list[str]:
         argv += ["--ro-bind", host, inside]
     for host, inside in plan.rw_binds:
         argv += ["--bind", host, inside]
-    argv += ["--chdir", plan.chdir, "--info-fd", str(info_fd), "--block-fd", str(block_fd), "--"]
+    argv += ["--chdir", plan.chdir, "--info-fd", str(info_fd), "--"]
+    # Inside, once bwrap has set everything up (its own loopback included): say so, wait for the network
+    # the launcher adds from outside, then drop to the server's uid and run the command.
+    barrier = f'echo ready >&{ready_fd}; read go <&{go_fd}; exec {ready_fd}>&- {go_fd}<&-; exec "$@"'
     argv += [
+        "/bin/sh",
+        "-c",
+        barrier,
+        "sandbox",
         "setpriv",
         f"--reuid={plan.uid}",
         f"--regid={plan.uid}",
@@ -279,15 +287,15 @@ class Limits:
                             return int(value)
         return 0
 
-    def release(self) -> None:
-        for path in self.dirs:
-            try:
-                # Out of the group first: a cgroup with a process in it cannot be removed.
-                root = path.parent.parent
-                (root / "cgroup.procs").write_text(str(os.getpid()))
-                path.rmdir()
-            except OSError:
-                pass  # still in use by another session of the same server, or not ours to remove
+
+def remove_cgroup(name: str) -> None:
+    """Remove a sandbox's cgroups once nothing runs in them (the platform calls this when it removes an
+    instance; a launcher never does, as another session of the same server may be entering them)."""
+    for path in (CGROUP_ROOT / CGROUP_GROUP / name, *CGROUP_ROOT.glob(f"*/{CGROUP_GROUP}/{name}")):
+        try:
+            path.rmdir()
+        except OSError:
+            pass
 
 
 # ---- the launcher -----------------------------------------------------------------------------------
@@ -325,28 +333,31 @@ def _add_forward(plan: SandboxPlan) -> None:
         raise RuntimeError(f"cannot forward 127.0.0.1:{host_port} into the sandbox: {answer['error']}")
 
 
-def launch(plan: SandboxPlan) -> int:
-    limits = Limits(plan)
-    limits.enter()
+class SetupFailed(Exception):
+    """The sandbox did not come up; the command never started, so trying again is safe."""
+
+
+def _start(plan: SandboxPlan, limits: Limits) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes] | None]:
     info_r, info_w = os.pipe()
-    block_r, block_w = os.pipe()
-    argv = bwrap_argv(plan, info_w, block_r)
-    proc = subprocess.Popen(argv, pass_fds=(info_w, block_r), preexec_fn=limits.child_rlimits)  # noqa: PLW1509
-    os.close(info_w)
-    os.close(block_r)
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    proc = subprocess.Popen(
+        bwrap_argv(plan, info_w, ready_w, go_r),
+        pass_fds=(info_w, ready_w, go_r),
+        preexec_fn=limits.child_rlimits,
+    )
+    for fd in (info_w, ready_w, go_r):
+        os.close(fd)
     slirp: subprocess.Popen[bytes] | None = None
-
-    def forward(signum: int, _frame: object) -> None:
-        if proc.poll() is None:
-            proc.send_signal(signum)
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, forward)
     try:
         child = _read_child_pid(info_r)
+        if not os.read(ready_r, 16):
+            raise SetupFailed("the sandbox ended before it was set up")
         if plan.network:
-            ready_r, ready_w = os.pipe()
+            up_r, up_w = os.pipe()
             api = ["--api-socket", plan.api_socket] if plan.forward and plan.api_socket else []
+            if plan.api_socket:
+                Path(plan.api_socket).unlink(missing_ok=True)
             slirp = subprocess.Popen(
                 [
                     "slirp4netns",
@@ -355,28 +366,57 @@ def launch(plan: SandboxPlan) -> int:
                     "--disable-host-loopback",
                     *api,
                     "--ready-fd",
-                    str(ready_w),
+                    str(up_w),
                     str(child),
                     "tap0",
                 ],
-                pass_fds=(ready_w,),
+                pass_fds=(up_w,),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-            os.close(ready_w)
-            if not os.read(ready_r, 1):
-                print("mcphost sandbox: the sandbox network did not come up", file=sys.stderr)
-            os.close(ready_r)
+            os.close(up_w)
+            came_up = os.read(up_r, 1)
+            os.close(up_r)
+            if not came_up:
+                raise SetupFailed("the sandbox network did not come up")
             if api:
                 _add_forward(plan)
-        os.write(block_w, b"1")
-    except Exception as exc:  # noqa: BLE001 - the command must not start half-sandboxed
-        print(f"mcphost sandbox: could not set up the sandbox: {exc}", file=sys.stderr)
+        # The command starts only now, with its network in place.
+        os.write(go_w, b"go\n")
+    except (OSError, RuntimeError, SetupFailed) as exc:
         proc.kill()
+        proc.wait()
+        if slirp is not None:
+            slirp.kill()
+            slirp.wait()
+        raise SetupFailed(str(exc)) from None
     finally:
-        os.close(block_w)
-        os.close(info_r)
+        for fd in (go_w, info_r, ready_r):
+            os.close(fd)
+    return proc, slirp
+
+
+def launch(plan: SandboxPlan, attempts: int = 4) -> int:
+    limits = Limits(plan)
+    limits.enter()
+    for attempt in range(1, attempts + 1):
+        try:
+            proc, slirp = _start(plan, limits)
+            break
+        except SetupFailed as exc:
+            # Seen rarely while another sandbox's namespaces are torn down: bwrap's loopback setup fails.
+            print(f"mcphost sandbox: setup attempt {attempt} failed ({exc})", file=sys.stderr, flush=True)
+            if attempt == attempts:
+                return 125
+            time.sleep(0.05 * attempt)
+
+    def forward(signum: int, _frame: object) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
     code = proc.wait()
     if slirp is not None:
         slirp.terminate()
@@ -387,7 +427,6 @@ def launch(plan: SandboxPlan) -> int:
             file=sys.stderr,
             flush=True,
         )
-    limits.release()
     return 128 - code if code < 0 else code
 
 

@@ -1,9 +1,11 @@
-"""The worker process: one Temporal client, the platform's workflows and activities on one task queue."""
+"""The worker process: one Temporal client; the platform's workflows and activities on the shared task
+queue, and the runtime steps of the instances on this host on the host's own queue."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from datetime import timedelta
 
@@ -39,26 +41,45 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     registry = RegistryActivities(sessionmaker, settings, builder)
     executors = build_executors(settings, auth_for=registry.auth_for)
     activities = [
-        *RecordActivities(sessionmaker).all(),
+        *RecordActivities(sessionmaker, settings.state_dir).all(),
         *BuildActivities(sessionmaker, settings, builder).all(),
         *ArtifactActivities(sessionmaker).all(),
         *registry.all(),
+    ]
+    # Instances are local to this host, so their runtime steps come through its own queue. The shared
+    # queue keeps them too: claim_host is answered there, and runs started before placement send every
+    # step there.
+    host_activities = [
         *RuntimeActivities(sessionmaker, executors, settings.env_cipher(), settings).all(),
         *HealthActivities(executors).all(),
     ]
+    # Names the host in the Web UI's history of every task, so where a step ran can be read there.
+    identity = f"{os.getpid()}@{settings.worker_host_id}"
     stop = stop or asyncio.Event()
     try:
-        async with Worker(
-            client,
-            task_queue=settings.temporal_task_queue,
-            workflows=WORKFLOWS,
-            activities=activities,
-            max_concurrent_activities=50,
-            graceful_shutdown_timeout=timedelta(seconds=10),
+        async with (
+            Worker(
+                client,
+                task_queue=settings.temporal_task_queue,
+                workflows=WORKFLOWS,
+                activities=[*activities, *host_activities],
+                identity=identity,
+                max_concurrent_activities=50,
+                graceful_shutdown_timeout=timedelta(seconds=10),
+            ),
+            Worker(
+                client,
+                task_queue=settings.host_task_queue,
+                activities=host_activities,
+                identity=identity,
+                max_concurrent_activities=50,
+                graceful_shutdown_timeout=timedelta(seconds=10),
+            ),
         ):
             log.info(
-                "worker ready: task queue %s on %s (runtimes: %s)",
+                "worker ready: task queues %s and %s on %s (runtimes: %s)",
                 settings.temporal_task_queue,
+                settings.host_task_queue,
                 settings.temporal_address,
                 ", ".join(executors),
             )

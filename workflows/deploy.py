@@ -21,8 +21,8 @@ with workflow.unsafe.imports_passed_through():
         RecordImage,
         StepRecord,
     )
-    from activities.runtime import RetireInput, RuntimeActivities
-    from workflows import policies
+    from activities.runtime import HostClaim, RetireInput, RuntimeActivities
+    from workflows import placement, policies
     from workflows.build import BuildInput, BuildOutcome, BuildWorkflow
     from workflows.errors import failure_reason
     from workflows.push import PushInput, PushWorkflow
@@ -37,6 +37,7 @@ class DeployInput:
     server_id: str
     health_timeout_seconds: float = 90.0
     install_timeout_seconds: float = 600.0
+    host_wait_seconds: float = 120.0
 
 
 @dataclass
@@ -67,6 +68,9 @@ class DeployWorkflow:
     def __init__(self) -> None:
         self._progress = DeployProgress(step=None, status="pending")
         self._current = "resolve"
+        # The host queue this deployment's runtime steps go to; None (the shared queue) in runs from before.
+        self._host: str | None = None
+        self._host_wait = timedelta(seconds=120)
 
     @workflow.query(name="progress")
     def progress(self) -> DeployProgress:
@@ -83,9 +87,15 @@ class DeployWorkflow:
             retry_policy=policies.DATABASE,
         )
 
+    @property
+    def _host_wait_bound(self) -> timedelta | None:
+        """How long a step sent to the deployment's host may wait for it: a gone host fails the step."""
+        return self._host_wait if self._host is not None else None
+
     @workflow.run
     async def run(self, data: DeployInput) -> DeployOutcome:
         self._deployment_id = data.deployment_id
+        self._host_wait = timedelta(seconds=data.host_wait_seconds)
         self._progress.status = "deploying"
         instance: InstanceRecord | None = None
         self._current = "resolve"
@@ -105,12 +115,25 @@ class DeployWorkflow:
 
             self._current = "prepare"
             await self._step("prepare", "started")
+            claim: HostClaim | None = None
+            if workflow.patched(placement.PATCH):
+                # Any worker of the shared queue may take this: the one that does becomes the host, which
+                # spreads deployments over the workers.
+                claim = await workflow.execute_activity_method(
+                    RuntimeActivities.claim_host,
+                    data.deployment_id,
+                    start_to_close_timeout=policies.CLAIM_TIMEOUT,
+                    retry_policy=policies.RUNTIME,
+                )
+                self._host = claim.host_queue
             prepared: str = await workflow.execute_activity_method(
                 RuntimeActivities.prepare_source,
                 data.deployment_id,
                 start_to_close_timeout=timedelta(seconds=data.install_timeout_seconds),
                 heartbeat_timeout=policies.HEARTBEAT,
                 retry_policy=policies.RUNTIME,
+                task_queue=self._host,
+                schedule_to_start_timeout=self._host_wait_bound,
             )
             await self._step("prepare", "succeeded", prepared[:500])
 
@@ -122,6 +145,8 @@ class DeployWorkflow:
                 start_to_close_timeout=policies.LAUNCH_TIMEOUT,
                 heartbeat_timeout=policies.HEARTBEAT,
                 retry_policy=policies.RUNTIME,
+                task_queue=self._host,
+                schedule_to_start_timeout=self._host_wait_bound,
             )
             await workflow.execute_activity_method(
                 RecordActivities.record_instance,
@@ -129,7 +154,8 @@ class DeployWorkflow:
                 start_to_close_timeout=policies.DB_TIMEOUT,
                 retry_policy=policies.DATABASE,
             )
-            await self._step("launch", "succeeded", f"{instance.runtime} instance {instance.ref}")
+            where = f" on host {claim.host_id}" if claim is not None else ""
+            await self._step("launch", "succeeded", f"{instance.runtime} instance {instance.ref}{where}")
 
             self._current = "health_check"
             await self._step("health_check", "started")
@@ -139,6 +165,8 @@ class DeployWorkflow:
                 start_to_close_timeout=timedelta(seconds=data.health_timeout_seconds + 30),
                 heartbeat_timeout=policies.HEARTBEAT,
                 retry_policy=policies.HEALTH,
+                task_queue=self._host,
+                schedule_to_start_timeout=self._host_wait_bound,
             )
             await self._step(
                 "health_check",
@@ -163,17 +191,25 @@ class DeployWorkflow:
 
             self._current = "retire_previous"
             await self._step("retire_previous", "started")
-            retired = await workflow.execute_activity_method(
-                RuntimeActivities.retire_instances,
-                RetireInput(server_id=data.server_id, keep_deployment_id=data.deployment_id),
-                start_to_close_timeout=policies.RETIRE_TIMEOUT,
-                heartbeat_timeout=policies.HEARTBEAT,
-                retry_policy=policies.CLEANUP,
-            )
+            if self._host is not None:
+                # Earlier revisions may live on other hosts than this one: each is retired where it is.
+                placed = await placement.retire_on_hosts(
+                    data.server_id, keep_deployment_id=data.deployment_id, also=self._host, wait=self._host_wait
+                )
+                stopped, warnings = placed.stopped_deployment_ids, placed.warnings
+            else:
+                retired = await workflow.execute_activity_method(
+                    RuntimeActivities.retire_instances,
+                    RetireInput(server_id=data.server_id, keep_deployment_id=data.deployment_id),
+                    start_to_close_timeout=policies.RETIRE_TIMEOUT,
+                    heartbeat_timeout=policies.HEARTBEAT,
+                    retry_policy=policies.CLEANUP,
+                )
+                stopped, warnings = retired.stopped_deployment_ids, []
             await self._step(
                 "retire_previous",
                 "succeeded",
-                f"stopped {len(retired.stopped_deployment_ids)} earlier instance(s)",
+                "; ".join([f"stopped {len(stopped)} earlier instance(s)", *warnings]),
             )
             final: str = await workflow.execute_activity_method(
                 RecordActivities.complete_deployment,
@@ -237,6 +273,9 @@ class DeployWorkflow:
                 start_to_close_timeout=policies.RETIRE_TIMEOUT,
                 heartbeat_timeout=policies.HEARTBEAT,
                 retry_policy=policies.CLEANUP,
+                # The instance says where it is; runs from before placement keep to the shared queue.
+                task_queue=(instance.host_queue or self._host) if self._host is not None else None,
+                schedule_to_start_timeout=self._host_wait_bound,
             )
         else:
             # The launch may have started something before failing: find it by looking at the runtime.
@@ -246,6 +285,8 @@ class DeployWorkflow:
                 start_to_close_timeout=policies.RETIRE_TIMEOUT,
                 heartbeat_timeout=policies.HEARTBEAT,
                 retry_policy=policies.CLEANUP,
+                task_queue=self._host,
+                schedule_to_start_timeout=self._host_wait_bound,
             )
 
     async def _finish(self, status: str, error: str) -> DeployOutcome:

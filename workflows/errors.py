@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError, TimeoutType
+from temporalio.exceptions import TimeoutError as TemporalTimeout
 
 
 def failure_reason(err: BaseException) -> str:
@@ -12,4 +13,6 @@ def failure_reason(err: BaseException) -> str:
         cause = cause.cause
     if isinstance(cause, ApplicationError):
         return cause.message
+    if isinstance(cause, TemporalTimeout) and cause.type == TimeoutType.SCHEDULE_TO_START:
+        return "no worker of the host this step must run on took it up in time: that host's worker is gone"
     return str(cause) if cause else "unknown error"

@@ -79,3 +79,5 @@ DB_TIMEOUT = timedelta(seconds=15)
 HEARTBEAT = timedelta(seconds=10)
 LAUNCH_TIMEOUT = timedelta(minutes=5)
 RETIRE_TIMEOUT = timedelta(minutes=5)
+# Claiming a host is answered at once by any worker of the shared queue.
+CLAIM_TIMEOUT = timedelta(seconds=15)

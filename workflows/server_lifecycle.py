@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from activities.records import RecordActivities, ServerRef
+    from activities.records import RecordActivities, ServerNote, ServerRef
     from activities.runtime import RetireInput, RuntimeActivities
-    from workflows import policies
+    from workflows import placement, policies
 
 
 @dataclass
 class ServerInput:
     server_id: str
+    host_wait_seconds: float = 120.0
 
 
 @dataclass
@@ -22,49 +24,76 @@ class ServerOutcome:
     server_id: str
     status: str
     stopped_instances: int = 0
+    # Hosts that could not be reached, and what that left behind there.
+    warnings: list[str] = field(default_factory=list)
 
 
-async def _take_down(server_id: str) -> int:
+async def _take_down(data: ServerInput) -> placement.Retired:
     # Route first, so no request is sent to an instance that is going away.
     await workflow.execute_activity_method(
         RecordActivities.deactivate_server,
-        ServerRef(server_id=server_id),
+        ServerRef(server_id=data.server_id),
         start_to_close_timeout=policies.DB_TIMEOUT,
         retry_policy=policies.DATABASE,
     )
+    if workflow.patched(placement.PATCH):
+        # A gone host is given up on after the wait: the server is still taken off the gateway and
+        # stopped everywhere else, and the warning says what may still run there.
+        return await placement.retire_on_hosts(
+            data.server_id, keep_deployment_id=None, also=None, wait=timedelta(seconds=data.host_wait_seconds)
+        )
     retired = await workflow.execute_activity_method(
         RuntimeActivities.retire_instances,
-        RetireInput(server_id=server_id, keep_deployment_id=None, remove=True),
+        RetireInput(server_id=data.server_id, keep_deployment_id=None, remove=True),
         start_to_close_timeout=policies.RETIRE_TIMEOUT,
         heartbeat_timeout=policies.HEARTBEAT,
         retry_policy=policies.CLEANUP,
     )
-    return len(retired.stopped_deployment_ids)
+    return placement.Retired(stopped_deployment_ids=retired.stopped_deployment_ids)
 
 
 @workflow.defn(name="StopServerWorkflow")
 class StopServerWorkflow:
     @workflow.run
     async def run(self, data: ServerInput) -> ServerOutcome:
-        stopped = await _take_down(data.server_id)
+        retired = await _take_down(data)
+        for warning in retired.warnings:
+            await workflow.execute_activity_method(
+                RecordActivities.note_server,
+                ServerNote(server_id=data.server_id, message=f"stop: {warning}"),
+                start_to_close_timeout=policies.DB_TIMEOUT,
+                retry_policy=policies.DATABASE,
+            )
         await workflow.execute_activity_method(
             RecordActivities.mark_server_stopped,
             ServerRef(server_id=data.server_id),
             start_to_close_timeout=policies.DB_TIMEOUT,
             retry_policy=policies.DATABASE,
         )
-        return ServerOutcome(server_id=data.server_id, status="stopped", stopped_instances=stopped)
+        return ServerOutcome(
+            server_id=data.server_id,
+            status="stopped",
+            stopped_instances=len(retired.stopped_deployment_ids),
+            warnings=retired.warnings,
+        )
 
 
 @workflow.defn(name="DeleteServerWorkflow")
 class DeleteServerWorkflow:
     @workflow.run
     async def run(self, data: ServerInput) -> ServerOutcome:
-        stopped = await _take_down(data.server_id)
+        # With the records gone nothing points at what an unreachable host still holds: the warnings in
+        # the outcome (and the worker's log) are all that is left of it.
+        retired = await _take_down(data)
         await workflow.execute_activity_method(
             RecordActivities.delete_server_records,
             ServerRef(server_id=data.server_id),
             start_to_close_timeout=policies.DB_TIMEOUT,
             retry_policy=policies.DATABASE,
         )
-        return ServerOutcome(server_id=data.server_id, status="deleted", stopped_instances=stopped)
+        return ServerOutcome(
+            server_id=data.server_id,
+            status="deleted",
+            stopped_instances=len(retired.stopped_deployment_ids),
+            warnings=retired.warnings,
+        )

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from fastapi import APIRouter, Request, Response, status
 from sqlalchemy import delete, func, select
@@ -11,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from api.deps import SESSION_COOKIE, CurrentUser, SessionDep, StateDep
 from api.schemas import (
     Credentials,
+    ErrorBody,
     ListOf,
     Registration,
     SessionToken,
@@ -34,12 +37,31 @@ from core.security import (
 
 router = APIRouter(prefix="/api", tags=["accounts"])
 
+RATE_LIMITED: dict[int | str, dict[str, Any]] = {
+    429: {
+        "model": ErrorBody,
+        "description": "Too many attempts from this address (login and registration together, "
+        "LOGIN_RATE_PER_MINUTE) or, for login, too many failed logins for this account "
+        "(LOGIN_ACCOUNT_RATE_PER_MINUTE).",
+        "headers": {
+            "Retry-After": {"description": "Seconds to wait before trying again.", "schema": {"type": "integer"}}
+        },
+    }
+}
 
-@router.post("/register", status_code=status.HTTP_201_CREATED, response_model=UserPublic)
-async def register(body: Registration, state: StateDep, session: SessionDep) -> User:
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+@router.post("/register", status_code=status.HTTP_201_CREATED, response_model=UserPublic, responses=RATE_LIMITED)
+async def register(body: Registration, request: Request, state: StateDep, session: SessionDep) -> User:
     """Create an account. The first account on a new installation becomes its administrator."""
+    state.login_throttle.attempt_from(client_address(request))
     email = body.email.lower()
-    password_hash = hash_password(body.password)
+    # argon2 spends tens of milliseconds of CPU on purpose: on the event loop it would stall every other
+    # request of this process, gateway traffic included.
+    password_hash = await asyncio.to_thread(hash_password, body.password)
     async with session.begin():
         # Serialise registrations so exactly one first user becomes admin.
         await session.execute(select(func.pg_advisory_xact_lock(0x6D6370)))
@@ -58,14 +80,27 @@ async def register(body: Registration, state: StateDep, session: SessionDep) -> 
     return user
 
 
-@router.post("/login", response_model=SessionToken)
-async def login(body: Credentials, response: Response, state: StateDep, session: SessionDep) -> SessionToken:
+@router.post("/login", response_model=SessionToken, responses=RATE_LIMITED)
+async def login(
+    body: Credentials, request: Request, response: Response, state: StateDep, session: SessionDep
+) -> SessionToken:
     """Exchange email and password for a session: an HttpOnly cookie and the same token as a bearer token."""
-    user = await session.scalar(select(User).where(User.email == body.email.lower()))
-    if not verify_password(body.password, user.password_hash if user else None) or user is None:
+    throttle = state.login_throttle
+    throttle.attempt_from(client_address(request))
+    email = body.email.lower()
+    # Counted whether or not the account exists, so a 429 says nothing about which emails are registered.
+    throttle.attempt_on(email)
+    try:
+        user = await session.scalar(select(User).where(User.email == email))
+        verified = await asyncio.to_thread(verify_password, body.password, user.password_hash if user else None)
+    except BaseException:
+        throttle.release(email)
+        raise
+    if not verified or user is None:
         raise Unauthorized("invalid email or password")
+    throttle.release(email)
     if password_needs_rehash(user.password_hash):
-        user.password_hash = hash_password(body.password)
+        user.password_hash = await asyncio.to_thread(hash_password, body.password)
         await session.commit()
     settings = state.settings
     token, claims = issue_session_token(

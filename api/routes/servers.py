@@ -25,12 +25,13 @@ from api.schemas import (
 )
 from api.workflows import start_server_workflow
 from core.crypto import env_names
+from core.db import notify_route_changed
 from core.errors import Conflict, Forbidden, InvalidInput, QuotaExceeded
 from core.gitpolicy import GitUrlRejected, check_git_url_policy
 from core.models import Deployment, Server, ServerLog, User
 from core.security import SERVER_KEY_PREFIX, display_prefix, generate_secret_token, hash_token
 from core.settings import IMPLEMENTED_RUNTIMES, Settings
-from core.sources import CommandSource, GitSource, parse_source, runtime_accepts
+from core.sources import CommandSource, GitSource, default_runtime_for, parse_source, runtime_accepts
 
 router = APIRouter(prefix="/api/servers", tags=["servers"])
 
@@ -56,6 +57,9 @@ def to_public(server: Server, base_url: str) -> dict[str, Any]:
         "status": server.status,
         "api_key_prefix": server.api_key_prefix,
         "active_deployment_id": server.active_deployment_id,
+        "cpu_limit": server.cpu_limit,
+        "memory_limit": server.memory_limit,
+        "use_gpu": server.use_gpu,
         "gateway_url": gateway_url(base_url, server.slug),
         "created_at": server.created_at,
         "updated_at": server.updated_at,
@@ -84,11 +88,44 @@ def check_source_allowed(user: User, source: Any, runtime: str | None, settings:
             raise InvalidInput(f"the {runtime} runtime cannot run a {source.type} source")
 
 
+def check_resources(
+    user: User, cpu: float | None, memory: int | None, gpu: bool, runtime: str | None, settings: Settings
+) -> None:
+    """Administrators may give any server anything; everyone else stays within the installation's maximums."""
+    if user.role != "admin":
+        if cpu is not None and cpu > settings.max_cpu_limit:
+            raise InvalidInput(
+                f"cpu_limit {cpu} is above this installation's maximum of {settings.max_cpu_limit} cores"
+            )
+        if memory is not None and memory > settings.max_memory_limit:
+            raise InvalidInput(
+                f"memory_limit {memory} MiB is above this installation's maximum of {settings.max_memory_limit} MiB"
+            )
+    if gpu:
+        from runtimes.gpu import gpu_available
+
+        if not gpu_available(settings):
+            raise InvalidInput(
+                "use_gpu: this installation has no GPU to give (no NVIDIA device found on the host; an operator "
+                "with GPUs sets GPU_AVAILABLE=true)"
+            )
+        if runtime == "process":
+            raise InvalidInput("use_gpu needs the docker runtime; the process runtime does not pass GPUs in")
+
+
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=ServerCreated)
 async def create_server(body: ServerCreate, user: CurrentUser, session: SessionDep, state: StateDep) -> ServerCreated:
     """Register a server. Its API key and webhook secret are returned once, here: the key is kept as a
     hash, the secret sealed with SECRETS_KEY (the HMAC check needs it)."""
     check_source_allowed(user, body.source, body.runtime, state.settings)
+    check_resources(
+        user,
+        body.cpu_limit,
+        body.memory_limit,
+        body.use_gpu,
+        body.runtime or default_runtime_for(body.source, state.settings.container_runtime),
+        state.settings,
+    )
     slug = body.slug or slugify(body.name)
     api_key = generate_secret_token(SERVER_KEY_PREFIX)
     webhook_secret = secrets.token_hex(32)
@@ -118,9 +155,14 @@ async def create_server(body: ServerCreate, user: CurrentUser, session: SessionD
                 api_key_prefix=display_prefix(api_key),
                 webhook_secret=state.env_cipher.seal_text(webhook_secret),
                 status="created",
+                cpu_limit=body.cpu_limit,
+                memory_limit=body.memory_limit,
+                use_gpu=body.use_gpu,
             )
             session.add(server)
             session.add(ServerLog(server_id=server.id, message=f"server created by {user.email}"))
+            # Other API processes may have cached "no such server" for this slug.
+            await notify_route_changed(session, slug)
     except IntegrityError as exc:
         # Lost a race with a concurrent create of the same name or slug; anything else is a real bug.
         if not any(c in str(exc.orig) for c in ("uq_servers_owner_name", "servers_slug_key")):
@@ -162,6 +204,19 @@ async def update_server(
         source = body.source or parse_source(server.source)
         runtime = body.runtime if "runtime" in body.model_fields_set else server.runtime
         check_source_allowed(user, source, runtime, state.settings)
+        fields = body.model_fields_set
+        cpu = body.cpu_limit if "cpu_limit" in fields else server.cpu_limit
+        memory = body.memory_limit if "memory_limit" in fields else server.memory_limit
+        gpu = bool(body.use_gpu) if body.use_gpu is not None else server.use_gpu
+        check_resources(
+            user,
+            cpu,
+            memory,
+            gpu,
+            runtime or default_runtime_for(source, state.settings.container_runtime),
+            state.settings,
+        )
+        server.cpu_limit, server.memory_limit, server.use_gpu = cpu, memory, gpu
         if body.name is not None and body.name != server.name:
             clash = await session.scalar(
                 select(Server.id).where(Server.owner_id == server.owner_id, Server.name == body.name)
@@ -221,6 +276,9 @@ async def rotate_api_key(
         server.api_key_hash = hash_token(api_key)
         server.api_key_prefix = display_prefix(api_key)
         session.add(ServerLog(server_id=server.id, message=f"API key rotated by {user.email}"))
+        # Every other API process drops the old key's cached route as this commits ...
+        await notify_route_changed(session, server.slug)
+    # ... and this one at once, before its own notification comes back.
     state.routes.invalidate(server.slug)
     return ApiKeyRotated(api_key=api_key, api_key_prefix=server.api_key_prefix)
 

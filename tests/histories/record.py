@@ -3,38 +3,67 @@
 Run when a workflow changes on purpose (behind `workflow.patched()`), to add histories of the new
 code next to the old ones; never delete old histories while workers might still replay them.
 
-    .venv/bin/python tests/histories/record.py
+    .venv/bin/python tests/histories/record.py TAG
 
 Starts the same real components as the integration tests (Temporal dev server, Postgres, podman,
 a registry, a git server), runs a package deployment, a git deployment with build and push, a stop
-and a delete, and writes each workflow's history as JSON here.
+that cannot reach the host holding the instance, a stop and a delete, and writes each workflow's
+history here as `<name>_<TAG>.json` (TAG names the code that recorded it, e.g. the patch it brings
+in). Existing files are never overwritten.
 """
 
 from __future__ import annotations
 
-import asyncio
 import sys
+import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from sqlalchemy import select, update  # noqa: E402
+from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
+
+from core.models import Deployment  # noqa: E402
 from tests.support.build_platform import build_platform  # noqa: E402
 from tests.support.components import ECHO_IMAGE  # noqa: E402
 from tests.support.stack import deploy  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+TIME = {"type": "package", "package": "mcp-server-time"}
 
 
-async def main() -> None:
-    async with build_platform() as parts:
+async def move_instances(database_url: str, server_id: str, host_queue: str) -> None:
+    """Make the server's instance records name another host (one no worker polls: a host that is gone)."""
+    engine = create_async_engine(database_url)
+    async with engine.begin() as conn:
+        rows = await conn.execute(
+            select(Deployment.id, Deployment.instance).where(Deployment.server_id == uuid.UUID(server_id))
+        )
+        for dep_id, instance in rows.all():
+            if instance:
+                await conn.execute(
+                    update(Deployment)
+                    .where(Deployment.id == dep_id)
+                    .values(instance={**instance, "host_queue": host_queue})
+                )
+    await engine.dispose()
+
+
+async def main(tag: str) -> None:
+    targets = {
+        name: HERE / f"{name}_{tag}.json"
+        for name in ("deploy_package", "deploy_git", "build", "push", "stop_unreachable", "stop", "delete")
+    }
+    taken = [path.name for path in targets.values() if path.exists()]
+    if taken:
+        raise SystemExit(f"already recorded: {', '.join(taken)}; choose another TAG")
+    # A gone host is given up on after this long (the API hands it to the workflows).
+    async with build_platform(worker_host_wait_seconds=5) as parts:
+        settings = parts.stack.settings
+        temporal = parts.env.client
         client, _ = await parts.stack.user()
         async with client:
-            time_server = (
-                await client.post(
-                    "/api/servers",
-                    json={"name": "rec-time", "source": {"type": "package", "package": "mcp-server-time"}},
-                )
-            ).json()
+            time_server = (await client.post("/api/servers", json={"name": "rec-time", "source": TIME})).json()
             package = await deploy(client, time_server["id"])
             parts.git.publish("rec", {"Dockerfile": f"FROM {ECHO_IMAGE}\nEXPOSE 8080\n"})
             git_server = (
@@ -44,23 +73,45 @@ async def main() -> None:
                 )
             ).json()
             built = await deploy(client, git_server["id"], timeout=600)
-            assert package["status"] == built["status"] == "running", (package, built)
+            stranded = (await client.post("/api/servers", json={"name": "rec-gone", "source": TIME})).json()
+            stranded_deployment = await deploy(client, stranded["id"])
+            assert package["status"] == built["status"] == stranded_deployment["status"] == "running", (
+                package,
+                built,
+                stranded_deployment,
+            )
+
+            await move_instances(settings.database_url, stranded["id"], f"{settings.temporal_task_queue}-host-gone")
+            await client.post(f"/api/servers/{stranded['id']}/stop")
+            stop_unreachable = await temporal.get_workflow_handle(f"stop-{stranded['id']}").result()
+            assert stop_unreachable["warnings"], stop_unreachable
+            # Its instance still runs on this worker's host: point the record back there, and delete it.
+            await move_instances(settings.database_url, stranded["id"], settings.host_task_queue)
+            await client.delete(f"/api/servers/{stranded['id']}")
+            await temporal.get_workflow_handle(f"delete-{stranded['id']}").result()
+
             await client.post(f"/api/servers/{time_server['id']}/stop")
             await client.delete(f"/api/servers/{git_server['id']}")
-            await asyncio.sleep(5)
-        names = {
+            await temporal.get_workflow_handle(f"stop-{time_server['id']}").result()
+            await temporal.get_workflow_handle(f"delete-{git_server['id']}").result()
+        workflow_ids = {
             "deploy_package": package["workflow_id"],
             "deploy_git": built["workflow_id"],
             "build": f"build-{built['id']}",
             "push": f"push-{built['id']}",
+            "stop_unreachable": f"stop-{stranded['id']}",
             "stop": f"stop-{time_server['id']}",
             "delete": f"delete-{git_server['id']}",
         }
-        for name, workflow_id in names.items():
-            history = await parts.env.client.get_workflow_handle(workflow_id).fetch_history()
-            (HERE / f"{name}.json").write_text(history.to_json())
-            print(f"recorded {name}: {workflow_id} ({len(history.events)} events)")
+        for name, workflow_id in workflow_ids.items():
+            history = await temporal.get_workflow_handle(workflow_id).fetch_history()
+            targets[name].write_text(history.to_json())
+            print(f"recorded {targets[name].name}: {workflow_id} ({len(history.events)} events)")
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    import asyncio
+
+    if len(sys.argv) != 2 or not sys.argv[1].replace("-", "").replace("_", "").isalnum():
+        raise SystemExit(__doc__)
+    asyncio.run(main(sys.argv[1]))

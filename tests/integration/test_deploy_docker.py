@@ -48,7 +48,7 @@ async def test_image_server_deploys_and_answers_through_the_gateway(
         assert result["runtime"] == "docker"
 
         gateway = f"{stack.base_url}/mcp/{server['slug']}"
-        assert sorted(await list_tools(gateway, server["api_key"])) == ["add", "echo"]
+        assert sorted(await list_tools(gateway, server["api_key"])) == ["add", "allocate", "echo"]
         assert await call_tool(gateway, server["api_key"], "echo", {"text": "through the gateway"}) == (
             "echo: through the gateway"
         )

@@ -18,6 +18,7 @@ from typing import Any
 import docker
 import pytest
 
+from core.tenancy import image_repository
 from runtimes.base import LABEL_DEPLOYMENT, LABEL_SERVER
 from tests.support.cli import Cli
 from tests.support.components import ECHO_IMAGE, Podman
@@ -157,7 +158,7 @@ async def test_python_repo_is_built_pushed_deployed_and_reused(
             steps = [s["step"] for s in first["steps"]]
             assert steps[:3] == ["resolve", "build", "push"] and "health_check" in steps
             assert first["revision"] == revision
-            repo = f"mcp/{slug}"
+            repo = f"mcp/{image_repository(sid)}"
             assert first["image_ref"] == f"{registry.endpoint}/{repo}@{first['image_digest']}"
 
             answer = await call_tool(f"{stack.base_url}/mcp/{slug}", server["api_key"], "forecast", {"city": "Oslo"})
@@ -253,7 +254,7 @@ async def test_repository_dockerfile_and_expose_are_honoured_without_a_registry(
             result = (await client.get(f"/api/deployments/{result['id']}")).json()
             assert result["status"] == "running", why(result)
             assert "push" not in [s["step"] for s in result["steps"]]
-            assert result["image_ref"].startswith(f"localhost/mcphost/{server['slug']}:")
+            assert result["image_ref"].startswith(f"localhost/{image_repository(server['id'])}:")
             artifact = (await client.get(f"/api/servers/{server['id']}/artifacts")).json()["data"][0]
             assert artifact["status"] == "built" and artifact["recipe"]["kind"] == "dockerfile"
             assert artifact["recipe"]["exposed"] == [9123] and artifact["recipe"]["port"] == 9123
@@ -535,7 +536,7 @@ async def test_worker_killed_during_build_or_push_finishes_once(
             worker.start()
             done = await wait_deployment(client, accepted["deployment_id"], timeout=600)
             assert done["status"] == "running", why(done)
-            repo = f"mcp/{server['slug']}"
+            repo = f"mcp/{image_repository(server['id'])}"
             artifacts = (await client.get(f"/api/servers/{server['id']}/artifacts")).json()["data"]
             assert len(artifacts) == 1 and artifacts[0]["status"] == "pushed"
             assert sorted(registry.tags(repo)) == [revision[:12], f"{revision[:12]}-linux-amd64"]

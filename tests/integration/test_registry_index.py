@@ -22,6 +22,7 @@ from builds.images import ImageBuilder
 from builds.registry import Credentials, Descriptor, RegistryClient
 from core.db import make_engine, make_sessionmaker
 from core.models import BuildArtifactPlatform, BuildArtifactRun, Server, UsageMetric, User
+from core.tenancy import image_repository
 from tests.support.components import ECHO_IMAGE, Podman
 from tests.support.registry import USER, Registry
 from tests.support.stack import make_settings
@@ -81,7 +82,8 @@ async def test_manifests_of_platforms_no_longer_built_are_pruned(
 ) -> None:
     docker_engine.ensure_echo_image()
     slug = f"prune-{uuid.uuid4().hex[:6]}"
-    repo = f"mcp/{slug}"
+    server_uuid = uuid.uuid4()
+    repo = f"mcp/{image_repository(server_uuid)}"
     amd, arm = await two_platform_index(registry, docker_engine, repo)
 
     async with sessions() as session, session.begin():
@@ -89,6 +91,7 @@ async def test_manifests_of_platforms_no_longer_built_are_pruned(
         session.add(user)
         await session.flush()
         server = Server(
+            id=server_uuid,
             owner_id=user.id,
             name=slug,
             slug=slug,
@@ -130,6 +133,11 @@ async def test_manifests_of_platforms_no_longer_built_are_pruned(
         registry_auth_dockerconfig=auth,
     )
     activities = RegistryActivities(sessions, settings, ImageBuilder(docker_engine.url))
+    # The platform's pull credentials go with the server's own images only.
+    assert activities.auth_for(f"{registry.endpoint}/{repo}@{amd}", server_id) is not None
+    assert activities.auth_for(f"{registry.endpoint}/{repo}:previous", str(uuid.uuid4())) is None
+    assert activities.auth_for(f"{registry.endpoint}/{repo}-other:previous", server_id) is None
+    assert activities.auth_for(f"{registry.endpoint}/mcp/other:previous", server_id) is None
     request = IndexRequest(
         deployment_id=str(uuid.uuid4()),
         server_id=server_id,

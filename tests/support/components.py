@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("MCPHOST_TEST_CACHE", Path.home() / ".cache" / "mcphost-test"))
 IN_CI = os.environ.get("CI", "").lower() == "true"
 BASE_IMAGE = "localhost/mcphost-test-base:bookworm"
-ECHO_IMAGE = "localhost/mcphost-test-echo:1"
+ECHO_IMAGE = "localhost/mcphost-test-echo:2"
 
 
 def require(ok: bool, what: str) -> None:
@@ -165,6 +165,7 @@ class Podman:
         registries.write_text("unqualified-search-registries = []\n" + insecure)
         self.env = dict(os.environ, CONTAINERS_CONF=str(conf), CONTAINERS_REGISTRIES_CONF=str(registries))
         self._preexisting: set[str] = set()
+        self._preexisting_networks: set[str] = set()
 
     @property
     def url(self) -> str:
@@ -178,13 +179,20 @@ class Podman:
         listed = self.podman("ps", "-aq", "--no-trunc", "--filter", "label=io.mcphost.server", check=False)
         return set(listed.stdout.split())
 
+    def _platform_networks(self) -> set[str]:
+        listed = self.podman("network", "ls", "-q", "--filter", "label=io.mcphost.server", check=False)
+        return set(listed.stdout.split())
+
     def start(self) -> None:
         # Containers the platform made before this run (a developer's own) are left alone at the end.
         self._preexisting = self._platform_containers()
+        self._preexisting_networks = self._platform_networks()
         log = open(self.workdir / "podman.log", "wb")
         self.proc = subprocess.Popen(
             ["podman", "system", "service", "--time=0", self.url],
             env=self.env,
+            # conmon leaves an `oom` marker in the service's working directory, not in the repository.
+            cwd=self.workdir,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -207,6 +215,10 @@ class Podman:
         leftover = self._platform_containers() - self._preexisting
         if leftover:
             self.podman("rm", "-f", "-t", "0", *sorted(leftover), check=False)
+        # So do the per-server networks they were on (one still in use by another run is refused).
+        networks = self._platform_networks() - self._preexisting_networks
+        if networks:
+            self.podman("network", "rm", *sorted(networks), check=False)
         if self.proc is not None:
             self.proc.terminate()
             try:

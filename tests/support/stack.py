@@ -24,6 +24,7 @@ from api.app import create_app
 from api.deps import AppState
 from core.settings import Settings
 from tests.support.components import free_port
+from tests.support.hostile import LOCAL_WHEELS
 from worker.main import run_worker
 
 PASSWORD = "correct horse battery staple"
@@ -41,6 +42,7 @@ def make_settings(database_url: str, temporal_address: str, state_dir: Path, **o
         "state_dir": state_dir,
         "health_check_timeout_seconds": 60,
         # The suite registers hundreds of accounts from one address; rate limits have tests of their own.
+        "package_find_links": str(LOCAL_WHEELS),
         "login_rate_per_minute": 100000,
         "login_account_rate_per_minute": 100000,
     }

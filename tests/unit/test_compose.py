@@ -79,3 +79,9 @@ def test_platform_image_holds_every_package_the_distribution_ships() -> None:
     pyproject = (ROOT / "pyproject.toml").read_text()
     shipped = set(re.findall(r'"(\w+)\*"', pyproject))
     assert shipped and shipped | {"migrations"} <= copied
+
+
+def test_worker_can_be_scaled() -> None:
+    # `--scale worker=N` names the copies itself; a fixed container name would refuse the second one.
+    assert "container_name" not in COMPOSE["services"]["worker"]
+    assert "container_name" not in COMPOSE["x-platform"]

@@ -3,6 +3,7 @@ for runs already in flight fails here (record new ones with tests/histories/reco
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -20,9 +21,33 @@ def _workflow_type(path: Path) -> str:
     return str(events[0]["workflowExecutionStartedEventAttributes"]["workflowType"]["name"])
 
 
+def _patches(path: Path) -> set[str]:
+    events = json.loads(path.read_text())["events"]
+    markers = [e["markerRecordedEventAttributes"] for e in events if "markerRecordedEventAttributes" in e]
+    return {
+        json.loads(base64.b64decode(m["details"]["patch-data"]["payloads"][0]["data"]))["id"]
+        for m in markers
+        if m["markerName"] == "core_patch"
+    }
+
+
 def test_every_workflow_has_a_recorded_history() -> None:
     recorded = {_workflow_type(p) for p in HISTORIES}
     assert {w.__temporal_workflow_definition.name for w in WORKFLOWS} <= recorded  # type: ignore[attr-defined]
+
+
+def test_both_sides_of_every_patch_are_recorded() -> None:
+    # Runs from before a patch may still be in flight: a workflow that has a patched history keeps an
+    # unpatched one too, until the patch is deprecated.
+    by_type: dict[str, list[set[str]]] = {}
+    for path in HISTORIES:
+        by_type.setdefault(_workflow_type(path), []).append(_patches(path))
+    for workflow_type, histories in by_type.items():
+        for patch in set().union(*histories):
+            assert any(patch not in h for h in histories), f"{workflow_type}: no history from before {patch!r}"
+    assert any("host-placement" in h for h in by_type["DeployWorkflow"])
+    assert any("host-placement" in h for h in by_type["StopServerWorkflow"])
+    assert any("host-placement" in h for h in by_type["DeleteServerWorkflow"])
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])

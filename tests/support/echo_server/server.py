@@ -1,10 +1,11 @@
-"""A small MCP server for container tests: streamable HTTP on $PORT, two tools."""
+"""A small MCP server for container tests: streamable HTTP on $PORT, a few tools."""
 
 import os
 
 from mcp.server.mcpserver import MCPServer
 
 app = MCPServer("mcphost-test-echo")
+_held: list[bytes] = []
 
 
 @app.tool()
@@ -17,6 +18,13 @@ def echo(text: str) -> str:
 def add(a: int, b: int) -> int:
     """Add two integers."""
     return a + b
+
+
+@app.tool()
+def allocate(mib: int) -> str:
+    """Take and keep this many MiB of memory (every page written, so it really is in use)."""
+    _held.append(b"\x01" * (mib * 1024 * 1024))
+    return f"holding {sum(len(b) for b in _held) // (1024 * 1024)} MiB"
 
 
 if __name__ == "__main__":

@@ -1,0 +1,220 @@
+"""A hostile server, deployed by a non-administrator on the process runtime, tries every way out of its
+sandbox and fails; the same server with the sandbox off gets through, which shows the attacks are real.
+
+The server (tests/support/hostile_server) is a wheel installed from the local wheel directory like any
+PyPI server; each of its tools tries one attack and reports what it got.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from sqlalchemy.engine import make_url
+
+from core.tenancy import server_data_dir
+from runtimes import sandbox
+from runtimes.process import ProcessExecutor
+from tests.support.components import require
+from tests.support.hostile import NAME, VERSION, build_wheel
+from tests.support.mcp_client import call_tool
+from tests.support.stack import Stack, deploy, make_settings
+
+HOSTILE = {"type": "package", "package": NAME, "version": VERSION}
+TIME = {"type": "package", "package": "mcp-server-time", "args": ["--local-timezone", "UTC"]}
+
+
+async def attack(url: str, key: str, tool: str, **arguments: Any) -> str:
+    return await call_tool(url, key, tool, arguments)
+
+
+async def attack_may_die(url: str, key: str, tool: str, **arguments: Any) -> str:
+    """A call whose server may be killed while answering: the error is the answer."""
+    try:
+        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=60) as http:
+            async with Client(streamable_http_client(url, http_client=http), cache=None) as client:
+                result = await client.call_tool(tool, arguments)
+                return "".join(getattr(c, "text", "") for c in result.content)
+    except Exception as exc:  # noqa: BLE001 - any failure of the call is what is being observed
+        return f"CALL FAILED: {exc!r}"
+
+
+@pytest.fixture(scope="module")
+def hostile_wheel() -> Path:
+    return build_wheel()
+
+
+@pytest.fixture(scope="module")
+def canaries(stack: Stack) -> dict[str, str]:
+    """Secrets in the platform's state directory: one readable only by the platform, one by anybody (so
+    that only hiding, not file modes, can keep it from a server)."""
+    state = stack.settings.state_dir
+    values = {}
+    for name, mode in (("canary_key", 0o600), ("canary_public", 0o644)):
+        value = f"{name}-{uuid.uuid4().hex}"
+        path = state / name
+        path.write_text(value)
+        path.chmod(mode)
+        values[str(path)] = value
+    return values
+
+
+async def _servers(stack: Stack) -> tuple[Any, dict[str, Any], dict[str, Any], Any]:
+    owner, _ = await stack.user()
+    victim_owner, _ = await stack.user()
+    hostile = (
+        await owner.post(
+            "/api/servers", json={"name": f"h-{uuid.uuid4().hex[:6]}", "source": HOSTILE, "memory_limit": 160}
+        )
+    ).json()
+    victim = (
+        await victim_owner.post("/api/servers", json={"name": f"v-{uuid.uuid4().hex[:6]}", "source": TIME})
+    ).json()
+    for client, server in ((owner, hostile), (victim_owner, victim)):
+        result = await deploy(client, server["id"])
+        assert result["status"] == "running", result
+    return owner, hostile, victim, victim_owner
+
+
+def _targets(stack: Stack, victim_url: str) -> dict[str, tuple[str, int]]:
+    db = make_url(stack.settings.database_url)
+    temporal_host, _, temporal_port = stack.settings.temporal_address.rpartition(":")
+    upstream = urlsplit(victim_url)
+    return {
+        "postgres": (db.host or "127.0.0.1", db.port or 5432),
+        "temporal": (temporal_host, int(temporal_port)),
+        "api": ("127.0.0.1", stack.settings.bind_port),
+        "other server": (upstream.hostname or "127.0.0.1", upstream.port or 80),
+        "host via slirp": ("10.0.2.2", db.port or 5432),
+    }
+
+
+async def test_the_reported_attack_is_refused_before_anything_runs(stack: Stack) -> None:
+    client, _ = await stack.user()
+    async with client:
+        for command in ("python", "python3", "node", "sh", "bash", "/usr/bin/python3"):
+            source = {**TIME, "command": command, "args": ["-c", "print(open('/etc/passwd').read())"]}
+            response = await client.post("/api/servers", json={"name": f"x-{uuid.uuid4().hex[:6]}", "source": source})
+            assert response.status_code == 422, response.text
+            assert "entry point" in response.text
+        # A name that is not an entry point of the package is refused at deploy, listing the real ones.
+        source = {**TIME, "command": "not-a-script"}
+        server = (
+            await client.post("/api/servers", json={"name": f"x-{uuid.uuid4().hex[:6]}", "source": source})
+        ).json()
+        result = await deploy(client, server["id"])
+        assert result["status"] == "failed"
+        assert "mcp-server-time" in result["error"] and "entry points" in result["error"], result["error"]
+
+
+async def test_hostile_server_gets_nothing_and_the_platform_keeps_serving(
+    stack: Stack, hostile_wheel: Path, canaries: dict[str, str]
+) -> None:
+    require(sandbox.probe().ok, sandbox.probe().describe())
+    owner, hostile, victim, victim_owner = await _servers(stack)
+    url = f"{stack.base_url}/mcp/{hostile['slug']}"
+    key = hostile["api_key"]
+    executor = ProcessExecutor(stack.settings.state_dir / "process")
+    [victim_instance] = await executor.instances(victim["id"])
+    state = stack.settings.state_dir
+
+    # Files: the platform's keys and state, other servers' data and package environments.
+    for path, value in canaries.items():
+        got = await attack(url, key, "read_file", path=path)
+        assert got.startswith("DENIED") and value not in got, got
+    for path in ("/etc/shadow", str(state / "process" / "logs" / f"{victim_instance.deployment_id}.log")):
+        assert (await attack(url, key, "read_file", path=path)).startswith("DENIED")
+    victim_data = server_data_dir(state, victim["id"])
+    victim_data.mkdir(parents=True, exist_ok=True)
+    (victim_data / "private.txt").write_text("victim's own")
+    assert (await attack(url, key, "read_file", path=str(victim_data / "private.txt"))).startswith("DENIED")
+    assert (await attack(url, key, "write_file", path=str(victim_data / "planted"), text="x")).startswith("DENIED")
+    [victim_env] = list((state / "process" / "envs" / "pypi").glob("mcp-server-time-*"))[:1]
+    got = await attack(url, key, "write_file", path=str(victim_env / "bin" / "planted"), text="x")
+    assert got.startswith("DENIED") and not (victim_env / "bin" / "planted").exists()
+    # Its own package environment is read-only to it too.
+    [own_env] = list((state / "process" / "envs" / "pypi").glob(f"{NAME}-*"))[:1]
+    assert (await attack(url, key, "write_file", path=str(own_env / "bin" / "planted"), text="x")).startswith("DENIED")
+    # Its own /data is its own.
+    assert await attack(url, key, "write_file", path="/data/mine.txt", text="kept") == "WROTE"
+    assert (server_data_dir(state, hostile["id"]) / "mine.txt").read_text() == "kept"
+
+    # Processes: none of the platform's are visible, so neither their environment nor command line.
+    seen = json.loads(await attack(url, key, "scan_processes", needle="HOME=/root"))
+    assert seen["found"] == [] and seen["visible_processes"] < 20, seen
+    assert json.loads(await attack(url, key, "scan_processes", needle="pytest"))["found"] == []
+
+    # Network: no way to the platform's services or another server, from its loopback or via the host.
+    for what, (host, port) in _targets(stack, victim_instance.url).items():
+        got = await attack_may_die(url, key, "connect", host=host, port=port)
+        assert got.startswith("FAILED"), f"{what} at {host}:{port}: {got}"
+
+    # Privileges: no root, no capabilities, setuid binaries cannot raise them.
+    who = json.loads(await attack(url, key, "escalate"))
+    assert who["setuid"].startswith("DENIED") and who["euid"] != "0", who
+    assert who["NoNewPrivs"] == "1" and int(who["CapEff"], 16) == 0 and int(who["CapBnd"], 16) == 0, who
+
+    # Resources: a fork bomb stops at the process limit; memory past the limit kills it, and the log says so.
+    bomb = json.loads(await attack(url, key, "fork_many", count=10000))
+    assert bomb["forked"] < stack.settings.sandbox_pids_limit and bomb["stopped_by"], bomb
+    died = await attack_may_die(url, key, "allocate", mib=400)
+    assert "ALLOCATED" not in died, died
+    logs = (await owner.get(f"/api/servers/{hostile['id']}/logs", params={"tail": 400})).json()["data"]
+    assert any("memory limit of 160 MiB" in line["message"] for line in logs), logs[-10:]
+
+    # The platform and the other tenant's server are unharmed, and the hostile server still answers.
+    async with stack.client() as anon:
+        assert (await anon.get("/api/health")).status_code == 200
+    answer = await call_tool(
+        f"{stack.base_url}/mcp/{victim['slug']}", victim["api_key"], "get_current_time", {"timezone": "UTC"}
+    )
+    assert json.loads(answer)["timezone"] == "UTC"
+    assert await attack(url, key, "read_file", path="/data/mine.txt") == "READ: kept"
+    for client, server in ((owner, hostile), (victim_owner, victim)):
+        assert (await client.delete(f"/api/servers/{server['id']}")).status_code == 202
+        await client.aclose()
+
+
+@pytest.fixture
+async def unsandboxed(stack: Stack) -> AsyncIterator[Stack]:
+    settings = make_settings(
+        stack.settings.database_url,
+        stack.settings.temporal_address,
+        stack.settings.state_dir,
+        process_sandbox="off",
+    )
+    platform = Stack(settings)
+    await platform.start()
+    try:
+        yield platform
+    finally:
+        await platform.stop()
+
+
+async def test_without_the_sandbox_the_same_attacks_succeed(
+    unsandboxed: Stack, hostile_wheel: Path, canaries: dict[str, str]
+) -> None:
+    """The control: PROCESS_SANDBOX=off (a single-user install) runs servers with the platform's rights."""
+    owner, hostile, victim, victim_owner = await _servers(unsandboxed)
+    url = f"{unsandboxed.base_url}/mcp/{hostile['slug']}"
+    key = hostile["api_key"]
+    public = next(p for p in canaries if p.endswith("canary_public"))
+    assert canaries[public] in await attack(url, key, "read_file", path=public)
+    assert json.loads(await attack(url, key, "scan_processes", needle="pytest"))["found"] != []
+    executor = ProcessExecutor(unsandboxed.settings.state_dir / "process")
+    [victim_instance] = await executor.instances(victim["id"])
+    targets = _targets(unsandboxed, victim_instance.url)
+    for what in ("postgres", "api", "other server"):
+        host, port = targets[what]
+        assert await attack(url, key, "connect", host=host, port=port) == "CONNECTED", what
+    for client, server in ((owner, hostile), (victim_owner, victim)):
+        assert (await client.delete(f"/api/servers/{server['id']}")).status_code == 202
+        await client.aclose()

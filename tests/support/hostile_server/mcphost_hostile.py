@@ -1,0 +1,114 @@
+"""A hostile MCP server: each tool tries one thing a hosted server must never manage, and says what it got.
+
+Packaged as a wheel by tests/support/hostile.py and installed like any PyPI server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+
+from mcp.server.mcpserver import MCPServer
+
+app = MCPServer("mcphost-hostile")
+
+
+@app.tool()
+def read_file(path: str) -> str:
+    """Read a file; 'DENIED: <why>' when it cannot."""
+    try:
+        with open(path, errors="replace") as fh:
+            return "READ: " + fh.read(4096)
+    except OSError as exc:
+        return f"DENIED: {exc}"
+
+
+@app.tool()
+def write_file(path: str, text: str) -> str:
+    """Write a file; 'DENIED: <why>' when it cannot."""
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, "w") as fh:
+            fh.write(text)
+        return "WROTE"
+    except OSError as exc:
+        return f"DENIED: {exc}"
+
+
+@app.tool()
+def scan_processes(needle: str) -> str:
+    """Look for `needle` in every visible process's environment and command line."""
+    seen, found = 0, []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        seen += 1
+        for part in ("environ", "cmdline"):
+            try:
+                with open(f"/proc/{pid}/{part}", "rb") as fh:
+                    if needle.encode() in fh.read():
+                        found.append(f"{pid}/{part}")
+            except OSError:
+                continue
+    return json.dumps({"visible_processes": seen, "found": found})
+
+
+@app.tool()
+def connect(host: str, port: int) -> str:
+    """Open a TCP connection; 'CONNECTED' or 'FAILED: <why>'."""
+    try:
+        with socket.create_connection((host, port), timeout=3):
+            return "CONNECTED"
+    except OSError as exc:
+        return f"FAILED: {exc}"
+
+
+@app.tool()
+def fork_many(count: int) -> str:
+    """Start up to `count` sleeping processes; report how many it got."""
+    made = []
+    try:
+        for _ in range(count):
+            made.append(subprocess.Popen(["sleep", "5"], stdin=subprocess.DEVNULL))
+    except OSError as exc:
+        stopped_by: str | None = str(exc)
+    else:
+        stopped_by = None
+    for proc in made:
+        proc.kill()
+    for proc in made:
+        proc.wait()
+    return json.dumps({"forked": len(made), "stopped_by": stopped_by})
+
+
+@app.tool()
+def allocate(mib: int) -> str:
+    """Hold `mib` MiB of touched memory."""
+    blocks = [bytearray(1024 * 1024) for _ in range(mib)]
+    return f"ALLOCATED {len(blocks)} MiB"
+
+
+@app.tool()
+def escalate() -> str:
+    """Try to become root; report who it is afterwards."""
+    result = {}
+    try:
+        os.setuid(0)
+        result["setuid"] = "OK"
+    except OSError as exc:
+        result["setuid"] = f"DENIED: {exc}"
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            key, _, value = line.partition(":")
+            if key in ("Uid", "NoNewPrivs", "CapEff", "CapBnd"):
+                result[key] = value.strip()
+    result["euid"] = str(os.geteuid())
+    return json.dumps(result)
+
+
+def main() -> None:
+    app.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""The docker runtime's decisions that need no engine: who a container runs as, its network's name, how an
+exit under the memory limit is told, and the confinement options of a launch."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from core.sources import ImageSource
+from core.tenancy import Resources
+from runtimes.base import LaunchSpec
+from runtimes.docker import DockerExecutor, network_name, oom_detail, runs_as_root
+
+MIB = 1024 * 1024
+
+
+@pytest.mark.parametrize(("user", "root"), [(None, True), ("", True), ("root", True), ("0", True), ("0:0", True),
+                                            ("root:staff", True), ("app", False), ("1000", False),
+                                            ("1000:1000", False), ("nobody:nogroup", False)])  # fmt: skip
+def test_image_users(user: str | None, root: bool) -> None:
+    assert runs_as_root(user) is root
+
+
+def test_network_is_named_by_server_id() -> None:
+    server_id = uuid.uuid4()
+    assert network_name(str(server_id)) == f"mcphost-srv-{server_id.hex}"
+    with pytest.raises(ValueError):
+        network_name("not-a-server-id")
+
+
+def _attrs(code: int, oom: bool, memory: int = 64 * MIB) -> dict[str, object]:
+    return {"State": {"ExitCode": code, "OOMKilled": oom}, "HostConfig": {"Memory": memory}}
+
+
+def test_out_of_memory_is_told_with_the_limit() -> None:
+    assert oom_detail(_attrs(137, True)) == "out of memory (limit 64 MiB)"
+    assert oom_detail(_attrs(137, True, 0)) == "out of memory"
+    # Without the engine's word, a SIGKILL under a limit is told as likely, and only when asked to guess.
+    assert oom_detail(_attrs(137, False)) is None
+    assert oom_detail(_attrs(137, False), guess=True) == "killed (SIGKILL), likely out of memory (limit 64 MiB)"
+    assert oom_detail(_attrs(137, False, 0), guess=True) is None
+    assert oom_detail(_attrs(1, False), guess=True) is None
+    assert oom_detail(_attrs(0, False), guess=True) is None
+
+
+async def test_launch_options_confine_and_pass_gpus() -> None:
+    spec = LaunchSpec(
+        server_id=str(uuid.uuid4()),
+        deployment_id=str(uuid.uuid4()),
+        slug="s",
+        source=ImageSource(image="example.com/x:1"),
+        resources=Resources(cpu=1.5, memory_mib=300, pids=64, gpu=True),
+    )
+    options, env = await DockerExecutor()._run_options(spec, "example.com/x:1")
+    assert options["cap_drop"] == ["ALL"] and options["security_opt"] == ["no-new-privileges"]
+    assert options["nano_cpus"] == 1_500_000_000 and options["pids_limit"] == 64
+    assert options["mem_limit"] == options["memswap_limit"] == "300m"
+    [request] = options["device_requests"]
+    assert request["Count"] == -1 and request["Capabilities"] == [["gpu"]]
+    assert "/tmp" in options["tmpfs"] and "user" not in options and "mounts" not in options and env == {}
+
+    plain = LaunchSpec(**{**spec.__dict__, "resources": Resources(cpu=1, memory_mib=64)})
+    options, _ = await DockerExecutor()._run_options(plain, "example.com/x:1")
+    assert "device_requests" not in options
+
+
+def test_a_missing_network_is_told_apart_from_a_missing_image() -> None:
+    from runtimes.docker import _is_missing_network
+
+    podman = "container create: unable to find network with name or ID mcphost-srv-1: network not found"
+    assert _is_missing_network(podman)
+    assert _is_missing_network("network mcphost-srv-1 not found")
+    assert not _is_missing_network("No such image: localhost/x:1")
