@@ -227,6 +227,24 @@ def run_stack(
                 env["DOCKER_HOST"] = docker_host
                 console.print(f"Container engine: {docker_host} (image sources enabled)")
 
+        # Say plainly how hosted code is contained on this machine.
+        from runtimes import sandbox
+
+        if env.get("PROCESS_SANDBOX", os.environ.get("PROCESS_SANDBOX", "required")).lower() == "off":
+            console.print(
+                "[yellow]Process sandbox: OFF (PROCESS_SANDBOX=off). Hosted servers run with this user's rights: "
+                "use this only for a single-user local install.[/]"
+            )
+        else:
+            support = sandbox.probe()
+            if support.ok:
+                console.print(f"Process sandbox: on ({support.describe()})")
+            else:
+                console.print(
+                    f"[yellow]Process sandbox: unavailable - {support.describe()}. Non-administrators' package "
+                    "servers will be refused; set PROCESS_SANDBOX=off for a single-user local install.[/]"
+                )
+
         api = Child("api", [sys.executable, "-m", "cli.main", "api", "--no-migrate"], env, logs / "api.log")
         worker = Child("worker", [sys.executable, "-m", "worker"], env, logs / "worker.log")
         for child in (api, worker):

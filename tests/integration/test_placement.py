@@ -96,12 +96,15 @@ async def platform(
         await asyncio.gather(*(host.start() for host in hosts.values()))
         yield Platform(stack, temporal_env.client, hosts)
     finally:
-        servers = await server_ids(database_url)
-        for host in hosts.values():
-            host.worker.stop()
+        try:
+            for host in hosts.values():
+                host.worker.stop()
+            await stack.stop()
+        finally:
             # Server processes outlive workers by design; those of this test's servers go with it.
-            stop_process_instances(host.worker.settings.state_dir / "process", servers)
-        await stack.stop()
+            servers = await server_ids(database_url)
+            for host in hosts.values():
+                stop_process_instances(host.worker.settings.state_dir / "process", servers)
 
 
 async def instance_record(database_url: str, deployment_id: str) -> dict[str, Any]:
