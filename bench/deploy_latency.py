@@ -4,7 +4,10 @@ Method (fixed): one real Temporal dev server, Postgres, the API and an in-proces
 `mcp-server-time` from PyPI, installed once before timing. Then, alternating, N times each:
   (a) platform: POST /api/servers/{id}/deployments -> poll every 20 ms until `running`;
       per phase from the recorded step timestamps (launch, health_check);
-  (b) baseline: the same launch + MCP health check called directly on the runtime (no API, no Temporal).
+  (b) baseline: the same launch + MCP health check called directly on the runtime (no API, no Temporal),
+      without the sandbox;
+  (c) sandboxed baseline: (b) with the process sandbox (bubblewrap + slirp4netns + cgroup limits) on,
+      so (c) - (b) is what the sandbox adds to a server's start-up (launch + first MCP answer).
 Reports p50/p95 of the total, of the time until the new revision serves (deployment created ->
 switch_route done, database clock), of the orchestration overhead (total minus launch, health-check
 and retire-previous time), and the ratio platform/baseline. Results go to bench/results/deploy_latency.json.
@@ -34,6 +37,7 @@ from activities.health import probe_mcp  # noqa: E402
 from core import temporal  # noqa: E402
 from core.migrate import upgrade_async  # noqa: E402
 from core.sources import PackageSource  # noqa: E402
+from core.tenancy import Resources, server_data_dir, server_uid  # noqa: E402
 from runtimes.base import LaunchSpec  # noqa: E402
 from runtimes.process import ProcessExecutor  # noqa: E402
 from tests.support.components import CACHE, admin_database_url, create_database, drop_database, temporal_cli  # noqa: E402
@@ -92,11 +96,15 @@ async def platform_deploy(stack: Stack, client, server_id: str) -> dict[str, flo
 
 
 async def direct_deploy(executor: ProcessExecutor) -> dict[str, float]:
+    server_id = str(uuid.uuid4())
     spec = LaunchSpec(
-        server_id=str(uuid.uuid4()),
+        server_id=server_id,
         deployment_id=str(uuid.uuid4()),
         slug="bench",
         source=PackageSource.model_validate(SOURCE),
+        resources=Resources(cpu=1.0, memory_mib=512),
+        uid=server_uid(server_id, 200000),
+        data_dir=server_data_dir(executor.state_dir.parent, server_id),
     )
     t0 = time.perf_counter()
     instance = await executor.launch(spec)
@@ -133,16 +141,22 @@ async def main(runs: int) -> None:
         client, _ = await stack.user()
         server = (await client.post("/api/servers", json={"name": "bench-time", "source": SOURCE})).json()
         executor = ProcessExecutor(state / "process")
-        # Warm-up: installs the package (not timed) and warms both paths.
+        sandboxed = ProcessExecutor(state / "process", sandbox_mode="required", installer_uid=265536)
+        if not sandboxed.sandboxed:
+            raise SystemExit(sandboxed.support.describe() if sandboxed.support else "no sandbox")
+        # Warm-up: installs the package (not timed) and warms every path.
         await platform_deploy(stack, client, server["id"])
         await direct_deploy(executor)
-        platform, direct = [], []
+        await direct_deploy(sandboxed)
+        platform, direct, boxed = [], [], []
         for i in range(runs):
             platform.append(await platform_deploy(stack, client, server["id"]))
             direct.append(await direct_deploy(executor))
+            boxed.append(await direct_deploy(sandboxed))
             print(
                 f"run {i + 1}/{runs}: platform {platform[-1]['total']:.3f}s "
-                f"(overhead {platform[-1]['overhead']:.3f}s), direct {direct[-1]['total']:.3f}s",
+                f"(overhead {platform[-1]['overhead']:.3f}s), direct {direct[-1]['total']:.3f}s, "
+                f"direct sandboxed {boxed[-1]['total']:.3f}s",
                 flush=True,
             )
         await client.aclose()
@@ -163,7 +177,11 @@ async def main(runs: int) -> None:
         "platform_serving_s": summary([r["serving"] for r in platform]),
         "platform_retire_previous_s": summary([r["retire"] for r in platform]),
         "baseline_direct_total_s": summary([r["total"] for r in direct]),
+        "baseline_direct_sandboxed_total_s": summary([r["total"] for r in boxed]),
     }
+    result["sandbox_added_p50_s"] = round(
+        result["baseline_direct_sandboxed_total_s"]["p50"] - result["baseline_direct_total_s"]["p50"], 4
+    )
     result["ratio_p50_platform_over_baseline"] = round(
         result["platform_total_s"]["p50"] / result["baseline_direct_total_s"]["p50"], 3
     )
@@ -174,7 +192,8 @@ async def main(runs: int) -> None:
         f"\nPOST->running p50 {result['platform_total_s']['p50']:.3f}s p95 {result['platform_total_s']['p95']:.3f}s; "
         f"orchestration overhead p50 {result['platform_overhead_s']['p50']:.3f}s "
         f"p95 {result['platform_overhead_s']['p95']:.3f}s; "
-        f"platform/baseline (p50) = {result['ratio_p50_platform_over_baseline']}x"
+        f"platform/baseline (p50) = {result['ratio_p50_platform_over_baseline']}x; "
+        f"the sandbox adds {result['sandbox_added_p50_s'] * 1000:.0f} ms at p50 to launch + first MCP answer"
     )
 
 

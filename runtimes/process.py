@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections import deque
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -190,17 +191,19 @@ class ProcessExecutor:
         if self.sandboxed and cwd is not None:
             env["HOME"] = sandbox.HOME
             env["TMPDIR"] = "/tmp"
+            # Named per run: installs of the same package by workers of other state directories may overlap.
+            install_id = f"install-{cwd.name}-{uuid.uuid4().hex[:8]}"
             plan = sandbox.SandboxPlan(
                 uid=self.installer_uid,
                 argv=command,
-                cgroup=f"install-{cwd.name}",
+                cgroup=install_id,
                 ro_binds=[[p, p] for p in sandbox.exposed_paths(env)],
                 rw_binds=[[str(cwd), str(cwd)]],
                 hidden=list(self.hidden),
                 chdir=str(cwd),
                 pids=1024,
             )
-            plan_path = self.plans_dir / f"install-{cwd.name}.json"
+            plan_path = self.plans_dir / f"{install_id}.json"
             plan.write(plan_path)
             command = [sys.executable, "-m", "runtimes.sandbox", "--plan", str(plan_path)]
         proc = await asyncio.create_subprocess_exec(
@@ -221,7 +224,8 @@ class ProcessExecutor:
             await self._kill(proc)
             raise
         if self.sandboxed and cwd is not None:
-            await asyncio.to_thread(sandbox.remove_cgroup, f"install-{cwd.name}")
+            await asyncio.to_thread(sandbox.remove_cgroup, install_id)
+            plan_path.unlink(missing_ok=True)
         return proc.returncode or 0, out.decode(errors="replace")
 
     @staticmethod
