@@ -37,7 +37,7 @@ from builds.registry import (
     split_registry,
 )
 from core.models import BuildArtifactPlatform, BuildArtifactRun, Server
-from core.settings import Settings
+from core.settings import Settings, child_environment
 from core.tenancy import image_repository
 
 
@@ -179,7 +179,10 @@ class RegistryActivities:
         assert command
         try:
             proc = await asyncio.create_subprocess_exec(
-                *shlex.split(command), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+                *shlex.split(command),
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+                env=child_environment(),
             )
         except OSError as exc:
             return f"credential refresher could not run: {exc.strerror or type(exc).__name__}"

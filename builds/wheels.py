@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from builds.recipes import RecipeError
+from core.settings import child_environment
 from runtimes.base import RuntimeFailure
 
 PIP_ARCH = {"amd64": "x86_64", "arm64": "aarch64", "386": "i686", "ppc64le": "ppc64le", "s390x": "s390x"}
@@ -31,7 +32,9 @@ async def fetch(dest: Path, requirements: list[str], *, platform: str, python_ve
         *platform_tags(PIP_ARCH.get(arch, arch)),
         *requirements,
     ]  # fmt: skip
-    proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=child_environment()
+    )
     try:
         _, err = await asyncio.wait_for(proc.communicate(), timeout=timeout)
     except TimeoutError:

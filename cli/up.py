@@ -20,6 +20,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from core.settings import child_environment
 from core.temporal import dev_server_search_attribute_args
 
 console = Console(stderr=True)
@@ -191,7 +192,7 @@ def run_stack(
                     "warn",
                     *dev_server_search_attribute_args(),
                 ],
-                env,
+                child_environment(env),
                 logs / "temporal.log",
                 critical=True,
             )

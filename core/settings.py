@@ -220,6 +220,19 @@ class Settings(BaseSettings):
         return f"http://{host}:{self.bind_port}"
 
 
+# What only the platform's own processes (API, worker, migrations) may hold.
+PLATFORM_SECRETS = ("JWT_SECRET", "SECRETS_KEY", "DATABASE_URL")
+
+
+def child_environment(base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a helper process the platform starts (pip, a credential refresher, Temporal's
+    dev server): everything but the platform's secrets."""
+    import os
+
+    source = dict(os.environ if base is None else base)
+    return {k: v for k, v in source.items() if k.upper() not in PLATFORM_SECRETS}
+
+
 def describe_settings_error(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():

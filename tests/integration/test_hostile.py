@@ -72,7 +72,8 @@ async def _servers(stack: Stack) -> tuple[Any, dict[str, Any], dict[str, Any], A
     victim_owner, _ = await stack.user()
     hostile = (
         await owner.post(
-            "/api/servers", json={"name": f"h-{uuid.uuid4().hex[:6]}", "source": HOSTILE, "memory_limit": 160}
+            "/api/servers",
+            json={"name": f"h-{uuid.uuid4().hex[:6]}", "source": HOSTILE, "memory_limit": 160, "cpu_limit": 0.5},
         )
     ).json()
     victim = (
@@ -143,9 +144,25 @@ async def test_hostile_server_gets_nothing_and_the_platform_keeps_serving(
     # Its own package environment is read-only to it too.
     [own_env] = list((state / "process" / "envs" / "pypi").glob(f"{NAME}-*"))[:1]
     assert (await attack(url, key, "write_file", path=str(own_env / "bin" / "planted"), text="x")).startswith("DENIED")
-    # Its own /data is its own.
+    # Its own /data is its own: what it writes lands in its data directory, what its owner uploads it reads.
     assert await attack(url, key, "write_file", path="/data/mine.txt", text="kept") == "WROTE"
     assert (server_data_dir(state, hostile["id"]) / "mine.txt").read_text() == "kept"
+    upload = await owner.post(f"/api/servers/{hostile['id']}/files/notes/today.txt", content=b"from the owner")
+    assert upload.status_code == 201, upload.text
+    assert await attack(url, key, "read_file", path="/data/notes/today.txt") == "READ: from the owner"
+
+    # Its limits are in force: the cgroup of its deployment carries them (or, without cgroups, rlimits do).
+    deployment_id = (await owner.get(f"/api/servers/{hostile['id']}")).json()["active_deployment_id"]
+    limits = sandbox.cgroup_mode()
+    if limits == "cgroup-v1":
+        group = Path("/sys/fs/cgroup")
+        assert (group / "cpu/mcphost" / deployment_id / "cpu.cfs_quota_us").read_text().strip() == "50000"
+        memory = (group / "memory/mcphost" / deployment_id / "memory.limit_in_bytes").read_text().strip()
+        assert memory == str(160 * 1024 * 1024)
+    elif limits == "cgroup-v2":
+        group = Path("/sys/fs/cgroup/mcphost") / deployment_id
+        assert (group / "cpu.max").read_text().split()[0] == "50000"
+        assert (group / "memory.max").read_text().strip() == str(160 * 1024 * 1024)
 
     # Processes: none of the platform's are visible, so neither their environment nor command line.
     seen = json.loads(await attack(url, key, "scan_processes", needle="HOME=/root"))
@@ -178,6 +195,9 @@ async def test_hostile_server_gets_nothing_and_the_platform_keeps_serving(
     )
     assert json.loads(answer)["timezone"] == "UTC"
     assert await attack(url, key, "read_file", path="/data/mine.txt") == "READ: kept"
+    # /data outlives a redeploy.
+    assert (await deploy(owner, hostile["id"]))["status"] == "running"
+    assert await attack(url, key, "read_file", path="/data/notes/today.txt") == "READ: from the owner"
     for client, server in ((owner, hostile), (victim_owner, victim)):
         assert (await client.delete(f"/api/servers/{server['id']}")).status_code == 202
         await client.aclose()

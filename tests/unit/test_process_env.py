@@ -30,3 +30,12 @@ def test_installers_get_the_hosts_trust_store_and_proxies_but_no_platform_secret
         assert env[name] == host[name]
     for name in ("JWT_SECRET", "SECRETS_KEY", "DATABASE_URL", "AWS_SECRET_ACCESS_KEY"):
         assert name not in env
+
+
+def test_helper_processes_get_no_platform_secrets() -> None:
+    from core.settings import child_environment
+
+    env = child_environment(
+        {"PATH": "/usr/bin", "JWT_SECRET": "j" * 40, "secrets_key": "k" * 40, "DATABASE_URL": "postgresql://x"}
+    )
+    assert env == {"PATH": "/usr/bin"}

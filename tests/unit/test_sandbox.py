@@ -1,0 +1,109 @@
+"""The sandbox's command line and the process runtime's refusal rules: pure logic, no sandbox started."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from core.sources import PackageSource
+from runtimes import sandbox
+from runtimes.base import LaunchSpec, PermanentFailure
+from runtimes.process import ProcessExecutor
+
+
+def _plan(**overrides: object) -> sandbox.SandboxPlan:
+    values: dict[str, object] = {
+        "uid": 201234,
+        "argv": ["mcp-server-time"],
+        "cgroup": "d1",
+        "hidden": ["/srv/mcphost", "/srv/mcphost/process"],
+        "ro_binds": [["/srv/mcphost/process/envs/pypi/x-1", "/srv/mcphost/process/envs/pypi/x-1"]],
+        "rw_binds": [["/srv/mcphost/data/s1", "/data"]],
+    }
+    values.update(overrides)
+    return sandbox.SandboxPlan(**values)  # type: ignore[arg-type]
+
+
+def _pairs(argv: list[str], flag: str) -> list[str]:
+    return [argv[i + 1] for i, arg in enumerate(argv) if arg == flag]
+
+
+def test_the_command_runs_as_the_servers_uid_without_privileges(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sandbox.os.path, "isdir", lambda p: p.startswith("/srv") or p in sandbox.ALWAYS_HIDDEN)
+    argv = sandbox.bwrap_argv(_plan(), 3, 4, 5)
+    tail = argv[argv.index("setpriv") :]
+    assert tail[:7] == [
+        "setpriv",
+        "--reuid=201234",
+        "--regid=201234",
+        "--clear-groups",
+        "--no-new-privs",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+    ]
+    assert tail[-1] == "mcp-server-time"
+    for flag in ("--unshare-pid", "--unshare-ipc", "--unshare-net", "--die-with-parent", "--new-session"):
+        assert flag in argv
+    # No user namespace: the uid is a real, unprivileged host uid, not root mapped to another number.
+    assert "--unshare-user" not in argv and "--uid" not in argv
+
+
+def test_platform_paths_are_hidden_and_only_the_servers_own_are_bound_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sandbox.os.path, "isdir", lambda p: p.startswith("/srv") or p in sandbox.ALWAYS_HIDDEN)
+    argv = sandbox.bwrap_argv(_plan(), 3, 4, 5)
+    tmpfs = _pairs(argv, "--tmpfs")
+    for path in ("/run", "/tmp", "/root", "/home", "/srv/mcphost"):
+        assert path in tmpfs
+    # A hidden path inside another is not mounted again (it would cover what is bound back inside it).
+    assert "/srv/mcphost/process" not in tmpfs
+    assert _pairs(argv, "--bind") == ["/srv/mcphost/data/s1"]
+    assert argv[argv.index("--bind") + 2] == "/data"
+    assert _pairs(argv, "--ro-bind").count("/srv/mcphost/process/envs/pypi/x-1") == 1
+    # The way down to the bound environment is made traversable, and comes before the bind itself.
+    dirs = _pairs(argv, "--dir")
+    assert "/srv/mcphost/process/envs/pypi" in dirs
+    assert argv.index("/srv/mcphost/process/envs/pypi") < argv.index("/srv/mcphost/process/envs/pypi/x-1")
+
+
+def test_network_is_cut_unless_the_plan_wants_slirp() -> None:
+    assert "--unshare-net" in sandbox.bwrap_argv(_plan(network=True), 3, 4, 5)
+    # Without a network namespace the sandbox would share the host's loopback: the platform never asks for it.
+    assert "--unshare-net" not in sandbox.bwrap_argv(_plan(network=False), 3, 4, 5)
+
+
+def test_probe_names_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sandbox.shutil, "which", lambda tool: None if tool == "slirp4netns" else f"/usr/bin/{tool}")
+    monkeypatch.setattr(sandbox.os, "geteuid", lambda: 1000)
+    support = sandbox.probe()
+    assert not support.ok
+    text = support.describe()
+    assert "slirp4netns (apt-get install slirp4netns)" in text and "root" in text and "bwrap" not in text
+
+
+def _spec(trusted: bool) -> LaunchSpec:
+    source = PackageSource(package="mcp-server-time")
+    return LaunchSpec(server_id="s", deployment_id="d", slug="x", source=source, uid=201234, trusted=trusted)
+
+
+def test_without_a_sandbox_only_administrators_servers_run(tmp_path: Path) -> None:
+    executor = ProcessExecutor(tmp_path, sandbox_mode="required")
+    executor.support = sandbox.SandboxSupport(missing=("bwrap (apt-get install bubblewrap)",), limits="rlimit")
+    with pytest.raises(PermanentFailure) as refused:
+        executor._require_sandbox(_spec(trusted=False))
+    assert "bwrap (apt-get install bubblewrap)" in refused.value.message
+    assert "non-administrators" in refused.value.message
+    assert executor._require_sandbox(_spec(trusted=True)) is False
+    # PROCESS_SANDBOX=off: a single-user install, nothing is sandboxed and nothing refused.
+    assert ProcessExecutor(tmp_path, sandbox_mode="off")._require_sandbox(_spec(trusted=False)) is False
+
+
+def test_interpreters_and_paths_are_not_entry_points() -> None:
+    from pydantic import ValidationError
+
+    for command in ("python", "python3.11", "node", "bash", "sh", "env", "npx", "perl"):
+        with pytest.raises(ValidationError, match="entry point"):
+            PackageSource(package="mcp-server-time", command=command)
+    with pytest.raises(ValidationError, match="entry point"):
+        PackageSource(package="mcp-server-time", command="/usr/bin/python3")
+    assert PackageSource(package="mcp-server-time", command="mcp-server-time").command == "mcp-server-time"
