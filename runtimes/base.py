@@ -16,6 +16,8 @@ Source = ImageSource | PackageSource | CommandSource
 LABEL_SERVER = "io.mcphost.server"
 LABEL_DEPLOYMENT = "io.mcphost.deployment"
 LABEL_SLUG = "io.mcphost.slug"
+# The environment variable that tells the stdio bridge its (secret) HTTP path.
+BRIDGE_PATH_ENV = "MCPHOST_BRIDGE_PATH"
 
 
 def free_loopback_port() -> int:

@@ -28,6 +28,9 @@ from anyio.abc import TaskGroup
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.server.streamable_http import StreamableHTTPServerTransport
 
+# Where the bridge serves MCP when --path is not given (the platform passes a secret path this way).
+from runtimes.base import BRIDGE_PATH_ENV
+
 log = logging.getLogger("mcphost.bridge")
 
 Scope = MutableMapping[str, Any]
@@ -80,7 +83,7 @@ class StdioBridge:
         if scope["type"] != "http":
             return
         if scope["path"].rstrip("/") != self.path.rstrip("/") and scope["path"] != self.path:
-            await _json_error(send, 404, f"MCP endpoint is {self.path}")
+            await _json_error(send, 404, "Not Found")  # the path itself may be the secret
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         session_id = headers.get("mcp-session-id")
@@ -221,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m runtimes.bridge", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--path", default="/mcp")
+    parser.add_argument("--path", default=os.environ.get(BRIDGE_PATH_ENV, "/mcp"))
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- command [args...] of the stdio server")
     ns = parser.parse_args(argv)
     command = ns.command[1:] if ns.command[:1] == ["--"] else ns.command

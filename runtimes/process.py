@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -36,6 +37,7 @@ import psutil
 from core.sources import CommandSource, ImageSource, PackageSource
 from runtimes import sandbox
 from runtimes.base import (
+    BRIDGE_PATH_ENV,
     CommandNotFound,
     Instance,
     InstanceStatus,
@@ -374,7 +376,9 @@ class ProcessExecutor:
         source = spec.source
         assert not isinstance(source, ImageSource)
         port = free_loopback_port()
-        path = "/mcp" if source.transport == "stdio" else source.path
+        # A bridged server answers only under a secret path: any local user can open a loopback port, but
+        # only the platform (which keeps the URL in its database) knows where the server is.
+        path = f"/{secrets.token_urlsafe(18)}/mcp" if source.transport == "stdio" else source.path
         url = f"http://127.0.0.1:{port}{path}"
         env = self._base_env() | spec.env | {"PORT": str(port)}
         log_path = self.logs_dir / f"{spec.deployment_id}.log"
@@ -391,8 +395,11 @@ class ProcessExecutor:
             self._note(log_path, f"sandboxed as uid {plan.uid} ({self.support.limits if self.support else ''})")
         elif self.support is not None:
             self._note(log_path, f"NOT sandboxed (administrator's server): {self.support.describe()}")
+        bridge_env = {}
         if source.transport == "stdio":
-            argv = [sys.executable, "-m", "runtimes.bridge", "--port", str(port), "--path", path, "--", *argv]
+            # The path goes in the environment: a command line is readable by every local user.
+            argv = [sys.executable, "-m", "runtimes.bridge", "--port", str(port), "--", *argv]
+            bridge_env = {BRIDGE_PATH_ENV: path}
         workdir = self.work_dir / spec.deployment_id
         workdir.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log_file:
@@ -400,7 +407,7 @@ class ProcessExecutor:
                 proc = subprocess.Popen(
                     argv,
                     cwd=workdir,
-                    env=env,
+                    env=env | bridge_env,
                     stdin=subprocess.DEVNULL,
                     stdout=log_file,
                     stderr=subprocess.STDOUT,

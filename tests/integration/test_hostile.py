@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import httpx2
 import pytest
 from mcp import Client
@@ -168,6 +169,16 @@ async def test_hostile_server_gets_nothing_and_the_platform_keeps_serving(
     seen = json.loads(await attack(url, key, "scan_processes", needle="HOME=/root"))
     assert seen["found"] == [] and seen["visible_processes"] < 20, seen
     assert json.loads(await attack(url, key, "scan_processes", needle="pytest"))["found"] == []
+
+    # The other server's bridge answers only under the secret path the platform keeps: a local user (or
+    # anything else that reaches the host's loopback) finds nothing at the port alone.
+    upstream = urlsplit(victim_instance.url)
+    assert len(upstream.path.strip("/").split("/")) == 2
+    async with httpx.AsyncClient() as raw:
+        guess = await raw.post(
+            f"http://127.0.0.1:{upstream.port}/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "ping"}
+        )
+    assert guess.status_code == 404 and upstream.path not in guess.text
 
     # Network: no way to the platform's services or another server, from its loopback or via the host.
     for what, (host, port) in _targets(stack, victim_instance.url).items():
