@@ -297,7 +297,9 @@ def servers_create(
     package: str = typer.Option(None, help="PyPI or npm package of the MCP server"),
     registry: str = typer.Option("pypi", help="pypi or npm"),
     version: str = typer.Option(None, help="Exact package version"),
-    entrypoint: str = typer.Option(None, help="Console script to run (when the package has several)"),
+    entrypoint: str = typer.Option(
+        None, help="Entry point the package declares (console script / npm bin) to run, when it has several"
+    ),
     image: str = typer.Option(None, help="OCI image serving MCP over streamable HTTP"),
     port: int = typer.Option(None, help="Container port (image: default 8080; git: EXPOSE or 8000)"),
     git: str = typer.Option(None, help="git repository to build (https://...)"),
@@ -310,6 +312,9 @@ def servers_create(
     env: list[str] = typer.Option([], help="KEY=VALUE for the server's environment (repeatable)"),
     slug: str = typer.Option(None, help="URL name under /mcp/ (default: from the name)"),
     runtime: str = typer.Option(None, help="process or docker (default: chosen from the source)"),
+    cpu: float = typer.Option(None, "--cpu", help="Cores the server may use (default: DEFAULT_CPU_LIMIT)"),
+    memory: int = typer.Option(None, "--memory", help="MiB of memory; past it the server is killed"),
+    gpu: bool = typer.Option(False, "--gpu", help="Give the server the host's GPUs (docker runtime)"),
 ) -> None:
     """Register a server. Prints its API key once: store it."""
     env_map: dict[str, str] = {}
@@ -330,6 +335,12 @@ def servers_create(
         body["slug"] = slug
     if runtime:
         body["runtime"] = runtime
+    if cpu is not None:
+        body["cpu_limit"] = cpu
+    if memory is not None:
+        body["memory_limit"] = memory
+    if gpu:
+        body["use_gpu"] = True
     server = Api().request("POST", "/api/servers", json=body)
     console.print(f"created server [bold]{server['name']}[/] ({server['id']})")
     console.print(f"  gateway URL:    {server['gateway_url']}")

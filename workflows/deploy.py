@@ -63,6 +63,12 @@ class DeployProgress:
     error: str | None = None
 
 
+def _where(url: str) -> str:
+    """Host and port of an upstream without its path: a bridged server's path is a secret of the platform."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0]}" if rest else url
+
+
 @workflow.defn(name="DeployWorkflow")
 class DeployWorkflow:
     def __init__(self) -> None:
@@ -187,7 +193,7 @@ class DeployWorkflow:
                 await self._step("switch_route", "failed", "a newer deployment or a stop came first")
                 await self._cleanup(instance)
                 return await self._finish("superseded", "a newer deployment or a stop came first")
-            await self._step("switch_route", "succeeded", f"gateway now serves {instance.url}")
+            await self._step("switch_route", "succeeded", f"gateway now serves {_where(instance.url)}")
 
             self._current = "retire_previous"
             await self._step("retire_previous", "started")
