@@ -95,10 +95,8 @@ class Settings(BaseSettings):
         "they are shown read-only to sandboxed installs.",
     )
     package_python_image: str = Field(
-        default="python:3.11-slim-bookworm", description="Base image of package sources on the docker runtime (PyPI)."
-    )
-    package_node_image: str = Field(
-        default="node:22-bookworm-slim", description="Base image of package sources on the docker runtime (npm)."
+        default="python:3.11-slim-bookworm",
+        description="Base image of PyPI package sources on the docker runtime; its Python is BUILD_PYTHON_VERSION.",
     )
     default_cpu_limit: float = Field(default=1.0, gt=0, description="Cores a server gets when it names none.")
     max_cpu_limit: float = Field(default=4.0, gt=0, description="Most cores a non-administrator's server may ask for.")
@@ -125,7 +123,7 @@ class Settings(BaseSettings):
     build_python_version: str = Field(
         default="3.11",
         pattern=r"^3\.[0-9]{1,2}$",
-        description="Python of BUILD_PYTHON_IMAGE (wheels are fetched for it).",
+        description="Python of BUILD_PYTHON_IMAGE and PACKAGE_PYTHON_IMAGE (wheels are fetched for it).",
     )
     build_node_image: str = "node:22-bookworm-slim"
     build_rust_image: str = "rust:1-slim-bookworm"

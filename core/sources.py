@@ -265,13 +265,33 @@ def default_runtime_for(source: AnySource, configured: str) -> str:
     """The runtime a source runs on when the server does not name one."""
     if isinstance(source, ImageSource | GitSource):
         return "docker"
-    # Package and command sources run as host processes; container builds of them come with git builds.
-    return "process" if configured == "docker" else configured
+    if isinstance(source, CommandSource):
+        # An executable of the worker host has no image to run in.
+        return "process" if configured == "docker" else configured
+    # Packages follow the installation's setting: on docker they run as images built from them, and an
+    # npm package there is refused (see `runtime_refusal`) rather than quietly run on the host.
+    return configured
 
 
 def runtime_accepts(runtime: str, source: AnySource) -> bool:
+    return runtime_refusal(runtime, source) is None
+
+
+def runtime_refusal(runtime: str, source: AnySource) -> str | None:
+    """Why `runtime` cannot run `source`, or None when it can."""
     if runtime == "process":
-        return isinstance(source, PackageSource | CommandSource)
+        if isinstance(source, PackageSource | CommandSource):
+            return None
+        return f"the process runtime cannot run {source.type} sources; use the docker runtime"
     if runtime == "docker":
-        return isinstance(source, ImageSource | GitSource)
-    return False
+        if isinstance(source, ImageSource | GitSource):
+            return None
+        if isinstance(source, PackageSource):
+            if source.registry == "pypi":
+                return None
+            return (
+                "npm packages run on the process runtime; the docker runtime runs PyPI packages and images "
+                '(set "runtime": "process" for this server)'
+            )
+        return "command sources run executables of the worker host, on the process runtime"
+    return f"the {runtime} runtime cannot run {source.type} sources"

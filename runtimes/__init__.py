@@ -37,6 +37,15 @@ def build_executors(settings: Settings, auth_for: AuthLookup | None = None) -> d
     }
     if settings.container_runtime == "docker" or settings.docker_host:
         from runtimes.docker import DockerExecutor
+        from runtimes.package_images import PackageImageConfig
 
-        executors["docker"] = DockerExecutor(settings.docker_host, auth_for=auth_for)
+        packages = PackageImageConfig(
+            base_image=settings.package_python_image,
+            python_version=settings.build_python_version,
+            allow_sdist=settings.package_allow_sdist,
+            find_links=tuple((settings.package_find_links or "").split()),
+            download_timeout=settings.package_install_timeout_seconds,
+            build_timeout=settings.build_timeout_seconds,
+        )
+        executors["docker"] = DockerExecutor(settings.docker_host, auth_for=auth_for, packages=packages)
     return executors

@@ -6,6 +6,9 @@ with the official SDK's transports on either side. Session end (DELETE, or bridg
 stops the child.
 
     python -m runtimes.bridge --port 8000 -- mcp-server-time --local-timezone UTC
+
+It imports nothing of the platform: the docker runtime copies this file alone into the images it
+builds from PyPI packages, where it runs as `python bridge.py`.
 """
 
 from __future__ import annotations
@@ -28,10 +31,14 @@ from anyio.abc import TaskGroup
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.server.streamable_http import StreamableHTTPServerTransport
 
-# Where the bridge serves MCP when --path is not given (the platform passes a secret path this way).
-from runtimes.base import BRIDGE_PATH_ENV
-
 log = logging.getLogger("mcphost.bridge")
+
+# Where the bridge serves MCP when --path is not given (the platform passes a secret path this way); the
+# same name as runtimes.base.BRIDGE_PATH_ENV, repeated because this file must stand alone.
+BRIDGE_PATH_ENV = "MCPHOST_BRIDGE_PATH"
+# The memory cgroup of a container, as its processes see it (cgroup v2, then v1).
+_OOM_COUNTERS = (("/sys/fs/cgroup/memory.events", "oom_kill"), ("/sys/fs/cgroup/memory/memory.oom_control", "oom_kill"))
+_MEMORY_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -40,6 +47,33 @@ Send = Callable[[Message], Awaitable[None]]
 
 MAX_BODY = 4 * 1024 * 1024
 MAX_EARLY_EXITS = 3
+
+
+def oom_kills(counters: tuple[tuple[str, str], ...] = _OOM_COUNTERS) -> int | None:
+    """How many processes the kernel has killed in this cgroup for want of memory, where that can be read."""
+    for path, key in counters:
+        try:
+            with open(path) as fh:
+                for line in fh:
+                    name, _, value = line.partition(" ")
+                    if name == key:
+                        return int(value)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def memory_limit_mib(paths: tuple[str, ...] = _MEMORY_LIMITS) -> int | None:
+    for path in paths:
+        try:
+            with open(path) as fh:
+                value = fh.read().strip()
+        except OSError:
+            continue
+        # cgroup v1 says "no limit" with a huge number rather than "max".
+        if value.isdigit() and int(value) < 1 << 60:
+            return int(value) // (1024 * 1024)
+    return None
 
 
 @dataclass
@@ -62,8 +96,19 @@ async def _json_error(send: Send, status: int, message: str, code: int = -32600)
 
 
 class StdioBridge:
-    def __init__(self, command: str, args: list[str], path: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        command: str,
+        args: list[str],
+        path: str,
+        env: dict[str, str] | None = None,
+        *,
+        report_oom: bool = False,
+    ) -> None:
         self.params = StdioServerParameters(command=command, args=args, env=env)
+        # In a container, a child killed at the memory limit leaves the container (and this bridge) running,
+        # so nothing else would tell the server's owner why their session died.
+        self.oom_seen = oom_kills() if report_oom else None
         self.path = path.rstrip("/") or "/"
         self.sessions: dict[str, _Session] = {}
         self._tg: TaskGroup | None = None
@@ -180,6 +225,20 @@ class StdioBridge:
                 with anyio.CancelScope(shield=True):
                     await session.transport.terminate()
             log.info("session %s closed", sid)
+            self._report_oom()
+
+    def _report_oom(self) -> None:
+        if self.oom_seen is None:
+            return
+        now = oom_kills()
+        if now is not None and now > self.oom_seen:
+            self.oom_seen = now
+            limit = memory_limit_mib()
+            where = f" of {limit} MiB" if limit else ""
+            # The same words the process runtime's sandbox uses, so the owner reads one message on either;
+            # written at once, newline included, so that no other line of the log can run into it.
+            sys.stderr.write(f"mcphost: the server was killed: it used more than its memory limit{where}\n")
+            sys.stderr.flush()
 
     def _note_session_end(self, *, answered: bool) -> None:
         if answered:
@@ -225,6 +284,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--path", default=os.environ.get(BRIDGE_PATH_ENV, "/mcp"))
+    parser.add_argument(
+        "--report-oom",
+        action="store_true",
+        help="say in the log when the memory limit of this container killed a child",
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- command [args...] of the stdio server")
     ns = parser.parse_args(argv)
     command = ns.command[1:] if ns.command[:1] == ["--"] else ns.command
@@ -236,7 +300,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(127)
     # Markers stay with the bridge so only the bridge counts as the instance.
     env = {k: v for k, v in os.environ.items() if not k.startswith("MCPHOST_")}
-    bridge = StdioBridge(command[0], command[1:], ns.path, env=env)
+    bridge = StdioBridge(command[0], command[1:], ns.path, env=env, report_oom=ns.report_oom)
     # uvicorn turns SIGTERM/SIGINT into a graceful exit; sessions then close and stop their children.
     anyio.run(bridge.serve, ns.host, ns.port)
     if bridge.gave_up:

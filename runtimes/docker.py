@@ -1,4 +1,5 @@
-"""The docker runtime: image sources run as containers through the Docker Engine API.
+"""The docker runtime: image sources, and PyPI package sources built into images of their own
+(`runtimes.package_images`), run as containers through the Docker Engine API.
 
 Works with Docker and with Podman's Docker-compatible service. Containers publish their MCP port
 on loopback only; the gateway is the way in. Each container carries labels that tie it to its
@@ -15,9 +16,17 @@ the one host path it sees.
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import os
+import shutil
+import tarfile
+import tempfile
+import threading
+import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +35,8 @@ from docker.errors import APIError, DockerException, NotFound
 from docker.errors import ImageNotFound as DockerImageNotFound
 from docker.types import DeviceRequest, Mount
 
-from core.sources import ImageSource
+from core.sources import ImageSource, PackageSource
+from runtimes import package_images
 from runtimes.base import (
     LABEL_DEPLOYMENT,
     LABEL_SERVER,
@@ -38,6 +48,7 @@ from runtimes.base import (
     PermanentFailure,
     RuntimeFailure,
 )
+from runtimes.package_images import PackageImageConfig
 
 MIB = 1024 * 1024
 # What a container killed with SIGKILL exits with.
@@ -86,6 +97,23 @@ def prepare_data_dir(path: Path, uid: int | None) -> None:
         os.close(fd)
 
 
+@dataclass(frozen=True)
+class _Target:
+    """What a container of a server runs: an image, the port and path it serves MCP on, and (for a package
+    image) the command and environment that start this server's entry point."""
+
+    image: str
+    port: int
+    path: str
+    command: list[str] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    description: str = ""
+
+
+class PackageBuildFailed(PermanentFailure):
+    kind = "build_failed"
+
+
 def _is_missing_image(exc: APIError) -> bool:
     text = str(exc).lower()
     return exc.status_code == 404 or any(
@@ -118,12 +146,17 @@ class DockerExecutor:
         *,
         stop_timeout: int = 10,
         auth_for: Callable[[str, str], dict[str, str] | None] | None = None,
+        packages: PackageImageConfig | None = None,
     ) -> None:
         self.base_url = base_url
         self.stop_timeout = stop_timeout
         self.auth_for = auth_for
+        self.packages = packages or PackageImageConfig()
         self._client: docker.DockerClient | None = None
         self._podman: bool | None = None
+        self._package_locks: dict[str, asyncio.Lock] = {}
+        # Console scripts of package images by image id: what an image holds never changes.
+        self._entry_points: dict[str, list[str]] = {}
 
     def _docker(self) -> docker.DockerClient:
         if self._client is None:
@@ -168,8 +201,10 @@ class DockerExecutor:
 
     async def prepare(self, spec: LaunchSpec) -> str:
         source = spec.source
-        if not isinstance(source, ImageSource):
-            raise PermanentFailure("the docker runtime runs image sources only")
+        self._check_source(source)
+        if isinstance(source, PackageSource):
+            return (await self._target(spec)).description
+        assert isinstance(source, ImageSource)
         client = self._docker()
         try:
             image = await self._call(client.images.get, source.image)
@@ -189,6 +224,153 @@ class DockerExecutor:
         except DockerException as exc:
             raise RuntimeFailure(f"container engine unreachable: {exc}") from None
         return f"pulled image {source.image} ({image.short_id})"
+
+    # ---- package images ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_source(source: Any) -> None:
+        if isinstance(source, PackageSource) and source.registry != "pypi":
+            raise PermanentFailure(
+                "npm packages run on the process runtime; the docker runtime runs PyPI packages and images"
+            )
+        if not isinstance(source, ImageSource | PackageSource):
+            raise PermanentFailure("the docker runtime runs image and PyPI package sources only")
+
+    async def _target(self, spec: LaunchSpec) -> _Target:
+        source = spec.source
+        self._check_source(source)
+        if isinstance(source, ImageSource):
+            return _Target(image=source.image, port=source.port, path=source.path)
+        assert isinstance(source, PackageSource)
+        tag, image_id, built = await self._package_image(source)
+        scripts = await self._read_entry_points(image_id)
+        script = package_images.choose_script(source, scripts)
+        command, env = package_images.container_command(source, script)
+        how = "built" if built else "present"
+        return _Target(
+            image=tag,
+            port=package_images.CONTAINER_PORT,
+            path=source.path,
+            command=command,
+            env=env,
+            description=f"image {tag} {how} ({image_id.removeprefix('sha256:')[:12]}); runs {script}",
+        )
+
+    async def _package_image(self, source: PackageSource) -> tuple[str, str, bool]:
+        """The package's image (tag, id), built unless an image of the same key is there already."""
+        key = package_images.image_key(source, self.packages)
+        tag = package_images.image_tag(key)
+        found = await self._find_package_image(tag, key)
+        if found is not None:
+            return tag, found, False
+        # Two deploys of one requirement on this worker build it once; other workers may build it too,
+        # which costs time, not correctness (same key, same content).
+        async with self._package_locks.setdefault(key, asyncio.Lock()):
+            found = await self._find_package_image(tag, key)
+            if found is not None:
+                return tag, found, False
+            return tag, await self._build_package_image(source, key, tag), True
+
+    async def _find_package_image(self, tag: str, key: str) -> str | None:
+        try:
+            image = await self._call(self._docker().images.get, tag)
+        except (NotFound, DockerImageNotFound):
+            return None
+        if (image.labels or {}).get(package_images.LABEL_PACKAGE_BUILD) != key:
+            return None
+        return str(image.id)
+
+    async def _build_package_image(self, source: PackageSource, key: str, tag: str) -> str:
+        context = Path(tempfile.mkdtemp(prefix="mcphost-package-"))
+        try:
+            from_index = await package_images.prepare_context(context, source, self.packages)
+            stop = threading.Event()
+            try:
+                # Installing wheels needs no network, so the build gets none; a source build from the index does.
+                return await asyncio.to_thread(self._build, context, tag, key, not from_index, stop)
+            finally:
+                stop.set()
+        finally:
+            await asyncio.to_thread(shutil.rmtree, context, True)
+
+    def _build(self, context: Path, tag: str, key: str, offline: bool, stop: threading.Event) -> str:
+        deadline = time.monotonic() + self.packages.build_timeout
+        tail: list[str] = []
+        image_id: str | None = None
+        try:
+            stream = self._docker().api.build(
+                path=str(context),
+                tag=tag,
+                labels={package_images.LABEL_PACKAGE_BUILD: key},
+                rm=True,
+                forcerm=True,
+                pull=False,
+                network_mode="none" if offline else None,
+                decode=True,
+            )
+            for chunk in stream:
+                if stop.is_set():
+                    raise RuntimeFailure("the package image build was abandoned")
+                if time.monotonic() > deadline:
+                    raise RuntimeFailure(
+                        f"building {tag} took longer than {self.packages.build_timeout:.0f}s (BUILD_TIMEOUT_SECONDS)"
+                    )
+                if not isinstance(chunk, dict):
+                    continue
+                if chunk.get("error"):
+                    output = "\n".join(tail[-10:])
+                    raise PackageBuildFailed(
+                        f"building the package image from {self.packages.base_image} (PACKAGE_PYTHON_IMAGE) "
+                        f"failed: {str(chunk['error']).strip()}\n{output}"
+                    )
+                text = chunk.get("stream") or chunk.get("status")
+                if text:
+                    tail.extend(line.rstrip() for line in str(text).splitlines() if line.strip())
+                    del tail[:-40]
+                aux = chunk.get("aux")
+                if isinstance(aux, dict) and aux.get("ID"):
+                    image_id = str(aux["ID"])
+            return image_id or str(self._docker().images.get(tag).id)
+        except DockerImageNotFound:
+            raise PackageBuildFailed("the package image build finished without an image") from None
+        except APIError as exc:
+            if _is_missing_image(exc):
+                raise ImageNotFound(
+                    f"the base image {self.packages.base_image!r} (PACKAGE_PYTHON_IMAGE) is not available: "
+                    f"{exc.explanation or exc}"
+                ) from None
+            raise PackageBuildFailed(f"building the package image failed: {exc.explanation or exc}") from None
+        except DockerException as exc:
+            raise RuntimeFailure(f"container engine unreachable: {exc}") from None
+
+    async def _read_entry_points(self, image_id: str) -> list[str]:
+        """The console scripts the image's build recorded, read from a container that is never started."""
+        if image_id not in self._entry_points:
+            try:
+                self._entry_points[image_id] = await self._call(self._read_entry_points_file, image_id)
+            except NotFound:
+                raise RuntimeFailure(f"the package image {image_id[:19]} went away while being read") from None
+        return self._entry_points[image_id]
+
+    def _read_entry_points_file(self, image_id: str) -> list[str]:
+        container = self._docker().containers.create(
+            image_id, command=[package_images.BRIDGE_PYTHON], network_mode="none"
+        )
+        try:
+            chunks, _ = container.get_archive(package_images.ENTRY_POINTS_FILE)
+            with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as archive:
+                member = archive.next()
+                handle = archive.extractfile(member) if member is not None else None
+                data = handle.read() if handle is not None else b""
+        finally:
+            container.remove(force=True)
+        try:
+            scripts = json.loads(data)
+        except ValueError:
+            scripts = None
+        if not isinstance(scripts, list) or not all(isinstance(s, str) for s in scripts):
+            raise RuntimeFailure(f"the package image {image_id[:19]} has no readable list of entry points")
+        return scripts
 
     # ---- the server's network --------------------------------------------------------------------
 
@@ -281,9 +463,7 @@ class DockerExecutor:
         return options, env
 
     async def launch(self, spec: LaunchSpec) -> Instance:
-        source = spec.source
-        if not isinstance(source, ImageSource):
-            raise PermanentFailure("the docker runtime runs image sources only")
+        self._check_source(spec.source)
         client = self._docker()
         name = container_name(spec.deployment_id)
         try:
@@ -294,17 +474,20 @@ class DockerExecutor:
             return self._instance(container)
         except NotFound:
             pass
+        target = await self._target(spec)
         try:
-            options, extra_env = await self._run_options(spec, source.image)
+            options, extra_env = await self._run_options(spec, target.image)
         except (NotFound, DockerImageNotFound):
-            raise ImageNotFound(f"image {source.image!r} is not available to the container engine") from None
-        env = extra_env | dict(spec.env) | {"PORT": str(source.port)}
+            raise ImageNotFound(f"image {target.image!r} is not available to the container engine") from None
+        if target.command is not None:
+            options["command"] = target.command
+        env = extra_env | target.env | dict(spec.env) | {"PORT": str(target.port)}
         for attempt in range(2):
             network = await self._ensure_network(spec.server_id)
             try:
                 container = await self._call(
                     client.containers.run,
-                    source.image,
+                    target.image,
                     detach=True,
                     name=name,
                     environment=env,
@@ -312,20 +495,20 @@ class DockerExecutor:
                         LABEL_SERVER: spec.server_id,
                         LABEL_DEPLOYMENT: spec.deployment_id,
                         LABEL_SLUG: spec.slug,
-                        "io.mcphost.port": str(source.port),
-                        "io.mcphost.path": source.path,
+                        "io.mcphost.port": str(target.port),
+                        "io.mcphost.path": target.path,
                     },
                     network=network,
                     # The engine picks the host port and holds it from the start: choosing one here and
                     # handing it over would leave a moment in which something else can take it.
-                    ports={f"{source.port}/tcp": ("127.0.0.1", None)},
+                    ports={f"{target.port}/tcp": ("127.0.0.1", None)},
                     **options,
                 )
                 break
             except (NotFound, DockerImageNotFound) as exc:
                 if attempt == 0 and _is_missing_network(str(exc)):
                     continue
-                raise ImageNotFound(f"image {source.image!r} is not available to the container engine") from None
+                raise ImageNotFound(f"image {target.image!r} is not available to the container engine") from None
             except RuntimeFailure as exc:
                 if "already in use" in exc.message:
                     # A concurrent attempt made it between our look and our create: use that one.

@@ -6,6 +6,7 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from temporalio.testing import WorkflowEnvironment
@@ -141,6 +142,16 @@ def fault_proxy(registry: Registry) -> Iterator[FaultProxy]:
     proxy = FaultProxy(REGISTRY_PORTS[1], registry.port).start()
     yield proxy
     proxy.stop()
+
+
+@pytest.fixture
+def engine(docker_engine: Podman) -> Iterator[Any]:
+    """A docker SDK client of the tests' engine, to look at containers from outside."""
+    import docker
+
+    client = docker.DockerClient(base_url=docker_engine.url)
+    yield client
+    client.close()
 
 
 @pytest.fixture(scope="session")

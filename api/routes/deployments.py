@@ -25,7 +25,7 @@ from api.workflows import deploy_workflow_id, start_deploy
 from core.errors import Conflict, InvalidInput, NotFound
 from core.models import Deployment, DeploymentStep, Server, User
 from core.settings import IMPLEMENTED_RUNTIMES
-from core.sources import default_runtime_for, parse_source, runtime_accepts
+from core.sources import default_runtime_for, parse_source, runtime_refusal
 
 router = APIRouter(prefix="/api", tags=["deployments"])
 
@@ -79,10 +79,13 @@ async def create_deployment(
             raise Conflict("the server is being deleted")
         source = parse_source(server.source)
         runtime = server.runtime or default_runtime_for(source, state.settings.container_runtime)
-        if runtime not in IMPLEMENTED_RUNTIMES or not runtime_accepts(runtime, source):
+        if runtime not in IMPLEMENTED_RUNTIMES:
             raise InvalidInput(
                 f"a {source.type} source cannot run on the {runtime} runtime; change the server's runtime"
             )
+        refusal = runtime_refusal(runtime, source)
+        if refusal is not None:
+            raise InvalidInput(refusal)
         spec = {"source": server.source, "env": server.env or {}}
         auto_prefix = f"auto:{_fingerprint(spec, runtime)}:"
         if idempotency_key:

@@ -31,7 +31,7 @@ from core.gitpolicy import GitUrlRejected, check_git_url_policy
 from core.models import Deployment, Server, ServerLog, User
 from core.security import SERVER_KEY_PREFIX, display_prefix, generate_secret_token, hash_token
 from core.settings import IMPLEMENTED_RUNTIMES, Settings
-from core.sources import CommandSource, GitSource, default_runtime_for, parse_source, runtime_accepts
+from core.sources import CommandSource, GitSource, default_runtime_for, parse_source, runtime_refusal
 
 router = APIRouter(prefix="/api/servers", tags=["servers"])
 
@@ -84,8 +84,12 @@ def check_source_allowed(user: User, source: Any, runtime: str | None, settings:
             raise InvalidInput(
                 f"runtime {runtime!r} is not available in this release (available: {', '.join(IMPLEMENTED_RUNTIMES)})"
             )
-        if not runtime_accepts(runtime, source):
-            raise InvalidInput(f"the {runtime} runtime cannot run a {source.type} source")
+    # A server that names no runtime gets the installation's, which must be able to run it too.
+    effective = runtime or default_runtime_for(source, settings.container_runtime)
+    if effective in IMPLEMENTED_RUNTIMES:
+        refusal = runtime_refusal(effective, source)
+        if refusal is not None:
+            raise InvalidInput(refusal)
 
 
 def check_resources(

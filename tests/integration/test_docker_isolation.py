@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import docker
@@ -36,13 +36,6 @@ PROBE = (
 @pytest.fixture(scope="module")
 def echo_image(docker_engine: Podman) -> str:
     return docker_engine.ensure_echo_image()
-
-
-@pytest.fixture
-def engine(docker_engine: Podman) -> Iterator[docker.DockerClient]:
-    client = docker.DockerClient(base_url=docker_engine.url)
-    yield client
-    client.close()
 
 
 @pytest.fixture

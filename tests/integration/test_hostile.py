@@ -15,37 +15,19 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import httpx2
 import pytest
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
 from sqlalchemy.engine import make_url
 
 from core.tenancy import server_data_dir
 from runtimes import sandbox
 from runtimes.process import ProcessExecutor
 from tests.support.components import require
-from tests.support.hostile import NAME, VERSION, build_wheel
+from tests.support.hostile import NAME, VERSION, assert_no_privileges_and_bounded, attack, attack_may_die, build_wheel
 from tests.support.mcp_client import call_tool
-from tests.support.stack import Stack, deploy, make_settings
+from tests.support.stack import Stack, deploy, make_settings, running
 
 HOSTILE = {"type": "package", "package": NAME, "version": VERSION}
 TIME = {"type": "package", "package": "mcp-server-time", "args": ["--local-timezone", "UTC"]}
-
-
-async def attack(url: str, key: str, tool: str, **arguments: Any) -> str:
-    return await call_tool(url, key, tool, arguments)
-
-
-async def attack_may_die(url: str, key: str, tool: str, **arguments: Any) -> str:
-    """A call whose server may be killed while answering: the error is the answer."""
-    try:
-        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=60) as http:
-            async with Client(streamable_http_client(url, http_client=http), cache=None) as client:
-                result = await client.call_tool(tool, arguments)
-                return "".join(getattr(c, "text", "") for c in result.content)
-    except Exception as exc:  # noqa: BLE001 - any failure of the call is what is being observed
-        return f"CALL FAILED: {exc!r}"
 
 
 @pytest.fixture(scope="module")
@@ -185,16 +167,8 @@ async def test_hostile_server_gets_nothing_and_the_platform_keeps_serving(
         got = await attack_may_die(url, key, "connect", host=host, port=port)
         assert got.startswith("FAILED"), f"{what} at {host}:{port}: {got}"
 
-    # Privileges: no root, no capabilities, setuid binaries cannot raise them.
-    who = json.loads(await attack(url, key, "escalate"))
-    assert who["setuid"].startswith("DENIED") and who["euid"] != "0", who
-    assert who["NoNewPrivs"] == "1" and int(who["CapEff"], 16) == 0 and int(who["CapBnd"], 16) == 0, who
-
-    # Resources: a fork bomb stops at the process limit; memory past the limit kills it, and the log says so.
-    bomb = json.loads(await attack(url, key, "fork_many", count=10000))
-    assert bomb["forked"] < stack.settings.sandbox_pids_limit and bomb["stopped_by"], bomb
-    died = await attack_may_die(url, key, "allocate", mib=400)
-    assert "ALLOCATED" not in died, died
+    # Privileges and resources: no root, no capabilities; a fork bomb and memory past the limit are stopped.
+    await assert_no_privileges_and_bounded(url, key, pids_limit=stack.settings.sandbox_pids_limit, allocate_mib=400)
     logs = (await owner.get(f"/api/servers/{hostile['id']}/logs", params={"tail": 400})).json()["data"]
     assert any("memory limit of 160 MiB" in line["message"] for line in logs), logs[-10:]
 
@@ -222,12 +196,8 @@ async def unsandboxed(stack: Stack) -> AsyncIterator[Stack]:
         stack.settings.state_dir,
         process_sandbox="off",
     )
-    platform = Stack(settings)
-    await platform.start()
-    try:
+    async with running(settings) as platform:
         yield platform
-    finally:
-        await platform.stop()
 
 
 async def test_without_the_sandbox_the_same_attacks_succeed(

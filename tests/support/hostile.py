@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import zipfile
 from pathlib import Path
+from typing import Any
+
+import httpx2
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 
 from tests.support.components import CACHE
+from tests.support.mcp_client import call_tool
 
 NAME = "mcphost-hostile"
 VERSION = "1.0.2"
@@ -45,3 +52,31 @@ def build_wheel() -> Path:
     tmp.chmod(0o644)
     tmp.rename(wheel)
     return wheel
+
+
+async def attack(url: str, key: str, tool: str, **arguments: Any) -> str:
+    """Call one of the hostile server's tools through the gateway; its answer says what it got."""
+    return await call_tool(url, key, tool, arguments)
+
+
+async def attack_may_die(url: str, key: str, tool: str, **arguments: Any) -> str:
+    """A call whose server may be killed while answering: the error is the answer."""
+    try:
+        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=60) as http:
+            async with Client(streamable_http_client(url, http_client=http), cache=None) as client:
+                result = await client.call_tool(tool, arguments)
+                return "".join(getattr(c, "text", "") for c in result.content)
+    except Exception as exc:  # noqa: BLE001 - any failure of the call is what is being observed
+        return f"CALL FAILED: {exc!r}"
+
+
+async def assert_no_privileges_and_bounded(url: str, key: str, *, pids_limit: int, allocate_mib: int) -> None:
+    """No root, no capabilities, setuid inert; a fork bomb stops at the process limit; memory past the
+    limit does not get allocated (the server is killed)."""
+    who = json.loads(await attack(url, key, "escalate"))
+    assert who["setuid"].startswith("DENIED") and who["euid"] != "0", who
+    assert who["NoNewPrivs"] == "1" and int(who["CapEff"], 16) == 0 and int(who["CapBnd"], 16) == 0, who
+    bomb = json.loads(await attack(url, key, "fork_many", count=10000))
+    assert bomb["forked"] < pids_limit and bomb["stopped_by"], bomb
+    died = await attack_may_die(url, key, "allocate", mib=allocate_mib)
+    assert "ALLOCATED" not in died, died

@@ -11,6 +11,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -181,6 +183,17 @@ class Stack:
         async with engine.begin() as conn:
             await conn.execute(update(User).where(User.id == uuid.UUID(user_id)).values(role=role))
         await engine.dispose()
+
+
+@asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[Stack]:
+    """A second platform (API + in-process worker) for the length of a test or module."""
+    platform = Stack(settings)
+    await platform.start()
+    try:
+        yield platform
+    finally:
+        await platform.stop()
 
 
 async def wait_deployment(client: httpx.AsyncClient, deployment_id: str, timeout: float = 180) -> dict[str, Any]:

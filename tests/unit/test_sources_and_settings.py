@@ -13,6 +13,7 @@ from core.sources import (
     default_runtime_for,
     parse_source,
     runtime_accepts,
+    runtime_refusal,
     validate_env,
 )
 
@@ -58,10 +59,22 @@ def test_discriminated_parse_and_runtime_choice() -> None:
     image = parse_source({"type": "image", "image": "a/b:1"})
     package = parse_source({"type": "package", "package": "p"})
     assert isinstance(image, ImageSource) and isinstance(package, PackageSource)
+    npm = parse_source({"type": "package", "registry": "npm", "package": "p"})
+    command = parse_source({"type": "command", "command": "/usr/bin/x"})
     assert default_runtime_for(image, "process") == "docker"
-    assert default_runtime_for(package, "docker") == "process"
+    # CONTAINER_RUNTIME=docker means packages run in containers; host commands cannot.
+    assert default_runtime_for(package, "docker") == "docker" and default_runtime_for(package, "process") == "process"
+    assert default_runtime_for(npm, "docker") == "docker"
+    assert default_runtime_for(command, "docker") == "process"
     assert runtime_accepts("docker", image) and not runtime_accepts("process", image)
-    assert runtime_accepts("process", package) and not runtime_accepts("docker", package)
+    assert runtime_accepts("process", package) and runtime_accepts("docker", package)
+    assert runtime_accepts("process", npm) and not runtime_accepts("docker", npm)
+    assert not runtime_accepts("docker", command) and not runtime_accepts("kubernetes", package)
+    refusal = runtime_refusal("docker", npm)
+    assert refusal is not None and refusal.startswith(
+        "npm packages run on the process runtime; the docker runtime runs PyPI packages and images"
+    )
+    assert runtime_refusal("docker", package) is None
 
 
 def test_env_validation() -> None:
