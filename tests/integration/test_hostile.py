@@ -219,3 +219,28 @@ async def test_without_the_sandbox_the_same_attacks_succeed(
     for client, server in ((owner, hostile), (victim_owner, victim)):
         assert (await client.delete(f"/api/servers/{server['id']}")).status_code == 202
         await client.aclose()
+
+
+async def test_an_http_server_is_reached_through_its_forwarded_port_and_nothing_more(
+    stack: Stack, hostile_wheel: Path
+) -> None:
+    """A package that serves streamable HTTP itself listens inside its own network namespace; the platform
+    forwards one loopback port to it (slirp4netns), and it is as contained as a bridged one."""
+    require(sandbox.probe().ok, sandbox.probe().describe())
+    owner, _ = await stack.user()
+    async with owner:
+        source = {**HOSTILE, "transport": "http", "args": ["--http"]}
+        server = (
+            await owner.post("/api/servers", json={"name": f"hh-{uuid.uuid4().hex[:6]}", "source": source})
+        ).json()
+        result = await deploy(owner, server["id"])
+        assert result["status"] == "running", result
+        url, key = f"{stack.base_url}/mcp/{server['slug']}", server["api_key"]
+        [instance] = await ProcessExecutor(stack.settings.state_dir / "process").instances(server["id"])
+        assert urlsplit(instance.url).hostname == "127.0.0.1"
+        assert await attack(url, key, "write_file", path="/data/x", text="y") == "WROTE"
+        assert json.loads(await attack(url, key, "scan_processes", needle="pytest"))["found"] == []
+        db = make_url(stack.settings.database_url)
+        assert (await attack(url, key, "connect", host="127.0.0.1", port=db.port or 5432)).startswith("FAILED")
+        assert (await attack(url, key, "connect", host="10.0.2.2", port=stack.settings.bind_port)).startswith("FAILED")
+        assert (await owner.delete(f"/api/servers/{server['id']}")).status_code == 202

@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 
 from mcp.server.mcpserver import MCPServer
 
@@ -107,7 +108,11 @@ def escalate() -> str:
 
 
 def main() -> None:
-    app.run()
+    # `--http`: serve streamable HTTP on $HOST:$PORT instead of stdio (the platform's http transport).
+    if "--http" in sys.argv[1:]:
+        app.run("streamable-http", host=os.environ.get("HOST", "127.0.0.1"), port=int(os.environ["PORT"]))
+    else:
+        app.run()
 
 
 if __name__ == "__main__":
