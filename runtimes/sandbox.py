@@ -288,14 +288,22 @@ class Limits:
         return 0
 
 
-def remove_cgroup(name: str) -> None:
+def remove_cgroup(name: str, wait: float = 3.0) -> None:
     """Remove a sandbox's cgroups once nothing runs in them (the platform calls this when it removes an
-    instance; a launcher never does, as another session of the same server may be entering them)."""
+    instance; a launcher never does, as another session of the same server may be entering them). The
+    last processes of a stopped instance may take a moment to leave: wait a little for them."""
+    deadline = time.monotonic() + wait
     for path in (CGROUP_ROOT / CGROUP_GROUP / name, *CGROUP_ROOT.glob(f"*/{CGROUP_GROUP}/{name}")):
-        try:
-            path.rmdir()
-        except OSError:
-            pass
+        while True:
+            try:
+                path.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    break  # still in use: a later removal of the same instance tries again
+                time.sleep(0.05)
 
 
 # ---- the launcher -----------------------------------------------------------------------------------
