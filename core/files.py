@@ -22,7 +22,7 @@ from typing import BinaryIO
 
 from core.errors import Conflict, DomainError, InvalidInput, NotFound, PayloadTooLarge
 from core.settings import Settings
-from core.tenancy import server_data_dir, server_uid
+from core.tenancy import prepare_data_dir, server_data_dir, server_uid
 
 MAX_PATH_CHARS = 1024
 MAX_NAME_BYTES = 255
@@ -111,21 +111,7 @@ def owner_uid(settings: Settings, server_id: str | uuid.UUID) -> int | None:
 
 def ensure_data_dir(settings: Settings, server_id: str | uuid.UUID) -> Path:
     """Create the server's data directory if needed: mode 0700, owned by its sandbox uid when root."""
-    path = server_data_dir(settings.state_dir, server_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        path.mkdir(mode=0o700)
-    except FileExistsError:
-        pass
-    fd = _open_root(path)
-    try:
-        os.fchmod(fd, 0o700)
-        uid = owner_uid(settings, server_id)
-        if uid is not None:
-            os.fchown(fd, uid, uid)
-    finally:
-        os.close(fd)
-    return path
+    return prepare_data_dir(server_data_dir(settings.state_dir, server_id), owner_uid(settings, server_id))
 
 
 def remove_data_dir(state_dir: Path, server_id: str | uuid.UUID) -> bool:

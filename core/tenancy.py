@@ -7,6 +7,7 @@ by someone else must never lead to the first server's files, uid or images.
 from __future__ import annotations
 
 import hashlib
+import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,24 @@ def data_root(state_dir: Path) -> Path:
 def server_data_dir(state_dir: Path, server_id: str | uuid.UUID) -> Path:
     """The host directory mounted read-write at `/data` in the server, on every runtime."""
     return data_root(state_dir) / str(uuid.UUID(str(server_id)))
+
+
+def prepare_data_dir(path: Path, uid: int | None) -> Path:
+    """Make the server's `/data` on the host, usable only by its uid (when the platform runs as root, which
+    can give it away) and the platform: mode 0700. Every runtime and the files API go through this."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fchmod(fd, 0o700)
+        if uid is not None and os.geteuid() == 0:
+            os.fchown(fd, uid, uid)
+    finally:
+        os.close(fd)
+    return path
 
 
 def image_repository(server_id: str | uuid.UUID) -> str:

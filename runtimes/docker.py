@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
 import shutil
 import tarfile
 import tempfile
@@ -36,6 +35,7 @@ from docker.errors import ImageNotFound as DockerImageNotFound
 from docker.types import DeviceRequest, Mount
 
 from core.sources import ImageSource, PackageSource
+from core.tenancy import prepare_data_dir
 from runtimes import package_images
 from runtimes.base import (
     LABEL_DEPLOYMENT,
@@ -83,18 +83,6 @@ def oom_detail(attrs: dict[str, Any], *, guess: bool = False) -> str | None:
     if guess and limit and state.get("ExitCode") == SIGKILL_EXIT:
         return f"killed (SIGKILL), likely out of memory{where}"
     return None
-
-
-def prepare_data_dir(path: Path, uid: int | None) -> None:
-    """The server's `/data` on the host: only its uid (and the platform) may use it."""
-    path.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        if uid is not None and os.geteuid() == 0:
-            os.fchown(fd, uid, uid)
-        os.fchmod(fd, 0o700)
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True)

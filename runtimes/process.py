@@ -35,6 +35,7 @@ from typing import Any
 import psutil
 
 from core.sources import CommandSource, ImageSource, PackageSource
+from core.tenancy import prepare_data_dir
 from runtimes import sandbox
 from runtimes.base import (
     BRIDGE_PATH_ENV,
@@ -77,14 +78,6 @@ _PASSTHROUGH_ENV = (
 )
 _NOT_FOUND_PIP = re.compile(r"No matching distribution found|Could not find a version that satisfies")
 SANDBOX_PORT = 8000  # where an HTTP server listens inside its own network namespace
-
-
-def ensure_owned_dir(path: Path, uid: int) -> None:
-    """A directory only the given uid (and the platform) may use: the server's /data."""
-    path.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() == 0:
-        os.chown(path, uid, uid)
-    os.chmod(path, 0o700)
 
 
 def _tail(text: str, lines: int = 15) -> str:
@@ -435,7 +428,7 @@ class ProcessExecutor:
             ro.append([str(env_dir), str(env_dir)])
         rw = []
         if spec.data_dir is not None:
-            ensure_owned_dir(spec.data_dir, spec.uid)
+            prepare_data_dir(spec.data_dir, spec.uid)
             rw.append([str(spec.data_dir), "/data"])
         resources = spec.resources
         return sandbox.SandboxPlan(
