@@ -93,7 +93,21 @@ def _check_name(value: str | None) -> str | None:
     return value
 
 
-class ServerCreate(BaseModel):
+class _Resources(BaseModel):
+    """What a server may use, on create and update alike."""
+
+    cpu_limit: float | None = Field(
+        default=None, gt=0, le=256, description="Cores the server may use; unset: DEFAULT_CPU_LIMIT"
+    )
+    memory_limit: int | None = Field(
+        default=None,
+        ge=16,
+        le=1048576,
+        description="MiB of memory; past it the server is killed. Unset: DEFAULT_MEMORY_LIMIT",
+    )
+
+
+class ServerCreate(_Resources):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=100)
@@ -101,15 +115,6 @@ class ServerCreate(BaseModel):
     source: ServerSource
     env: dict[str, str] = Field(default_factory=dict, description="Environment variables for the server")
     runtime: Literal["process", "docker", "kubernetes", "virtual-machine"] | None = None
-    cpu_limit: float | None = Field(
-        default=None, gt=0, le=256, description="Cores the server may use; unset: DEFAULT_CPU_LIMIT"
-    )
-    memory_limit: int | None = Field(
-        default=None,
-        ge=16,
-        le=1048576,
-        description="MiB of memory; past it the server is killed. Unset: DEFAULT_MEMORY_LIMIT",
-    )
     use_gpu: bool = Field(default=False, description="Give the server the host's GPUs (docker runtime)")
 
     _slug = field_validator("slug")(classmethod(lambda cls, v: _check_slug(v)))
@@ -117,22 +122,13 @@ class ServerCreate(BaseModel):
     _env = field_validator("env")(classmethod(lambda cls, v: validate_env(v)))
 
 
-class ServerUpdate(BaseModel):
+class ServerUpdate(_Resources):
     model_config = ConfigDict(extra="forbid")
 
     name: str | None = Field(default=None, min_length=1, max_length=100)
     source: ServerSource | None = None
     env: dict[str, str] | None = None
     runtime: Literal["process", "docker", "kubernetes", "virtual-machine"] | None = None
-    cpu_limit: float | None = Field(
-        default=None, gt=0, le=256, description="Cores the server may use; unset: DEFAULT_CPU_LIMIT"
-    )
-    memory_limit: int | None = Field(
-        default=None,
-        ge=16,
-        le=1048576,
-        description="MiB of memory; past it the server is killed. Unset: DEFAULT_MEMORY_LIMIT",
-    )
     use_gpu: bool | None = None
 
     _name = field_validator("name")(classmethod(lambda cls, v: _check_name(v)))

@@ -253,14 +253,19 @@ def used_bytes(root: Path) -> int:
 # ---- download and delete -------------------------------------------------------------------------
 
 
+def _open_parent(root: Path, parts: tuple[str, ...]) -> int:
+    """The directory holding the path's last part, reached without following any link."""
+    root_fd = _open_root(root)
+    try:
+        return _open_dirs(root_fd, parts[:-1], create=False)
+    finally:
+        os.close(root_fd)
+
+
 def open_file(root: Path, parts: tuple[str, ...]) -> tuple[BinaryIO, FileEntry]:
     """The file opened for reading (never through a link, never a FIFO or device) and its metadata."""
     display = "/".join(parts)
-    root_fd = _open_root(root)
-    try:
-        parent = _open_dirs(root_fd, parts[:-1], create=False)
-    finally:
-        os.close(root_fd)
+    parent = _open_parent(root, parts)
     try:
         try:
             # O_NONBLOCK: opening a FIFO the server planted must not hang a worker thread.
@@ -288,11 +293,7 @@ def delete_path(root: Path, parts: tuple[str, ...]) -> None:
     """Remove a file, or a directory that is empty (a non-empty one is a Conflict: nothing is removed
     recursively by one request)."""
     display = "/".join(parts)
-    root_fd = _open_root(root)
-    try:
-        parent = _open_dirs(root_fd, parts[:-1], create=False)
-    finally:
-        os.close(root_fd)
+    parent = _open_parent(root, parts)
     try:
         name = parts[-1]
         try:
