@@ -11,6 +11,7 @@ COPY core core/
 COPY migrations migrations/
 COPY runtimes runtimes/
 COPY builds builds/
+COPY gateway gateway/
 COPY worker worker/
 COPY workflows workflows/
 RUN pip install --no-cache-dir -e .

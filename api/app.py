@@ -7,22 +7,22 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
-from api import gateway
 from api.deps import AppState
 from api.events import DeploymentEvents
-from api.routes import artifacts, auth, deployments, files, health, servers
-from api.usage import UsageRecorder
+from api.routes import artifacts, auth, deployments, files, gateway_docs, health, keys, servers, usage
 from core.accesslog import install_access_log_redaction
 from core.db import make_engine, make_sessionmaker
 from core.errors import DomainError, RateLimited
 from core.ratelimit import retry_after_seconds
 from core.settings import Settings
+from gateway.app import metrics_response
+from gateway.asgi import GatewayDispatch
+from gateway.state import GatewayState
 from runtimes import build_executors
 
 log = logging.getLogger("mcphost.api")
@@ -39,23 +39,15 @@ def create_app(settings: Settings) -> FastAPI:
             settings=settings,
             engine=engine,
             sessionmaker=sessionmaker,
-            routes=gateway.RouteTable(sessionmaker, settings.database_url),
-            usage=UsageRecorder(sessionmaker),
+            gateway=GatewayState(settings, sessionmaker),
             executors=build_executors(settings),
             deployment_events=DeploymentEvents(settings.database_url),
         )
         app.state.mcphost = state
-        # Upstream MCP servers are local; SSE streams may stay open for a long time, so no read timeout.
-        app.state.upstream = httpx.AsyncClient(
-            timeout=httpx.Timeout(connect=5.0, read=None, write=30.0, pool=10.0),
-            limits=httpx.Limits(max_connections=500, max_keepalive_connections=100),
-            follow_redirects=False,
-            trust_env=False,
-        )
-        await state.routes.start()
+        app.state.gateway = state.gateway
+        await state.gateway.start()
         assert state.deployment_events is not None
         await state.deployment_events.start()
-        state.usage.start()
         try:
             await state.temporal()
         except DomainError as exc:
@@ -63,10 +55,8 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
-            await state.usage.stop()
-            await state.routes.stop()
+            await state.gateway.stop()
             await state.deployment_events.stop()
-            await app.state.upstream.aclose()
             for executor in state.executors.values():
                 await executor.close()
             await engine.dispose()
@@ -104,5 +94,15 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(deployments.router)
     app.include_router(artifacts.router)
     app.include_router(files.router)
-    app.include_router(gateway.router)
+    app.include_router(keys.router)
+    app.include_router(usage.router)
+    app.include_router(gateway_docs.router)
+    # The MCP data plane is served in front of all of the above (see gateway.asgi).
+    app.add_middleware(GatewayDispatch)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        """Prometheus metrics of this process (gateway traffic and limits)."""
+        return metrics_response()
+
     return app

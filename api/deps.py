@@ -25,8 +25,8 @@ from core.settings import Settings
 from runtimes.base import Executor, Instance
 
 if TYPE_CHECKING:
-    from api.gateway import RouteTable
-    from api.usage import UsageRecorder
+    from gateway.routes import RouteTable
+    from gateway.state import GatewayState
 
 SESSION_COOKIE = "mcphost_session"
 
@@ -36,12 +36,15 @@ class AppState:
     settings: Settings
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
-    routes: RouteTable
-    usage: UsageRecorder
+    gateway: GatewayState
     executors: dict[str, Executor] = field(default_factory=dict)
     cipher: EnvCipher | None = None
     deployment_events: DeploymentEvents | None = None
     throttle: LoginThrottle | None = None
+
+    @property
+    def routes(self) -> RouteTable:
+        return self.gateway.routes
 
     @property
     def env_cipher(self) -> EnvCipher:

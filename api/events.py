@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 
-from api.listen import PgListener
 from core.db import DEPLOYMENTS_CHANNEL
+from core.listen import PgListener
 
 
 class DeploymentEvents:

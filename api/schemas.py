@@ -9,6 +9,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
 
+from core.gateway_options import GatewayOptions
 from core.sources import ServerSource, validate_env
 
 T = TypeVar("T")
@@ -110,6 +111,8 @@ class _Resources(BaseModel):
 class ServerCreate(_Resources):
     model_config = ConfigDict(extra="forbid")
 
+    gateway: GatewayOptions = Field(default_factory=GatewayOptions, description="Gateway timeouts, limits, tracing")
+
     name: str = Field(min_length=1, max_length=100)
     slug: str | None = Field(default=None, description="URL name under /mcp/; derived from the name if omitted")
     source: ServerSource
@@ -124,6 +127,8 @@ class ServerCreate(_Resources):
 
 class ServerUpdate(_Resources):
     model_config = ConfigDict(extra="forbid")
+
+    gateway: GatewayOptions | None = Field(default=None, description="Replaces the server's gateway options")
 
     name: str | None = Field(default=None, min_length=1, max_length=100)
     source: ServerSource | None = None
@@ -149,6 +154,7 @@ class ServerPublic(BaseModel):
     cpu_limit: float | None = None
     memory_limit: int | None = None
     use_gpu: bool = False
+    gateway: GatewayOptions = Field(default_factory=GatewayOptions)
     gateway_url: str
     created_at: datetime
     updated_at: datetime
@@ -316,3 +322,94 @@ class FileList(BaseModel):
     quota_bytes: int = Field(description="FILES_QUOTA_BYTES: what uploads may fill /data up to")
     max_file_bytes: int = Field(description="FILES_MAX_BYTES: the largest file one upload may store")
     data: list[FileInfo]
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error statuses a route returns, all with the error body."""
+    return {status: {"model": ErrorBody} for status in statuses}
+
+
+# ---- gateway keys, invocations, usage ----------------------------------------------------------
+
+
+class GatewayKeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100, description="Unique among the server's live keys")
+    expires_in_days: float | None = Field(default=None, gt=0, le=3650, description="Unset: never expires")
+    tools: list[str] | None = Field(
+        default=None,
+        max_length=1000,
+        description="Tool allowlist: the key sees only these in tools/list and may call only these. Unset: all.",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        value = value.strip()
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9 ._@-]{0,99}", value):
+            raise ValueError("name: letters, digits, space and . _ @ - (starting with a letter or digit)")
+        if value == "default":
+            raise ValueError("'default' names the server's own key; choose another name")
+        return value
+
+    @field_validator("tools")
+    @classmethod
+    def _tools(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        for tool in value:
+            if not tool or len(tool) > 200 or any(ord(c) < 32 for c in tool):
+                raise ValueError("tool names are 1-200 printable characters")
+        return sorted(set(value))
+
+
+class GatewayKeyPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    name: str
+    prefix: str
+    tools: list[str] | None
+    expires_at: datetime | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class GatewayKeyCreated(GatewayKeyPublic):
+    api_key: str = Field(description="Shown only once: send it as Authorization: Bearer or X-API-Key")
+
+
+class InvocationPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    created_at: datetime
+    key_name: str | None
+    http_method: str
+    method: str | None = Field(description="JSON-RPC method")
+    tool: str | None
+    status: int = Field(description="HTTP status the client got")
+    outcome: str = Field(
+        description="ok, error, timeout, client_gone, upstream_error, rate_limited, server_busy, key_busy, "
+        "too_large, response_too_large, forbidden_tool, unauthorized, not_running, session_gone"
+    )
+    duration_ms: float
+    request_bytes: int
+    response_bytes: int
+    arguments: str | None = Field(description="Only with gateway.trace_payloads: redacted, truncated JSON")
+    result: str | None = Field(description="Only with gateway.trace_payloads: redacted, truncated JSON")
+
+
+class UsagePublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    minute: datetime
+    key_name: str
+    method: str
+    tool: str
+    calls: int
+    errors: int
+    request_bytes: int
+    response_bytes: int
+    duration_ms: float = Field(description="Sum over the calls")

@@ -121,6 +121,31 @@ def api(
 
 
 @app.command()
+def gateway(
+    bind_address: str | None = typer.Option(None, help="Listen address (default: BIND_ADDRESS)"),
+    bind_port: int | None = typer.Option(None, help="Listen port (default: BIND_PORT)"),
+) -> None:
+    """Serve only the MCP gateway (/mcp/<slug>, /healthz, /metrics), to scale it apart from the API.
+
+    It needs DATABASE_URL (routes, keys, metering; migrations are the API's job) and nothing else of the
+    control plane; changes made through the API reach it at once by Postgres NOTIFY."""
+    import uvicorn
+
+    from core.settings import load_settings_or_exit
+    from gateway.app import create_gateway_app
+
+    settings = load_settings_or_exit()
+    uvicorn.run(
+        create_gateway_app(settings),
+        host=bind_address or settings.bind_address,
+        port=bind_port or settings.bind_port,
+        log_level="info",
+        proxy_headers=False,
+        access_log=False,
+    )
+
+
+@app.command()
 def worker() -> None:
     """Run a Temporal worker for the platform's workflows and activities."""
     from worker.main import main as worker_main

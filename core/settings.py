@@ -11,6 +11,7 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -112,6 +113,50 @@ class Settings(BaseSettings):
     login_rate_per_minute: int = Field(default=10, ge=1, description="Login/register attempts per address a minute.")
     login_account_rate_per_minute: int = Field(default=5, ge=1, description="Failed logins per account a minute.")
 
+    # The MCP gateway (/mcp/<slug>): limits, timeouts and what it keeps.
+    gateway_allowed_origins: str = Field(
+        default="",
+        description="Browser origins (scheme://host[:port], comma-separated) allowed to call the gateway, besides "
+        "PUBLIC_URL's; a request with any other Origin is 403. Requests without Origin pass.",
+    )
+    gateway_connect_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    gateway_read_timeout_seconds: float = Field(
+        default=300.0, gt=0, le=3600, description="Longest wait for a server's next bytes on a request."
+    )
+    gateway_sse_keepalive_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        le=300,
+        description="SSE comment sent to the client when its stream has been idle this long.",
+    )
+    gateway_server_concurrency: int = Field(default=128, ge=1, description="Requests in flight to one server at once.")
+    gateway_key_concurrency: int = Field(default=64, ge=1, description="Requests in flight with one key at once.")
+    gateway_key_rate_per_second: float = Field(default=100.0, gt=0, description="Sustained requests a second per key.")
+    gateway_key_burst: int = Field(default=200, ge=1, description="Requests a key may send at once above that rate.")
+    gateway_max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    gateway_max_response_bytes: int = Field(
+        default=32 * 1024 * 1024, ge=1024, description="Largest response to one POST; past it the stream is cut."
+    )
+    gateway_route_cache_size: int = Field(default=10_000, ge=10, description="Routes (slugs) each process caches.")
+    gateway_pool_size: int = Field(default=1000, ge=10, description="Upstream connections of one process in all.")
+    gateway_drain_seconds: float = Field(
+        default=300.0, ge=0, description="How long a session-era client keeps its revision after a redeploy."
+    )
+    gateway_invocation_retention_days: float = Field(default=7.0, gt=0)
+    gateway_usage_retention_days: float = Field(default=90.0, gt=0)
+    gateway_trace_max_bytes: int = Field(
+        default=2048, ge=64, description="Longest argument or result text an opted-in invocation log keeps."
+    )
+    bridge_max_sessions: int = Field(
+        default=32, ge=1, description="MCP sessions (child processes) one bridged stdio server may hold at once."
+    )
+    bridge_idle_timeout_seconds: float = Field(
+        default=600.0, gt=0, description="A bridged session with no request for this long is ended, its child stopped."
+    )
+    worker_metrics_port: int | None = Field(
+        default=None, ge=1, le=65535, description="Where a worker serves Prometheus /metrics; unset: not served."
+    )
+
     # Git sources and image builds.
     git_allow_insecure_urls: bool = Field(
         default=False, description="Also allow http://, file:// and private hosts as git sources (local/test use)."
@@ -176,6 +221,16 @@ class Settings(BaseSettings):
             raise ValueError("DATABASE_URL must be a PostgreSQL URL (postgresql://...)")
         return value
 
+    @field_validator("gateway_allowed_origins")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        for origin in (o.strip() for o in value.split(",")):
+            if origin and not re.fullmatch(r"https?://[A-Za-z0-9.\[\]:-]+/?", origin):
+                raise ValueError(
+                    f"{origin!r} is not an origin such as https://app.example.com or http://localhost:5173"
+                )
+        return value
+
     @field_validator("registry_arch_targets")
     @classmethod
     def _platforms(cls, value: str) -> str:
@@ -209,6 +264,15 @@ class Settings(BaseSettings):
     @property
     def arch_targets(self) -> list[str]:
         return self.registry_arch_targets.split(",")
+
+    @property
+    def allowed_origins(self) -> frozenset[str]:
+        """Origins the gateway lets browsers call it from: GATEWAY_ALLOWED_ORIGINS and PUBLIC_URL's."""
+        origins = {o.strip().rstrip("/").lower() for o in self.gateway_allowed_origins.split(",") if o.strip()}
+        if self.public_url:
+            parts = urlsplit(self.public_url)
+            origins.add(f"{parts.scheme}://{parts.netloc}".lower())
+        return frozenset(origins)
 
     @property
     def api_base_url(self) -> str:

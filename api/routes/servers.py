@@ -60,6 +60,7 @@ def to_public(server: Server, base_url: str) -> dict[str, Any]:
         "cpu_limit": server.cpu_limit,
         "memory_limit": server.memory_limit,
         "use_gpu": server.use_gpu,
+        "gateway": server.gateway or {},
         "gateway_url": gateway_url(base_url, server.slug),
         "created_at": server.created_at,
         "updated_at": server.updated_at,
@@ -162,6 +163,7 @@ async def create_server(body: ServerCreate, user: CurrentUser, session: SessionD
                 cpu_limit=body.cpu_limit,
                 memory_limit=body.memory_limit,
                 use_gpu=body.use_gpu,
+                gateway=body.gateway.model_dump(exclude_none=True),
             )
             session.add(server)
             session.add(ServerLog(server_id=server.id, message=f"server created by {user.email}"))
@@ -234,8 +236,13 @@ async def update_server(
             server.env = state.env_cipher.seal(body.env)
         if "runtime" in body.model_fields_set:
             server.runtime = body.runtime
+        if body.gateway is not None:
+            server.gateway = body.gateway.model_dump(exclude_none=True)
+            # Gateway options take effect at once, on every API and gateway process.
+            await notify_route_changed(session, server.slug)
         session.add(ServerLog(server_id=server.id, message=f"server updated by {user.email}"))
     await session.refresh(server)
+    state.routes.invalidate(server.slug)
     return ServerPublic(**to_public(server, state.settings.api_base_url))
 
 

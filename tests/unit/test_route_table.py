@@ -7,15 +7,18 @@ import asyncio
 import uuid
 from typing import Any
 
-from api.gateway import RouteTable
+from gateway.routes import RouteTable
 
 
 class FakeResult:
-    def __init__(self, row: tuple[Any, ...]) -> None:
+    def __init__(self, row: tuple[Any, ...] | None) -> None:
         self.row = row
 
-    def first(self) -> tuple[Any, ...]:
+    def first(self) -> tuple[Any, ...] | None:
         return self.row
+
+    def all(self) -> list[tuple[Any, ...]]:
+        return []  # no named keys
 
 
 class FakeDatabase:
@@ -36,9 +39,12 @@ class FakeDatabase:
     async def __aexit__(self, *_: object) -> None:
         return None
 
-    async def execute(self, _statement: object) -> FakeResult:
+    async def execute(self, statement: object) -> FakeResult:
+        if "server_api_keys" in str(statement):
+            return FakeResult(None)
         self.reads += 1
-        row = (uuid.uuid4(), "s", self.key_hash, "created", None)
+        # id, slug, default key hash, status, gateway options, upstream, active deployment
+        row = (uuid.uuid4(), "s", self.key_hash, "created", {}, None, None)
         await self.gate.wait()
         return FakeResult(row)
 
@@ -64,7 +70,19 @@ async def test_a_read_overtaken_by_an_invalidation_is_not_cached() -> None:
     table.invalidate("s")  # ... when the change's notification arrives
     db.gate.set()
     stale = await reading
-    assert stale is not None and stale.api_key_hash == "old"  # that request was already under way
+    assert stale is not None and "old" in stale.keys  # that request was already under way
     fresh = await table.lookup("s")
-    assert fresh is not None and fresh.api_key_hash == "new"
+    assert fresh is not None and "new" in fresh.keys and "old" not in fresh.keys
     assert db.reads == 2
+
+
+async def test_the_cache_is_bounded_and_unknown_slugs_take_no_query() -> None:
+    db = FakeDatabase()
+    table = RouteTable(db, "postgresql+asyncpg://unused/db", ttl=3600, max_entries=50)  # type: ignore[arg-type]
+    for i in range(500):
+        await table.lookup(f"slug-{i}")
+    assert len(table) == 50
+    reads = db.reads
+    for bad in ("UPPER", "-x", "a/b", "x" * 64, "", "é"):
+        assert await table.lookup(bad) is None
+    assert db.reads == reads and len(table) == 50

@@ -1,0 +1,1 @@
+"""The MCP data plane: `/mcp/{slug}` proxy, route table, keys and scopes, limits, metering."""

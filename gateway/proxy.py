@@ -1,0 +1,625 @@
+"""The MCP data plane: a pure ASGI handler for `/mcp/{slug}` that forwards streamable-HTTP MCP traffic.
+
+What it does to a request, in order: refuse keys in the URL (400), refuse a browser Origin that is not
+allowed (403), find the route (404), check the key (401) and its expiry, its rate (429) and its tool
+allowlist (JSON-RPC error), cap the body (413), take a slot of the server's and of the key's concurrency
+(429), then forward. What MCP defines passes byte-exact both ways (`Mcp-*` headers of both spec eras,
+`Last-Event-ID`, `Origin`, status codes, `Allow`); the caller's credentials, cookies and hop-by-hop
+headers never do, and the server sees its own `Host`. JSON answers are relayed whole (capped); SSE
+streams as they arrive, with keep-alive comments while idle, cut with a JSON-RPC error past the size cap
+or the read timeout, and closed upstream the moment the client goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from core.security import token_matches
+from gateway.limits import Slots, TokenBuckets
+from gateway.metering import Invocation, Meter
+from gateway.routes import KeyGrant, Route, RouteTable
+from gateway.sessions import SessionPins
+
+log = logging.getLogger("mcphost.gateway")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+PREFIX = "/mcp/"
+# Request headers the server gets besides every `Mcp-*` one: what MCP and tracing define, nothing else.
+FORWARD_REQUEST = frozenset(
+    {b"accept", b"content-type", b"last-event-id", b"origin", b"user-agent", b"traceparent", b"tracestate"}
+)
+FORWARD_RESPONSE = frozenset(
+    {b"content-type", b"cache-control", b"allow", b"retry-after", b"x-accel-buffering", b"content-language"}
+)
+KEY_QUERY_NAMES = ("api_key", "apikey", "key", "token", "access_token")
+ALLOWED_METHODS = b"GET, POST, DELETE"
+JSON_TYPE = (b"content-type", b"application/json")
+
+
+class _Disconnected(Exception):
+    """The client went away."""
+
+
+@dataclass(slots=True)
+class Call:
+    """What the gateway read of one JSON-RPC request: enough to meter and to enforce a tool allowlist."""
+
+    method: str | None = None
+    tool: str | None = None
+    id: Any = None
+    arguments: Any = None
+    batch: bool = False
+    names: tuple[str | None, ...] = ()  # tools/call names of every message (batches)
+
+
+def describe(body: bytes) -> Call:
+    if not body or body[:1] not in (b"{", b"["):
+        return Call()
+    try:
+        message = json.loads(body)
+    except ValueError:
+        return Call()
+    if isinstance(message, list):
+        first = message[0] if message and isinstance(message[0], dict) else {}
+        names = tuple(_tool_name(m) for m in message if isinstance(m, dict) and m.get("method") == "tools/call")
+        return Call(method=first.get("method"), id=first.get("id"), batch=True, names=names)
+    if not isinstance(message, dict):
+        return Call()
+    method = message.get("method")
+    call = Call(method=method if isinstance(method, str) else None, id=message.get("id"))
+    if method == "tools/call":
+        call.tool = _tool_name(message)
+        call.names = (call.tool,)
+        params = message.get("params")
+        if isinstance(params, dict):
+            call.arguments = params.get("arguments")
+    return call
+
+
+def _tool_name(message: dict[str, Any]) -> str | None:
+    params = message.get("params")
+    name = params.get("name") if isinstance(params, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def rpc_error_body(message: str, *, code: int = -32001, request_id: Any = None) -> bytes:
+    return json.dumps(
+        {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}, separators=(",", ":")
+    ).encode()
+
+
+def filter_tools(message: Any, allowed: frozenset[str]) -> Any:
+    """A tools/list result (or a batch of results) with only the allowed tools left in it."""
+    if isinstance(message, list):
+        return [filter_tools(m, allowed) for m in message]
+    if isinstance(message, dict):
+        result = message.get("result")
+        if isinstance(result, dict) and isinstance(result.get("tools"), list):
+            tools = [t for t in result["tools"] if isinstance(t, dict) and t.get("name") in allowed]
+            return {**message, "result": {**result, "tools": tools}}
+    return message
+
+
+class SseToolFilter:
+    """Rewrites the `data:` of SSE events that carry a tools/list result; other bytes pass unchanged."""
+
+    def __init__(self, allowed: frozenset[str]) -> None:
+        self.allowed = allowed
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self._pending + chunk.replace(b"\r\n", b"\n")
+        head, sep, self._pending = data.rpartition(b"\n\n")
+        if not sep:
+            self._pending = data
+            return b""
+        return b"".join(self._event(e) + b"\n\n" for e in head.split(b"\n\n"))
+
+    def flush(self) -> bytes:
+        rest, self._pending = self._pending, b""
+        return self._event(rest) if rest else b""
+
+    def _event(self, event: bytes) -> bytes:
+        lines = event.split(b"\n")
+        data = [line[5:].removeprefix(b" ") for line in lines if line.startswith(b"data:")]
+        if not data:
+            return event
+        try:
+            message = json.loads(b"\n".join(data))
+        except ValueError:
+            return event
+        filtered = filter_tools(message, self.allowed)
+        if filtered is message:
+            return event
+        others = [line for line in lines if not line.startswith(b"data:")]
+        return b"\n".join([*others, b"data: " + json.dumps(filtered, separators=(",", ":")).encode()])
+
+
+def _reply(status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> tuple[int, list, bytes]:
+    return status, [JSON_TYPE, (b"content-length", str(len(body)).encode()), *(headers or [])], body
+
+
+class Gateway:
+    """The `/mcp/{slug}` handler. One per process; everything it holds is bounded."""
+
+    def __init__(
+        self,
+        *,
+        routes: RouteTable,
+        client: httpx.AsyncClient,
+        meter: Meter,
+        sessions: SessionPins,
+        allowed_origins: frozenset[str],
+        connect_timeout: float,
+        read_timeout: float,
+        keepalive: float,
+        server_concurrency: int,
+        key_concurrency: int,
+        key_rate: float,
+        key_burst: int,
+        max_request_bytes: int,
+        max_response_bytes: int,
+    ) -> None:
+        self.routes = routes
+        self.client = client
+        self.meter = meter
+        self.sessions = sessions
+        self.allowed_origins = frozenset(o.encode() for o in allowed_origins)
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.keepalive = keepalive
+        self.server_slots = Slots(server_concurrency)
+        self.key_slots = Slots(key_concurrency)
+        self.buckets = TokenBuckets(key_rate, key_burst)
+        self.max_request_bytes = max_request_bytes
+        self.max_response_bytes = max_response_bytes
+        self._timeouts: dict[tuple[float, float | None], httpx.Timeout] = {}
+
+    def _timeout(self, connect: float, read: float | None) -> httpx.Timeout:
+        timeout = self._timeouts.get((connect, read))
+        if timeout is None:
+            timeout = self._timeouts[(connect, read)] = httpx.Timeout(connect=connect, read=read, write=30, pool=10)
+        return timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        inv = Invocation(http_method=scope["method"])
+        try:
+            await self._handle(scope, receive, send, inv)
+        except _Disconnected:
+            inv.outcome = "client_gone"
+        finally:
+            inv.duration_ms = (time.perf_counter() - started) * 1000
+            self.meter.record(inv)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, inv: Invocation) -> None:
+        slug = scope["path"][len(PREFIX) :]
+        method: str = scope["method"]
+        origin = key = content_length = session_id = None
+        forward: list[tuple[bytes, bytes]] = []
+        for name, value in scope["headers"]:
+            if name.startswith(b"mcp-"):
+                forward.append((name, value))
+                if name == b"mcp-session-id":
+                    session_id = value
+            elif name in FORWARD_REQUEST:
+                forward.append((name, value))
+                if name == b"origin":
+                    origin = value
+            elif name == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                if scheme.lower() == b"bearer" and token.strip():
+                    key = key or token.strip()
+            elif name == b"x-api-key":
+                key = value.strip() or key
+            elif name == b"content-length":
+                content_length = value
+
+        query = scope.get("query_string", b"")
+        if query and any(f"{n}=".encode() in query for n in KEY_QUERY_NAMES):
+            return await self._refuse(
+                send, inv, 400, "send the API key in the Authorization or X-API-Key header, never in the URL", "refused"
+            )
+        if origin is not None and origin.rstrip(b"/").lower() not in self.allowed_origins:
+            return await self._refuse(
+                send, inv, 403, "this Origin may not call the gateway (GATEWAY_ALLOWED_ORIGINS)", "origin"
+            )
+        if method not in ("GET", "POST", "DELETE"):
+            status, headers, body = _reply(
+                405, rpc_error_body(f"method {method} is not allowed here"), [(b"allow", ALLOWED_METHODS)]
+            )
+            inv.status, inv.outcome = 405, "refused"
+            return await _send(send, status, headers, body)
+
+        route = await self.routes.lookup(slug) if "/" not in slug else None
+        if route is None:
+            return await self._refuse(send, inv, 404, f"no MCP server at /mcp/{slug}", "not_found")
+        inv.server_id = route.server_id
+        grant = self._grant(route, key)
+        if grant is None:
+            return await self._refuse(
+                send,
+                inv,
+                401,
+                "missing or invalid API key for this server",
+                "unauthorized",
+                [(b"www-authenticate", b"Bearer")],
+            )
+        inv.key_name = grant.name
+        if grant.expires_at is not None and grant.expires_at <= time.time():
+            return await self._refuse(
+                send,
+                inv,
+                401,
+                f"API key {grant.name!r} has expired",
+                "unauthorized",
+                [(b"www-authenticate", b"Bearer")],
+            )
+        wait = self.buckets.take(grant.id or route.server_id)
+        if wait > 0:
+            retry = str(max(1, int(wait + 0.999))).encode()
+            return await self._refuse(
+                send,
+                inv,
+                429,
+                f"rate limit of key {grant.name!r} reached; retry later",
+                "rate_limited",
+                [(b"retry-after", retry)],
+            )
+        if not route.upstream_url:
+            return await self._refuse(
+                send, inv, 503, f"server '{slug}' is not running ({route.status}); deploy it first", "not_running"
+            )
+
+        body = b""
+        if method == "POST":
+            if content_length is not None and content_length.isdigit() and int(content_length) > self.max_request_bytes:
+                return await self._refuse(
+                    send, inv, 413, f"request body larger than {self.max_request_bytes} bytes", "too_large"
+                )
+            read = await self._read_body(receive)
+            if read is None:
+                return await self._refuse(
+                    send, inv, 413, f"request body larger than {self.max_request_bytes} bytes", "too_large"
+                )
+            body = read
+        inv.request_bytes = len(body)
+        call = describe(body)
+        inv.method, inv.tool = call.method or (None if body else method), call.tool
+        if route.options.trace_payloads:
+            inv.trace = True
+            inv.arguments = call.arguments
+        if grant.tools is not None:
+            if call.batch and call.names:
+                return await self._refuse(
+                    send,
+                    inv,
+                    400,
+                    "batched tools/call is not allowed with a key that has a tool allowlist",
+                    "forbidden_tool",
+                    request_id=call.id,
+                )
+            refused = next((n for n in call.names if n not in grant.tools), False)
+            if refused is not False:
+                inv.outcome, inv.status = "forbidden_tool", 200
+                err = rpc_error_body(
+                    f"tool {refused!r} is not allowed for key {grant.name!r}", code=-32602, request_id=call.id
+                )
+                status, headers, reply = _reply(200, err)
+                return await _send(send, status, headers, reply)
+
+        server_limit = route.options.max_concurrency
+        slot_key = grant.id or route.server_id
+        if not self.server_slots.acquire(route.server_id, server_limit):
+            return await self._refuse(
+                send,
+                inv,
+                429,
+                f"too many requests in flight to '{slug}'; retry shortly",
+                "server_busy",
+                [(b"retry-after", b"1")],
+                request_id=call.id,
+            )
+        if not self.key_slots.acquire(slot_key):
+            self.server_slots.release(route.server_id)
+            return await self._refuse(
+                send,
+                inv,
+                429,
+                f"too many requests in flight with key {grant.name!r}; retry shortly",
+                "key_busy",
+                [(b"retry-after", b"1")],
+                request_id=call.id,
+            )
+        try:
+            await self._forward(scope, receive, send, inv, route, grant, call, method, body, forward, session_id)
+        finally:
+            self.server_slots.release(route.server_id)
+            self.key_slots.release(slot_key)
+
+    def _grant(self, route: Route, key: bytes | None) -> KeyGrant | None:
+        if not key:
+            return None
+        try:
+            text = key.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        grant = route.keys.get(digest)
+        # The dict finds the candidate by its hash; the comparison that admits it is constant-time.
+        if grant is None or not token_matches(text, digest):
+            return None
+        return grant
+
+    async def _read_body(self, receive: Receive) -> bytes | None:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > self.max_request_bytes:
+                    return None
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def _forward(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        inv: Invocation,
+        route: Route,
+        grant: KeyGrant,
+        call: Call,
+        method: str,
+        body: bytes,
+        forward: list[tuple[bytes, bytes]],
+        session_id: bytes | None,
+    ) -> None:
+        assert route.upstream_url is not None
+        upstream_url, pinned = route.upstream_url, None
+        if session_id is not None:
+            pinned = await self.sessions.lookup(session_id, route)
+            if pinned is not None:
+                upstream_url = pinned.upstream_url
+        options = route.options
+        connect = options.connect_timeout_seconds or self.connect_timeout
+        read_limit = options.read_timeout_seconds or self.read_timeout
+        # An idle GET stream is kept, with keep-alives; a request waits at most the read timeout.
+        timeout = self._timeout(connect, None if method == "GET" else read_limit)
+        request = self.client.build_request(method, upstream_url, headers=forward, content=body, timeout=timeout)
+
+        task = asyncio.current_task()
+        gone = asyncio.Event()
+
+        async def watch() -> None:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    gone.set()
+                    if task is not None:
+                        task.cancel()
+                    return
+
+        watcher = asyncio.create_task(watch())
+        upstream: httpx.Response | None = None
+        try:
+            try:
+                upstream = await self.client.send(request, stream=True)
+            except httpx.TimeoutException as exc:
+                phase = "connect to" if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout) else "answer from"
+                limit = connect if phase == "connect to" else read_limit
+                inv.outcome = "timeout"
+                return await self._send_error(
+                    send, inv, 504, f"no {phase} server '{route.slug}' within {limit:g} s", call.id
+                )
+            except httpx.HTTPError as exc:
+                if pinned is not None:
+                    # The revision this session lived on is gone: the client must start a new session.
+                    self.sessions.forget(session_id)
+                    inv.outcome = "session_gone"
+                    return await self._send_error(
+                        send, inv, 404, "session ended with its revision; start a new session", call.id
+                    )
+                inv.outcome = "upstream_error"
+                return await self._send_error(
+                    send, inv, 502, f"server '{route.slug}' did not answer: {type(exc).__name__}", call.id
+                )
+            inv.status = upstream.status_code
+            headers = [
+                (n, v)
+                for n, v in upstream.headers.raw
+                if n.lower() in FORWARD_RESPONSE or n.lower().startswith(b"mcp-")
+            ]
+            new_session = upstream.headers.get("mcp-session-id")
+            if new_session and call.method == "initialize" and route.deployment_id is not None and pinned is None:
+                self.sessions.pin(new_session.encode(), route, upstream_url)
+            elif method == "DELETE" and session_id is not None and upstream.status_code < 300:
+                self.sessions.end(session_id)
+            content_type = upstream.headers.get("content-type", "")
+            if content_type.startswith("text/event-stream"):
+                if session_id is not None:
+                    self.sessions.touch(session_id, streaming=True)
+                try:
+                    await self._relay_stream(send, inv, upstream, headers, grant, call, method, read_limit)
+                finally:
+                    if session_id is not None:
+                        self.sessions.touch(session_id, streaming=False)
+            else:
+                if session_id is not None:
+                    self.sessions.touch(session_id)
+                await self._relay_whole(send, inv, upstream, headers, grant, call, route)
+            if inv.outcome == "ok" and upstream.status_code >= 400:
+                inv.outcome = "error"
+        except asyncio.CancelledError:
+            if not gone.is_set():
+                raise
+            if task is not None:
+                task.uncancel()
+            inv.outcome = "client_gone"
+        except _Disconnected:
+            inv.outcome = "client_gone"
+        finally:
+            watcher.cancel()
+            if upstream is not None:
+                await upstream.aclose()
+
+    async def _relay_whole(
+        self,
+        send: Send,
+        inv: Invocation,
+        upstream: httpx.Response,
+        headers: list[tuple[bytes, bytes]],
+        grant: KeyGrant,
+        call: Call,
+        route: Route,
+    ) -> None:
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in upstream.aiter_raw():
+            size += len(chunk)
+            if size > self.max_response_bytes:
+                inv.outcome = "response_too_large"
+                return await self._send_error(
+                    send, inv, 502, f"server's response is larger than {self.max_response_bytes} bytes", call.id
+                )
+            chunks.append(chunk)
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if grant.tools is not None and call.method == "tools/list" and data:
+            try:
+                data = json.dumps(filter_tools(json.loads(data), grant.tools), separators=(",", ":")).encode()
+            except ValueError:
+                pass
+        if inv.trace and call.method == "tools/call":
+            inv.result = data
+        headers.append((b"content-length", str(len(data)).encode()))
+        inv.response_bytes = len(data)
+        await send({"type": "http.response.start", "status": upstream.status_code, "headers": headers})
+        await send({"type": "http.response.body", "body": data})
+
+    async def _relay_stream(
+        self,
+        send: Send,
+        inv: Invocation,
+        upstream: httpx.Response,
+        headers: list[tuple[bytes, bytes]],
+        grant: KeyGrant,
+        call: Call,
+        method: str,
+        read_limit: float,
+    ) -> None:
+        await send({"type": "http.response.start", "status": upstream.status_code, "headers": headers})
+        tool_filter = SseToolFilter(grant.tools) if grant.tools is not None and method == "POST" else None
+        queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=16)
+
+        async def pump() -> None:
+            try:
+                async for chunk in upstream.aiter_raw():
+                    await queue.put(chunk)
+                await queue.put(None)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                await queue.put(exc)
+
+        pumping = asyncio.create_task(pump())
+        loop = asyncio.get_running_loop()
+        last_data = loop.time()
+        at_boundary = True  # only between events may a keep-alive comment go in
+        traced = bytearray() if inv.trace and call.method == "tools/call" and method == "POST" else None
+        size = 0
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(self.keepalive):
+                        item = await queue.get()
+                except TimeoutError:
+                    if method == "POST" and loop.time() - last_data >= read_limit:
+                        inv.outcome = "timeout"
+                        await _send_body(
+                            send, _sse_error(f"no answer from the server within {read_limit:g} s", call.id), more=False
+                        )
+                        return
+                    if at_boundary:
+                        await _send_body(send, b": keep-alive\n\n")
+                    continue
+                if item is None:
+                    tail = tool_filter.flush() if tool_filter is not None else b""
+                    await _send_body(send, tail, more=False)
+                    return
+                if isinstance(item, BaseException):
+                    inv.outcome = "upstream_error"
+                    message = f"the server's stream broke: {type(item).__name__}"
+                    await _send_body(send, (b"" if at_boundary else b"\n\n") + _sse_error(message, call.id), more=False)
+                    return
+                last_data = loop.time()
+                size += len(item)
+                if method == "POST" and size > self.max_response_bytes:
+                    inv.outcome = "response_too_large"
+                    message = f"the server's response is larger than {self.max_response_bytes} bytes; cut"
+                    await _send_body(send, (b"" if at_boundary else b"\n\n") + _sse_error(message, call.id), more=False)
+                    return
+                if traced is not None and len(traced) < 65536:
+                    traced += item
+                out = tool_filter.feed(item) if tool_filter is not None else item
+                at_boundary = item.endswith(b"\n\n") or item.endswith(b"\r\n\r\n")
+                inv.response_bytes += len(out)
+                if out:
+                    await _send_body(send, out)
+        finally:
+            pumping.cancel()
+            if traced is not None:
+                inv.result = bytes(traced)
+
+    async def _refuse(
+        self,
+        send: Send,
+        inv: Invocation,
+        status: int,
+        message: str,
+        outcome: str,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        request_id: Any = None,
+    ) -> None:
+        inv.status, inv.outcome = status, outcome
+        status, all_headers, body = _reply(status, rpc_error_body(message, request_id=request_id), headers)
+        inv.response_bytes = len(body)
+        await _send(send, status, all_headers, body)
+
+    async def _send_error(self, send: Send, inv: Invocation, status: int, message: str, request_id: Any) -> None:
+        inv.status = status
+        code = -32001 if status < 500 else -32000
+        status, headers, body = _reply(status, rpc_error_body(message, code=code, request_id=request_id))
+        inv.response_bytes = len(body)
+        await _send(send, status, headers, body)
+
+
+def _sse_error(message: str, request_id: Any) -> bytes:
+    return b"event: message\ndata: " + rpc_error_body(message, code=-32000, request_id=request_id) + b"\n\n"
+
+
+async def _send(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_body(send: Send, body: bytes, *, more: bool = True) -> None:
+    await send({"type": "http.response.body", "body": body, "more_body": more})
