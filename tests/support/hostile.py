@@ -22,36 +22,42 @@ LOCAL_WHEELS = CACHE / "local-wheels"
 SOURCE = Path(__file__).parent / "hostile_server" / "mcphost_hostile.py"
 
 
+def local_wheel(name: str, version: str, source: Path, script: str) -> Path:
+    """Write a one-module wheel with a console script into LOCAL_WHEELS, unless this version is there."""
+    module = source.stem
+    LOCAL_WHEELS.mkdir(parents=True, exist_ok=True)
+    LOCAL_WHEELS.chmod(0o755)
+    wheel = LOCAL_WHEELS / f"{module}-{version}-py3-none-any.whl"
+    if wheel.exists():
+        return wheel
+    info = f"{module}-{version}.dist-info"
+    files = {
+        source.name: source.read_bytes(),
+        f"{info}/METADATA": (
+            f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\nRequires-Dist: mcp>=2.3\n"
+        ).encode(),
+        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: mcphost-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        f"{info}/entry_points.txt": f"[console_scripts]\n{script} = {module}:main\n".encode(),
+    }
+    record = [_record_line(n, data) for n, data in files.items()] + [f"{info}/RECORD,,"]
+    tmp = wheel.with_suffix(".tmp")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for n, data in files.items():
+            zf.writestr(n, data)
+        zf.writestr(f"{info}/RECORD", "\n".join(record) + "\n")
+    tmp.chmod(0o644)
+    tmp.rename(wheel)
+    return wheel
+
+
 def _record_line(name: str, data: bytes) -> str:
     digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
     return f"{name},sha256={digest},{len(data)}"
 
 
 def build_wheel() -> Path:
-    """Write the wheel (a zip with the module and its metadata) unless this version is there already."""
-    LOCAL_WHEELS.mkdir(parents=True, exist_ok=True)
-    LOCAL_WHEELS.chmod(0o755)
-    wheel = LOCAL_WHEELS / f"mcphost_hostile-{VERSION}-py3-none-any.whl"
-    if wheel.exists():
-        return wheel
-    info = f"mcphost_hostile-{VERSION}.dist-info"
-    files = {
-        "mcphost_hostile.py": SOURCE.read_bytes(),
-        f"{info}/METADATA": (
-            f"Metadata-Version: 2.1\nName: {NAME}\nVersion: {VERSION}\nRequires-Dist: mcp>=2.3\n"
-        ).encode(),
-        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: mcphost-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-        f"{info}/entry_points.txt": b"[console_scripts]\nmcphost-hostile = mcphost_hostile:main\n",
-    }
-    record = [_record_line(name, data) for name, data in files.items()] + [f"{info}/RECORD,,"]
-    tmp = wheel.with_suffix(".tmp")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in files.items():
-            zf.writestr(name, data)
-        zf.writestr(f"{info}/RECORD", "\n".join(record) + "\n")
-    tmp.chmod(0o644)
-    tmp.rename(wheel)
-    return wheel
+    """The hostile server's wheel."""
+    return local_wheel(NAME, VERSION, SOURCE, "mcphost-hostile")
 
 
 async def attack(url: str, key: str, tool: str, **arguments: Any) -> str:

@@ -44,7 +44,7 @@ class FakeDatabase:
             return FakeResult(None)
         self.reads += 1
         # id, slug, default key hash, status, gateway options, upstream, active deployment
-        row = (uuid.uuid4(), "s", self.key_hash, "created", {}, None, None)
+        row: tuple[Any, ...] = (uuid.uuid4(), "s", self.key_hash, "created", {}, None, None)
         await self.gate.wait()
         return FakeResult(row)
 

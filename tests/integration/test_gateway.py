@@ -1,0 +1,587 @@
+"""The gateway against a real dual-era MCP server: what passes through and what does not, Origin, limits,
+timeouts, disconnects, scoped keys, invocation traces and /metrics.
+
+The server runs beside the platform (started by the test on a socket it bound) and is attached to a
+real server record as its serving deployment, so every request takes the gateway's real path: route
+table, keys, limits, pooled client. Deploying through the workflow is covered in test_gateway_deploy.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import httpx
+import httpx2
+import psutil
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from core.db import notify_route_changed
+from core.models import Deployment, Server
+from gateway.limits import Slots, TokenBuckets
+from tests.support.components import free_port
+from tests.support.everything import DirectServer
+from tests.support.stack import Stack
+
+MODERN = "2026-07-28"
+LEGACY = "2025-11-25"
+ACCEPT = "application/json, text/event-stream"
+
+
+async def eventually(condition: Callable[[], Awaitable[bool]], bound: float = 15.0) -> None:
+    deadline = time.monotonic() + bound
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition still false after {bound} s")
+        await asyncio.sleep(0.05)
+
+
+def modern_call(tool: str, arguments: dict[str, Any], request_id: int = 1) -> tuple[dict[str, str], dict[str, Any]]:
+    """Headers and body of a stateless 2026-07-28 tools/call."""
+    body = {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "method": "tools/call",
+        "params": {
+            "name": tool,
+            "arguments": arguments,
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": MODERN,
+                "io.modelcontextprotocol/clientCapabilities": {},
+                "io.modelcontextprotocol/clientInfo": {"name": "mcphost-tests", "version": "1"},
+            },
+        },
+    }
+    headers = {
+        "accept": ACCEPT,
+        "content-type": "application/json",
+        "mcp-protocol-version": MODERN,
+        "mcp-method": "tools/call",
+        "mcp-name": tool,
+    }
+    return headers, body
+
+
+def rpc_result(response: httpx.Response) -> dict[str, Any]:
+    """The JSON-RPC message of a response, JSON or SSE."""
+    if response.headers.get("content-type", "").startswith("text/event-stream"):
+        messages = [json.loads(line[5:]) for line in response.text.splitlines() if line.startswith("data:")]
+        return messages[-1]  # type: ignore[no-any-return]
+    return response.json()  # type: ignore[no-any-return]
+
+
+def text_of(message: dict[str, Any]) -> str:
+    assert "result" in message, message
+    return "".join(c.get("text", "") for c in message["result"]["content"])
+
+
+async def attach(stack: Stack, server_id: str, upstream_url: str) -> None:
+    """Make `upstream_url` the serving revision of the server, as a deployment's activate step would."""
+    engine = create_async_engine(stack.settings.database_url)
+    try:
+        async with engine.begin() as conn:
+            dep_id = uuid.uuid4()
+            await conn.execute(
+                Deployment.__table__.insert().values(
+                    id=dep_id,
+                    server_id=uuid.UUID(server_id),
+                    seq=1,
+                    idempotency_key=str(dep_id),
+                    workflow_id=f"attached-{dep_id}",
+                    status="running",
+                    spec={},
+                    upstream_url=upstream_url,
+                )
+            )
+            await conn.execute(
+                update(Server)
+                .where(Server.id == uuid.UUID(server_id))
+                .values(active_deployment_id=dep_id, active_seq=1, status="running")
+            )
+        async with stack.state.sessionmaker() as session, session.begin():
+            slug = (await session.get(Server, uuid.UUID(server_id))).slug  # type: ignore[union-attr]
+            await notify_route_changed(session, slug)
+        stack.state.routes.invalidate(slug)
+    finally:
+        await engine.dispose()
+
+
+class Hosted:
+    def __init__(self, stack: Stack, owner: httpx.AsyncClient, server: dict[str, Any], upstream: DirectServer) -> None:
+        self.stack, self.owner, self.server, self.upstream = stack, owner, server, upstream
+        self.id: str = server["id"]
+        self.key: str = server["api_key"]
+        self.url = f"{stack.base_url}/mcp/{server['slug']}"
+
+    def headers(self, key: str | None = None, **extra: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {key or self.key}", **extra}
+
+    async def call(
+        self, http: httpx.AsyncClient, tool: str, arguments: dict[str, Any], key: str | None = None
+    ) -> httpx.Response:
+        headers, body = modern_call(tool, arguments)
+        return await http.post(self.url, json=body, headers={**headers, **self.headers(key)})
+
+
+async def host(stack: Stack, owner: httpx.AsyncClient, upstream: DirectServer, **gateway: Any) -> Hosted:
+    slug = f"gw-{uuid.uuid4().hex[:10]}"
+    source = {"type": "package", "registry": "pypi", "package": "mcphost-everything"}
+    created = await owner.post("/api/servers", json={"name": slug, "slug": slug, "source": source, "gateway": gateway})
+    assert created.status_code == 201, created.text
+    await attach(stack, created.json()["id"], upstream.url)
+    return Hosted(stack, owner, created.json(), upstream)
+
+
+@pytest.fixture(scope="module")
+def upstream() -> AsyncIterator[DirectServer]:
+    server = DirectServer().start()
+    yield server  # type: ignore[misc]
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def json_upstream() -> AsyncIterator[DirectServer]:
+    server = DirectServer("--json").start()
+    yield server  # type: ignore[misc]
+    server.stop()
+
+
+@pytest.fixture
+async def hosted(stack: Stack, upstream: DirectServer) -> AsyncIterator[Hosted]:
+    owner, _ = await stack.user()
+    async with owner:
+        yield await host(stack, owner, upstream)
+
+
+@pytest.fixture
+def http() -> AsyncIterator[httpx.AsyncClient]:
+    client = httpx.AsyncClient(timeout=60)
+    yield client  # type: ignore[misc]
+
+
+async def test_mcp_headers_pass_byte_exact_and_credentials_never(hosted: Hosted, http: httpx.AsyncClient) -> None:
+    headers, body = modern_call("request_headers", {})
+    odd = "=?base64?" + "w6nDoA==" + "?="  # an encoded non-ASCII value, as 2026-07-28 clients send them
+    response = await http.post(
+        hosted.url,
+        json=body,
+        headers={
+            **headers,
+            **hosted.headers(),
+            "mcp-param-region": odd,
+            "mcp-future-thing": "spaced \t value",
+            "cookie": "session=stolen",
+            "x-forwarded-for": "203.0.113.9",
+            "x-api-key": hosted.key,
+            "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        },
+    )
+    assert response.status_code == 200, response.text
+    seen = json.loads(text_of(rpc_result(response)))
+    assert seen["mcp-method"] == "tools/call" and seen["mcp-name"] == "request_headers"
+    assert seen["mcp-protocol-version"] == MODERN
+    assert seen["mcp-param-region"] == odd
+    assert seen["mcp-future-thing"] == "spaced \t value"
+    assert seen["traceparent"].startswith("00-0af7651916cd43dd8448eb211c80319c")
+    assert seen["host"] == f"127.0.0.1:{hosted.upstream.port}"  # the Host the server expects
+    for never in ("authorization", "x-api-key", "cookie", "x-forwarded-for"):
+        assert never not in seen, (never, seen)
+
+
+async def test_status_codes_and_allow_come_from_the_server(hosted: Hosted, http: httpx.AsyncClient) -> None:
+    # A stateless (2026-07-28) GET is 405 from the server, with its Allow; the gateway keeps both.
+    got = await http.get(hosted.url, headers={**hosted.headers(), "mcp-protocol-version": MODERN, "accept": ACCEPT})
+    assert got.status_code == 405 and got.headers["allow"] == "POST", (got.status_code, got.headers)
+    # A routing header that contradicts the body is the server's 400, not something the gateway hides.
+    headers, body = modern_call("echo", {"text": "x"})
+    wrong = await http.post(hosted.url, json=body, headers={**headers, **hosted.headers(), "mcp-name": "add"})
+    assert wrong.status_code == 400, wrong.text
+    assert "error" in wrong.json()
+    # A method nobody serves is the gateway's 405 with what it allows.
+    put = await http.put(hosted.url, headers=hosted.headers())
+    assert put.status_code == 405 and put.headers["allow"] == "GET, POST, DELETE"
+
+
+async def test_session_era_clients_work_end_to_end(hosted: Hosted) -> None:
+    """The official client, handshake era: initialize, session id, GET stream, DELETE at the end."""
+    async with httpx2.AsyncClient(headers=hosted.headers(), timeout=30) as h:
+        async with Client(streamable_http_client(hosted.url, http_client=h), mode="legacy", cache=None) as client:
+            result = await client.call_tool("echo", {"text": "legacy"})
+            assert "".join(getattr(c, "text", "") for c in result.content) == "echo: legacy"
+            tools = {t.name for t in (await client.list_tools()).tools}
+            assert {"echo", "add", "sleep"} <= tools
+    async with httpx2.AsyncClient(headers=hosted.headers(), timeout=30) as h:
+        async with Client(streamable_http_client(hosted.url, http_client=h), mode=MODERN, cache=None) as client:
+            result = await client.call_tool("add", {"a": 2, "b": 3})
+            assert "".join(getattr(c, "text", "") for c in result.content) == "5"
+
+
+async def test_a_forbidden_origin_never_reaches_the_server(
+    stack: Stack, hosted: Hosted, http: httpx.AsyncClient
+) -> None:
+    headers, body = modern_call("echo", {"text": "from a page"})
+    before = hosted.upstream.requests_seen()
+    evil = await http.post(
+        hosted.url, json=body, headers={**headers, **hosted.headers(), "origin": "https://evil.example"}
+    )
+    assert evil.status_code == 403, evil.text
+    assert evil.json()["error"]["message"].startswith("this Origin may not call the gateway")
+    assert hosted.upstream.requests_seen() == before
+    # The platform's own origin (PUBLIC_URL) and no Origin at all (non-browser clients) pass.
+    own = stack.settings.api_base_url
+    gateway = stack.state.gateway.gateway
+    saved = gateway.allowed_origins
+    gateway.allowed_origins = saved | {own.encode()}
+    try:
+        ok = await http.post(hosted.url, json=body, headers={**headers, **hosted.headers(), "origin": own})
+        assert ok.status_code == 200, ok.text
+    finally:
+        gateway.allowed_origins = saved
+    plain = await http.post(hosted.url, json=body, headers={**headers, **hosted.headers()})
+    assert plain.status_code == 200
+    assert hosted.upstream.requests_seen() == before + 2
+
+
+async def test_a_hung_server_times_out_with_a_json_rpc_error(
+    stack: Stack, upstream: DirectServer, json_upstream: DirectServer, http: httpx.AsyncClient
+) -> None:
+    owner, _ = await stack.user()
+    async with owner:
+        for server in (upstream, json_upstream):  # an SSE answer and a JSON one
+            slow = await host(stack, owner, server, read_timeout_seconds=1.5)
+            started = time.monotonic()
+            response = await slow.call(http, "sleep", {"seconds": 20})
+            took = time.monotonic() - started
+            message = rpc_result(response)
+            assert "error" in message and "within 1.5 s" in message["error"]["message"], message
+            assert message["id"] == 1
+            assert took < 15
+            # A call that answers in time still does.
+            assert text_of(rpc_result(await slow.call(http, "sleep", {"seconds": 0.2}))) == "slept 0.2 s"
+
+
+def upstream_connections(server: DirectServer) -> int:
+    assert server.proc is not None
+    count = 0
+    for conn in psutil.Process(server.proc.pid).net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_ESTABLISHED and conn.laddr.port == server.port:
+            count += 1
+    return count
+
+
+async def test_a_client_that_goes_away_frees_its_upstream_connection(stack: Stack) -> None:
+    server = DirectServer().start()
+    try:
+        owner, _ = await stack.user()
+        async with owner:
+            hosted = await host(stack, owner, server)
+            baseline = upstream_connections(server)
+            clients = [httpx.AsyncClient(timeout=60) for _ in range(4)]
+            calls = [asyncio.create_task(hosted.call(c, "sleep", {"seconds": 60})) for c in clients]
+
+            async def held() -> bool:
+                return upstream_connections(server) >= baseline + 4
+
+            await eventually(held)
+            for call in calls:
+                call.cancel()
+            for client in clients:
+                await client.aclose()
+            await asyncio.gather(*calls, return_exceptions=True)
+
+            async def freed() -> bool:
+                return upstream_connections(server) <= baseline
+
+            await eventually(freed)
+    finally:
+        server.stop()
+
+
+async def test_idle_streams_get_keep_alives_and_are_not_cut(stack: Stack, hosted: Hosted) -> None:
+    gateway = stack.state.gateway.gateway
+    saved = gateway.keepalive
+    gateway.keepalive = 0.3
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:
+            init = {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "initialize",
+                "params": {"protocolVersion": LEGACY, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+            }
+            opened = await http.post(hosted.url, json=init, headers={**hosted.headers(), "accept": ACCEPT})
+            assert opened.status_code == 200, opened.text
+            session = opened.headers["mcp-session-id"]
+            common = {**hosted.headers(), "mcp-session-id": session, "mcp-protocol-version": LEGACY}
+            note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+            assert (await http.post(hosted.url, json=note, headers={**common, "accept": ACCEPT})).status_code == 202
+            comments = 0
+            started = time.monotonic()
+            async with http.stream("GET", hosted.url, headers={**common, "accept": "text/event-stream"}) as stream:
+                assert stream.status_code == 200
+                async for line in stream.aiter_lines():
+                    if line.startswith(":"):
+                        comments += 1
+                    if comments >= 4:
+                        break
+            assert comments >= 4 and time.monotonic() - started >= 0.9
+            ended = await http.delete(hosted.url, headers=common)
+            assert ended.status_code in (200, 204), ended.status_code
+    finally:
+        gateway.keepalive = saved
+
+
+async def test_random_slugs_leave_the_route_cache_bounded(stack: Stack, http: httpx.AsyncClient) -> None:
+    routes = stack.state.routes
+    saved = routes.max_entries
+    routes.max_entries = 200
+    try:
+        semaphore = asyncio.Semaphore(32)
+
+        async def probe(i: int) -> int:
+            async with semaphore:
+                slug = f"nothing-{uuid.uuid4().hex[:12]}" if i % 2 else f"Not_A_Slug.{i}"
+                return (
+                    await http.post(f"{stack.base_url}/mcp/{slug}", json={}, headers={"authorization": "Bearer x"})
+                ).status_code
+
+        statuses = await asyncio.gather(*(probe(i) for i in range(10_000)))
+        assert set(statuses) == {404}
+        assert len(routes) <= 200
+    finally:
+        routes.max_entries = saved
+
+
+async def test_rate_limit_answers_429_with_retry_after(stack: Stack, hosted: Hosted, http: httpx.AsyncClient) -> None:
+    gateway = stack.state.gateway.gateway
+    saved = gateway.buckets
+    gateway.buckets = TokenBuckets(rate=0.2, burst=3)
+    try:
+        statuses = [(await hosted.call(http, "echo", {"text": str(i)})) for i in range(5)]
+        assert [r.status_code for r in statuses[:3]] == [200, 200, 200]
+        limited = statuses[3]
+        assert limited.status_code == 429
+        assert int(limited.headers["retry-after"]) >= 1
+        assert limited.json()["error"]["code"] == -32001 and "rate limit" in limited.json()["error"]["message"]
+    finally:
+        gateway.buckets = saved
+
+
+async def test_one_tenant_holding_streams_cannot_fail_another_tenants_calls(
+    stack: Stack, upstream: DirectServer, http: httpx.AsyncClient
+) -> None:
+    gateway = stack.state.gateway.gateway
+    saved = gateway.server_slots
+    gateway.server_slots = Slots(4)
+    greedy_owner, _ = await stack.user()
+    other_owner, _ = await stack.user()
+    async with greedy_owner, other_owner:
+        greedy = await host(stack, greedy_owner, upstream)
+        other = await host(stack, other_owner, upstream)
+        clients = [httpx.AsyncClient(timeout=60) for _ in range(8)]
+        try:
+            holds = [asyncio.create_task(greedy.call(c, "sleep", {"seconds": 3})) for c in clients]
+            await asyncio.sleep(0)
+
+            async def greedy_full() -> bool:
+                return gateway.server_slots.in_use(uuid.UUID(greedy.id)) == 4
+
+            await eventually(greedy_full)
+            answers = [await other.call(http, "echo", {"text": f"other {i}"}) for i in range(10)]
+            assert [r.status_code for r in answers] == [200] * 10
+            assert all(text_of(rpc_result(r)).startswith("echo: other") for r in answers)
+            results = await asyncio.gather(*holds)
+            codes = sorted(r.status_code for r in results)
+            assert codes.count(200) == 4 and codes.count(429) == 4, codes
+        finally:
+            gateway.server_slots = saved
+            for c in clients:
+                await c.aclose()
+
+
+async def test_size_caps(stack: Stack, hosted: Hosted, http: httpx.AsyncClient) -> None:
+    gateway = stack.state.gateway.gateway
+    headers, body = modern_call("echo", {"text": "x" * (gateway.max_request_bytes + 10)})
+    too_big = await http.post(hosted.url, json=body, headers={**headers, **hosted.headers()})
+    assert too_big.status_code == 413 and "larger than" in too_big.json()["error"]["message"]
+    saved = gateway.max_response_bytes
+    gateway.max_response_bytes = 64 * 1024
+    try:
+        cut = rpc_result(await hosted.call(http, "big", {"kib": 256}))
+        assert "error" in cut and "larger than 65536 bytes" in cut["error"]["message"], cut
+        fine = rpc_result(await hosted.call(http, "big", {"kib": 16}))
+        assert len(text_of(fine)) == 16 * 1024
+    finally:
+        gateway.max_response_bytes = saved
+
+
+# ---- keys ------------------------------------------------------------------------------------------
+
+
+async def legacy_tools(url: str, key: str) -> list[str]:
+    async with httpx2.AsyncClient(headers={"authorization": f"Bearer {key}"}, timeout=30) as h:
+        async with Client(streamable_http_client(url, http_client=h), mode="legacy", cache=None) as client:
+            return sorted(t.name for t in (await client.list_tools()).tools)
+
+
+async def modern_tools(http: httpx.AsyncClient, url: str, key: str) -> list[str]:
+    body = {
+        "jsonrpc": "2.0",
+        "id": 7,
+        "method": "tools/list",
+        "params": {
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": MODERN,
+                "io.modelcontextprotocol/clientCapabilities": {},
+                "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},
+            }
+        },
+    }
+    headers = {
+        "accept": ACCEPT,
+        "mcp-protocol-version": MODERN,
+        "mcp-method": "tools/list",
+        "authorization": f"Bearer {key}",
+    }
+    response = await http.post(url, json=body, headers=headers)
+    assert response.status_code == 200, response.text
+    return sorted(t["name"] for t in rpc_result(response)["result"]["tools"])
+
+
+async def test_a_scoped_key_sees_and_calls_only_its_tools(hosted: Hosted, http: httpx.AsyncClient) -> None:
+    created = await hosted.owner.post(
+        f"/api/servers/{hosted.id}/keys", json={"name": "ci bot", "tools": ["echo", "add"]}
+    )
+    assert created.status_code == 201, created.text
+    scoped = created.json()["api_key"]
+    assert created.json()["tools"] == ["add", "echo"]
+    assert await legacy_tools(hosted.url, scoped) == ["add", "echo"]
+    assert await modern_tools(http, hosted.url, scoped) == ["add", "echo"]
+    assert len(await modern_tools(http, hosted.url, hosted.key)) > 2  # the default key sees everything
+    refused = rpc_result(await hosted.call(http, "big", {"kib": 1}, key=scoped))
+    assert refused["error"]["code"] == -32602 and "not allowed for key 'ci bot'" in refused["error"]["message"]
+    assert text_of(rpc_result(await hosted.call(http, "echo", {"text": "ok"}, key=scoped))) == "echo: ok"
+    # The key list never shows the key again; the same live name is a conflict.
+    listed = await hosted.owner.get(f"/api/servers/{hosted.id}/keys")
+    assert listed.status_code == 200 and "api_key" not in listed.json()["data"][0]
+    again = await hosted.owner.post(f"/api/servers/{hosted.id}/keys", json={"name": "ci bot"})
+    assert again.status_code == 409
+    bad = await hosted.owner.post(f"/api/servers/{hosted.id}/keys", json={"name": "default"})
+    assert bad.status_code == 422
+
+
+async def test_an_expired_key_is_refused(hosted: Hosted, http: httpx.AsyncClient) -> None:
+    created = await hosted.owner.post(
+        f"/api/servers/{hosted.id}/keys", json={"name": "brief", "expires_in_days": 0.00002}
+    )
+    assert created.status_code == 201, created.text
+    key = created.json()["api_key"]
+
+    async def expired() -> bool:
+        return (await hosted.call(http, "echo", {"text": "x"}, key=key)).status_code == 401
+
+    await eventually(expired, bound=10)
+    response = await hosted.call(http, "echo", {"text": "x"}, key=key)
+    assert "has expired" in response.json()["error"]["message"]
+
+
+async def test_another_users_keys_are_not_found(stack: Stack, hosted: Hosted) -> None:
+    stranger, _ = await stack.user()
+    async with stranger:
+        assert (await stranger.get(f"/api/servers/{hosted.id}/keys")).status_code == 404
+        assert (await stranger.post(f"/api/servers/{hosted.id}/keys", json={"name": "mine"})).status_code == 404
+        assert (await stranger.get(f"/api/servers/{hosted.id}/invocations")).status_code == 404
+
+
+@pytest.fixture
+async def api_b(stack: Stack) -> AsyncIterator[Stack]:
+    other = Stack(stack.settings.model_copy(update={"bind_port": free_port()}), in_process_worker=False)
+    await other.start()
+    try:
+        other.state.routes.ttl = 3600.0
+
+        async def listening() -> bool:
+            return other.state.routes.listening
+
+        await eventually(listening)
+        yield other
+    finally:
+        await other.stop()
+
+
+async def test_a_revoked_key_is_refused_on_another_process_at_once(
+    hosted: Hosted, api_b: Stack, http: httpx.AsyncClient
+) -> None:
+    created = await hosted.owner.post(f"/api/servers/{hosted.id}/keys", json={"name": "to revoke"})
+    key, key_id = created.json()["api_key"], created.json()["id"]
+    url_b = f"{api_b.base_url}/mcp/{hosted.server['slug']}"
+    headers, body = modern_call("echo", {"text": "b"})
+    ok = await http.post(url_b, json=body, headers={**headers, "authorization": f"Bearer {key}"})
+    assert ok.status_code == 200, ok.text  # B has the route, with this key, cached for an hour now
+    revoked = await hosted.owner.delete(f"/api/servers/{hosted.id}/keys/{key_id}")
+    assert revoked.status_code == 204
+
+    async def refused_on_b() -> bool:
+        response = await http.post(url_b, json=body, headers={**headers, "authorization": f"Bearer {key}"})
+        return response.status_code == 401
+
+    await eventually(refused_on_b, bound=5)
+    listed = (await hosted.owner.get(f"/api/servers/{hosted.id}/keys")).json()["data"]
+    assert listed[0]["revoked_at"] is not None
+
+
+# ---- invocations, usage, metrics ----------------------------------------------------------------
+
+
+async def test_invocations_usage_and_metrics_after_real_calls(
+    stack: Stack, upstream: DirectServer, http: httpx.AsyncClient
+) -> None:
+    owner, _ = await stack.user()
+    async with owner:
+        plain = await host(stack, owner, upstream)
+        traced = await host(stack, owner, upstream, trace_payloads=True)
+        secret = "hunter2-correct-horse"
+        github = "ghp_" + "A" * 36
+        for target in (plain, traced):
+            response = await target.call(
+                http, "login", {"username": "ada", "password": secret, "note": f"use {github}"}
+            )
+            assert "welcome ada" in text_of(rpc_result(response))
+            await target.call(http, "echo", {"text": "hello"})
+
+        async def written(target: Hosted) -> list[dict[str, Any]]:
+            response = await owner.get(f"/api/servers/{target.id}/invocations")
+            assert response.status_code == 200, response.text
+            return response.json()["data"]  # type: ignore[no-any-return]
+
+        async def both_written() -> bool:
+            return len(await written(plain)) >= 2 and len(await written(traced)) >= 2
+
+        await eventually(both_written)
+        rows = await written(traced)
+        login = next(r for r in rows if r["tool"] == "login")
+        assert login["method"] == "tools/call" and login["key_name"] == "default" and login["status"] == 200
+        assert login["outcome"] == "ok" and login["request_bytes"] > 0 and login["response_bytes"] > 0
+        assert "ada" in login["arguments"] and secret not in login["arguments"] and github not in login["arguments"]
+        assert "[redacted]" in login["arguments"]
+        assert "welcome ada" in login["result"] and "sk-live-" not in login["result"]
+        plain_login = next(r for r in await written(plain) if r["tool"] == "login")
+        assert plain_login["arguments"] is None and plain_login["result"] is None  # not opted in
+
+        usage = await owner.get(f"/api/servers/{traced.id}/usage")
+        assert usage.status_code == 200
+        by_tool = {(u["method"], u["tool"]): u for u in usage.json()["data"]}
+        assert by_tool[("tools/call", "login")]["calls"] == 1 and by_tool[("tools/call", "echo")]["calls"] == 1
+
+        metrics = (await http.get(f"{stack.base_url}/metrics")).text
+        assert 'mcphost_gateway_requests_total{method="tools/call",outcome="ok"}' in metrics
+        assert "mcphost_gateway_request_duration_seconds_bucket" in metrics
+        assert "mcphost_gateway_routes_cached" in metrics
