@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from temporalio.exceptions import ApplicationError
 from activities.build import ArtifactImage
 from core.db import DEPLOYMENTS_CHANNEL, notify_route_changed
 from core.files import remove_data_dir
-from core.models import Deployment, DeploymentStep, Server, ServerLog
+from core.models import Deployment, DeploymentStep, GatewaySession, Server, ServerLog
 
 TERMINAL = ("running", "failed", "stopped", "superseded")
 # Set in a deployment's instance record once its host has retired everything of it: no host need be asked again.
@@ -93,6 +94,19 @@ class FinishInput:
 
 
 @dataclass
+class DrainQuery:
+    server_id: str
+    keep_deployment_id: str
+
+
+@dataclass
+class DrainState:
+    active: int  # session-era sessions on earlier revisions, in use within the idle window
+    pinned: int  # such sessions not ended yet, in use or not
+    drain_seconds: float
+
+
+@dataclass
 class ServerRef:
     server_id: str
 
@@ -105,8 +119,19 @@ async def _notify_deployment(session: AsyncSession, deployment_id: uuid.UUID) ->
 
 
 class RecordActivities:
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], state_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        state_dir: Path | None = None,
+        *,
+        drain_seconds: float = 300.0,
+        session_idle_seconds: float = 60.0,
+    ) -> None:
         self.sessionmaker = sessionmaker
+        # How long sessions opened on an earlier revision keep it after a redeploy, and how long without a
+        # request (or an open stream) a session counts as no longer in use.
+        self.drain_seconds = drain_seconds
+        self.session_idle_seconds = session_idle_seconds
         # Where servers' /data directories live; None leaves them alone (tests of the records only).
         self.state_dir = state_dir
 
@@ -260,6 +285,56 @@ class RecordActivities:
             await notify_route_changed(session, server.slug)
             return ActivateResult(activated=True, previous_deployment_id=str(previous) if previous else None)
 
+    @activity.defn(name="draining_sessions")
+    async def draining_sessions(self, data: DrainQuery) -> DrainState:
+        """Session-era MCP sessions still pinned to the server's earlier revisions (see gateway.sessions)."""
+        async with self.sessionmaker() as session:
+            pinned = await session.scalar(
+                select(func.count())
+                .select_from(GatewaySession)
+                .where(
+                    GatewaySession.server_id == uuid.UUID(data.server_id),
+                    GatewaySession.deployment_id != uuid.UUID(data.keep_deployment_id),
+                    GatewaySession.ended_at.is_(None),
+                )
+            )
+            active = 0
+            if pinned:
+                active = (
+                    await session.scalar(
+                        select(func.count())
+                        .select_from(GatewaySession)
+                        .where(
+                            GatewaySession.server_id == uuid.UUID(data.server_id),
+                            GatewaySession.deployment_id != uuid.UUID(data.keep_deployment_id),
+                            GatewaySession.ended_at.is_(None),
+                            GatewaySession.last_seen_at
+                            > datetime.now(UTC) - timedelta(seconds=self.session_idle_seconds),
+                        )
+                    )
+                    or 0
+                )
+        return DrainState(active=active, pinned=pinned or 0, drain_seconds=self.drain_seconds)
+
+    @activity.defn(name="end_drain")
+    async def end_drain(self, data: DrainQuery) -> int:
+        """End the pins of every earlier revision's sessions, so the gateway sends nothing more there; their
+        clients get 404 on their next request and start a new session, on the serving revision."""
+        async with self.sessionmaker() as session, session.begin():
+            ended = await session.execute(
+                update(GatewaySession)
+                .where(
+                    GatewaySession.server_id == uuid.UUID(data.server_id),
+                    GatewaySession.deployment_id != uuid.UUID(data.keep_deployment_id),
+                    GatewaySession.ended_at.is_(None),
+                )
+                .values(ended_at=func.now())
+            )
+            server = await session.get(Server, uuid.UUID(data.server_id))
+            if server is not None:
+                await notify_route_changed(session, server.slug)
+        return int(ended.rowcount or 0)  # type: ignore[attr-defined]
+
     @activity.defn(name="complete_deployment")
     async def complete_deployment(self, deployment_id: str) -> str:
         """The deployment's final status once its steps are done: ``running`` when the gateway still
@@ -364,6 +439,8 @@ class RecordActivities:
             self.note_server,
             self.activate,
             self.complete_deployment,
+            self.draining_sessions,
+            self.end_drain,
             self.finish_deployment,
             self.deactivate_server,
             self.mark_server_stopped,

@@ -142,6 +142,11 @@ class Settings(BaseSettings):
     gateway_drain_seconds: float = Field(
         default=300.0, ge=0, description="How long a session-era client keeps its revision after a redeploy."
     )
+    gateway_session_idle_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="A session with no request and no open stream for this long no longer holds a drain open.",
+    )
     gateway_invocation_retention_days: float = Field(default=7.0, gt=0)
     gateway_usage_retention_days: float = Field(default=90.0, gt=0)
     gateway_trace_max_bytes: int = Field(

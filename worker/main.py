@@ -41,7 +41,12 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     registry = RegistryActivities(sessionmaker, settings, builder)
     executors = build_executors(settings, auth_for=registry.auth_for)
     activities = [
-        *RecordActivities(sessionmaker, settings.state_dir).all(),
+        *RecordActivities(
+            sessionmaker,
+            settings.state_dir,
+            drain_seconds=settings.gateway_drain_seconds,
+            session_idle_seconds=settings.gateway_session_idle_seconds,
+        ).all(),
         *BuildActivities(sessionmaker, settings, builder).all(),
         *ArtifactActivities(sessionmaker).all(),
         *registry.all(),

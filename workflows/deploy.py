@@ -15,6 +15,8 @@ with workflow.unsafe.imports_passed_through():
     from activities.records import (
         ActivateInput,
         DeploymentPlan,
+        DrainQuery,
+        DrainState,
         FinishInput,
         InstanceRecord,
         RecordActivities,
@@ -28,7 +30,19 @@ with workflow.unsafe.imports_passed_through():
     from workflows.push import PushInput, PushWorkflow
 
 # Git sources add "build" (and "push" when a registry is configured) after "resolve".
-STEPS = ("resolve", "build", "push", "prepare", "launch", "health_check", "switch_route", "retire_previous")
+STEPS = (
+    "resolve",
+    "build",
+    "push",
+    "prepare",
+    "launch",
+    "health_check",
+    "switch_route",
+    "drain_sessions",
+    "retire_previous",
+)
+# Earlier revisions keep serving their open sessions for a while before they are retired.
+DRAIN_PATCH = "drain-sessions"
 
 
 @dataclass
@@ -92,6 +106,54 @@ class DeployWorkflow:
             start_to_close_timeout=policies.DB_TIMEOUT,
             retry_policy=policies.DATABASE,
         )
+
+    async def _drain_sessions(self, server_id: str) -> None:
+        """Session-era clients opened on an earlier revision keep it until their sessions end or the drain
+        deadline passes (a durable timer, checked every few seconds); new sessions already go to this one."""
+        query = DrainQuery(server_id=server_id, keep_deployment_id=self._deployment_id)
+        state: DrainState = await workflow.execute_activity_method(
+            RecordActivities.draining_sessions,
+            query,
+            start_to_close_timeout=policies.DB_TIMEOUT,
+            retry_policy=policies.DATABASE,
+        )
+        if not state.pinned:
+            return
+        self._current = "drain_sessions"
+        deadline = workflow.now() + timedelta(seconds=state.drain_seconds)
+        if state.active:
+            await self._step(
+                "drain_sessions",
+                "started",
+                f"{state.active} session(s) still use the previous revision; it serves them for up to "
+                f"{state.drain_seconds:g} s",
+            )
+        while state.active and workflow.now() < deadline:
+            remaining = (deadline - workflow.now()).total_seconds()
+            await workflow.sleep(timedelta(seconds=max(0.001, min(2.0, remaining))))
+            state = await workflow.execute_activity_method(
+                RecordActivities.draining_sessions,
+                query,
+                start_to_close_timeout=policies.DB_TIMEOUT,
+                retry_policy=policies.DATABASE,
+            )
+        await workflow.execute_activity_method(
+            RecordActivities.end_drain,
+            query,
+            start_to_close_timeout=policies.DB_TIMEOUT,
+            retry_policy=policies.DATABASE,
+        )
+        if state.active:
+            await self._step(
+                "drain_sessions",
+                "succeeded",
+                f"drain deadline passed: {state.active} session(s) start anew on the serving revision",
+            )
+        else:
+            await self._step("drain_sessions", "succeeded", "every session on the previous revision has ended")
+        # The gateways drop the ended pins on the NOTIFY end_drain sent; give them a moment before the old
+        # revision stops, so no request is sent to a port that may already belong to something else.
+        await workflow.sleep(timedelta(seconds=1))
 
     @property
     def _host_wait_bound(self) -> timedelta | None:
@@ -194,6 +256,8 @@ class DeployWorkflow:
                 await self._cleanup(instance)
                 return await self._finish("superseded", "a newer deployment or a stop came first")
             await self._step("switch_route", "succeeded", f"gateway now serves {_where(instance.url)}")
+            if workflow.patched(DRAIN_PATCH):
+                await self._drain_sessions(data.server_id)
 
             self._current = "retire_previous"
             await self._step("retire_previous", "started")

@@ -12,7 +12,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -21,7 +21,7 @@ import psutil
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from sqlalchemy import update
+from sqlalchemy import insert, update
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from core.db import notify_route_changed
@@ -90,7 +90,7 @@ async def attach(stack: Stack, server_id: str, upstream_url: str) -> None:
         async with engine.begin() as conn:
             dep_id = uuid.uuid4()
             await conn.execute(
-                Deployment.__table__.insert().values(
+                insert(Deployment).values(
                     id=dep_id,
                     server_id=uuid.UUID(server_id),
                     seq=1,
@@ -141,16 +141,16 @@ async def host(stack: Stack, owner: httpx.AsyncClient, upstream: DirectServer, *
 
 
 @pytest.fixture(scope="module")
-def upstream() -> AsyncIterator[DirectServer]:
+def upstream() -> Iterator[DirectServer]:
     server = DirectServer().start()
-    yield server  # type: ignore[misc]
+    yield server
     server.stop()
 
 
 @pytest.fixture(scope="module")
-def json_upstream() -> AsyncIterator[DirectServer]:
+def json_upstream() -> Iterator[DirectServer]:
     server = DirectServer("--json").start()
-    yield server  # type: ignore[misc]
+    yield server
     server.stop()
 
 
@@ -162,9 +162,9 @@ async def hosted(stack: Stack, upstream: DirectServer) -> AsyncIterator[Hosted]:
 
 
 @pytest.fixture
-def http() -> AsyncIterator[httpx.AsyncClient]:
-    client = httpx.AsyncClient(timeout=60)
-    yield client  # type: ignore[misc]
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=60) as client:
+        yield client
 
 
 async def test_mcp_headers_pass_byte_exact_and_credentials_never(hosted: Hosted, http: httpx.AsyncClient) -> None:

@@ -47,6 +47,9 @@ def make_settings(database_url: str, temporal_address: str, state_dir: Path, **o
         "package_find_links": str(LOCAL_WHEELS),
         "login_rate_per_minute": 100000,
         "login_account_rate_per_minute": 100000,
+        # Redeploys under traffic are tested with a drain short enough to watch it end.
+        "gateway_drain_seconds": 15,
+        "gateway_session_idle_seconds": 5,
     }
     values.update(overrides)
     return Settings.model_validate(values)

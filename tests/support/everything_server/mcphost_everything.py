@@ -31,8 +31,8 @@ def add(a: int, b: int) -> int:
 
 @app.tool()
 def revision() -> str:
-    """Which deployment of this server answers (MCPHOST_TEST_REVISION of its environment)."""
-    return os.environ.get("MCPHOST_TEST_REVISION", "unset")
+    """Which deployment of this server answers (TEST_REVISION of its environment)."""
+    return os.environ.get("TEST_REVISION", "unset")
 
 
 @app.tool()
