@@ -48,6 +48,7 @@ def test_both_sides_of_every_patch_are_recorded() -> None:
     assert any("host-placement" in h for h in by_type["DeployWorkflow"])
     assert any("host-placement" in h for h in by_type["StopServerWorkflow"])
     assert any("host-placement" in h for h in by_type["DeleteServerWorkflow"])
+    assert any("drain-sessions" in h for h in by_type["DeployWorkflow"])
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])

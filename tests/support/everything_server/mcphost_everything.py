@@ -8,11 +8,20 @@ large answers, its revision, and a tool whose arguments and result carry secrets
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import sys
 
-from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver import Context, MCPServer, UserMessage
+from mcp_types import (
+    AudioContent,
+    Completion,
+    EmbeddedResource,
+    ImageContent,
+    TextContent,
+    TextResourceContents,
+)
 
 app = MCPServer("mcphost-everything")
 
@@ -59,6 +68,130 @@ def request_headers(ctx: Context) -> str:
     """The HTTP headers this server received with the request, as JSON."""
     headers = ctx.headers or {}
     return json.dumps({k.lower(): v for k, v in headers.items()}, sort_keys=True)
+
+
+# ---- the fixtures the MCP conformance suite calls ---------------------------------------------------
+
+# A 1x1 PNG and a short silent WAV, base64.
+PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+WAV = "UklGRiQAAABXQVZFZm10IBAAAAABAAEAQB8AAEAfAAABAAgAZGF0YQAAAAA="
+
+
+@app.tool()
+def test_simple_text() -> str:
+    """A plain text answer."""
+    return "This is a simple text response for testing."
+
+
+@app.tool()
+def test_image_content() -> list[ImageContent]:
+    """An image answer."""
+    return [ImageContent(type="image", data=PNG, mime_type="image/png")]
+
+
+@app.tool()
+def test_audio_content() -> list[AudioContent]:
+    """An audio answer."""
+    return [AudioContent(type="audio", data=WAV, mime_type="audio/wav")]
+
+
+def _embedded(uri: str, text: str) -> EmbeddedResource:
+    return EmbeddedResource(type="resource", resource=TextResourceContents(uri=uri, mime_type="text/plain", text=text))
+
+
+@app.tool()
+def test_embedded_resource() -> list[EmbeddedResource]:
+    """An embedded resource answer."""
+    return [_embedded("test://embedded-resource", "This is an embedded resource content.")]
+
+
+@app.tool()
+def test_multiple_content_types() -> list[TextContent | ImageContent | EmbeddedResource]:
+    """Text, an image and a resource in one answer."""
+    return [
+        TextContent(type="text", text="Multiple content types test:"),
+        ImageContent(type="image", data=PNG, mime_type="image/png"),
+        _embedded("test://mixed-content-resource", '{"test":"data","value":123}'),
+    ]
+
+
+@app.tool()
+def test_error_handling() -> str:
+    """Always fails (a tool error, not a protocol error)."""
+    raise RuntimeError("This tool intentionally returns an error for testing")
+
+
+@app.tool()
+async def test_tool_with_progress(ctx: Context) -> str:
+    """Reports progress 0, 50, 100 of 100."""
+    for step in (0, 50, 100):
+        await ctx.report_progress(step, 100, f"step {step}")
+        await asyncio.sleep(0.05)
+    return "Progress completed"
+
+
+@app.tool()
+async def test_tool_with_logging(ctx: Context) -> str:
+    """Sends three log messages."""
+    for text in ("Tool execution started", "Tool processing data", "Tool execution completed"):
+        await ctx.info(text)
+        await asyncio.sleep(0.05)
+    return "Logging completed"
+
+
+@app.resource("test://static-text", mime_type="text/plain")
+def static_text() -> str:
+    """A static text resource."""
+    return "This is the content of the static text resource."
+
+
+@app.resource("test://static-binary", mime_type="image/png")
+def static_binary() -> bytes:
+    """A static binary resource."""
+    return base64.b64decode(PNG)
+
+
+@app.resource("test://template/{id}/data", mime_type="application/json")
+def template_data(id: str) -> str:
+    """A resource template."""
+    return json.dumps({"id": id, "templateTest": True, "data": f"Data for ID: {id}"})
+
+
+@app.prompt()
+def test_simple_prompt() -> str:
+    """A prompt without arguments."""
+    return "This is a simple prompt for testing."
+
+
+@app.prompt()
+def test_prompt_with_arguments(arg1: str, arg2: str) -> str:
+    """A prompt with two arguments."""
+    return f"Prompt with arguments: arg1='{arg1}', arg2='{arg2}'"
+
+
+@app.prompt()
+def test_prompt_with_embedded_resource(resourceUri: str) -> list[UserMessage]:  # noqa: N803 - the suite's name
+    """A prompt with an embedded resource."""
+    return [
+        UserMessage(content=_embedded(resourceUri, "Embedded resource content for testing.")),
+        UserMessage(content="Please process the embedded resource above."),
+    ]
+
+
+@app.prompt()
+def test_prompt_with_image() -> list[UserMessage]:
+    """A prompt with an image."""
+    return [
+        UserMessage(content=ImageContent(type="image", data=PNG, mime_type="image/png")),
+        UserMessage(content="Please analyze the image above."),
+    ]
+
+
+@app.completion()
+async def complete(ref: object, argument: object, context: object) -> Completion:
+    values = ["paris", "park", "party"]
+    prefix = getattr(argument, "value", "") or ""
+    return Completion(values=[v for v in values if v.startswith(prefix)], total=3, has_more=False)
 
 
 @app.prompt()
