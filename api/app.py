@@ -21,14 +21,15 @@ from core.errors import DomainError, RateLimited
 from core.ratelimit import retry_after_seconds
 from core.settings import Settings
 from gateway.app import metrics_response
-from gateway.asgi import GatewayDispatch
+from gateway.asgi import WithGateway
 from gateway.state import GatewayState
 from runtimes import build_executors
 
 log = logging.getLogger("mcphost.api")
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings) -> WithGateway:
+    """The API with the MCP gateway in front of it (`.app` is the FastAPI application)."""
     install_access_log_redaction()
 
     @asynccontextmanager
@@ -97,12 +98,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(keys.router)
     app.include_router(usage.router)
     app.include_router(gateway_docs.router)
-    # The MCP data plane is served in front of all of the above (see gateway.asgi).
-    app.add_middleware(GatewayDispatch)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
         """Prometheus metrics of this process (gateway traffic and limits)."""
         return metrics_response()
 
-    return app
+    # The MCP data plane is served in front of all of the above (see gateway.asgi).
+    return WithGateway(app)

@@ -103,6 +103,7 @@ async def seed(database_url: str, upstream: str) -> tuple[str, str]:
 
 
 def start_gateway(database_url: str) -> tuple[subprocess.Popen[bytes], str]:
+    RESULTS.mkdir(exist_ok=True)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -120,7 +121,7 @@ def start_gateway(database_url: str) -> tuple[subprocess.Popen[bytes], str]:
         [str(Path(sys.executable).parent / "mcphost"), "gateway"],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=open(RESULTS / "gateway.log", "w"),  # noqa: SIM115 - the process keeps it
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -237,7 +238,7 @@ async def main(rounds: int, seconds: float) -> None:
                 d50, d99 = pct(direct["lat"], 0.5), pct(direct["lat"], 0.99)
                 g50, g99 = pct(gated["lat"], 0.5), pct(gated["lat"], 0.99)
                 ratio = sum(gated["rps"]) / sum(direct["rps"])
-                cell = {
+                cell: dict[str, Any] = {
                     "sessions": sessions,
                     "era": era,
                     "calls": {"direct": len(direct["lat"]), "gateway": len(gated["lat"])},

@@ -138,7 +138,9 @@ class Settings(BaseSettings):
         default=32 * 1024 * 1024, ge=1024, description="Largest response to one POST; past it the stream is cut."
     )
     gateway_route_cache_size: int = Field(default=10_000, ge=10, description="Routes (slugs) each process caches.")
-    gateway_pool_size: int = Field(default=1000, ge=10, description="Upstream connections of one process in all.")
+    gateway_pool_size: int = Field(
+        default=64, ge=1, description="Idle upstream connections each process keeps open per server for reuse."
+    )
     gateway_drain_seconds: float = Field(
         default=300.0, ge=0, description="How long a session-era client keeps its revision after a redeploy."
     )

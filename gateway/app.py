@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from core.db import make_engine, make_sessionmaker
 from core.settings import Settings
-from gateway.asgi import GatewayDispatch
+from gateway.asgi import WithGateway
 from gateway.state import GatewayState
 
 
@@ -23,7 +23,7 @@ def metrics_response() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
-def create_gateway_app(settings: Settings) -> FastAPI:
+def create_gateway_app(settings: Settings) -> WithGateway:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = make_engine(settings.database_url)
@@ -37,7 +37,6 @@ def create_gateway_app(settings: Settings) -> FastAPI:
             await engine.dispose()
 
     app = FastAPI(title="MCP Host gateway", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.add_middleware(GatewayDispatch)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> JSONResponse:
@@ -48,4 +47,4 @@ def create_gateway_app(settings: Settings) -> FastAPI:
     async def metrics() -> Response:
         return metrics_response()
 
-    return app
+    return WithGateway(app)

@@ -76,8 +76,8 @@ class Meter:
 
     def record(self, inv: Invocation) -> None:
         method = metrics.method_label(inv.method)
-        metrics.REQUESTS.labels(method, inv.outcome).inc()
-        metrics.DURATION.labels(method).observe(inv.duration_ms / 1000)
+        metrics.requests(method, inv.outcome).inc()
+        metrics.duration(method).observe(inv.duration_ms / 1000)
         metrics.REQUEST_BYTES.observe(inv.request_bytes)
         metrics.RESPONSE_BYTES.observe(inv.response_bytes)
         if inv.outcome in metrics.LIMIT_OUTCOMES:

@@ -73,3 +73,22 @@ def method_label(method: str | None) -> str:
     if method is None:
         return "none"
     return method if method in KNOWN_METHODS else "other"
+
+
+# Children of the labelled metrics, looked up once per label set (both label sets are bounded).
+_requests: dict[tuple[str, str], Counter] = {}
+_durations: dict[str, Histogram] = {}
+
+
+def requests(method: str, outcome: str) -> Counter:
+    child = _requests.get((method, outcome))
+    if child is None:
+        child = _requests[(method, outcome)] = REQUESTS.labels(method, outcome)
+    return child
+
+
+def duration(method: str) -> Histogram:
+    child = _durations.get(method)
+    if child is None:
+        child = _durations[method] = DURATION.labels(method)
+    return child

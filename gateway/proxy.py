@@ -21,13 +21,12 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
 from core.security import token_matches
 from gateway.limits import Slots, TokenBuckets
 from gateway.metering import Invocation, Meter
 from gateway.routes import KeyGrant, Route, RouteTable
 from gateway.sessions import SessionPins
+from gateway.upstream import ConnectTimeout, ReadTimeout, UpstreamError, UpstreamPool, UpstreamResponse
 
 log = logging.getLogger("mcphost.gateway")
 
@@ -159,7 +158,7 @@ class Gateway:
         self,
         *,
         routes: RouteTable,
-        client: httpx.AsyncClient,
+        upstream: UpstreamPool,
         meter: Meter,
         sessions: SessionPins,
         allowed_origins: frozenset[str],
@@ -174,7 +173,7 @@ class Gateway:
         max_response_bytes: int,
     ) -> None:
         self.routes = routes
-        self.client = client
+        self.upstream = upstream
         self.meter = meter
         self.sessions = sessions
         self.allowed_origins = frozenset(o.encode() for o in allowed_origins)
@@ -186,13 +185,6 @@ class Gateway:
         self.buckets = TokenBuckets(key_rate, key_burst)
         self.max_request_bytes = max_request_bytes
         self.max_response_bytes = max_response_bytes
-        self._timeouts: dict[tuple[float, float | None], httpx.Timeout] = {}
-
-    def _timeout(self, connect: float, read: float | None) -> httpx.Timeout:
-        timeout = self._timeouts.get((connect, read))
-        if timeout is None:
-            timeout = self._timeouts[(connect, read)] = httpx.Timeout(connect=connect, read=read, write=30, pool=10)
-        return timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -404,8 +396,7 @@ class Gateway:
         connect = options.connect_timeout_seconds or self.connect_timeout
         read_limit = options.read_timeout_seconds or self.read_timeout
         # An idle GET stream is kept, with keep-alives; a request waits at most the read timeout.
-        timeout = self._timeout(connect, None if method == "GET" else read_limit)
-        request = self.client.build_request(method, upstream_url, headers=forward, content=body, timeout=timeout)
+        read_timeout = None if method == "GET" else read_limit
 
         task = asyncio.current_task()
         gone = asyncio.Event()
@@ -420,18 +411,20 @@ class Gateway:
                     return
 
         watcher = asyncio.create_task(watch())
-        upstream: httpx.Response | None = None
+        upstream: UpstreamResponse | None = None
         try:
             try:
-                upstream = await self.client.send(request, stream=True)
-            except httpx.TimeoutException as exc:
-                phase = "connect to" if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout) else "answer from"
+                upstream = await self.upstream.request(
+                    method, upstream_url, forward, body, connect_timeout=connect, read_timeout=read_timeout
+                )
+            except (ConnectTimeout, ReadTimeout) as exc:
+                phase = "connect to" if isinstance(exc, ConnectTimeout) else "answer from"
                 limit = connect if phase == "connect to" else read_limit
                 inv.outcome = "timeout"
                 return await self._send_error(
                     send, inv, 504, f"no {phase} server '{route.slug}' within {limit:g} s", call.id
                 )
-            except httpx.HTTPError as exc:
+            except UpstreamError as exc:
                 if pinned is not None:
                     # The revision this session lived on is gone: the client must start a new session.
                     self.sessions.forget(session_id)
@@ -440,22 +433,20 @@ class Gateway:
                         send, inv, 404, "session ended with its revision; start a new session", call.id
                     )
                 inv.outcome = "upstream_error"
-                return await self._send_error(
-                    send, inv, 502, f"server '{route.slug}' did not answer: {type(exc).__name__}", call.id
-                )
+                return await self._send_error(send, inv, 502, f"server '{route.slug}' did not answer: {exc}", call.id)
             inv.status = upstream.status_code
             headers = [
                 (n, v)
-                for n, v in upstream.headers.raw
+                for n, v in upstream.headers_raw
                 if n.lower() in FORWARD_RESPONSE or n.lower().startswith(b"mcp-")
             ]
-            new_session = upstream.headers.get("mcp-session-id")
+            new_session = upstream.header(b"mcp-session-id")
             if new_session and call.method == "initialize" and route.deployment_id is not None and pinned is None:
-                self.sessions.pin(new_session.encode(), route, upstream_url)
+                self.sessions.pin(new_session, route, upstream_url)
             elif method == "DELETE" and session_id is not None and upstream.status_code < 300:
                 self.sessions.end(session_id)
-            content_type = upstream.headers.get("content-type", "")
-            if content_type.startswith("text/event-stream"):
+            content_type = upstream.header(b"content-type") or b""
+            if content_type.startswith(b"text/event-stream"):
                 if session_id is not None:
                     self.sessions.touch(session_id, streaming=True)
                 try:
@@ -480,13 +471,13 @@ class Gateway:
         finally:
             watcher.cancel()
             if upstream is not None:
-                await upstream.aclose()
+                upstream.close()
 
     async def _relay_whole(
         self,
         send: Send,
         inv: Invocation,
-        upstream: httpx.Response,
+        upstream: UpstreamResponse,
         headers: list[tuple[bytes, bytes]],
         grant: KeyGrant,
         call: Call,
@@ -494,7 +485,7 @@ class Gateway:
     ) -> None:
         chunks: list[bytes] = []
         size = 0
-        async for chunk in upstream.aiter_raw():
+        async for chunk in upstream.iter_chunks():
             size += len(chunk)
             if size > self.max_response_bytes:
                 inv.outcome = "response_too_large"
@@ -519,7 +510,7 @@ class Gateway:
         self,
         send: Send,
         inv: Invocation,
-        upstream: httpx.Response,
+        upstream: UpstreamResponse,
         headers: list[tuple[bytes, bytes]],
         grant: KeyGrant,
         call: Call,
@@ -528,19 +519,6 @@ class Gateway:
     ) -> None:
         await send({"type": "http.response.start", "status": upstream.status_code, "headers": headers})
         tool_filter = SseToolFilter(grant.tools) if grant.tools is not None and method == "POST" else None
-        queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=16)
-
-        async def pump() -> None:
-            try:
-                async for chunk in upstream.aiter_raw():
-                    await queue.put(chunk)
-                await queue.put(None)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                await queue.put(exc)
-
-        pumping = asyncio.create_task(pump())
         loop = asyncio.get_running_loop()
         last_data = loop.time()
         at_boundary = True  # only between events may a keep-alive comment go in
@@ -548,9 +526,13 @@ class Gateway:
         size = 0
         try:
             while True:
+                item: bytes | UpstreamError | None
                 try:
+                    # Waiting on the response is safe to cut short: the chunk stays buffered for the next read.
                     async with asyncio.timeout(self.keepalive):
-                        item = await queue.get()
+                        item = await upstream.next_chunk()
+                except UpstreamError as exc:
+                    item = exc
                 except TimeoutError:
                     if method == "POST" and loop.time() - last_data >= read_limit:
                         inv.outcome = "timeout"
@@ -565,9 +547,9 @@ class Gateway:
                     tail = tool_filter.flush() if tool_filter is not None else b""
                     await _send_body(send, tail, more=False)
                     return
-                if isinstance(item, BaseException):
+                if isinstance(item, UpstreamError):
                     inv.outcome = "upstream_error"
-                    message = f"the server's stream broke: {type(item).__name__}"
+                    message = f"the server's stream broke: {item}"
                     await _send_body(send, (b"" if at_boundary else b"\n\n") + _sse_error(message, call.id), more=False)
                     return
                 last_data = loop.time()
@@ -585,7 +567,6 @@ class Gateway:
                 if out:
                     await _send_body(send, out)
         finally:
-            pumping.cancel()
             if traced is not None:
                 inv.result = bytes(traced)
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-
-import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.settings import Settings
@@ -13,6 +10,7 @@ from gateway.metering import Meter
 from gateway.proxy import Gateway
 from gateway.routes import RouteTable
 from gateway.sessions import SessionPins
+from gateway.upstream import UpstreamPool
 
 
 class GatewayState:
@@ -27,29 +25,12 @@ class GatewayState:
         )
         self.sessions = SessionPins(sessionmaker)
         self.meter.also_flush.append(self.sessions.flush)
-        # One pooled client for every server: a server's share of it is bounded by its concurrency slots,
-        # so one tenant's streams cannot take the connections another's calls need. Upstreams speak
-        # plain bytes (no compression asked for), so SSE framing and tool filtering see what is sent.
-        limits = httpx.Limits(
-            max_connections=settings.gateway_pool_size,
-            max_keepalive_connections=min(settings.gateway_pool_size, 256),
-            keepalive_expiry=30,
-        )
-        # Requests go out as headers and body in two writes: without TCP_NODELAY the body would wait for
-        # the server's delayed ACK (~40 ms on Linux).
-        transport = httpx.AsyncHTTPTransport(
-            limits=limits, socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)], retries=0
-        )
-        self.client = httpx.AsyncClient(
-            transport=transport,
-            timeout=httpx.Timeout(connect=settings.gateway_connect_timeout_seconds, read=None, write=30, pool=10),
-            headers={"accept-encoding": "identity"},
-            follow_redirects=False,
-            trust_env=False,
-        )
+        # One pool of upstream connections for every server: a server's share of it is bounded by its
+        # concurrency slots, so one tenant's streams cannot take the connections another's calls need.
+        self.upstream = UpstreamPool(max_idle_per_host=settings.gateway_pool_size)
         self.gateway = Gateway(
             routes=self.routes,
-            client=self.client,
+            upstream=self.upstream,
             meter=self.meter,
             sessions=self.sessions,
             allowed_origins=settings.allowed_origins,
@@ -72,4 +53,4 @@ class GatewayState:
     async def stop(self) -> None:
         await self.meter.stop()
         await self.routes.stop()
-        await self.client.aclose()
+        await self.upstream.aclose()

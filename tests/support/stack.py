@@ -19,12 +19,12 @@ from typing import Any, cast
 
 import httpx
 import uvicorn
-from fastapi import FastAPI
 from pydantic import SecretStr
 
 from api.app import create_app
 from api.deps import AppState
 from core.settings import Settings
+from gateway.asgi import WithGateway
 from tests.support.components import free_port
 from tests.support.hostile import LOCAL_WHEELS
 from worker.main import run_worker
@@ -145,7 +145,7 @@ class Stack:
     def state(self) -> AppState:
         """The API process's state (route cache, login limits), for tests that look inside it."""
         assert self._server is not None
-        app = cast(FastAPI, self._server.config.app)
+        app = cast(WithGateway, self._server.config.app)
         return cast(AppState, app.state.mcphost)
 
     async def stop(self) -> None:

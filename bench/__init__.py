@@ -1,0 +1,1 @@
+"""Benchmarks (not an installed package; run the scripts directly)."""

@@ -1,0 +1,258 @@
+"""The gateway's HTTP/1.1 client for upstream MCP servers: pooled keep-alive connections, one write per
+request, responses parsed by httptools (the parser uvicorn uses) and handed on chunk by chunk.
+
+A general client (httpx) spends most of the gateway's time per call on what a proxy does not need:
+URL merging, cookie jars, redirects, auth flows, header normalisation. This one does only what the
+gateway needs: header bytes in and out unchanged, streamed bodies with backpressure, connect and read
+timeouts, and a connection closed at once when the request is abandoned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections import deque
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import httptools
+
+HIGH_WATER = 1024 * 1024  # buffered response bytes past which reading from the server pauses
+
+
+class UpstreamError(Exception):
+    """The server could not be reached, or broke the connection."""
+
+
+class ConnectTimeout(UpstreamError):
+    pass
+
+
+class ReadTimeout(UpstreamError):
+    pass
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, pool: UpstreamPool, key: tuple[str, int]) -> None:
+        self.pool = pool
+        self.key = key
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.chunks: deque[bytes] = deque()
+        self.buffered = 0
+        self.done = False
+        self.keep_alive = False
+        self.error: BaseException | None = None
+        self.wakeup: asyncio.Future[None] | None = None
+        self.received = 0
+
+    # -- asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # a TCP transport (asyncio's or uvloop's)
+
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamError(f"invalid HTTP from the server: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if not self.done:
+            self._fail(UpstreamError("the server closed the connection"))
+
+    # -- httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        if not self.head.done():
+            self.head.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+        self.buffered += len(body)
+        if self.buffered > HIGH_WATER and self.transport is not None:
+            self.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        self.done = True
+        self.keep_alive = self.parser.should_keep_alive()
+        self._wake()
+
+    def _fail(self, exc: BaseException) -> None:
+        self.error = exc
+        if not self.head.done():
+            self.head.set_exception(exc)
+            self.head.exception()  # retrieved by whoever awaits it; never "never retrieved"
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.wakeup is not None and not self.wakeup.done():
+            self.wakeup.set_result(None)
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class UpstreamResponse:
+    def __init__(self, connection: _Connection, status: int) -> None:
+        self._conn = connection
+        self.status_code = status
+        self.headers_raw = connection.headers
+        self._closed = False
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.headers_raw:
+            if key.lower() == name:
+                return value
+        return None
+
+    async def next_chunk(self) -> bytes | None:
+        """The next piece of the body as it arrived, or None at its end. Safe to cancel."""
+        conn = self._conn
+        while True:
+            if conn.chunks:
+                chunk = conn.chunks.popleft()
+                conn.buffered -= len(chunk)
+                if conn.buffered <= HIGH_WATER // 2 and conn.transport is not None and not conn.closed:
+                    conn.transport.resume_reading()
+                return chunk
+            if conn.done:
+                return None
+            if conn.error is not None:
+                raise conn.error
+            conn.wakeup = asyncio.get_running_loop().create_future()
+            await conn.wakeup
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        while (chunk := await self.next_chunk()) is not None:
+            yield chunk
+
+    def close(self) -> None:
+        """Give the connection back when the whole answer was read and the server keeps it open; else close
+        it, so a server still streaming to an abandoned request sees it gone at once."""
+        if self._closed:
+            return
+        self._closed = True
+        conn = self._conn
+        if conn.done and conn.keep_alive and not conn.closed and conn.error is None:
+            conn.pool._release(conn)
+        else:
+            conn.close()
+
+
+class UpstreamPool:
+    def __init__(self, *, max_idle_per_host: int = 64) -> None:
+        self.max_idle_per_host = max_idle_per_host
+        self._idle: dict[tuple[str, int], list[_Connection]] = {}
+        self._targets: dict[str, tuple[tuple[str, int], bytes, bytes]] = {}
+
+    def _target(self, url: str) -> tuple[tuple[str, int], bytes, bytes]:
+        target = self._targets.get(url)
+        if target is None:
+            parts = urlsplit(url)
+            if parts.scheme != "http" or not parts.hostname:
+                raise UpstreamError(f"unsupported upstream URL {url!r}")
+            port = parts.port or 80
+            path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            if len(self._targets) > 10_000:
+                self._targets.clear()
+            target = self._targets[url] = ((parts.hostname, port), parts.netloc.encode(), path.encode())
+        return target
+
+    async def _connect(self, key: tuple[str, int], timeout: float) -> _Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                _, conn = await loop.create_connection(lambda: _Connection(self, key), key[0], key[1])
+        except TimeoutError:
+            raise ConnectTimeout(f"no connection within {timeout:g} s") from None
+        except OSError as exc:
+            raise UpstreamError(f"cannot connect: {exc.strerror or exc}") from None
+        sock = conn.transport.get_extra_info("socket") if conn.transport is not None else None
+        if sock is not None:
+            try:  # asyncio sets it already; uvloop's socket stand-in may not take options at all
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except (OSError, AttributeError, TypeError):
+                pass
+        return conn
+
+    def _release(self, conn: _Connection) -> None:
+        idle = self._idle.setdefault(conn.key, [])
+        if len(idle) >= self.max_idle_per_host:
+            conn.close()
+            return
+        idle.append(conn)
+
+    def _take_idle(self, key: tuple[str, int]) -> _Connection | None:
+        idle = self._idle.get(key)
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
+                return conn
+        return None
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        *,
+        connect_timeout: float,
+        read_timeout: float | None,
+    ) -> UpstreamResponse:
+        key, host, path = self._target(url)
+        lines = [method.encode(), b" ", path, b" HTTP/1.1\r\nhost: ", host, b"\r\n"]
+        for name, value in headers:
+            lines += [name, b": ", value, b"\r\n"]
+        if body or method == "POST":
+            lines += [b"content-length: ", str(len(body)).encode(), b"\r\n"]
+        lines += [b"\r\n", body]
+        data = b"".join(lines)
+        for attempt in (0, 1):
+            conn = self._take_idle(key)
+            reused = conn is not None
+            if conn is None:
+                conn = await self._connect(key, connect_timeout)
+            conn._reset()
+            assert conn.transport is not None
+            conn.transport.write(data)
+            try:
+                if read_timeout is None:
+                    await conn.head
+                else:
+                    async with asyncio.timeout(read_timeout):
+                        await conn.head
+            except TimeoutError:
+                conn.close()
+                raise ReadTimeout(f"no answer within {read_timeout:g} s") from None
+            except UpstreamError:
+                conn.close()
+                # A kept-alive connection the server had closed meanwhile: nothing was processed, so the
+                # request goes again, once, on a fresh connection.
+                if reused and attempt == 0 and conn.received == 0:
+                    continue
+                raise
+            except BaseException:
+                conn.close()
+                raise
+            return UpstreamResponse(conn, conn.parser.get_status_code())
+        raise UpstreamError("the server closed the connection")  # pragma: no cover - loop always returns
+
+    async def aclose(self) -> None:
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.close()
+        self._idle.clear()
