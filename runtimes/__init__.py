@@ -33,6 +33,8 @@ def build_executors(settings: Settings, auth_for: AuthLookup | None = None) -> d
             allow_sdist=settings.package_allow_sdist,
             find_links=settings.package_find_links,
             hidden=tuple(hidden),
+            bridge_max_sessions=settings.bridge_max_sessions,
+            bridge_idle_seconds=settings.bridge_idle_timeout_seconds,
         )
     }
     if settings.container_runtime == "docker" or settings.docker_host:
@@ -46,6 +48,8 @@ def build_executors(settings: Settings, auth_for: AuthLookup | None = None) -> d
             find_links=tuple((settings.package_find_links or "").split()),
             download_timeout=settings.package_install_timeout_seconds,
             build_timeout=settings.build_timeout_seconds,
+            bridge_max_sessions=settings.bridge_max_sessions,
+            bridge_idle_seconds=settings.bridge_idle_timeout_seconds,
         )
         executors["docker"] = DockerExecutor(settings.docker_host, auth_for=auth_for, packages=packages)
     return executors

@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -36,6 +37,9 @@ log = logging.getLogger("mcphost.bridge")
 # Where the bridge serves MCP when --path is not given (the platform passes a secret path this way); the
 # same name as runtimes.base.BRIDGE_PATH_ENV, repeated because this file must stand alone.
 BRIDGE_PATH_ENV = "MCPHOST_BRIDGE_PATH"
+# Limits of the bridge, set by the platform (BRIDGE_MAX_SESSIONS, BRIDGE_IDLE_TIMEOUT_SECONDS).
+MAX_SESSIONS_ENV = "MCPHOST_BRIDGE_MAX_SESSIONS"
+IDLE_SECONDS_ENV = "MCPHOST_BRIDGE_IDLE_SECONDS"
 # The memory cgroup of a container, as its processes see it (cgroup v2, then v1).
 _OOM_COUNTERS = (("/sys/fs/cgroup/memory.events", "oom_kill"), ("/sys/fs/cgroup/memory/memory.oom_control", "oom_kill"))
 _MEMORY_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
@@ -81,6 +85,9 @@ class _Session:
     transport: StreamableHTTPServerTransport
     ready: anyio.Event = field(default_factory=anyio.Event)
     failed: str | None = None
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    in_flight: int = 0  # requests (GET streams included) being served now
+    last_used: float = field(default_factory=time.monotonic)
 
 
 async def _json_error(send: Send, status: int, message: str, code: int = -32600) -> None:
@@ -104,6 +111,8 @@ class StdioBridge:
         env: dict[str, str] | None = None,
         *,
         report_oom: bool = False,
+        max_sessions: int = 32,
+        idle_timeout: float = 600.0,
     ) -> None:
         self.params = StdioServerParameters(command=command, args=args, env=env)
         # In a container, a child killed at the memory limit leaves the container (and this bridge) running,
@@ -111,6 +120,11 @@ class StdioBridge:
         self.oom_seen = oom_kills() if report_oom else None
         self.path = path.rstrip("/") or "/"
         self.sessions: dict[str, _Session] = {}
+        # Each session is a child process: their number is capped, and one nobody has used for
+        # `idle_timeout` seconds (its client gone without a DELETE) is ended and its child stopped.
+        self.max_sessions = max_sessions
+        self.idle_timeout = idle_timeout
+        self.reaped = 0
         self._tg: TaskGroup | None = None
         self._server: uvicorn.Server | None = None
         # A server that dies before answering, again and again, will not get better: give up so the
@@ -137,7 +151,7 @@ class StdioBridge:
             if session is None:
                 await _json_error(send, 404, "Session not found")
                 return
-            await session.transport.handle_request(scope, receive, send)
+            await self._serve(session, session.transport.handle_request(scope, receive, send))
             return
         if scope["method"] != "POST":
             await _json_error(send, 400, "Bad Request: Missing session ID")
@@ -156,11 +170,42 @@ class StdioBridge:
             # refused here so clients fall back to it, exactly as a handshake-era HTTP server answers.
             await _json_error(send, 400, "Bad Request: Missing session ID; send initialize first")
             return
+        if len(self.sessions) >= self.max_sessions:
+            await _json_error(
+                send, 503, f"this server has {self.max_sessions} open sessions, its limit; end one or retry later"
+            )
+            return
         session = await self._open_session()
         if session.failed:
             await _json_error(send, 502, session.failed, code=-32603)
             return
-        await session.transport.handle_request(scope, replay, send)
+        await self._serve(session, session.transport.handle_request(scope, replay, send))
+
+    @staticmethod
+    async def _serve(session: _Session, handling: Awaitable[None]) -> None:
+        session.in_flight += 1
+        try:
+            await handling
+        finally:
+            session.in_flight -= 1
+            session.last_used = time.monotonic()
+
+    def reap_idle(self, now: float | None = None) -> int:
+        """End the sessions idle past the timeout (nothing in flight); their children stop. How many."""
+        now = time.monotonic() if now is None else now
+        ended = 0
+        for sid, session in list(self.sessions.items()):
+            if session.in_flight == 0 and now - session.last_used > self.idle_timeout:
+                log.info("session %s: idle for %.0f s, ending it", sid, now - session.last_used)
+                session.scope.cancel()
+                ended += 1
+        self.reaped += ended
+        return ended
+
+    async def _reaper(self) -> None:
+        while True:
+            await anyio.sleep(max(0.2, min(self.idle_timeout / 4, 10.0)))
+            self.reap_idle()
 
     async def _buffer(self, receive: Receive) -> tuple[bytes | None, Receive]:
         chunks: list[bytes] = []
@@ -198,6 +243,19 @@ class StdioBridge:
 
     async def _run_session(self, sid: str, session: _Session) -> None:
         try:
+            with session.scope:
+                await self._session_body(sid, session)
+        finally:
+            session.ready.set()
+            self.sessions.pop(sid, None)
+            if not session.transport.is_terminated:
+                with anyio.CancelScope(shield=True):
+                    await session.transport.terminate()
+            log.info("session %s closed", sid)
+            self._report_oom()
+
+    async def _session_body(self, sid: str, session: _Session) -> None:
+        try:
             async with AsyncExitStack() as stack:
                 http_read, http_write = await stack.enter_async_context(session.transport.connect())
                 try:
@@ -218,14 +276,6 @@ class StdioBridge:
         except Exception:
             log.exception("session %s failed", sid)
             session.failed = session.failed or "bridge session failed"
-        finally:
-            session.ready.set()
-            self.sessions.pop(sid, None)
-            if not session.transport.is_terminated:
-                with anyio.CancelScope(shield=True):
-                    await session.transport.terminate()
-            log.info("session %s closed", sid)
-            self._report_oom()
 
     def _report_oom(self) -> None:
         if self.oom_seen is None:
@@ -270,12 +320,13 @@ class StdioBridge:
         finally:
             scope.cancel()
 
-    async def serve(self, host: str, port: int) -> None:
+    async def serve(self, host: str, port: int, sockets: list[Any] | None = None) -> None:
         config = uvicorn.Config(self, host=host, port=port, log_level="warning", lifespan="on")
         server = self._server = uvicorn.Server(config)
         async with anyio.create_task_group() as tg:
             self._tg = tg
-            await server.serve()
+            tg.start_soon(self._reaper)
+            await server.serve(sockets=sockets)
             tg.cancel_scope.cancel()
 
 
@@ -289,6 +340,18 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="say in the log when the memory limit of this container killed a child",
     )
+    parser.add_argument(
+        "--max-sessions",
+        type=int,
+        default=int(os.environ.get(MAX_SESSIONS_ENV, "32")),
+        help="sessions (child processes) at once; more are refused with 503",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=float(os.environ.get(IDLE_SECONDS_ENV, "600")),
+        help="seconds without a request after which a session is ended and its child stopped",
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- command [args...] of the stdio server")
     ns = parser.parse_args(argv)
     command = ns.command[1:] if ns.command[:1] == ["--"] else ns.command
@@ -300,7 +363,15 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(127)
     # Markers stay with the bridge so only the bridge counts as the instance.
     env = {k: v for k, v in os.environ.items() if not k.startswith("MCPHOST_")}
-    bridge = StdioBridge(command[0], command[1:], ns.path, env=env, report_oom=ns.report_oom)
+    bridge = StdioBridge(
+        command[0],
+        command[1:],
+        ns.path,
+        env=env,
+        report_oom=ns.report_oom,
+        max_sessions=ns.max_sessions,
+        idle_timeout=ns.idle_timeout,
+    )
     # uvicorn turns SIGTERM/SIGINT into a graceful exit; sessions then close and stop their children.
     anyio.run(bridge.serve, ns.host, ns.port)
     if bridge.gave_up:

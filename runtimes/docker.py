@@ -234,6 +234,11 @@ class DockerExecutor:
         scripts = await self._read_entry_points(image_id)
         script = package_images.choose_script(source, scripts)
         command, env = package_images.container_command(source, script)
+        if source.transport == "stdio":
+            env = env | {
+                "MCPHOST_BRIDGE_MAX_SESSIONS": str(self.packages.bridge_max_sessions),
+                "MCPHOST_BRIDGE_IDLE_SECONDS": str(self.packages.bridge_idle_seconds),
+            }
         how = "built" if built else "present"
         return _Target(
             image=tag,

@@ -75,6 +75,8 @@ class PackageImageConfig:
     find_links: tuple[str, ...] = ()
     download_timeout: float = 600.0
     build_timeout: float = 1800.0
+    bridge_max_sessions: int = 32
+    bridge_idle_seconds: float = 600.0
 
 
 def bridge_requirements() -> list[str]:

@@ -97,8 +97,12 @@ class ProcessExecutor:
         allow_sdist: bool = False,
         find_links: str | None = None,
         hidden: tuple[Path, ...] = (),
+        bridge_max_sessions: int = 32,
+        bridge_idle_seconds: float = 600.0,
     ) -> None:
         self.state_dir = state_dir
+        self.bridge_max_sessions = bridge_max_sessions
+        self.bridge_idle_seconds = bridge_idle_seconds
         self.envs_dir = state_dir / "envs"
         self.logs_dir = state_dir / "logs"
         self.work_dir = state_dir / "work"
@@ -392,7 +396,11 @@ class ProcessExecutor:
         if source.transport == "stdio":
             # The path goes in the environment: a command line is readable by every local user.
             argv = [sys.executable, "-m", "runtimes.bridge", "--port", str(port), "--", *argv]
-            bridge_env = {BRIDGE_PATH_ENV: path}
+            bridge_env = {
+                BRIDGE_PATH_ENV: path,
+                "MCPHOST_BRIDGE_MAX_SESSIONS": str(self.bridge_max_sessions),
+                "MCPHOST_BRIDGE_IDLE_SECONDS": str(self.bridge_idle_seconds),
+            }
         workdir = self.work_dir / spec.deployment_id
         workdir.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log_file:
