@@ -22,6 +22,7 @@ from core import temporal
 from core.db import make_engine, make_sessionmaker
 from core.settings import Settings, load_settings_or_exit
 from runtimes import build_executors
+from worker.metrics import MetricsInterceptor
 from workflows.build import BuildWorkflow
 from workflows.deploy import DeployWorkflow
 from workflows.push import PushWorkflow
@@ -71,6 +72,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
                 identity=identity,
                 max_concurrent_activities=50,
                 graceful_shutdown_timeout=timedelta(seconds=10),
+                interceptors=[MetricsInterceptor()],
             ),
             Worker(
                 client,
@@ -79,6 +81,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
                 identity=identity,
                 max_concurrent_activities=50,
                 graceful_shutdown_timeout=timedelta(seconds=10),
+                interceptors=[MetricsInterceptor()],
             ),
         ):
             log.info(
@@ -98,6 +101,11 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
 def main() -> None:
     settings = load_settings_or_exit()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if settings.worker_metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.worker_metrics_port, addr=settings.bind_address)
+        log.info("metrics at http://%s:%d/metrics", settings.bind_address, settings.worker_metrics_port)
 
     async def runner() -> None:
         stop = asyncio.Event()

@@ -154,6 +154,11 @@ async def test_a_redeploy_under_traffic_fails_no_call_in_either_era(
         await asyncio.gather(*tasks, return_exceptions=True)
     assert legacy.failures == [] and modern.failures == [], (legacy.failures, modern.failures)
     assert set(modern.answers[after:]) == {"2"}
+    # The worker's activity metrics (the suite's worker runs in this process, so its registry is the one
+    # the API's /metrics serves; `mcphost worker` serves its own at WORKER_METRICS_PORT).
+    metrics = (await owner.get("/metrics")).text
+    assert 'mcphost_worker_activities_total{activity="end_drain",outcome="completed"}' in metrics
+    assert 'mcphost_worker_activity_duration_seconds_count{activity="activate"}' in metrics
 
 
 async def test_past_the_drain_deadline_a_session_starts_anew_on_the_new_revision(
