@@ -49,3 +49,25 @@ async def test_bad_input_exits_non_zero_with_the_reason(stack: Stack, tmp_path: 
         assert missing.code != 0 and "no-such-server" in (missing.out + missing.err)
         nobody = Cli(stack.base_url, "mcpt_not-a-token", tmp_path)
         assert (await nobody("servers", "list")).code == 2
+
+
+async def test_gateway_keys_from_the_cli(stack: Stack, tmp_path: Path) -> None:
+    owner, _ = await stack.user()
+    async with owner:
+        cli = await Cli.for_user(owner, stack.base_url, tmp_path)
+        name = f"keys-{uuid.uuid4().hex[:6]}"
+        created = await cli("servers", "create", name, "--package", "mcp-server-time")
+        assert created.code == 0, created.err
+        made = await cli("keys", "create", name, "bot", "--tool", "get_current_time", "--expires-in-days", "30")
+        assert made.code == 0, made.err
+        key = made.out.strip().splitlines()[-1]
+        assert key.startswith("mcpk_")
+        listed = await cli("keys", "list", name, "--json")
+        entry = json.loads(listed.out)["data"][0]
+        assert entry["name"] == "bot" and entry["tools"] == ["get_current_time"] and key not in listed.out
+        again = await cli("keys", "create", name, "bot")
+        assert again.code != 0 and "already has a live key" in again.err
+        revoked = await cli("keys", "revoke", name, "bot")
+        assert revoked.code == 0, revoked.err
+        missing = await cli("keys", "revoke", name, "bot")
+        assert missing.code == 1 and "no live key" in missing.err

@@ -10,7 +10,7 @@ import docker
 import pytest
 
 from runtimes.base import LABEL_DEPLOYMENT, LABEL_SERVER
-from tests.support.components import Podman
+from tests.support.components import Podman, labelled_containers
 from tests.support.mcp_client import call_tool, list_tools
 from tests.support.stack import Stack, deploy
 
@@ -23,7 +23,7 @@ def echo_image(docker_engine: Podman) -> str:
 def _containers(engine: Podman, server_id: str) -> list[Any]:
     client = docker.DockerClient(base_url=engine.url)
     try:
-        return list(client.containers.list(all=True, filters={"label": f"{LABEL_SERVER}={server_id}"}))
+        return labelled_containers(client, f"{LABEL_SERVER}={server_id}")
     finally:
         client.close()
 

@@ -17,7 +17,7 @@ import pytest
 from core.tenancy import server_data_dir, server_uid
 from runtimes.base import LABEL_SERVER, Instance
 from runtimes.docker import DockerExecutor, network_name
-from tests.support.components import Podman
+from tests.support.components import Podman, labelled_containers
 from tests.support.mcp_client import call_tool
 from tests.support.stack import Stack, deploy
 
@@ -68,7 +68,7 @@ async def deployed(
 
 
 def the_container(engine: docker.DockerClient, server_id: str) -> Any:
-    containers = engine.containers.list(all=True, filters={"label": f"{LABEL_SERVER}={server_id}"})
+    containers = labelled_containers(engine, f"{LABEL_SERVER}={server_id}")
     assert len(containers) == 1, containers
     return containers[0]
 

@@ -22,7 +22,7 @@ from core.tenancy import server_data_dir, server_uid
 from runtimes.base import LABEL_SERVER
 from runtimes.docker import network_name
 from runtimes.package_images import ENTRY_POINTS_FILE
-from tests.support.components import Podman
+from tests.support.components import Podman, labelled_containers
 from tests.support.hostile import NAME, VERSION, assert_no_privileges_and_bounded, attack, attack_may_die, build_wheel
 from tests.support.mcp_client import call_tool
 from tests.support.stack import Stack, deploy, make_settings, running
@@ -67,7 +67,7 @@ def canaries(docker_stack: Stack) -> Iterator[dict[str, str]]:
 
 
 def containers_of(engine: docker.DockerClient, server_id: str) -> list[Any]:
-    return list(engine.containers.list(all=True, filters={"label": f"{LABEL_SERVER}={server_id}"}))
+    return labelled_containers(engine, f"{LABEL_SERVER}={server_id}")
 
 
 async def create(client: httpx.AsyncClient, source: dict[str, Any], **fields: Any) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import pytest
 from core.tenancy import image_repository
 from runtimes.base import LABEL_DEPLOYMENT, LABEL_SERVER
 from tests.support.cli import Cli
-from tests.support.components import ECHO_IMAGE, Podman
+from tests.support.components import ECHO_IMAGE, Podman, labelled_containers
 from tests.support.git_server import GitHttpServer
 from tests.support.mcp_client import call_tool
 from tests.support.registry import FaultProxy, Registry
@@ -544,7 +544,7 @@ async def test_worker_killed_during_build_or_push_finishes_once(
             assert len(artifacts[0]["platforms"]) == 1
             engine = docker.DockerClient(base_url=docker_engine.url)
             try:
-                containers = engine.containers.list(all=True, filters={"label": f"{LABEL_SERVER}={server['id']}"})
+                containers = labelled_containers(engine, f"{LABEL_SERVER}={server['id']}")
             finally:
                 engine.close()
             assert [c.labels[LABEL_DEPLOYMENT] for c in containers] == [accepted["deployment_id"]]

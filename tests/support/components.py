@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -267,3 +268,17 @@ class Podman:
         finally:
             client.close()
         return ECHO_IMAGE
+
+
+def labelled_containers(engine: Any, label: str) -> list[Any]:
+    """Containers with a label, inspected. The SDK lists, then inspects each one: a container removed in
+    between (a deletion under way) is a 404 or, from podman, a 500 "no such container"; list again."""
+    import docker
+
+    for _ in range(20):
+        try:
+            return list(engine.containers.list(all=True, filters={"label": label}))
+        except docker.errors.APIError as exc:
+            if exc.status_code != 404 and "no such container" not in str(exc):
+                raise
+    return list(engine.containers.list(all=True, filters={"label": label}))
