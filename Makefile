@@ -46,6 +46,7 @@ lint: install
 bench: install system-deps
 	$(BIN)/python bench/deploy_latency.py
 	$(BIN)/python bench/build_push.py
+	$(BIN)/python bench/gateway.py
 
 clean:
 	rm -rf $(VENV) .mcphost build *.egg-info
