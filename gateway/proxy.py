@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.security import token_matches
+from gateway import metrics
 from gateway.limits import Slots, TokenBuckets
 from gateway.metering import Invocation, Meter
 from gateway.routes import KeyGrant, Route, RouteTable
@@ -336,9 +337,11 @@ class Gateway:
                 [(b"retry-after", b"1")],
                 request_id=call.id,
             )
+        metrics.IN_FLIGHT.inc()
         try:
             await self._forward(scope, receive, send, inv, route, grant, call, method, body, forward, session_id)
         finally:
+            metrics.IN_FLIGHT.dec()
             self.server_slots.release(route.server_id)
             self.key_slots.release(slot_key)
 

@@ -584,4 +584,4 @@ async def test_invocations_usage_and_metrics_after_real_calls(
         metrics = (await http.get(f"{stack.base_url}/metrics")).text
         assert 'mcphost_gateway_requests_total{method="tools/call",outcome="ok"}' in metrics
         assert "mcphost_gateway_request_duration_seconds_bucket" in metrics
-        assert "mcphost_gateway_routes_cached" in metrics
+        assert "mcphost_gateway_routes_cached" in metrics and "mcphost_gateway_in_flight" in metrics
