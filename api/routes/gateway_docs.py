@@ -37,7 +37,9 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.api_route("/mcp/{slug}", methods=["GET", "POST", "DELETE"], responses=RESPONSES, response_class=Response)
+@router.post("/mcp/{slug}", operation_id="mcp_post", responses=RESPONSES, response_class=Response)
+@router.get("/mcp/{slug}", operation_id="mcp_get", responses=RESPONSES, response_class=Response)
+@router.delete("/mcp/{slug}", operation_id="mcp_delete", responses=RESPONSES, response_class=Response)
 async def mcp_gateway(slug: str) -> Response:
     """Streamable-HTTP MCP endpoint of a hosted server (spec 2025-11-25 sessions and 2026-07-28 stateless
     requests alike). Send one of the server's API keys as `Authorization: Bearer <key>` or
