@@ -288,29 +288,21 @@ class RecordActivities:
     @activity.defn(name="draining_sessions")
     async def draining_sessions(self, data: DrainQuery) -> DrainState:
         """Session-era MCP sessions still pinned to the server's earlier revisions (see gateway.sessions)."""
+        earlier = (
+            GatewaySession.server_id == uuid.UUID(data.server_id),
+            GatewaySession.deployment_id != uuid.UUID(data.keep_deployment_id),
+            GatewaySession.ended_at.is_(None),
+        )
+        cutoff = datetime.now(UTC) - timedelta(seconds=self.session_idle_seconds)
         async with self.sessionmaker() as session:
-            pinned = await session.scalar(
-                select(func.count())
-                .select_from(GatewaySession)
-                .where(
-                    GatewaySession.server_id == uuid.UUID(data.server_id),
-                    GatewaySession.deployment_id != uuid.UUID(data.keep_deployment_id),
-                    GatewaySession.ended_at.is_(None),
-                )
-            )
+            pinned = await session.scalar(select(func.count()).select_from(GatewaySession).where(*earlier))
             active = 0
             if pinned:
                 active = (
                     await session.scalar(
                         select(func.count())
                         .select_from(GatewaySession)
-                        .where(
-                            GatewaySession.server_id == uuid.UUID(data.server_id),
-                            GatewaySession.deployment_id != uuid.UUID(data.keep_deployment_id),
-                            GatewaySession.ended_at.is_(None),
-                            GatewaySession.last_seen_at
-                            > datetime.now(UTC) - timedelta(seconds=self.session_idle_seconds),
-                        )
+                        .where(*earlier, GatewaySession.last_seen_at > cutoff)
                     )
                     or 0
                 )

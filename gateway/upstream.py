@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import httptools
 
 HIGH_WATER = 1024 * 1024  # buffered response bytes past which reading from the server pauses
+MAX_HEADER_BYTES = 64 * 1024  # a server (hosted, untrusted) may not make the gateway hold more headers than this
 
 
 class UpstreamError(Exception):
@@ -43,6 +44,7 @@ class _Connection(asyncio.Protocol):
     def _reset(self) -> None:
         self.parser = httptools.HttpResponseParser(self)
         self.headers: list[tuple[bytes, bytes]] = []
+        self.header_bytes = 0
         self.head: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.chunks: deque[bytes] = deque()
         self.buffered = 0
@@ -70,6 +72,11 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_bytes += len(name) + len(value)
+        if self.header_bytes > MAX_HEADER_BYTES:
+            self._fail(UpstreamError(f"the server sent more than {MAX_HEADER_BYTES} bytes of headers"))
+            self.close()
+            return
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -585,3 +586,39 @@ async def test_invocations_usage_and_metrics_after_real_calls(
         assert 'mcphost_gateway_requests_total{method="tools/call",outcome="ok"}' in metrics
         assert "mcphost_gateway_request_duration_seconds_bucket" in metrics
         assert "mcphost_gateway_routes_cached" in metrics and "mcphost_gateway_in_flight" in metrics
+
+
+async def test_a_server_flooding_headers_is_cut_off(
+    stack: Stack, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hosted server is untrusted: endless response headers must not make the shared gateway hold them."""
+    import gateway.upstream
+
+    async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\n" + b"".join(b"x-junk-%d: %s\r\n" % (i, b"y" * 1000) for i in range(200)))
+        writer.write(b"content-length: 2\r\n\r\n{}")
+        await writer.drain()
+        writer.close()
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    server = await asyncio.start_server(flood, sock=sock)
+    owner, _ = await stack.user()
+    try:
+        async with owner:
+            slug = f"gw-{uuid.uuid4().hex[:10]}"
+            source = {"type": "package", "registry": "pypi", "package": "mcphost-everything"}
+            created = await owner.post("/api/servers", json={"name": slug, "slug": slug, "source": source})
+            port = sock.getsockname()[1]
+            await attach(stack, created.json()["id"], f"http://127.0.0.1:{port}/mcp")
+            hosted = Hosted(stack, owner, created.json(), DirectServer())
+            cut = await hosted.call(http, "echo", {"text": "x"})
+            assert cut.status_code == 502 and "more than 65536 bytes of headers" in cut.text, cut.text
+            # The control: without the cap the same answer is taken in whole.
+            monkeypatch.setattr(gateway.upstream, "MAX_HEADER_BYTES", 10**9)
+            taken = await hosted.call(http, "echo", {"text": "x"})
+            assert taken.status_code == 200 and taken.text == "{}"
+    finally:
+        server.close()
+        await server.wait_closed()
