@@ -9,17 +9,21 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 from mcp import Client
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.common import heartbeating
 from activities.records import InstanceRecord
 from activities.runtime import from_record
+from core.models import Deployment
 from runtimes.base import Executor
 
 MAX_CAPABILITIES_BYTES = 512 * 1024
@@ -29,6 +33,9 @@ MAX_CAPABILITIES_BYTES = 512 * 1024
 class HealthInput:
     instance: InstanceRecord
     timeout_seconds: float = 90.0
+    # Store what the server offers (tools, prompts, resources) on the deployment record and return only
+    # counts: the lists can be large and do not belong in workflow history. False in runs from before.
+    store: bool = False
 
 
 @dataclass
@@ -40,6 +47,11 @@ class HealthResult:
     resources: list[dict[str, Any]] = field(default_factory=list)
     attempts: int = 1
     elapsed_seconds: float = 0.0
+    # Set when the lists were stored by the activity (and left out of this result).
+    counts: dict[str, int] | None = None
+
+    def count(self, kind: str) -> int:
+        return self.counts[kind] if self.counts is not None else len(getattr(self, kind))
 
     def capabilities(self) -> dict[str, Any]:
         return {
@@ -92,8 +104,27 @@ def _describe(exc: BaseException) -> str:
 
 
 class HealthActivities:
-    def __init__(self, executors: Mapping[str, Executor]) -> None:
+    def __init__(
+        self, executors: Mapping[str, Executor], sessionmaker: async_sessionmaker[AsyncSession] | None = None
+    ) -> None:
         self.executors = executors
+        self.sessionmaker = sessionmaker
+
+    async def _store(self, deployment_id: str, result: HealthResult) -> HealthResult:
+        assert self.sessionmaker is not None, "storing capabilities needs the database"
+        async with self.sessionmaker() as session, session.begin():
+            deployment = await session.get(Deployment, uuid.UUID(deployment_id), with_for_update=True)
+            if deployment is None:
+                raise ApplicationError("deployment no longer exists", type="gone", non_retryable=True)
+            deployment.capabilities = result.capabilities()
+        counts = {k: len(getattr(result, k)) for k in ("tools", "prompts", "resources")}
+        return HealthResult(
+            protocol_version=result.protocol_version,
+            server_name=result.server_name,
+            attempts=result.attempts,
+            elapsed_seconds=result.elapsed_seconds,
+            counts=counts,
+        )
 
     @activity.defn(name="check_health")
     async def check_health(self, data: HealthInput) -> HealthResult:
@@ -116,10 +147,18 @@ class HealthActivities:
                     non_retryable=True,
                 )
             try:
-                result = await probe_mcp(instance.url, timeout=min(15.0, max(1.0, deadline - time.monotonic())))
+                # One probe may wait up to 15 s for a slow server: heartbeat through it, so the heartbeat
+                # timeout tells a lost worker from a server that takes its time.
+                result = await heartbeating(
+                    probe_mcp(instance.url, timeout=min(15.0, max(1.0, deadline - time.monotonic()))),
+                    f"attempt {attempts}: waiting for an MCP answer",
+                )
                 result.attempts = attempts
                 result.elapsed_seconds = round(time.monotonic() - started, 3)
-                return _trim(result)
+                result = _trim(result)
+                return await self._store(instance.deployment_id, result) if data.store else result
+            except ApplicationError:
+                raise
             except Exception as exc:  # any failure to speak MCP is "not healthy yet"
                 last_error = _describe(exc)
             activity.heartbeat(f"attempt {attempts}: {last_error[:200]}")

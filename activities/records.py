@@ -78,6 +78,8 @@ class ActivateInput:
     deployment_id: str
     instance: InstanceRecord
     capabilities: dict[str, Any] = field(default_factory=dict)
+    # The health check stored them on the deployment record (runs from before pass them here).
+    stored_capabilities: bool = False
 
 
 @dataclass
@@ -277,7 +279,7 @@ class RecordActivities:
             server.active_deployment_id = dep_id
             server.active_seq = deployment.seq
             server.status = "running"
-            server.capabilities = data.capabilities
+            server.capabilities = deployment.capabilities if data.stored_capabilities else data.capabilities
             # The deployment itself turns "running" in complete_deployment, once the earlier revision
             # is retired and every step is recorded: a client that sees "running" sees a finished record.
             deployment.upstream_url = data.instance.url
@@ -378,6 +380,18 @@ class RecordActivities:
             await self._log(session, server.id, dep_id, f"deployment {data.status}: {data.error or ''}".strip(), level)
             await _notify_deployment(session, dep_id)
 
+    @activity.defn(name="note_deployment")
+    async def note_deployment(self, data: FinishInput) -> None:
+        """Keep a warning on a deployment that runs (a step after its route switch failed)."""
+        dep_id = uuid.UUID(data.deployment_id)
+        async with self.sessionmaker() as session, session.begin():
+            deployment = await session.get(Deployment, dep_id, with_for_update=True)
+            if deployment is None:
+                return
+            deployment.error = data.error
+            await self._log(session, deployment.server_id, dep_id, f"warning: {data.error}", "warning")
+            await _notify_deployment(session, dep_id)
+
     @activity.defn(name="deactivate_server")
     async def deactivate_server(self, data: ServerRef) -> None:
         """Take the server off the gateway and stop any deployment still under way from taking it back."""
@@ -434,6 +448,7 @@ class RecordActivities:
             self.draining_sessions,
             self.end_drain,
             self.finish_deployment,
+            self.note_deployment,
             self.deactivate_server,
             self.mark_server_stopped,
             self.delete_server_records,

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from api.deps import AppState
 from api.events import DeploymentEvents
-from api.routes import artifacts, auth, deployments, files, gateway_docs, health, keys, servers, usage
+from api.routes import artifacts, auth, deployments, files, gateway_docs, health, keys, servers, usage, webhooks
 from core.accesslog import install_access_log_redaction
 from core.db import make_engine, make_sessionmaker
 from core.errors import DomainError, RateLimited
@@ -97,6 +97,7 @@ def create_app(settings: Settings) -> WithGateway:
     app.include_router(files.router)
     app.include_router(keys.router)
     app.include_router(usage.router)
+    app.include_router(webhooks.router)
     app.include_router(gateway_docs.router)
 
     @app.get("/metrics", include_in_schema=False)

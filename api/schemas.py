@@ -174,6 +174,63 @@ class WebhookSecretRotated(BaseModel):
     webhook_secret: str = Field(description="Shown only once: the new HMAC key for signed redeploy webhooks")
 
 
+class WebhookRedeploy(BaseModel):
+    """Optional body of the generic webhook: what to deploy. Empty: the server's source as configured."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ref: str | None = Field(
+        default=None,
+        max_length=255,
+        description="Git servers: a branch or tag (or refs/heads/...) to deploy the head of",
+    )
+    revision: str | None = Field(
+        default=None, pattern=r"^[0-9a-f]{40}$", description="Git servers: the exact commit to deploy (40 hex digits)"
+    )
+
+
+class RollbackRequest(BaseModel):
+    """Which earlier revision to serve again; empty: the newest earlier one that served."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    deployment_id: uuid.UUID | None = Field(default=None, description="The deployment to return to")
+    seq: int | None = Field(default=None, ge=1, description="Or its revision number (as in `deployments`)")
+
+
+class RollbackAccepted(BaseModel):
+    deployment_id: uuid.UUID
+    workflow_id: str
+    status: str
+    seq: int
+    rolled_back_to: int = Field(description="Revision number whose source and config this deployment runs again")
+
+
+class WebhookOutcome(BaseModel):
+    outcome: str = Field(description="accepted (a deployment runs), ignored (nothing to do, and why) or rejected")
+    reason: str
+    delivery_id: str | None = None
+    deployment_id: uuid.UUID | None = None
+    workflow_id: str | None = None
+    revision: str | None = None
+
+
+class WebhookDeliveryPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    provider: str
+    delivery_id: str | None
+    event: str | None
+    outcome: str
+    reason: str
+    status_code: int
+    ref: str | None
+    revision: str | None
+    deployment_id: uuid.UUID | None
+    created_at: datetime
+
+
 class Capabilities(BaseModel):
     server_id: uuid.UUID
     deployment_id: uuid.UUID | None

@@ -5,7 +5,12 @@ from __future__ import annotations
 import uuid
 
 from temporalio.client import Client
-from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
@@ -39,6 +44,8 @@ async def start_deploy(
             id=workflow_id,
             task_queue=settings.temporal_task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            # A deployment runs once: a closed run of its id is never followed by another.
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             search_attributes=TypedSearchAttributes(
                 [
                     SearchAttributePair(temporal.SERVER_ID, str(server_id)),

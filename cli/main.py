@@ -493,6 +493,50 @@ def deploy(
 
 
 @app.command()
+def rollback(
+    server: str = typer.Argument(..., help="id, slug or name of the server"),
+    to: str | None = typer.Option(
+        None, "--to", help="Revision number or deployment id to return to (default: the newest earlier one that served)"
+    ),
+    timeout: float = typer.Option(900, help="Seconds to wait for the deployment to end"),
+) -> None:
+    """Serve an earlier revision again (its exact commit or package and its config), following the steps."""
+    client = Api()
+    found = client.resolve_server(server)
+    body: dict[str, Any] = {}
+    if to is not None:
+        body = {"seq": int(to)} if to.isdigit() else {"deployment_id": to}
+    accepted = client.request("POST", f"/api/servers/{found['id']}/rollback", json=body)
+    console.print(
+        f"rolling {found['name']} back to revision {accepted['rolled_back_to']} as revision {accepted['seq']} "
+        f"(workflow {accepted['workflow_id']})"
+    )
+    detail = follow_deployment(client, accepted["deployment_id"], timeout)
+    if detail["status"] == "running":
+        console.print(f"[green]running[/] revision {accepted['rolled_back_to']} again")
+        return
+    err.print(f"[red]{detail['status']}:[/] {detail.get('error') or ''} (the revision serving before keeps serving)")
+    raise typer.Exit(1)
+
+
+@app.command()
+def webhooks(
+    server: str = typer.Argument(..., help="id, slug or name"),
+    limit: int = typer.Option(20, help="How many, newest first"),
+) -> None:
+    """Recent webhook deliveries of a server and what came of each."""
+    client = Api()
+    found = client.resolve_server(server)
+    rows = client.request("GET", f"/api/servers/{found['id']}/webhook-deliveries", params={"limit": limit})["data"]
+    for row in rows:
+        color = {"accepted": "green", "ignored": "yellow"}.get(row["outcome"], "red")
+        console.print(
+            f"{row['created_at'][:19]}  {row['provider']:<7} [{color}]{row['outcome']:<8}[/] {row['status_code']}  "
+            f"{escape(row['reason'])}"
+        )
+
+
+@app.command()
 def stop(server: str = typer.Argument(..., help="id, slug or name")) -> None:
     """Take a server off the gateway and stop its instances."""
     client = Api()

@@ -120,6 +120,8 @@ class Deployment(Base):
     runtime: Mapped[str | None] = mapped_column(String(32))
     spec: Mapped[dict[str, Any]] = mapped_column()
     instance: Mapped[dict[str, Any] | None] = mapped_column()
+    # What the health check found the revision offers (protocol version, tools, prompts, resources).
+    capabilities: Mapped[dict[str, Any] | None] = mapped_column()
     upstream_url: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
     created_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), index=True)
@@ -312,3 +314,35 @@ class GatewaySession(Base):
     created_at: Mapped[datetime] = _now_column()
     last_seen_at: Mapped[datetime] = _now_column()
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WebhookDelivery(Base):
+    """One request to a server's webhook endpoints and what came of it. Secrets and signatures are never
+    kept; the newest `WEBHOOK_DELIVERY_RETENTION` per server are."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        # A provider's delivery id is handled once: a redelivery finds the accepted row and deploys nothing.
+        Index(
+            "uq_webhook_deliveries_accepted",
+            "server_id",
+            "provider",
+            "delivery_id",
+            unique=True,
+            postgresql_where=text("outcome = 'accepted' AND delivery_id IS NOT NULL"),
+        ),
+        Index("ix_webhook_deliveries_server_created", "server_id", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    server_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("servers.id", ondelete="CASCADE"))
+    provider: Mapped[str] = mapped_column(String(16))  # generic | github | gitlab
+    delivery_id: Mapped[str | None] = mapped_column(String(200))
+    event: Mapped[str | None] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(16))  # accepted | ignored | rejected
+    reason: Mapped[str] = mapped_column(Text)
+    status_code: Mapped[int] = mapped_column(Integer)
+    ref: Mapped[str | None] = mapped_column(String(255))
+    revision: Mapped[str | None] = mapped_column(String(64))
+    deployment_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("deployments.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = _now_column()

@@ -154,6 +154,12 @@ class Settings(BaseSettings):
     gateway_trace_max_bytes: int = Field(
         default=2048, ge=64, description="Longest argument or result text an opted-in invocation log keeps."
     )
+    webhook_max_body_bytes: int = Field(
+        default=2 * 1024 * 1024, ge=1024, description="Largest webhook request body accepted (413 beyond it)."
+    )
+    webhook_delivery_retention: int = Field(
+        default=500, ge=10, description="Webhook delivery records kept per server (the newest)."
+    )
     bridge_max_sessions: int = Field(
         default=32, ge=1, description="MCP sessions (child processes) one bridged stdio server may hold at once."
     )

@@ -7,9 +7,10 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Sequence
 from datetime import timedelta
 
-from temporalio.worker import Worker
+from temporalio.worker import Interceptor, Worker
 
 from activities.artifacts import ArtifactActivities
 from activities.build import BuildActivities
@@ -33,7 +34,10 @@ log = logging.getLogger("mcphost.worker")
 WORKFLOWS = [DeployWorkflow, BuildWorkflow, PushWorkflow, StopServerWorkflow, DeleteServerWorkflow]
 
 
-async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
+async def run_worker(
+    settings: Settings, stop: asyncio.Event | None = None, interceptors: Sequence[Interceptor] = ()
+) -> None:
+    """Serve both task queues until `stop` is set. `interceptors` come after the platform's own (metrics)."""
     client = await temporal.connect(settings)
     await temporal.ensure_search_attributes(client, settings.temporal_namespace)
     engine = make_engine(settings.database_url, pool_size=5)
@@ -57,7 +61,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     # step there.
     host_activities = [
         *RuntimeActivities(sessionmaker, executors, settings.env_cipher(), settings).all(),
-        *HealthActivities(executors).all(),
+        *HealthActivities(executors, sessionmaker).all(),
     ]
     # Names the host in the Web UI's history of every task, so where a step ran can be read there.
     identity = f"{os.getpid()}@{settings.worker_host_id}"
@@ -72,7 +76,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
                 identity=identity,
                 max_concurrent_activities=50,
                 graceful_shutdown_timeout=timedelta(seconds=10),
-                interceptors=[MetricsInterceptor()],
+                interceptors=[MetricsInterceptor(), *interceptors],
             ),
             Worker(
                 client,
@@ -81,7 +85,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
                 identity=identity,
                 max_concurrent_activities=50,
                 graceful_shutdown_timeout=timedelta(seconds=10),
-                interceptors=[MetricsInterceptor()],
+                interceptors=[MetricsInterceptor(), *interceptors],
             ),
         ):
             log.info(

@@ -43,6 +43,10 @@ STEPS = (
 )
 # Earlier revisions keep serving their open sessions for a while before they are retired.
 DRAIN_PATCH = "drain-sessions"
+# A step that fails after the route switch leaves the new revision serving: its instance is never removed.
+KEEP_SERVING_PATCH = "keep-serving-after-switch"
+# The health check stores the tool/prompt/resource lists itself; the history carries only their counts.
+STORED_CAPABILITIES_PATCH = "capabilities-stored-by-activity"
 
 
 @dataclass
@@ -167,6 +171,7 @@ class DeployWorkflow:
         self._progress.status = "deploying"
         instance: InstanceRecord | None = None
         self._current = "resolve"
+        switched = False
         try:
             await self._step("resolve", "started")
             plan: DeploymentPlan = await workflow.execute_activity_method(
@@ -227,9 +232,10 @@ class DeployWorkflow:
 
             self._current = "health_check"
             await self._step("health_check", "started")
+            stored = workflow.patched(STORED_CAPABILITIES_PATCH)
             health: HealthResult = await workflow.execute_activity_method(
                 HealthActivities.check_health,
-                HealthInput(instance=instance, timeout_seconds=data.health_timeout_seconds),
+                HealthInput(instance=instance, timeout_seconds=data.health_timeout_seconds, store=stored),
                 start_to_close_timeout=timedelta(seconds=data.health_timeout_seconds + 30),
                 heartbeat_timeout=policies.HEARTBEAT,
                 retry_policy=policies.HEALTH,
@@ -239,15 +245,20 @@ class DeployWorkflow:
             await self._step(
                 "health_check",
                 "succeeded",
-                f"MCP {health.protocol_version}: {len(health.tools)} tools, {len(health.prompts)} prompts, "
-                f"{len(health.resources)} resources",
+                f"MCP {health.protocol_version}: {health.count('tools')} tools, {health.count('prompts')} prompts, "
+                f"{health.count('resources')} resources",
             )
 
             self._current = "switch_route"
             await self._step("switch_route", "started")
             activated = await workflow.execute_activity_method(
                 RecordActivities.activate,
-                ActivateInput(deployment_id=data.deployment_id, instance=instance, capabilities=health.capabilities()),
+                ActivateInput(
+                    deployment_id=data.deployment_id,
+                    instance=instance,
+                    capabilities={} if stored else health.capabilities(),
+                    stored_capabilities=stored,
+                ),
                 start_to_close_timeout=policies.DB_TIMEOUT,
                 retry_policy=policies.DATABASE,
             )
@@ -255,6 +266,7 @@ class DeployWorkflow:
                 await self._step("switch_route", "failed", "a newer deployment or a stop came first")
                 await self._cleanup(instance)
                 return await self._finish("superseded", "a newer deployment or a stop came first")
+            switched = True
             await self._step("switch_route", "succeeded", f"gateway now serves {_where(instance.url)}")
             if workflow.patched(DRAIN_PATCH):
                 await self._drain_sessions(data.server_id)
@@ -297,6 +309,8 @@ class DeployWorkflow:
         except (ActivityError, ChildWorkflowError) as err:
             reason = failure_reason(err)
             await self._step(self._current, "failed", reason)
+            if switched and instance is not None and workflow.patched(KEEP_SERVING_PATCH):
+                return await self._serving_despite(instance, reason)
             try:
                 await self._cleanup(instance)
             except ActivityError as cleanup_error:
@@ -304,6 +318,35 @@ class DeployWorkflow:
                 workflow.logger.warning("cleanup after a failed deployment failed: %s", failure_reason(cleanup_error))
                 reason = f"{reason} (cleanup also failed: {failure_reason(cleanup_error)})"
             return await self._finish("failed", reason)
+
+    async def _serving_despite(self, instance: InstanceRecord, reason: str) -> DeployOutcome:
+        """A step after the route switch failed: the gateway already sends traffic to this revision, so its
+        instance stays and the deployment is running; what the step left undone is said, not hidden."""
+        warning = f"{self._current} failed after the switch ({reason}); this revision serves"
+        if self._current == "retire_previous":
+            warning += "; earlier instances may still run until the next deployment or stop retires them"
+        # The warning is written first: whoever sees the deployment finished sees it too.
+        await workflow.execute_activity_method(
+            RecordActivities.note_deployment,
+            FinishInput(deployment_id=self._deployment_id, status="running", error=warning),
+            start_to_close_timeout=policies.DB_TIMEOUT,
+            retry_policy=policies.DATABASE,
+        )
+        final: str = await workflow.execute_activity_method(
+            RecordActivities.complete_deployment,
+            self._deployment_id,
+            start_to_close_timeout=policies.DB_TIMEOUT,
+            retry_policy=policies.DATABASE,
+        )
+        if final != "running":
+            await self._cleanup(instance)
+            self._progress.status = final
+            return DeployOutcome(deployment_id=self._deployment_id, status=final, error=f"{final} meanwhile")
+        self._progress.status = "running"
+        self._progress.error = warning
+        return DeployOutcome(
+            deployment_id=self._deployment_id, status="running", error=warning, upstream_url=instance.url
+        )
 
     async def _build(self, data: DeployInput) -> None:
         """Git sources: the child BuildWorkflow makes the image, the child PushWorkflow publishes it."""

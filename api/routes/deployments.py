@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,6 +10,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from api.deploying import IN_PROGRESS, check_idempotency_key, current_spec, launch, open_deployment
 from api.deps import CurrentUser, SessionDep, StateDep, TemporalDep, load_server
 from api.schemas import (
     DeploymentAccepted,
@@ -19,20 +18,18 @@ from api.schemas import (
     DeploymentPublic,
     ListOf,
     LiveProgress,
+    RollbackAccepted,
+    RollbackRequest,
     StepPublic,
+    error_responses,
 )
-from api.workflows import deploy_workflow_id, start_deploy
 from core.errors import Conflict, InvalidInput, NotFound
-from core.models import Deployment, DeploymentStep, Server, User
-from core.settings import IMPLEMENTED_RUNTIMES
-from core.sources import default_runtime_for, parse_source, runtime_refusal
+from core.models import Deployment, DeploymentStep, Server, ServerLog, User
 
 router = APIRouter(prefix="/api", tags=["deployments"])
 
-IN_PROGRESS = ("pending", "deploying")
 
-
-def _public(d: Deployment) -> dict[str, Any]:
+def public_deployment(d: Deployment) -> dict[str, Any]:
     return {
         "id": d.id,
         "server_id": d.server_id,
@@ -51,14 +48,11 @@ def _public(d: Deployment) -> dict[str, Any]:
     }
 
 
-def _fingerprint(spec: dict[str, Any], runtime: str) -> str:
-    return hashlib.sha256(json.dumps([spec, runtime], sort_keys=True).encode()).hexdigest()[:32]
-
-
 @router.post(
     "/servers/{server_id}/deployments",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=DeploymentAccepted,
+    responses=error_responses(401, 404, 409, 422, 503),
 )
 async def create_deployment(
     server_id: uuid.UUID,
@@ -73,72 +67,108 @@ async def create_deployment(
 
     Sending the same `Idempotency-Key` again returns the same deployment. Without one, asking again while
     an identical deployment is still under way also returns that deployment."""
+    check_idempotency_key(idempotency_key)
     async with session.begin():
         server = await load_server(session, user, server_id, lock=True)
-        if server.status == "deleting":
-            raise Conflict("the server is being deleted")
-        source = parse_source(server.source)
-        runtime = server.runtime or default_runtime_for(source, state.settings.container_runtime)
-        if runtime not in IMPLEMENTED_RUNTIMES:
-            raise InvalidInput(
-                f"a {source.type} source cannot run on the {runtime} runtime; change the server's runtime"
-            )
-        refusal = runtime_refusal(runtime, source)
-        if refusal is not None:
-            raise InvalidInput(refusal)
-        spec = {"source": server.source, "env": server.env or {}}
-        auto_prefix = f"auto:{_fingerprint(spec, runtime)}:"
-        if idempotency_key:
-            if idempotency_key.startswith("auto:"):
-                raise InvalidInput("Idempotency-Key must not start with 'auto:'")
-            lookup = select(Deployment).where(
-                Deployment.server_id == server.id, Deployment.idempotency_key == idempotency_key
-            )
-        else:
-            lookup = select(Deployment).where(
-                Deployment.server_id == server.id,
-                Deployment.idempotency_key.startswith(auto_prefix, autoescape=True),
-                Deployment.status.in_(IN_PROGRESS),
-            )
-        existing = await session.scalar(lookup.order_by(Deployment.seq.desc()).limit(1))
-        if existing is not None:
-            deployment = existing
-            response.headers["Idempotent-Replayed"] = "true"
-        else:
-            server.deploy_seq += 1
-            deployment = Deployment(
-                id=uuid.uuid4(),
-                server_id=server.id,
-                seq=server.deploy_seq,
-                idempotency_key=idempotency_key or f"{auto_prefix}{server.deploy_seq}",
-                workflow_id=deploy_workflow_id(server.id, server.deploy_seq),
-                status="pending",
-                runtime=runtime,
-                spec=spec,
-                created_by=user.id,
-            )
-            session.add(deployment)
-    try:
-        await start_deploy(
-            client,
-            state.settings,
-            server_id=server.id,
-            deployment_id=deployment.id,
-            workflow_id=deployment.workflow_id,
+        spec, runtime = current_spec(server, state)
+        opened = await open_deployment(
+            session, server, spec=spec, runtime=runtime, idempotency_key=idempotency_key, created_by=user.id
         )
-    except Exception as exc:
-        # Nothing will run it: close the record with the reason instead of leaving it pending forever.
-        async with session.begin():
-            row = await session.get(Deployment, deployment.id, with_for_update=True)
-            if row is not None and row.status == "pending":
-                row.status = "failed"
-                row.error = f"the deployment workflow could not be started: {getattr(exc, 'message', exc)}"
-        raise
+        deployment = opened.deployment
+    if opened.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    await launch(session, state, client, deployment)
     return DeploymentAccepted(
         deployment_id=deployment.id,
         workflow_id=deployment.workflow_id,
         status=deployment.status,
         seq=deployment.seq,
+    )
+
+
+# A deployment that reached the gateway once: it passed its health check and served.
+SERVED = ("running", "stopped")
+
+
+@router.post(
+    "/servers/{server_id}/rollback",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=RollbackAccepted,
+    responses=error_responses(401, 404, 409, 422, 503),
+)
+async def rollback(
+    server_id: uuid.UUID,
+    user: CurrentUser,
+    session: SessionDep,
+    state: StateDep,
+    client: TemporalDep,
+    response: Response,
+    body: RollbackRequest | None = None,
+    idempotency_key: str | None = Header(default=None, max_length=200),
+) -> RollbackAccepted:
+    """Serve an earlier revision again: a new deployment, through the same workflow, of the source (for git
+    sources, the exact commit, so its artifact is reused and nothing is rebuilt) and config that revision
+    had. Without a body: the newest earlier revision that served. The revision serving now keeps serving
+    until the rollback is healthy; a rollback that fails its health check changes nothing."""
+    body = body or RollbackRequest()
+    check_idempotency_key(idempotency_key)
+    if body.deployment_id is not None and body.seq is not None:
+        raise InvalidInput("give deployment_id or seq, not both")
+    async with session.begin():
+        server = await load_server(session, user, server_id, lock=True)
+        found = select(Deployment).where(Deployment.server_id == server.id)
+        if body.deployment_id is not None or body.seq is not None:
+            found = found.where(
+                Deployment.id == body.deployment_id if body.deployment_id is not None else Deployment.seq == body.seq
+            )
+            target = await session.scalar(found)
+            named = body.deployment_id or f"revision {body.seq}"
+            if target is None:
+                raise NotFound(f"deployment {named} not found on this server")
+            if target.status not in SERVED or target.upstream_url is None:
+                raise Conflict(f"revision {target.seq} never served ({target.status}): roll back to one that did")
+        else:
+            earlier = found.where(Deployment.status.in_(SERVED), Deployment.upstream_url.is_not(None))
+            if server.active_deployment_id is not None:
+                earlier = earlier.where(
+                    Deployment.id != server.active_deployment_id, Deployment.seq < server.active_seq
+                )
+            target = await session.scalar(earlier.order_by(Deployment.seq.desc()).limit(1))
+            if target is None:
+                raise Conflict("no earlier revision of this server has served: there is nothing to roll back to")
+        if target.id == server.active_deployment_id:
+            raise Conflict(f"revision {target.seq} is the one serving now")
+        source = dict(target.spec["source"])
+        if source.get("type") == "git" and target.revision:
+            source["ref"] = target.revision
+        spec, runtime = current_spec(server, state, source=source)
+        spec["env"] = target.spec.get("env") or {}
+        opened = await open_deployment(
+            session,
+            server,
+            spec=spec,
+            runtime=target.runtime or runtime,
+            idempotency_key=idempotency_key,
+            created_by=user.id,
+        )
+        deployment = opened.deployment
+        if not opened.replayed:
+            session.add(
+                ServerLog(
+                    server_id=server.id,
+                    deployment_id=deployment.id,
+                    message=f"rollback to revision {target.seq} requested by {user.email}",
+                )
+            )
+    if opened.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    await launch(session, state, client, deployment)
+    return RollbackAccepted(
+        deployment_id=deployment.id,
+        workflow_id=deployment.workflow_id,
+        status=deployment.status,
+        seq=deployment.seq,
+        rolled_back_to=target.seq,
     )
 
 
@@ -150,7 +180,7 @@ async def list_deployments(server_id: uuid.UUID, user: CurrentUser, session: Ses
             select(Deployment).where(Deployment.server_id == server.id).order_by(Deployment.seq.desc()).limit(100)
         )
     ).all()
-    return ListOf[DeploymentPublic](count=len(rows), data=[DeploymentPublic(**_public(d)) for d in rows])
+    return ListOf[DeploymentPublic](count=len(rows), data=[DeploymentPublic(**public_deployment(d)) for d in rows])
 
 
 async def _visible_deployment(session: AsyncSession, user: User, deployment_id: uuid.UUID) -> Deployment:
@@ -169,7 +199,7 @@ async def _recorded(session: AsyncSession, deployment: Deployment) -> Deployment
             select(DeploymentStep).where(DeploymentStep.deployment_id == deployment.id).order_by(DeploymentStep.id)
         )
     ).all()
-    return DeploymentDetail(**_public(deployment), steps=[StepPublic.model_validate(s) for s in steps])
+    return DeploymentDetail(**public_deployment(deployment), steps=[StepPublic.model_validate(s) for s in steps])
 
 
 @router.get("/deployments/{deployment_id}", response_model=DeploymentDetail)

@@ -103,6 +103,8 @@ class WorkerProcess:
 class Stack:
     settings: Settings
     in_process_worker: bool = True
+    # Temporal interceptors for the in-process worker: tests inject faults into chosen activities with them.
+    worker_interceptors: list[Any] = field(default_factory=list)
     base_url: str = ""
     _server: uvicorn.Server | None = None
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
@@ -124,7 +126,9 @@ class Stack:
         self._tasks.append(asyncio.create_task(self._server.serve(sockets=[sock])))
         self.base_url = f"http://127.0.0.1:{self.settings.bind_port}"
         if self.in_process_worker:
-            self._tasks.append(asyncio.create_task(run_worker(self.settings, self._worker_stop)))
+            self._tasks.append(
+                asyncio.create_task(run_worker(self.settings, self._worker_stop, self.worker_interceptors))
+            )
         deadline = time.monotonic() + 30
         while not self._server.started:
             if time.monotonic() > deadline:
@@ -189,9 +193,9 @@ class Stack:
 
 
 @asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Stack]:
+async def running(settings: Settings, worker_interceptors: list[Any] | None = None) -> AsyncIterator[Stack]:
     """A second platform (API + in-process worker) for the length of a test or module."""
-    platform = Stack(settings)
+    platform = Stack(settings, worker_interceptors=worker_interceptors or [])
     await platform.start()
     try:
         yield platform
