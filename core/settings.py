@@ -154,6 +154,16 @@ class Settings(BaseSettings):
     gateway_trace_max_bytes: int = Field(
         default=2048, ge=64, description="Longest argument or result text an opted-in invocation log keeps."
     )
+    supervisor_interval_seconds: float = Field(
+        default=15.0, ge=0, description="How often a running server is probed at the MCP level (0: no supervision)."
+    )
+    supervisor_failure_threshold: int = Field(
+        default=3, ge=1, description="Failures within SUPERVISOR_WINDOW_SECONDS that mark a server degraded."
+    )
+    supervisor_window_seconds: float = Field(default=300.0, gt=0, description="The window failures are counted in.")
+    supervisor_backoff_max_seconds: float = Field(
+        default=60.0, gt=0, description="Longest wait before a restart (the backoff doubles from 1 s)."
+    )
     webhook_max_body_bytes: int = Field(
         default=2 * 1024 * 1024, ge=1024, description="Largest webhook request body accepted (413 beyond it)."
     )

@@ -36,6 +36,11 @@ EventName = Literal[
     "manifest_prune_started",
     "manifest_prune_succeeded",
     "manifest_prune_failed",
+    # The supervisor of a serving revision (SupervisorWorkflow).
+    "unhealthy",
+    "restart",
+    "recovered",
+    "degraded",
 ]
 EVENT_NAMES: tuple[str, ...] = EventName.__args__  # type: ignore[attr-defined]
 
@@ -66,6 +71,9 @@ class BuildEvent(BaseModel):
     duration_ms: int | None = None
     image_id: str | None = None
     revision: str | None = None
+    backoff_seconds: float | None = None  # supervisor: the wait before this restart
+    failures: int | None = None  # supervisor: failures within its window
+    event_key: str | None = None  # supervisor: makes a retried record a no-op
 
     def stored(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)

@@ -18,6 +18,7 @@ from activities.health import HealthActivities
 from activities.records import RecordActivities
 from activities.registry import RegistryActivities
 from activities.runtime import RuntimeActivities
+from activities.supervision import SupervisionActivities
 from builds.images import ImageBuilder
 from core import temporal
 from core.db import make_engine, make_sessionmaker
@@ -28,10 +29,18 @@ from workflows.build import BuildWorkflow
 from workflows.deploy import DeployWorkflow
 from workflows.push import PushWorkflow
 from workflows.server_lifecycle import DeleteServerWorkflow, StopServerWorkflow
+from workflows.supervisor import SupervisorWorkflow
 
 log = logging.getLogger("mcphost.worker")
 
-WORKFLOWS = [DeployWorkflow, BuildWorkflow, PushWorkflow, StopServerWorkflow, DeleteServerWorkflow]
+WORKFLOWS = [
+    DeployWorkflow,
+    BuildWorkflow,
+    PushWorkflow,
+    StopServerWorkflow,
+    DeleteServerWorkflow,
+    SupervisorWorkflow,
+]
 
 
 async def run_worker(
@@ -59,8 +68,10 @@ async def run_worker(
     # Instances are local to this host, so their runtime steps come through its own queue. The shared
     # queue keeps them too: claim_host is answered there, and runs started before placement send every
     # step there.
+    runtime = RuntimeActivities(sessionmaker, executors, settings.env_cipher(), settings)
     host_activities = [
-        *RuntimeActivities(sessionmaker, executors, settings.env_cipher(), settings).all(),
+        *runtime.all(),
+        *SupervisionActivities(sessionmaker, runtime).all(),
         *HealthActivities(executors, sessionmaker).all(),
     ]
     # Names the host in the Web UI's history of every task, so where a step ran can be read there.

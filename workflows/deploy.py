@@ -8,6 +8,7 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ChildWorkflowError
+from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.build import ArtifactImage
@@ -28,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.build import BuildInput, BuildOutcome, BuildWorkflow
     from workflows.errors import failure_reason
     from workflows.push import PushInput, PushWorkflow
+    from workflows.supervisor import SupervisorInput, SupervisorWorkflow
 
 # Git sources add "build" (and "push" when a registry is configured) after "resolve".
 STEPS = (
@@ -45,6 +47,8 @@ STEPS = (
 DRAIN_PATCH = "drain-sessions"
 # A step that fails after the route switch leaves the new revision serving: its instance is never removed.
 KEEP_SERVING_PATCH = "keep-serving-after-switch"
+# A running revision gets a SupervisorWorkflow of its own.
+SUPERVISE_PATCH = "supervise"
 # The health check stores the tool/prompt/resource lists itself; the history carries only their counts.
 STORED_CAPABILITIES_PATCH = "capabilities-stored-by-activity"
 
@@ -56,6 +60,11 @@ class DeployInput:
     health_timeout_seconds: float = 90.0
     install_timeout_seconds: float = 600.0
     host_wait_seconds: float = 120.0
+    # Supervision of the revision once it runs (0: none, as in runs from before).
+    supervise_interval_seconds: float = 0.0
+    supervise_failure_threshold: int = 3
+    supervise_window_seconds: float = 300.0
+    supervise_backoff_max_seconds: float = 60.0
 
 
 @dataclass
@@ -305,12 +314,16 @@ class DeployWorkflow:
                 self._progress.status = final
                 return DeployOutcome(deployment_id=data.deployment_id, status=final, error=f"{final} meanwhile")
             self._progress.status = "running"
+            await self._supervise(data, instance)
             return DeployOutcome(deployment_id=data.deployment_id, status="running", upstream_url=instance.url)
         except (ActivityError, ChildWorkflowError) as err:
             reason = failure_reason(err)
             await self._step(self._current, "failed", reason)
             if switched and instance is not None and workflow.patched(KEEP_SERVING_PATCH):
-                return await self._serving_despite(instance, reason)
+                outcome = await self._serving_despite(instance, reason)
+                if outcome.status == "running":
+                    await self._supervise(data, instance)
+                return outcome
             try:
                 await self._cleanup(instance)
             except ActivityError as cleanup_error:
@@ -318,6 +331,25 @@ class DeployWorkflow:
                 workflow.logger.warning("cleanup after a failed deployment failed: %s", failure_reason(cleanup_error))
                 reason = f"{reason} (cleanup also failed: {failure_reason(cleanup_error)})"
             return await self._finish("failed", reason)
+
+    async def _supervise(self, data: DeployInput, instance: InstanceRecord) -> None:
+        """Hand the running revision to its own SupervisorWorkflow, which outlives this one."""
+        if data.supervise_interval_seconds <= 0 or not workflow.patched(SUPERVISE_PATCH):
+            return
+        await workflow.start_child_workflow(
+            SupervisorWorkflow.run,
+            SupervisorInput(
+                server_id=data.server_id,
+                deployment_id=data.deployment_id,
+                instance=instance,
+                interval_seconds=data.supervise_interval_seconds,
+                failure_threshold=data.supervise_failure_threshold,
+                window_seconds=data.supervise_window_seconds,
+                backoff_max_seconds=data.supervise_backoff_max_seconds,
+            ),
+            id=f"supervise-{data.deployment_id}",
+            parent_close_policy=ParentClosePolicy.ABANDON,
+        )
 
     async def _serving_despite(self, instance: InstanceRecord, reason: str) -> DeployOutcome:
         """A step after the route switch failed: the gateway already sends traffic to this revision, so its

@@ -14,9 +14,13 @@ in). Existing files are never overwritten.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
+
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -24,6 +28,7 @@ from sqlalchemy import select, update  # noqa: E402
 from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
 
 from core.models import Deployment  # noqa: E402
+from runtimes.process import ProcessExecutor  # noqa: E402
 from tests.support.build_platform import build_platform  # noqa: E402
 from tests.support.components import ECHO_IMAGE  # noqa: E402
 from tests.support.stack import deploy  # noqa: E402
@@ -49,22 +54,38 @@ async def move_instances(database_url: str, server_id: str, host_queue: str) -> 
     await engine.dispose()
 
 
+async def crash_and_wait_for_restart(client: Any, state_dir: Path, server_id: str) -> None:
+    executor = ProcessExecutor(state_dir / "process")
+    [instance] = [i for i in await executor.instances(server_id) if (await executor.status(i)).state == "running"]
+    root = psutil.Process(int(instance.ref.split(":")[0]))
+    for proc in [*root.children(recursive=True), root]:
+        proc.kill()
+    for _ in range(600):
+        restarts = (await client.get(f"/api/servers/{server_id}/metrics", params={"event": "restart"})).json()
+        if restarts["count"]:
+            return
+        await asyncio.sleep(0.2)
+    raise SystemExit("the supervisor did not restart the killed server")
+
+
 async def main(tag: str) -> None:
     targets = {
         name: HERE / f"{name}_{tag}.json"
-        for name in ("deploy_package", "deploy_git", "build", "push", "stop_unreachable", "stop", "delete")
+        for name in ("deploy_package", "deploy_git", "build", "push", "stop_unreachable", "stop", "delete", "supervise")
     }
     taken = [path.name for path in targets.values() if path.exists()]
     if taken:
         raise SystemExit(f"already recorded: {', '.join(taken)}; choose another TAG")
     # A gone host is given up on after this long (the API hands it to the workflows).
-    async with build_platform(worker_host_wait_seconds=5) as parts:
+    async with build_platform(worker_host_wait_seconds=5, supervisor_interval_seconds=0.5) as parts:
         settings = parts.stack.settings
         temporal = parts.env.client
         client, _ = await parts.stack.user()
         async with client:
             time_server = (await client.post("/api/servers", json={"name": "rec-time", "source": TIME})).json()
             package = await deploy(client, time_server["id"])
+            # Its supervisor restarts it once, as after a crash.
+            await crash_and_wait_for_restart(client, settings.state_dir, time_server["id"])
             parts.git.publish("rec", {"Dockerfile": f"FROM {ECHO_IMAGE}\nEXPOSE 8080\n"})
             git_server = (
                 await client.post(
@@ -94,6 +115,7 @@ async def main(tag: str) -> None:
             await client.delete(f"/api/servers/{git_server['id']}")
             await temporal.get_workflow_handle(f"stop-{time_server['id']}").result()
             await temporal.get_workflow_handle(f"delete-{git_server['id']}").result()
+            await temporal.get_workflow_handle(f"supervise-{package['id']}").result()
         workflow_ids = {
             "deploy_package": package["workflow_id"],
             "deploy_git": built["workflow_id"],
@@ -102,6 +124,7 @@ async def main(tag: str) -> None:
             "stop_unreachable": f"stop-{stranded['id']}",
             "stop": f"stop-{time_server['id']}",
             "delete": f"delete-{git_server['id']}",
+            "supervise": f"supervise-{package['id']}",
         }
         for name, workflow_id in workflow_ids.items():
             history = await temporal.get_workflow_handle(workflow_id).fetch_history()
@@ -110,8 +133,6 @@ async def main(tag: str) -> None:
 
 
 if __name__ == "__main__":
-    import asyncio
-
     if len(sys.argv) != 2 or not sys.argv[1].replace("-", "").replace("_", "").isalnum():
         raise SystemExit(__doc__)
     asyncio.run(main(sys.argv[1]))

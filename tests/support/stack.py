@@ -50,6 +50,8 @@ def make_settings(database_url: str, temporal_address: str, state_dir: Path, **o
         # Redeploys under traffic are tested with a drain short enough to watch it end.
         "gateway_drain_seconds": 15,
         "gateway_session_idle_seconds": 5,
+        # Supervisors probe every running server; the tests that are about them turn them on.
+        "supervisor_interval_seconds": 0,
     }
     values.update(overrides)
     return Settings.model_validate(values)

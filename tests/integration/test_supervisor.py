@@ -1,0 +1,138 @@
+"""SupervisorWorkflow on the real stack: a killed server process is replaced and serves again through the
+gateway, the restart is recorded once, repeated crashes mark the server degraded, and supervision ends
+when the server is stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from runtimes.process import ProcessExecutor
+from tests.integration.test_lifecycle import create_time_server, current_time
+from tests.support.stack import Stack, deploy, make_settings, running
+from workflows.supervisor import SupervisorWorkflow
+
+
+async def events(client: httpx.AsyncClient, sid: str, names: str) -> list[dict[str, Any]]:
+    response = await client.get(f"/api/servers/{sid}/metrics", params={"event": names})
+    assert response.status_code == 200, response.text
+    return list(response.json()["data"])
+
+
+async def wait_for(probe: Any, what: str, timeout: float = 120) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = await probe()
+        if value:
+            return value
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def kill_instance(stack: Stack, sid: str) -> str:
+    """SIGKILL the serving process and everything it started, as a crash would; returns its ref."""
+    executor = ProcessExecutor(stack.settings.state_dir / "process")
+    live = [i for i in await executor.instances(sid) if (await executor.status(i)).state == "running"]
+    assert len(live) == 1, live
+    root = psutil.Process(int(live[0].ref.split(":")[0]))
+    for proc in [*root.children(recursive=True), root]:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    return live[0].ref
+
+
+async def running_count(stack: Stack, sid: str) -> int:
+    executor = ProcessExecutor(stack.settings.state_dir / "process")
+    return len([i for i in await executor.instances(sid) if (await executor.status(i)).state == "running"])
+
+
+async def test_a_killed_server_is_restarted_recorded_once_and_degraded_when_it_keeps_crashing(
+    database_url: str, temporal_address: str, process_state_dir: Path
+) -> None:
+    settings = make_settings(
+        database_url,
+        temporal_address,
+        process_state_dir,
+        supervisor_interval_seconds=0.5,
+        supervisor_failure_threshold=3,
+        supervisor_window_seconds=600,
+        supervisor_backoff_max_seconds=4,
+    )
+    async with running(settings) as stack:
+        client, _ = await stack.user()
+        async with client:
+            server = await create_time_server(client)
+            sid = server["id"]
+            done = await deploy(client, sid)
+            assert done["status"] == "running", done
+            temporal = await stack.state.temporal()
+            supervisor = temporal.get_workflow_handle_for(SupervisorWorkflow.run, f"supervise-{done['id']}")
+            state = await wait_for(lambda: supervisor.query(SupervisorWorkflow.state), "the supervisor's first answer")
+            assert state.restarts == 0
+
+            killed = await kill_instance(stack, sid)
+            restarts = await wait_for(lambda: events(client, sid, "restart"), "a restart event")
+            assert (await current_time(stack, server))["timezone"] == "UTC"
+            assert await running_count(stack, sid) == 1
+            state = await supervisor.query(SupervisorWorkflow.state)
+            assert state.restarts == 1 and state.instance_ref != killed
+            # Once: one restart, and the failure that caused it.
+            await wait_for(lambda: events(client, sid, "recovered"), "a recovered event")
+            assert len(await events(client, sid, "restart")) == 1 and len(restarts) == 1
+            assert restarts[0]["details"]["backoff_seconds"] == 1.0
+            assert len(await events(client, sid, "unhealthy")) == 1
+            assert (await client.get(f"/api/servers/{sid}")).json()["status"] == "running"
+
+            # Two more crashes within the window: degraded, and the restarts say how long they waited.
+            for n in (2, 3):
+                await kill_instance(stack, sid)
+
+                async def restarted(n: int = n) -> bool:
+                    return len(await events(client, sid, "restart")) >= n
+
+                await wait_for(restarted, f"restart {n}")
+            degraded = await events(client, sid, "degraded")
+            assert len(degraded) == 1 and degraded[0]["details"]["failures"] == 3
+            assert (await client.get(f"/api/servers/{sid}")).json()["status"] == "degraded"
+            assert all("backoff_seconds" in e["details"] for e in await events(client, sid, "restart"))
+            assert (await current_time(stack, server))["timezone"] == "UTC"
+            assert await running_count(stack, sid) == 1
+
+            # Stopping the server ends its supervision; nothing is restarted after it.
+            assert (await client.post(f"/api/servers/{sid}/stop")).status_code == 202
+            final = await asyncio.wait_for(supervisor.result(), timeout=60)
+            assert final.status == "ended"
+            assert await running_count(stack, sid) == 0
+
+
+async def test_a_redeploy_hands_supervision_to_the_new_revision(
+    database_url: str, temporal_address: str, process_state_dir: Path
+) -> None:
+    settings = make_settings(database_url, temporal_address, process_state_dir, supervisor_interval_seconds=0.5)
+    async with running(settings) as stack:
+        client, _ = await stack.user()
+        async with client:
+            server = await create_time_server(client)
+            first = await deploy(client, server["id"])
+            second = await deploy(client, server["id"])
+            assert first["status"] == second["status"] == "running"
+            temporal = await stack.state.temporal()
+            old = await asyncio.wait_for(
+                temporal.get_workflow_handle_for(SupervisorWorkflow.run, f"supervise-{first['id']}").result(), 60
+            )
+            assert old.status == "ended" and old.restarts == 0
+            new = temporal.get_workflow_handle_for(SupervisorWorkflow.run, f"supervise-{second['id']}")
+            assert (await wait_for(lambda: new.query(SupervisorWorkflow.state), "the new supervisor")).status in (
+                "healthy",
+                "degraded",
+            )
+            assert not await events(client, server["id"], "restart")
+            assert (await client.post(f"/api/servers/{server['id']}/stop")).status_code == 202
+            assert (await asyncio.wait_for(new.result(), 60)).status == "ended"
