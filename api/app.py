@@ -3,21 +3,38 @@ process) and the mapping of domain errors to HTTP responses."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
+from sqlalchemy import delete
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api.deps import AppState
-from api.events import DeploymentEvents
-from api.routes import artifacts, auth, deployments, files, gateway_docs, health, keys, servers, usage, webhooks
+from api.events import DeploymentEvents, ServerEvents
+from api.routes import (
+    artifacts,
+    auth,
+    deployments,
+    files,
+    gateway_docs,
+    health,
+    keys,
+    servers,
+    streams,
+    usage,
+    webhooks,
+)
 from core.accesslog import install_access_log_redaction
 from core.db import make_engine, make_sessionmaker
 from core.errors import DomainError, RateLimited
+from core.models import ServerLog, UsageMetric
 from core.ratelimit import retry_after_seconds
 from core.settings import Settings
 from gateway.app import metrics_response
@@ -26,6 +43,28 @@ from gateway.state import GatewayState
 from runtimes import build_executors
 
 log = logging.getLogger("mcphost.api")
+
+
+async def prune_history(settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    """Keep server log lines and telemetry events for their retention (hourly, in every API process:
+    the deletes are idempotent)."""
+    while True:
+        try:
+            async with sessionmaker() as session, session.begin():
+                now = datetime.now(UTC)
+                await session.execute(
+                    delete(ServerLog).where(
+                        ServerLog.created_at < now - timedelta(days=settings.server_log_retention_days)
+                    )
+                )
+                await session.execute(
+                    delete(UsageMetric).where(
+                        UsageMetric.created_at < now - timedelta(days=settings.server_event_retention_days)
+                    )
+                )
+        except Exception as exc:  # the database may be away for a while: try again next time
+            log.warning("pruning old logs and events failed: %s", exc)
+        await asyncio.sleep(3600)
 
 
 def create_app(settings: Settings) -> WithGateway:
@@ -43,12 +82,16 @@ def create_app(settings: Settings) -> WithGateway:
             gateway=GatewayState(settings, sessionmaker),
             executors=build_executors(settings),
             deployment_events=DeploymentEvents(settings.database_url),
+            server_events=ServerEvents(settings.database_url),
         )
         app.state.mcphost = state
         app.state.gateway = state.gateway
         await state.gateway.start()
         assert state.deployment_events is not None
         await state.deployment_events.start()
+        assert state.server_events is not None
+        await state.server_events.start()
+        pruning = asyncio.create_task(prune_history(settings, sessionmaker), name="prune-history")
         try:
             await state.temporal()
         except DomainError as exc:
@@ -56,8 +99,10 @@ def create_app(settings: Settings) -> WithGateway:
         try:
             yield
         finally:
+            pruning.cancel()
             await state.gateway.stop()
             await state.deployment_events.stop()
+            await state.server_events.stop()
             for executor in state.executors.values():
                 await executor.close()
             await engine.dispose()
@@ -91,6 +136,8 @@ def create_app(settings: Settings) -> WithGateway:
 
     app.include_router(health.router)
     app.include_router(auth.router)
+    # Before servers: /api/servers/stream must not be taken for a server id.
+    app.include_router(streams.router)
     app.include_router(servers.router)
     app.include_router(deployments.router)
     app.include_router(artifacts.router)

@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from temporalio.client import Client
 
-from api.events import DeploymentEvents
+from api.events import DeploymentEvents, ServerEvents
 from core import temporal
 from core.crypto import EnvCipher
 from core.errors import Forbidden, NotFound, Unauthorized, Unavailable
@@ -40,6 +40,7 @@ class AppState:
     executors: dict[str, Executor] = field(default_factory=dict)
     cipher: EnvCipher | None = None
     deployment_events: DeploymentEvents | None = None
+    server_events: ServerEvents | None = None
     throttle: LoginThrottle | None = None
 
     @property

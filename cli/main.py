@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import quote
@@ -545,13 +546,68 @@ def stop(server: str = typer.Argument(..., help="id, slug or name")) -> None:
     console.print(f"stopping {found['name']} (workflow {result['workflow_id']})")
 
 
+def sse_events(client: Api, path: str, params: dict[str, Any] | None = None) -> Iterator[tuple[str, Any]]:
+    """Events of a server-sent event stream, until the server ends it (or Ctrl-C)."""
+    try:
+        with client.http.stream("GET", path, params=params, timeout=httpx.Timeout(10.0, read=None)) as response:
+            if response.status_code != 200:
+                response.read()
+                client.check(response)
+            name, data = "message", []
+            for line in response.iter_lines():
+                if line.startswith("event:"):
+                    name = line.partition(":")[2].strip()
+                elif line.startswith("data:"):
+                    data.append(line.partition(":")[2].strip())
+                elif not line and data:
+                    yield name, json.loads("\n".join(data))
+                    name, data = "message", []
+    except httpx.HTTPError as exc:
+        client.unreachable(exc)
+
+
+def _print_log(line: dict[str, Any]) -> None:
+    console.print(f"[dim]{line['source']:<8}[/] {escape(line['message'])}")
+
+
 @app.command()
-def logs(server: str = typer.Argument(..., help="id, slug or name"), tail: int = typer.Option(100)) -> None:
+def logs(
+    server: str = typer.Argument(..., help="id, slug or name"),
+    tail: int = typer.Option(100, help="How many earlier lines to show"),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines as they are written"),
+) -> None:
     """Platform events and the serving instance's output."""
     client = Api()
     found = client.resolve_server(server)
+    if follow:
+        try:
+            for name, data in sse_events(client, f"/api/servers/{found['id']}/logs/stream", {"tail": tail}):
+                if name == "log":
+                    _print_log(data)
+                elif name == "end":
+                    err.print(data.get("reason", "the stream ended"))
+                    return
+        except KeyboardInterrupt:
+            return
+        return
     for line in client.request("GET", f"/api/servers/{found['id']}/logs", params={"tail": tail})["data"]:
-        console.print(f"[dim]{line['source']:<8}[/] {escape(line['message'])}")
+        _print_log(line)
+
+
+@servers_app.command("watch")
+def servers_watch() -> None:
+    """Print each status change of your servers as it happens (Ctrl-C stops)."""
+    client = Api()
+    names = {s["id"]: s["name"] for s in client.request("GET", "/api/servers")["data"]}
+    try:
+        for name, data in sse_events(client, "/api/servers/stream"):
+            if name == "server":
+                if data["id"] not in names and data["status"] != "deleted":
+                    names.update({s["id"]: s["name"] for s in client.request("GET", "/api/servers")["data"]})
+                label = names.get(data["id"], data["id"])
+                console.print(f"{time.strftime('%H:%M:%S')}  {label:<30} {data['status']}")
+    except KeyboardInterrupt:
+        return
 
 
 @app.command()

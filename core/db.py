@@ -10,6 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 ROUTES_CHANNEL = "mcphost_routes"
 # Payload: a deployment id whose record changed (steps, status); SSE streams wake up on it.
 DEPLOYMENTS_CHANNEL = "mcphost_deployments"
+# Server status changes and new log/metric rows, sent by triggers (migration 0006): JSON payloads.
+SERVERS_CHANNEL = "mcphost_servers"
 
 
 def make_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:

@@ -164,6 +164,10 @@ class Settings(BaseSettings):
     supervisor_backoff_max_seconds: float = Field(
         default=60.0, gt=0, description="Longest wait before a restart (the backoff doubles from 1 s)."
     )
+    server_log_retention_days: float = Field(default=30.0, gt=0, description="How long server log lines are kept.")
+    server_event_retention_days: float = Field(
+        default=90.0, gt=0, description="How long telemetry events (build, registry, supervisor) are kept."
+    )
     webhook_max_body_bytes: int = Field(
         default=2 * 1024 * 1024, ge=1024, description="Largest webhook request body accepted (413 beyond it)."
     )

@@ -1,4 +1,4 @@
-"""webhooks: delivery records; deployments keep what their health check found
+"""webhooks: delivery records; deployments keep what their health check found; change notifications
 
 Revision ID: 0006
 Revises: 0005
@@ -45,7 +45,47 @@ def upgrade() -> None:
     )
     op.create_index("ix_webhook_deliveries_server_created", "webhook_deliveries", ["server_id", "created_at"])
 
+    # Every change of a server's status, and every new log line or telemetry event, is announced on one
+    # channel, whoever writes it (API, workers, migrations): the live streams of any API process follow it.
+    op.execute(NOTIFY_FUNCTION)
+    for table, events in (
+        ("servers", "INSERT OR UPDATE OR DELETE"),
+        ("server_logs", "INSERT"),
+        ("usage_metrics", "INSERT"),
+    ):
+        op.execute(
+            f"CREATE TRIGGER {table}_notify AFTER {events} ON {table} "
+            "FOR EACH ROW EXECUTE FUNCTION mcphost_notify_server()"
+        )
+
+
+NOTIFY_FUNCTION = """
+CREATE OR REPLACE FUNCTION mcphost_notify_server() RETURNS trigger AS $$
+BEGIN
+  IF TG_TABLE_NAME = 'servers' THEN
+    IF TG_OP = 'DELETE' THEN
+      PERFORM pg_notify('mcphost_servers', json_build_object(
+        'kind', 'status', 'id', OLD.id, 'owner_id', OLD.owner_id, 'status', 'deleted')::text);
+      RETURN OLD;
+    END IF;
+    IF TG_OP = 'INSERT' OR NEW.status IS DISTINCT FROM OLD.status THEN
+      PERFORM pg_notify('mcphost_servers', json_build_object(
+        'kind', 'status', 'id', NEW.id, 'owner_id', NEW.owner_id, 'status', NEW.status)::text);
+    END IF;
+  ELSIF TG_TABLE_NAME = 'server_logs' THEN
+    PERFORM pg_notify('mcphost_servers', json_build_object('kind', 'log', 'id', NEW.server_id)::text);
+  ELSE
+    PERFORM pg_notify('mcphost_servers', json_build_object('kind', 'metric', 'id', NEW.server_id)::text);
+  END IF;
+  RETURN NEW;
+END
+$$ LANGUAGE plpgsql
+"""
+
 
 def downgrade() -> None:
+    for table in ("servers", "server_logs", "usage_metrics"):
+        op.execute(f"DROP TRIGGER IF EXISTS {table}_notify ON {table}")
+    op.execute("DROP FUNCTION IF EXISTS mcphost_notify_server()")
     op.drop_table("webhook_deliveries")
     op.drop_column("deployments", "capabilities")

@@ -14,6 +14,7 @@ import psutil
 
 from runtimes.process import ProcessExecutor
 from tests.integration.test_lifecycle import create_time_server, current_time
+from tests.support.sse import EventStream
 from tests.support.stack import Stack, deploy, make_settings, running
 from workflows.supervisor import SupervisorWorkflow
 
@@ -77,7 +78,11 @@ async def test_a_killed_server_is_restarted_recorded_once_and_degraded_when_it_k
             state = await wait_for(lambda: supervisor.query(SupervisorWorkflow.state), "the supervisor's first answer")
             assert state.restarts == 0
 
-            killed = await kill_instance(stack, sid)
+            async with EventStream(client, f"/api/servers/{sid}/metrics/stream") as live:
+                killed = await kill_instance(stack, sid)
+                # The supervisor's events arrive on the open stream as they are recorded.
+                await live.until(lambda n, d: d["event"] == "unhealthy")
+                await live.until(lambda n, d: d["event"] == "restart")
             restarts = await wait_for(lambda: events(client, sid, "restart"), "a restart event")
             assert (await current_time(stack, server))["timezone"] == "UTC"
             assert await running_count(stack, sid) == 1

@@ -49,6 +49,18 @@ def test_both_sides_of_every_patch_are_recorded() -> None:
     assert any("host-placement" in h for h in by_type["StopServerWorkflow"])
     assert any("host-placement" in h for h in by_type["DeleteServerWorkflow"])
     assert any("drain-sessions" in h for h in by_type["DeployWorkflow"])
+    assert any("capabilities-stored-by-activity" in h for h in by_type["DeployWorkflow"])
+    assert any("supervise" in h for h in by_type["DeployWorkflow"])
+
+
+def test_the_supervisor_history_holds_a_restart() -> None:
+    events = json.loads((HISTORIES[0].parent / "supervise.json").read_text())["events"]
+    activities = [
+        e["activityTaskScheduledEventAttributes"]["activityType"]["name"]
+        for e in events
+        if "activityTaskScheduledEventAttributes" in e
+    ]
+    assert "supervise_restart" in activities and "supervise_probe" in activities
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
