@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from api import openapi
 from api.deps import AppState
 from api.events import DeploymentEvents, ServerEvents
 from api.routes import (
@@ -113,6 +114,7 @@ def create_app(settings: Settings) -> WithGateway:
         description="Build, deploy, serve and govern Model Context Protocol servers.",
         lifespan=lifespan,
     )
+    openapi.install(app)
 
     @app.exception_handler(DomainError)
     async def domain_error(_request: Request, exc: DomainError) -> JSONResponse:

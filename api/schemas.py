@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, StrictBool, field_validator
 
 from core.gateway_options import GatewayOptions
-from core.sources import ServerSource, validate_env
+from core.sources import EnvMap, ServerSource, validate_env
 
 T = TypeVar("T")
 SLUG_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
@@ -109,16 +109,22 @@ class _Resources(BaseModel):
 
 
 class ServerCreate(_Resources):
-    model_config = ConfigDict(extra="forbid")
+    # Python's regex engine: the patterns the schema publishes use look-ahead.
+    model_config = ConfigDict(extra="forbid", regex_engine="python-re")
 
     gateway: GatewayOptions = Field(default_factory=GatewayOptions, description="Gateway timeouts, limits, tracing")
 
     name: str = Field(min_length=1, max_length=100)
-    slug: str | None = Field(default=None, description="URL name under /mcp/; derived from the name if omitted")
+    slug: str | None = Field(
+        default=None,
+        max_length=63,
+        pattern=SLUG_PATTERN.pattern,
+        description="URL name under /mcp/; derived from the name if omitted",
+    )
     source: ServerSource
-    env: dict[str, str] = Field(default_factory=dict, description="Environment variables for the server")
-    runtime: Literal["process", "docker", "kubernetes", "virtual-machine"] | None = None
-    use_gpu: bool = Field(default=False, description="Give the server the host's GPUs (docker runtime)")
+    env: EnvMap = Field(default_factory=dict, description="Environment variables for the server")
+    runtime: Literal["process", "docker"] | None = None
+    use_gpu: StrictBool = Field(default=False, description="Give the server the host's GPUs (docker runtime)")
 
     _slug = field_validator("slug")(classmethod(lambda cls, v: _check_slug(v)))
     _name = field_validator("name")(classmethod(lambda cls, v: _check_name(v)))
@@ -126,15 +132,16 @@ class ServerCreate(_Resources):
 
 
 class ServerUpdate(_Resources):
-    model_config = ConfigDict(extra="forbid")
+    # Python's regex engine: the patterns the schema publishes use look-ahead.
+    model_config = ConfigDict(extra="forbid", regex_engine="python-re")
 
     gateway: GatewayOptions | None = Field(default=None, description="Replaces the server's gateway options")
 
     name: str | None = Field(default=None, min_length=1, max_length=100)
     source: ServerSource | None = None
-    env: dict[str, str] | None = None
-    runtime: Literal["process", "docker", "kubernetes", "virtual-machine"] | None = None
-    use_gpu: bool | None = None
+    env: EnvMap | None = None
+    runtime: Literal["process", "docker"] | None = None
+    use_gpu: StrictBool | None = None
 
     _name = field_validator("name")(classmethod(lambda cls, v: _check_name(v)))
     _env = field_validator("env")(classmethod(lambda cls, v: validate_env(v) if v is not None else v))
@@ -189,13 +196,25 @@ class WebhookRedeploy(BaseModel):
     )
 
 
-class RollbackRequest(BaseModel):
-    """Which earlier revision to serve again; empty: the newest earlier one that served."""
+class RollbackToDeployment(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    deployment_id: uuid.UUID = Field(description="The deployment to return to")
+
+
+class RollbackToRevision(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seq: int = Field(ge=1, description="The revision number (as in `deployments`) to return to")
+
+
+class RollbackToPrevious(BaseModel):
+    """No target named: the newest earlier revision that served."""
 
     model_config = ConfigDict(extra="forbid")
 
-    deployment_id: uuid.UUID | None = Field(default=None, description="The deployment to return to")
-    seq: int | None = Field(default=None, ge=1, description="Or its revision number (as in `deployments`)")
+
+RollbackRequest = RollbackToDeployment | RollbackToRevision | RollbackToPrevious
 
 
 class RollbackAccepted(BaseModel):
@@ -390,11 +409,17 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 class GatewayKeyCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Python's regex engine: the patterns the schema publishes use look-ahead.
+    model_config = ConfigDict(extra="forbid", regex_engine="python-re")
 
-    name: str = Field(min_length=1, max_length=100, description="Unique among the server's live keys")
+    name: str = Field(
+        min_length=1,
+        max_length=100,
+        pattern=r"^(?!\s*default\s*$)\s*[A-Za-z0-9][A-Za-z0-9 ._@-]*$",
+        description="Unique among the server's live keys; letters, digits, space and . _ @ -; not 'default'",
+    )
     expires_in_days: float | None = Field(default=None, gt=0, le=3650, description="Unset: never expires")
-    tools: list[str] | None = Field(
+    tools: list[Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")]] | None = Field(
         default=None,
         max_length=1000,
         description="Tool allowlist: the key sees only these in tools/list and may call only these. Unset: all.",

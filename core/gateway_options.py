@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 
 class GatewayOptions(BaseModel):
@@ -23,7 +23,7 @@ class GatewayOptions(BaseModel):
     max_concurrency: int | None = Field(
         default=None, ge=1, le=10_000, description="Requests (streams included) in flight to this server at once."
     )
-    trace_payloads: bool = Field(
+    trace_payloads: StrictBool = Field(
         default=False,
         description="Keep tool arguments and results in the invocation log (truncated, secret-looking values "
         "redacted).",

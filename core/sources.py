@@ -31,6 +31,16 @@ INTERPRETERS = re.compile(
 _EXECUTABLE = re.compile(r"^[A-Za-z0-9_./+-][A-Za-z0-9_./+@:=-]{0,255}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 RESERVED_ENV = ("PORT", "MCPHOST_")
+# The same rules as JSON Schema patterns, so the API's schema says what validate_env accepts.
+ENV_NAME_PATTERN = r"^(?!PORT$)(?!MCPHOST_)[A-Za-z_][A-Za-z0-9_]{0,127}$"
+ENV_VALUE_PATTERN = r"^[^\x00]*$"
+EnvMap = Annotated[
+    dict[
+        Annotated[str, Field(pattern=ENV_NAME_PATTERN)],
+        Annotated[str, Field(max_length=32768, pattern=ENV_VALUE_PATTERN)],
+    ],
+    Field(max_length=200, json_schema_extra={"additionalProperties": False}),
+]
 
 MAX_ARGS = 64
 MAX_ARG_LEN = 4096
@@ -51,15 +61,26 @@ def _check_path(value: str) -> str:
     return value
 
 
+def _type_required(schema: dict[str, Any]) -> None:
+    """`type` picks the kind of source: the API requires it (the models default it for internal use)."""
+    required = schema.setdefault("required", [])
+    if "type" not in required:
+        required.insert(0, "type")
+
+
 class _Source(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_type_required)
 
 
 class ImageSource(_Source):
     """An OCI image that serves MCP over streamable HTTP on `port` at `path`."""
 
     type: Literal["image"] = "image"
-    image: str = Field(description="OCI image reference, e.g. ghcr.io/acme/weather-mcp:1.2")
+    image: str = Field(
+        max_length=512,
+        pattern=re.sub(r"\(\?P<\w+>", "(?:", _IMAGE_REF.pattern),
+        description="OCI image reference, e.g. ghcr.io/acme/weather-mcp:1.2",
+    )
     port: int = Field(default=8080, ge=1, le=65535, description="Container port the server listens on")
     path: str = Field(default="/mcp", description="HTTP path of the MCP endpoint inside the container")
 
@@ -159,13 +180,21 @@ class CommandSource(_Source):
 # A branch or tag name as `git check-ref-format` accepts it, reduced to a safe subset, or a commit id.
 _GIT_REF = re.compile(r"^(?!-)(?!.*\.\.)(?!.*@\{)(?!.*//)[A-Za-z0-9._/+-]{1,200}(?<![./])$")
 _GIT_SCHEMES = ("https", "http", "file")
+GIT_URL_SHAPE = (
+    r"^(?:[hH][tT][tT][pP][sS]?://[^\x00-\x20\x7f@/:\-][^\x00-\x20\x7f@/]*(?:/[^\x00-\x20\x7f]*)?"
+    r"|[fF][iI][lL][eE]:///[^\x00-\x20\x7f]*)$"
+)
 
 
 class GitSource(_Source):
     """A git repository the platform clones, builds into an image and runs on the docker runtime."""
 
     type: Literal["git"] = "git"
-    repo_url: str = Field(description="https:// URL of the repository (http:// and file:// only where allowed)")
+    repo_url: str = Field(
+        description="https:// URL of the repository (http:// and file:// only where allowed)",
+        # What check_git_url_syntax accepts, for the schema; the validator says what is wrong in words.
+        json_schema_extra={"maxLength": 2048, "pattern": GIT_URL_SHAPE},
+    )
     branch: str | None = Field(default=None, description="Branch or tag to build; the default branch if unset")
     ref: str | None = Field(default=None, description="Exact commit to build (40 hex digits)")
     subdirectory: str | None = Field(default=None, description="Folder of the repository that holds the server")
@@ -232,7 +261,7 @@ def check_git_url_syntax(value: str) -> str:
         if "@" in authority:
             raise ValueError("put no credentials in the repository URL")
         host = authority.rsplit(":", 1)[0] if not authority.endswith("]") else authority
-        if not host or host.startswith("-"):
+        if not host or host.startswith(("-", ":")):
             raise ValueError("repository URL has no host")
     elif not rest.startswith("/"):
         raise ValueError("file:// URLs must name an absolute path")

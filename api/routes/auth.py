@@ -21,6 +21,7 @@ from api.schemas import (
     TokenCreated,
     TokenPublic,
     UserPublic,
+    error_responses,
 )
 from core.errors import Conflict, Forbidden, NotFound, Unauthorized
 from core.models import ApiToken, RevokedSession, User
@@ -54,7 +55,12 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-@router.post("/register", status_code=status.HTTP_201_CREATED, response_model=UserPublic, responses=RATE_LIMITED)
+@router.post(
+    "/register",
+    status_code=status.HTTP_201_CREATED,
+    response_model=UserPublic,
+    responses={**RATE_LIMITED, **error_responses(403, 409)},
+)
 async def register(body: Registration, request: Request, state: StateDep, session: SessionDep) -> User:
     """Create an account. The first account on a new installation becomes its administrator."""
     state.login_throttle.attempt_from(client_address(request))
@@ -80,7 +86,7 @@ async def register(body: Registration, request: Request, state: StateDep, sessio
     return user
 
 
-@router.post("/login", response_model=SessionToken, responses=RATE_LIMITED)
+@router.post("/login", response_model=SessionToken, responses={**RATE_LIMITED, **error_responses(401)})
 async def login(
     body: Credentials, request: Request, response: Response, state: StateDep, session: SessionDep
 ) -> SessionToken:
@@ -142,7 +148,9 @@ async def me(user: CurrentUser) -> User:
     return user
 
 
-@router.post("/tokens", status_code=status.HTTP_201_CREATED, response_model=TokenCreated)
+@router.post(
+    "/tokens", status_code=status.HTTP_201_CREATED, response_model=TokenCreated, responses=error_responses(409)
+)
 async def create_token(body: TokenCreate, user: CurrentUser, session: SessionDep) -> TokenCreated:
     """A personal API token for the CLI and CI. It is shown once; only its hash is stored."""
     token = generate_secret_token(USER_TOKEN_PREFIX)

@@ -20,10 +20,12 @@ from api.schemas import (
     LiveProgress,
     RollbackAccepted,
     RollbackRequest,
+    RollbackToDeployment,
+    RollbackToRevision,
     StepPublic,
     error_responses,
 )
-from core.errors import Conflict, InvalidInput, NotFound
+from core.errors import Conflict, NotFound
 from core.models import Deployment, DeploymentStep, Server, ServerLog, User
 
 router = APIRouter(prefix="/api", tags=["deployments"])
@@ -110,19 +112,16 @@ async def rollback(
     sources, the exact commit, so its artifact is reused and nothing is rebuilt) and config that revision
     had. Without a body: the newest earlier revision that served. The revision serving now keeps serving
     until the rollback is healthy; a rollback that fails its health check changes nothing."""
-    body = body or RollbackRequest()
     check_idempotency_key(idempotency_key)
-    if body.deployment_id is not None and body.seq is not None:
-        raise InvalidInput("give deployment_id or seq, not both")
+    wanted_id = body.deployment_id if isinstance(body, RollbackToDeployment) else None
+    wanted_seq = body.seq if isinstance(body, RollbackToRevision) else None
     async with session.begin():
         server = await load_server(session, user, server_id, lock=True)
         found = select(Deployment).where(Deployment.server_id == server.id)
-        if body.deployment_id is not None or body.seq is not None:
-            found = found.where(
-                Deployment.id == body.deployment_id if body.deployment_id is not None else Deployment.seq == body.seq
-            )
+        if wanted_id is not None or wanted_seq is not None:
+            found = found.where(Deployment.id == wanted_id if wanted_id is not None else Deployment.seq == wanted_seq)
             target = await session.scalar(found)
-            named = body.deployment_id or f"revision {body.seq}"
+            named = wanted_id or f"revision {wanted_seq}"
             if target is None:
                 raise NotFound(f"deployment {named} not found on this server")
             if target.status not in SERVED or target.upstream_url is None:

@@ -22,6 +22,7 @@ from api.schemas import (
     ServerUpdate,
     WebhookSecretRotated,
     WorkflowStarted,
+    error_responses,
 )
 from api.workflows import start_server_workflow
 from core.crypto import env_names
@@ -96,21 +97,21 @@ def check_source_allowed(user: User, source: Any, runtime: str | None, settings:
 def check_resources(
     user: User, cpu: float | None, memory: int | None, gpu: bool, runtime: str | None, settings: Settings
 ) -> None:
-    """Administrators may give any server anything; everyone else stays within the installation's maximums."""
+    """Administrators may give any server anything; everyone else stays within the installation's maximums.
+    Asking beyond them (or for a GPU the installation lacks) is a well-formed request this installation
+    cannot grant: 409."""
     if user.role != "admin":
         if cpu is not None and cpu > settings.max_cpu_limit:
-            raise InvalidInput(
-                f"cpu_limit {cpu} is above this installation's maximum of {settings.max_cpu_limit} cores"
-            )
+            raise Conflict(f"cpu_limit {cpu} is above this installation's maximum of {settings.max_cpu_limit} cores")
         if memory is not None and memory > settings.max_memory_limit:
-            raise InvalidInput(
+            raise Conflict(
                 f"memory_limit {memory} MiB is above this installation's maximum of {settings.max_memory_limit} MiB"
             )
     if gpu:
         from runtimes.gpu import gpu_available
 
         if not gpu_available(settings):
-            raise InvalidInput(
+            raise Conflict(
                 "use_gpu: this installation has no GPU to give (no NVIDIA device found on the host; an operator "
                 "with GPUs sets GPU_AVAILABLE=true)"
             )
@@ -118,7 +119,7 @@ def check_resources(
             raise InvalidInput("use_gpu needs the docker runtime; the process runtime does not pass GPUs in")
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=ServerCreated)
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=ServerCreated, responses=error_responses(403, 409))
 async def create_server(body: ServerCreate, user: CurrentUser, session: SessionDep, state: StateDep) -> ServerCreated:
     """Register a server. Its API key and webhook secret are returned once, here: the key is kept as a
     hash, the secret sealed with SECRETS_KEY (the HMAC check needs it)."""
@@ -198,7 +199,7 @@ async def get_server(server_id: uuid.UUID, user: CurrentUser, session: SessionDe
     return ServerPublic(**to_public(server, state.settings.api_base_url))
 
 
-@router.patch("/{server_id}", response_model=ServerPublic)
+@router.patch("/{server_id}", response_model=ServerPublic, responses=error_responses(403, 409))
 async def update_server(
     server_id: uuid.UUID, body: ServerUpdate, user: CurrentUser, session: SessionDep, state: StateDep
 ) -> ServerPublic:
@@ -246,7 +247,9 @@ async def update_server(
     return ServerPublic(**to_public(server, state.settings.api_base_url))
 
 
-@router.delete("/{server_id}", status_code=status.HTTP_202_ACCEPTED, response_model=WorkflowStarted)
+@router.delete(
+    "/{server_id}", status_code=status.HTTP_202_ACCEPTED, response_model=WorkflowStarted, responses=error_responses(409)
+)
 async def delete_server(
     server_id: uuid.UUID, user: CurrentUser, session: SessionDep, state: StateDep, client: TemporalDep
 ) -> WorkflowStarted:
@@ -264,7 +267,12 @@ async def delete_server(
     return WorkflowStarted(workflow_id=workflow_id, status="deleting")
 
 
-@router.post("/{server_id}/stop", status_code=status.HTTP_202_ACCEPTED, response_model=WorkflowStarted)
+@router.post(
+    "/{server_id}/stop",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=WorkflowStarted,
+    responses=error_responses(409),
+)
 async def stop_server(
     server_id: uuid.UUID, user: CurrentUser, session: SessionDep, state: StateDep, client: TemporalDep
 ) -> WorkflowStarted:

@@ -241,4 +241,4 @@ async def test_gpus_are_refused_where_the_host_has_none(stack: Stack, user: http
         "/api/servers",
         json={"name": "gpu", "source": {"type": "image", "image": echo_image}, "use_gpu": True},
     )
-    assert response.status_code == 422, response.text
+    assert response.status_code == 409, response.text
