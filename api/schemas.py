@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, StrictBool, field_validator
 
 from core.gateway_options import GatewayOptions
+from core.settings import IMPLEMENTED_RUNTIMES
 from core.sources import EnvMap, ServerSource, validate_env
 
 T = TypeVar("T")
@@ -109,21 +110,23 @@ class _Resources(BaseModel):
 
 
 class ServerCreate(_Resources):
-    # Python's regex engine: the patterns the schema publishes use look-ahead.
-    model_config = ConfigDict(extra="forbid", regex_engine="python-re")
+    model_config = ConfigDict(extra="forbid")
 
     gateway: GatewayOptions = Field(default_factory=GatewayOptions, description="Gateway timeouts, limits, tracing")
 
     name: str = Field(min_length=1, max_length=100)
     slug: str | None = Field(
         default=None,
-        max_length=63,
-        pattern=SLUG_PATTERN.pattern,
         description="URL name under /mcp/; derived from the name if omitted",
+        json_schema_extra={"pattern": SLUG_PATTERN.pattern},
     )
     source: ServerSource
     env: EnvMap = Field(default_factory=dict, description="Environment variables for the server")
-    runtime: Literal["process", "docker"] | None = None
+    runtime: Literal["process", "docker", "kubernetes", "virtual-machine"] | None = Field(
+        default=None,
+        # The schema lists the runtimes this release has; naming another is a 422 that says so.
+        json_schema_extra={"anyOf": [{"type": "string", "enum": list(IMPLEMENTED_RUNTIMES)}, {"type": "null"}]},
+    )
     use_gpu: StrictBool = Field(default=False, description="Give the server the host's GPUs (docker runtime)")
 
     _slug = field_validator("slug")(classmethod(lambda cls, v: _check_slug(v)))
@@ -132,15 +135,18 @@ class ServerCreate(_Resources):
 
 
 class ServerUpdate(_Resources):
-    # Python's regex engine: the patterns the schema publishes use look-ahead.
-    model_config = ConfigDict(extra="forbid", regex_engine="python-re")
+    model_config = ConfigDict(extra="forbid")
 
     gateway: GatewayOptions | None = Field(default=None, description="Replaces the server's gateway options")
 
     name: str | None = Field(default=None, min_length=1, max_length=100)
     source: ServerSource | None = None
     env: EnvMap | None = None
-    runtime: Literal["process", "docker"] | None = None
+    runtime: Literal["process", "docker", "kubernetes", "virtual-machine"] | None = Field(
+        default=None,
+        # The schema lists the runtimes this release has; naming another is a 422 that says so.
+        json_schema_extra={"anyOf": [{"type": "string", "enum": list(IMPLEMENTED_RUNTIMES)}, {"type": "null"}]},
+    )
     use_gpu: StrictBool | None = None
 
     _name = field_validator("name")(classmethod(lambda cls, v: _check_name(v)))
@@ -409,19 +415,21 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 class GatewayKeyCreate(BaseModel):
-    # Python's regex engine: the patterns the schema publishes use look-ahead.
-    model_config = ConfigDict(extra="forbid", regex_engine="python-re")
+    model_config = ConfigDict(extra="forbid")
 
     name: str = Field(
         min_length=1,
         max_length=100,
-        pattern=r"^(?!\s*default\s*$)\s*[A-Za-z0-9][A-Za-z0-9 ._@-]*$",
+        json_schema_extra={"pattern": r"^(?!\s*default\s*$)\s*[A-Za-z0-9][A-Za-z0-9 ._@-]*$"},
         description="Unique among the server's live keys; letters, digits, space and . _ @ -; not 'default'",
     )
     expires_in_days: float | None = Field(default=None, gt=0, le=3650, description="Unset: never expires")
-    tools: list[Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")]] | None = Field(
+    tools: list[str] | None = Field(
         default=None,
         max_length=1000,
+        json_schema_extra={
+            "items": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"^[^\x00-\x1f]+$"}
+        },
         description="Tool allowlist: the key sees only these in tools/list and may call only these. Unset: all.",
     )
 

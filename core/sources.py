@@ -34,12 +34,18 @@ RESERVED_ENV = ("PORT", "MCPHOST_")
 # The same rules as JSON Schema patterns, so the API's schema says what validate_env accepts.
 ENV_NAME_PATTERN = r"^(?!PORT$)(?!MCPHOST_)[A-Za-z_][A-Za-z0-9_]{0,127}$"
 ENV_VALUE_PATTERN = r"^[^\x00]*$"
+# validate_env gives the reasons in words; the schema states the same rules.
 EnvMap = Annotated[
-    dict[
-        Annotated[str, Field(pattern=ENV_NAME_PATTERN)],
-        Annotated[str, Field(max_length=32768, pattern=ENV_VALUE_PATTERN)],
-    ],
-    Field(max_length=200, json_schema_extra={"additionalProperties": False}),
+    dict[str, str],
+    Field(
+        json_schema_extra={
+            "maxProperties": 200,
+            "patternProperties": {
+                ENV_NAME_PATTERN: {"type": "string", "maxLength": 32768, "pattern": ENV_VALUE_PATTERN}
+            },
+            "additionalProperties": False,
+        }
+    ),
 ]
 
 MAX_ARGS = 64
@@ -77,9 +83,8 @@ class ImageSource(_Source):
 
     type: Literal["image"] = "image"
     image: str = Field(
-        max_length=512,
-        pattern=re.sub(r"\(\?P<\w+>", "(?:", _IMAGE_REF.pattern),
         description="OCI image reference, e.g. ghcr.io/acme/weather-mcp:1.2",
+        json_schema_extra={"maxLength": 512, "pattern": re.sub(r"\(\?P<\w+>", "(?:", _IMAGE_REF.pattern)},
     )
     port: int = Field(default=8080, ge=1, le=65535, description="Container port the server listens on")
     path: str = Field(default="/mcp", description="HTTP path of the MCP endpoint inside the container")
