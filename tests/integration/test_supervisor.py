@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import psutil
+from temporalio.service import RPCError
 
 from runtimes.process import ProcessExecutor
 from tests.integration.test_lifecycle import create_time_server, current_time
@@ -33,6 +34,19 @@ async def wait_for(probe: Any, what: str, timeout: float = 120) -> Any:
             return value
         await asyncio.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def answers(handle: Any) -> Any:
+    """A probe for wait_for: the supervisor's state once it runs (the deployment reads `running` a moment
+    before its workflow has started the supervisor)."""
+
+    async def probe() -> Any:
+        try:
+            return await handle.query(SupervisorWorkflow.state)
+        except RPCError:
+            return None
+
+    return probe
 
 
 async def kill_instance(stack: Stack, sid: str) -> str:
@@ -75,7 +89,7 @@ async def test_a_killed_server_is_restarted_recorded_once_and_degraded_when_it_k
             assert done["status"] == "running", done
             temporal = await stack.state.temporal()
             supervisor = temporal.get_workflow_handle_for(SupervisorWorkflow.run, f"supervise-{done['id']}")
-            state = await wait_for(lambda: supervisor.query(SupervisorWorkflow.state), "the supervisor's first answer")
+            state = await wait_for(answers(supervisor), "the supervisor's first answer")
             assert state.restarts == 0
 
             async with EventStream(client, f"/api/servers/{sid}/metrics/stream") as live:
@@ -134,7 +148,7 @@ async def test_a_redeploy_hands_supervision_to_the_new_revision(
             )
             assert old.status == "ended" and old.restarts == 0
             new = temporal.get_workflow_handle_for(SupervisorWorkflow.run, f"supervise-{second['id']}")
-            assert (await wait_for(lambda: new.query(SupervisorWorkflow.state), "the new supervisor")).status in (
+            assert (await wait_for(answers(new), "the new supervisor")).status in (
                 "healthy",
                 "degraded",
             )
