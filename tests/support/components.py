@@ -84,6 +84,26 @@ def temporal_cli() -> str | None:
     return str(candidate) if candidate.exists() else shutil.which("temporal")
 
 
+async def start_temporal(cli: str, search_attributes: list[Any]) -> Any:
+    """The Temporal dev server, given a minute to come up (not the SDK's 5 s, which a busy 2-core machine
+    can miss), on a fresh port for each of up to three tries."""
+    from datetime import timedelta
+
+    from temporalio.testing import WorkflowEnvironment
+
+    for attempt in range(3):
+        try:
+            return await WorkflowEnvironment.start_local(
+                dev_server_existing_path=cli,
+                search_attributes=search_attributes,
+                dev_server_startup_timeout=timedelta(seconds=60),
+            )
+        except RuntimeError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 # ---- Postgres -------------------------------------------------------------------------------------
 
 
