@@ -163,7 +163,7 @@ class HealthActivities:
                 last_error = _describe(exc)
             activity.heartbeat(f"attempt {attempts}: {last_error[:200]}")
             # Servers usually answer within a few seconds of starting: look often at first, then back off.
-            await asyncio.sleep(0.1 if attempts <= 30 else min(0.25 * (attempts - 30), 1.0))
+            await asyncio.sleep(0.05 if attempts <= 60 else min(0.25 * (attempts - 60), 1.0))
         tail = "\n".join((await executor.logs(instance, tail=10))[-10:])
         raise ApplicationError(
             f"no MCP answer from {instance.url} within {data.timeout_seconds:.0f}s ({last_error})"

@@ -20,7 +20,7 @@ from core.db import DEPLOYMENTS_CHANNEL, notify_route_changed
 from core.files import remove_data_dir
 from core.models import Deployment, DeploymentStep, GatewaySession, Server, ServerLog
 
-TERMINAL = ("running", "failed", "stopped", "superseded")
+TERMINAL = ("running", "failed", "stopped", "superseded", "cancelled")
 # Set in a deployment's instance record once its host has retired everything of it: no host need be asked again.
 RETIRED = "retired"
 
@@ -91,7 +91,7 @@ class ActivateResult:
 @dataclass
 class FinishInput:
     deployment_id: str
-    status: str  # failed | superseded
+    status: str  # failed | superseded | cancelled
     error: str | None = None
 
 

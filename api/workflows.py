@@ -12,7 +12,7 @@ from temporalio.common import (
     WorkflowIDReusePolicy,
 )
 from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from core import temporal
 from core.errors import Unavailable
@@ -78,3 +78,14 @@ async def start_server_workflow(client: Client, settings: Settings, workflow: st
     except RPCError as exc:
         raise Unavailable(f"could not start {workflow}: {exc.message}") from None
     return workflow_id
+
+
+async def cancel_deploy(client: Client, workflow_id: str) -> bool:
+    """Ask a deployment's workflow to cancel; False when no such workflow exists (it never started)."""
+    try:
+        await client.get_workflow_handle(workflow_id).cancel()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return False
+        raise Unavailable(f"could not cancel the deployment workflow: {exc.message}") from None
+    return True

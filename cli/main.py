@@ -25,7 +25,7 @@ app.add_typer(servers_app, name="servers")
 console = Console()
 err = Console(stderr=True)
 
-TERMINAL = ("running", "failed", "superseded", "stopped")
+TERMINAL = ("running", "failed", "superseded", "stopped", "cancelled")
 
 
 # ---- platform processes --------------------------------------------------------------------------
@@ -491,6 +491,21 @@ def deploy(
         return
     err.print(f"[red]{detail['status']}:[/] {detail.get('error') or ''}")
     raise typer.Exit(1)
+
+
+@app.command()
+def cancel(
+    deployment: str = typer.Argument(
+        ..., help="id of the deployment under way (see `mcphost deploy` or the server's deployments)"
+    ),
+    timeout: float = typer.Option(300, help="Seconds to wait for the deployment to end"),
+) -> None:
+    """Cancel a deployment under way: its current step stops (an install is killed), what it started is
+    removed, and the revision serving before keeps serving."""
+    client = Api()
+    client.request("POST", f"/api/deployments/{deployment}/cancel")
+    detail = follow_deployment(client, deployment, timeout)
+    console.print(f"{detail['status']}: {detail.get('error') or ''}".rstrip(": "))
 
 
 @app.command()

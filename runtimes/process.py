@@ -72,6 +72,7 @@ _PASSTHROUGH_ENV = (
     "PIP_INDEX_URL",
     "PIP_EXTRA_INDEX_URL",
     "PIP_FIND_LINKS",
+    "PIP_TRUSTED_HOST",
     "PIP_CERT",
     "NPM_CONFIG_REGISTRY",
     "npm_config_registry",
@@ -176,6 +177,7 @@ class ProcessExecutor:
         fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
         try:
             await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+            await self._stop_leftover_installer(env_dir)
             yield
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
@@ -213,6 +215,11 @@ class ProcessExecutor:
             env=env,
             start_new_session=True,
         )
+        # Named where the next attempt looks: a worker killed mid-install cannot kill its installer, which
+        # lives on in a session of its own; whoever takes the environment's lock next stops it first.
+        installer = _installer_record(cwd) if cwd is not None else None
+        if installer is not None:
+            _write_installer(installer, proc.pid, install_id if self.sandboxed else None)
         try:
             out, _ = await asyncio.wait_for(proc.communicate(), timeout=self.install_timeout)
         except TimeoutError:
@@ -222,6 +229,9 @@ class ProcessExecutor:
             # A cancelled install must not keep running beside the next attempt.
             await self._kill(proc)
             raise
+        finally:
+            if installer is not None and proc.returncode is not None:
+                installer.unlink(missing_ok=True)
         if self.sandboxed and cwd is not None:
             await asyncio.to_thread(sandbox.remove_cgroup, install_id)
             plan_path.unlink(missing_ok=True)
@@ -234,6 +244,21 @@ class ProcessExecutor:
         except (ProcessLookupError, PermissionError):
             pass
         await proc.wait()
+
+    async def _stop_leftover_installer(self, env_dir: Path) -> None:
+        """Stop an installer an earlier attempt left running (its worker was killed), with everything in
+        its process group, before this attempt touches the environment. Called holding the lock."""
+        record = _installer_record(env_dir)
+        try:
+            data = json.loads(record.read_text())
+            pid, started = int(data["pid"]), float(data["started"])
+        except (OSError, ValueError, KeyError, TypeError):
+            record.unlink(missing_ok=True)
+            return
+        await asyncio.to_thread(_kill_group, pid, started)
+        if data.get("cgroup"):
+            await asyncio.to_thread(sandbox.remove_cgroup, str(data["cgroup"]))
+        record.unlink(missing_ok=True)
 
     def _own_env_dir(self, env_dir: Path) -> None:
         """A fresh environment directory the sandboxed installer (and nobody else) may write."""
@@ -561,3 +586,54 @@ class ProcessExecutor:
 
     async def close(self) -> None:
         return None
+
+
+def _installer_record(env_dir: Path) -> Path:
+    return env_dir.with_suffix(".installer")
+
+
+def _write_installer(record: Path, pid: int, cgroup: str | None) -> None:
+    """Name a running installer: its pid with its start time (so a reused pid is never mistaken for it)."""
+    try:
+        started = psutil.Process(pid).create_time()
+    except psutil.NoSuchProcess:
+        return  # already gone
+    tmp = record.with_suffix(".installer-tmp")
+    tmp.write_text(json.dumps({"pid": pid, "started": started, "cgroup": cgroup}))
+    os.chmod(tmp, 0o600)
+    tmp.replace(record)
+
+
+def _kill_group(pid: int, started: float, wait: float = 10.0) -> None:
+    """SIGKILL the process group led by `pid` if that process is still the one recorded, and wait until
+    every member is gone."""
+    try:
+        leader = psutil.Process(pid)
+        if abs(leader.create_time() - started) > 0.01:
+            return  # the pid now belongs to someone else; the installer is long gone
+    except psutil.NoSuchProcess:
+        return
+    members = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pid:
+                members.append(proc)
+        except (ProcessLookupError, psutil.Error, OSError):
+            continue
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    deadline = time.monotonic() + wait
+    while members and time.monotonic() < deadline:
+        members = [m for m in members if _alive(m)]
+        if members:
+            time.sleep(0.02)
+
+
+def _alive(proc: psutil.Process) -> bool:
+    """Still running: a killed process whose parent has not reaped it yet is a zombie, which runs nothing."""
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -3,11 +3,13 @@ healthy revision serving."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ChildWorkflowError
+from temporalio.exceptions import ActivityError, CancelledError, ChildWorkflowError
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
@@ -51,6 +53,12 @@ KEEP_SERVING_PATCH = "keep-serving-after-switch"
 SUPERVISE_PATCH = "supervise"
 # The health check stores the tool/prompt/resource lists itself; the history carries only their counts.
 STORED_CAPABILITIES_PATCH = "capabilities-stored-by-activity"
+# A cancelled deployment cleans up after itself and ends `cancelled` (before, the run just ended cancelled).
+CANCEL_PATCH = "cancel-cleans-up"
+# Database records are local activities: run by the worker that runs the workflow, without a round trip
+# through the task queue each (a deploy writes some twenty records).
+LOCAL_RECORDS_PATCH = "records-as-local-activities"
+CANCELLED = "the deployment was cancelled"
 
 
 @dataclass
@@ -70,7 +78,7 @@ class DeployInput:
 @dataclass
 class DeployOutcome:
     deployment_id: str
-    status: str  # running | failed | superseded
+    status: str  # running | failed | superseded | cancelled
     error: str | None = None
     upstream_url: str | None = None
 
@@ -104,6 +112,17 @@ class DeployWorkflow:
         # The host queue this deployment's runtime steps go to; None (the shared queue) in runs from before.
         self._host: str | None = None
         self._host_wait = timedelta(seconds=120)
+        self._local = False
+
+    async def _db(self, method: Any, arg: Any) -> Any:
+        """One database record of this deployment (idempotent, retried through a database outage)."""
+        if self._local:
+            return await workflow.execute_local_activity_method(
+                method, arg, start_to_close_timeout=policies.DB_TIMEOUT, retry_policy=policies.DATABASE
+            )
+        return await workflow.execute_activity_method(
+            method, arg, start_to_close_timeout=policies.DB_TIMEOUT, retry_policy=policies.DATABASE
+        )
 
     @workflow.query(name="progress")
     def progress(self) -> DeployProgress:
@@ -113,23 +132,16 @@ class DeployWorkflow:
         self._progress.step = step
         states = [s for s in self._progress.steps if s.step != step]
         self._progress.steps = [*states, StepState(step=step, status=status, message=message)]
-        await workflow.execute_activity_method(
+        await self._db(
             RecordActivities.record_step,
             StepRecord(deployment_id=self._deployment_id, step=step, status=status, message=message),
-            start_to_close_timeout=policies.DB_TIMEOUT,
-            retry_policy=policies.DATABASE,
         )
 
     async def _drain_sessions(self, server_id: str) -> None:
         """Session-era clients opened on an earlier revision keep it until their sessions end or the drain
         deadline passes (a durable timer, checked every few seconds); new sessions already go to this one."""
         query = DrainQuery(server_id=server_id, keep_deployment_id=self._deployment_id)
-        state: DrainState = await workflow.execute_activity_method(
-            RecordActivities.draining_sessions,
-            query,
-            start_to_close_timeout=policies.DB_TIMEOUT,
-            retry_policy=policies.DATABASE,
-        )
+        state: DrainState = await self._db(RecordActivities.draining_sessions, query)
         if not state.pinned:
             return
         self._current = "drain_sessions"
@@ -144,18 +156,8 @@ class DeployWorkflow:
         while state.active and workflow.now() < deadline:
             remaining = (deadline - workflow.now()).total_seconds()
             await workflow.sleep(timedelta(seconds=max(0.001, min(2.0, remaining))))
-            state = await workflow.execute_activity_method(
-                RecordActivities.draining_sessions,
-                query,
-                start_to_close_timeout=policies.DB_TIMEOUT,
-                retry_policy=policies.DATABASE,
-            )
-        await workflow.execute_activity_method(
-            RecordActivities.end_drain,
-            query,
-            start_to_close_timeout=policies.DB_TIMEOUT,
-            retry_policy=policies.DATABASE,
-        )
+            state = await self._db(RecordActivities.draining_sessions, query)
+        await self._db(RecordActivities.end_drain, query)
         if state.active:
             await self._step(
                 "drain_sessions",
@@ -176,6 +178,7 @@ class DeployWorkflow:
     @workflow.run
     async def run(self, data: DeployInput) -> DeployOutcome:
         self._deployment_id = data.deployment_id
+        self._local = workflow.patched(LOCAL_RECORDS_PATCH)
         self._host_wait = timedelta(seconds=data.host_wait_seconds)
         self._progress.status = "deploying"
         instance: InstanceRecord | None = None
@@ -183,12 +186,7 @@ class DeployWorkflow:
         switched = False
         try:
             await self._step("resolve", "started")
-            plan: DeploymentPlan = await workflow.execute_activity_method(
-                RecordActivities.load_plan,
-                data.deployment_id,
-                start_to_close_timeout=policies.DB_TIMEOUT,
-                retry_policy=policies.DATABASE,
-            )
+            plan: DeploymentPlan = await self._db(RecordActivities.load_plan, data.deployment_id)
             await self._step("resolve", "succeeded", f"{plan.source_type} source on the {plan.runtime} runtime")
 
             if plan.source_type == "git":
@@ -230,12 +228,7 @@ class DeployWorkflow:
                 task_queue=self._host,
                 schedule_to_start_timeout=self._host_wait_bound,
             )
-            await workflow.execute_activity_method(
-                RecordActivities.record_instance,
-                instance,
-                start_to_close_timeout=policies.DB_TIMEOUT,
-                retry_policy=policies.DATABASE,
-            )
+            await self._db(RecordActivities.record_instance, instance)
             where = f" on host {claim.host_id}" if claim is not None else ""
             await self._step("launch", "succeeded", f"{instance.runtime} instance {instance.ref}{where}")
 
@@ -260,7 +253,7 @@ class DeployWorkflow:
 
             self._current = "switch_route"
             await self._step("switch_route", "started")
-            activated = await workflow.execute_activity_method(
+            activated = await self._db(
                 RecordActivities.activate,
                 ActivateInput(
                     deployment_id=data.deployment_id,
@@ -268,8 +261,6 @@ class DeployWorkflow:
                     capabilities={} if stored else health.capabilities(),
                     stored_capabilities=stored,
                 ),
-                start_to_close_timeout=policies.DB_TIMEOUT,
-                retry_policy=policies.DATABASE,
             )
             if not activated.activated:
                 await self._step("switch_route", "failed", "a newer deployment or a stop came first")
@@ -302,12 +293,7 @@ class DeployWorkflow:
                 "succeeded",
                 "; ".join([f"stopped {len(stopped)} earlier instance(s)", *warnings]),
             )
-            final: str = await workflow.execute_activity_method(
-                RecordActivities.complete_deployment,
-                data.deployment_id,
-                start_to_close_timeout=policies.DB_TIMEOUT,
-                retry_policy=policies.DATABASE,
-            )
+            final: str = await self._db(RecordActivities.complete_deployment, data.deployment_id)
             if final != "running":
                 # A newer revision or a stop took over while this one was finishing: it must not linger.
                 await self._cleanup(instance)
@@ -316,21 +302,35 @@ class DeployWorkflow:
             self._progress.status = "running"
             await self._supervise(data, instance)
             return DeployOutcome(deployment_id=data.deployment_id, status="running", upstream_url=instance.url)
+        except asyncio.CancelledError:
+            if not workflow.patched(CANCEL_PATCH):
+                raise
+            return await self._failed(data, instance, switched, CANCELLED, "cancelled")
         except (ActivityError, ChildWorkflowError) as err:
-            reason = failure_reason(err)
-            await self._step(self._current, "failed", reason)
-            if switched and instance is not None and workflow.patched(KEEP_SERVING_PATCH):
-                outcome = await self._serving_despite(instance, reason)
-                if outcome.status == "running":
-                    await self._supervise(data, instance)
-                return outcome
-            try:
-                await self._cleanup(instance)
-            except ActivityError as cleanup_error:
-                # The deployment has failed either way; say so, and keep what cleanup could not do.
-                workflow.logger.warning("cleanup after a failed deployment failed: %s", failure_reason(cleanup_error))
-                reason = f"{reason} (cleanup also failed: {failure_reason(cleanup_error)})"
-            return await self._finish("failed", reason)
+            if isinstance(err.cause, CancelledError) and workflow.patched(CANCEL_PATCH):
+                return await self._failed(data, instance, switched, CANCELLED, "cancelled")
+            return await self._failed(data, instance, switched, failure_reason(err))
+
+    async def _failed(
+        self, data: DeployInput, instance: InstanceRecord | None, switched: bool, reason: str, status: str = "failed"
+    ) -> DeployOutcome:
+        """The step under way failed, or the deployment was cancelled (by the API or an operator in the
+        Temporal UI; the step was cancelled with it, and an install's processes are killed before its lock
+        is let go). Before the route switch what this deployment started is removed and the previous
+        revision keeps serving; after it the new revision already serves, and stays."""
+        await self._step(self._current, "failed", reason)
+        if switched and instance is not None and workflow.patched(KEEP_SERVING_PATCH):
+            outcome = await self._serving_despite(instance, reason)
+            if outcome.status == "running":
+                await self._supervise(data, instance)
+            return outcome
+        try:
+            await self._cleanup(instance)
+        except ActivityError as cleanup_error:
+            # The deployment has failed either way; say so, and keep what cleanup could not do.
+            workflow.logger.warning("cleanup after a failed deployment failed: %s", failure_reason(cleanup_error))
+            reason = f"{reason} (cleanup also failed: {failure_reason(cleanup_error)})"
+        return await self._finish(status, reason)
 
     async def _supervise(self, data: DeployInput, instance: InstanceRecord) -> None:
         """Hand the running revision to its own SupervisorWorkflow, which outlives this one."""
@@ -358,18 +358,11 @@ class DeployWorkflow:
         if self._current == "retire_previous":
             warning += "; earlier instances may still run until the next deployment or stop retires them"
         # The warning is written first: whoever sees the deployment finished sees it too.
-        await workflow.execute_activity_method(
+        await self._db(
             RecordActivities.note_deployment,
             FinishInput(deployment_id=self._deployment_id, status="running", error=warning),
-            start_to_close_timeout=policies.DB_TIMEOUT,
-            retry_policy=policies.DATABASE,
         )
-        final: str = await workflow.execute_activity_method(
-            RecordActivities.complete_deployment,
-            self._deployment_id,
-            start_to_close_timeout=policies.DB_TIMEOUT,
-            retry_policy=policies.DATABASE,
-        )
+        final: str = await self._db(RecordActivities.complete_deployment, self._deployment_id)
         if final != "running":
             await self._cleanup(instance)
             self._progress.status = final
@@ -402,12 +395,7 @@ class DeployWorkflow:
                 id=f"push-{data.deployment_id}",
             )
             await self._step("push", "succeeded", f"pushed {image.image_ref}")
-        await workflow.execute_activity_method(
-            RecordActivities.record_image,
-            RecordImage(deployment_id=data.deployment_id, image=image),
-            start_to_close_timeout=policies.DB_TIMEOUT,
-            retry_policy=policies.DATABASE,
-        )
+        await self._db(RecordActivities.record_image, RecordImage(deployment_id=data.deployment_id, image=image))
 
     async def _cleanup(self, instance: InstanceRecord | None) -> None:
         """Remove this deployment's own instance; the previously serving revision is left alone."""
@@ -435,11 +423,9 @@ class DeployWorkflow:
             )
 
     async def _finish(self, status: str, error: str) -> DeployOutcome:
-        await workflow.execute_activity_method(
+        await self._db(
             RecordActivities.finish_deployment,
             FinishInput(deployment_id=self._deployment_id, status=status, error=error),
-            start_to_close_timeout=policies.DB_TIMEOUT,
-            retry_policy=policies.DATABASE,
         )
         self._progress.status = status
         self._progress.error = error

@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Header, Response, status
 from fastapi.responses import StreamingResponse
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.deploying import IN_PROGRESS, check_idempotency_key, current_spec, launch, open_deployment
@@ -25,6 +25,7 @@ from api.schemas import (
     StepPublic,
     error_responses,
 )
+from api.workflows import cancel_deploy
 from core.errors import Conflict, NotFound
 from core.models import Deployment, DeploymentStep, Server, ServerLog, User
 
@@ -211,6 +212,36 @@ async def get_deployment(
     if deployment.status in IN_PROGRESS:
         detail.live = await _live_progress(state, deployment.workflow_id)
     return detail
+
+
+@router.post(
+    "/deployments/{deployment_id}/cancel",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=DeploymentPublic,
+    responses=error_responses(401, 404, 409, 503),
+)
+async def cancel_deployment(
+    deployment_id: uuid.UUID, user: CurrentUser, session: SessionDep, client: TemporalDep
+) -> dict[str, Any]:
+    """Cancel a deployment under way. The step in progress stops (an install's processes are killed),
+    what the deployment started is removed and it ends `cancelled`; the revision serving before keeps
+    serving. A deployment already past its route switch keeps serving and says it was cancelled late.
+    Follow it at `GET /api/deployments/{id}`."""
+    deployment = await _visible_deployment(session, user, deployment_id)
+    if deployment.status not in IN_PROGRESS:
+        raise Conflict(
+            f"deployment {deployment_id} has already ended ({deployment.status}); there is nothing to cancel"
+        )
+    if not await cancel_deploy(client, deployment.workflow_id):
+        # Recorded but never started: nothing runs, so the record ends here.
+        await session.execute(
+            update(Deployment)
+            .where(Deployment.id == deployment.id, Deployment.status.in_(IN_PROGRESS))
+            .values(status="cancelled", error="the deployment was cancelled", finished_at=func.now())
+        )
+        await session.commit()
+        await session.refresh(deployment)
+    return public_deployment(deployment)
 
 
 @router.get(
