@@ -120,6 +120,23 @@ async def _notify_deployment(session: AsyncSession, deployment_id: uuid.UUID) ->
     )
 
 
+async def write_instance(session: AsyncSession, instance: InstanceRecord) -> None:
+    """Record where a deployment's instance is and how the gateway reaches it."""
+    await session.execute(
+        update(Deployment)
+        .where(Deployment.id == uuid.UUID(instance.deployment_id))
+        .values(
+            instance={
+                "runtime": instance.runtime,
+                "ref": instance.ref,
+                "url": instance.url,
+                "host_queue": instance.host_queue,
+            },
+            upstream_url=instance.url,
+        )
+    )
+
+
 class RecordActivities:
     def __init__(
         self,
@@ -223,19 +240,7 @@ class RecordActivities:
     @activity.defn(name="record_instance")
     async def record_instance(self, instance: InstanceRecord) -> None:
         async with self.sessionmaker() as session, session.begin():
-            await session.execute(
-                update(Deployment)
-                .where(Deployment.id == uuid.UUID(instance.deployment_id))
-                .values(
-                    instance={
-                        "runtime": instance.runtime,
-                        "ref": instance.ref,
-                        "url": instance.url,
-                        "host_queue": instance.host_queue,
-                    },
-                    upstream_url=instance.url,
-                )
-            )
+            await write_instance(session, instance)
 
     @activity.defn(name="instance_hosts")
     async def instance_hosts(self, data: ServerRef) -> InstanceHosts:

@@ -101,7 +101,7 @@ class RuntimeActivities:
             )
         return executor
 
-    async def _spec(self, deployment_id: str) -> tuple[Executor, LaunchSpec]:
+    async def launch_spec(self, deployment_id: str) -> tuple[Executor, LaunchSpec]:
         async with self.sessionmaker() as session:
             row = (
                 await session.execute(
@@ -146,7 +146,7 @@ class RuntimeActivities:
 
     @activity.defn(name="prepare_source")
     async def prepare_source(self, deployment_id: str) -> str:
-        executor, spec = await self._spec(deployment_id)
+        executor, spec = await self.launch_spec(deployment_id)
         try:
             return await heartbeating(executor.prepare(spec), "preparing")
         except RuntimeFailure as exc:
@@ -154,7 +154,7 @@ class RuntimeActivities:
 
     @activity.defn(name="launch_instance")
     async def launch_instance(self, deployment_id: str) -> InstanceRecord:
-        executor, spec = await self._spec(deployment_id)
+        executor, spec = await self.launch_spec(deployment_id)
         try:
             instance = await heartbeating(executor.launch(spec), "launching")
         except RuntimeFailure as exc:

@@ -17,7 +17,7 @@ from temporalio import activity
 
 from activities.common import as_application_error, heartbeating
 from activities.health import probe_mcp
-from activities.records import InstanceRecord
+from activities.records import InstanceRecord, write_instance
 from activities.runtime import RuntimeActivities, from_record
 from core.db import notify_route_changed
 from core.models import Deployment, Server, ServerLog, UsageMetric
@@ -98,7 +98,7 @@ class SupervisionActivities:
         if not await self._serves(data.instance.deployment_id):
             return RestartResult(gone=True)
         failed = from_record(data.instance)
-        executor, spec = await self.runtime._spec(data.instance.deployment_id)
+        executor, spec = await self.runtime.launch_spec(data.instance.deployment_id)
         try:
             for instance in await executor.instances(failed.server_id):
                 if instance.deployment_id == failed.deployment_id and instance.ref == failed.ref:
@@ -122,13 +122,7 @@ class SupervisionActivities:
                 # Redeployed or stopped while restarting: the new instance must not linger.
                 await executor.remove(fresh)
                 return RestartResult(gone=True)
-            deployment.instance = {
-                "runtime": record.runtime,
-                "ref": record.ref,
-                "url": record.url,
-                "host_queue": record.host_queue,
-            }
-            deployment.upstream_url = record.url
+            await write_instance(session, record)
             await notify_route_changed(session, server.slug)
         return RestartResult(gone=False, instance=record)
 

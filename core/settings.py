@@ -164,6 +164,17 @@ class Settings(BaseSettings):
     supervisor_backoff_max_seconds: float = Field(
         default=60.0, gt=0, description="Longest wait before a restart (the backoff doubles from 1 s)."
     )
+    reconcile_interval_seconds: float = Field(
+        default=120.0,
+        ge=0,
+        description="How often each worker's reconciler sets right deployments whose workflow ended without "
+        "recording it and removes instances no deployment owns (0: off).",
+    )
+    reconcile_grace_seconds: float = Field(
+        default=120.0,
+        ge=0,
+        description="How old a deployment record must be before the reconciler looks at it.",
+    )
     server_log_retention_days: float = Field(default=30.0, gt=0, description="How long server log lines are kept.")
     server_event_retention_days: float = Field(
         default=90.0, gt=0, description="How long telemetry events (build, registry, supervisor) are kept."

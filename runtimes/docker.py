@@ -539,6 +539,10 @@ class DockerExecutor:
         )
         return [self._instance(c) for c in containers]
 
+    async def server_ids(self) -> list[str]:
+        containers = await self._call(self._docker().containers.list, all=True, filters={"label": LABEL_SERVER})
+        return sorted({str(c.labels.get(LABEL_SERVER)) for c in containers if c.labels.get(LABEL_SERVER)})
+
     async def _get(self, instance: Instance) -> Any | None:
         try:
             return await self._call(self._docker().containers.get, instance.ref)

@@ -496,6 +496,14 @@ class ProcessExecutor:
     async def instances(self, server_id: str) -> list[Instance]:
         return await asyncio.to_thread(self._read_records, server_id)
 
+    async def server_ids(self) -> list[str]:
+        def listed() -> list[str]:
+            return sorted(
+                d.name for d in self.records_dir.iterdir() if d.is_dir() and re.fullmatch(r"[0-9a-f-]{36}", d.name)
+            )
+
+        return await asyncio.to_thread(listed)
+
     def _read_records(self, server_id: str) -> list[Instance]:
         folder = self.records_dir / server_id
         if not re.fullmatch(r"[0-9a-f-]{36}", server_id) or not folder.is_dir():

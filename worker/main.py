@@ -10,11 +10,24 @@ import signal
 from collections.abc import Sequence
 from datetime import timedelta
 
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleIntervalSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+    ScheduleUpdate,
+)
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Interceptor, Worker
 
 from activities.artifacts import ArtifactActivities
 from activities.build import BuildActivities
 from activities.health import HealthActivities
+from activities.reconcile import ReconcileActivities
 from activities.records import RecordActivities
 from activities.registry import RegistryActivities
 from activities.runtime import RuntimeActivities
@@ -28,6 +41,7 @@ from worker.metrics import MetricsInterceptor
 from workflows.build import BuildWorkflow
 from workflows.deploy import DeployWorkflow
 from workflows.push import PushWorkflow
+from workflows.reconcile import ReconcileRun, ReconcileWorkflow
 from workflows.server_lifecycle import DeleteServerWorkflow, StopServerWorkflow
 from workflows.supervisor import SupervisorWorkflow
 
@@ -40,6 +54,7 @@ WORKFLOWS = [
     StopServerWorkflow,
     DeleteServerWorkflow,
     SupervisorWorkflow,
+    ReconcileWorkflow,
 ]
 
 
@@ -73,6 +88,7 @@ async def run_worker(
         *runtime.all(),
         *SupervisionActivities(sessionmaker, runtime).all(),
         *HealthActivities(executors, sessionmaker).all(),
+        *ReconcileActivities(sessionmaker, executors).all(),
     ]
     # Names the host in the Web UI's history of every task, so where a step ran can be read there.
     identity = f"{os.getpid()}@{settings.worker_host_id}"
@@ -99,6 +115,7 @@ async def run_worker(
                 interceptors=[MetricsInterceptor(), *interceptors],
             ),
         ):
+            await keep_reconcile_schedule(client, settings)
             log.info(
                 "worker ready: task queues %s and %s on %s (runtimes: %s)",
                 settings.temporal_task_queue,
@@ -111,6 +128,38 @@ async def run_worker(
         for executor in executors.values():
             await executor.close()
         await engine.dispose()
+
+
+async def keep_reconcile_schedule(client: Client, settings: Settings) -> None:
+    """The schedule of this host's reconciler: created, brought up to date with the settings, or (interval
+    0) removed. A failure here is logged; the worker serves either way."""
+    schedule_id = f"reconcile-{settings.host_task_queue}"
+    try:
+        if settings.reconcile_interval_seconds <= 0:
+            try:
+                await client.get_schedule_handle(schedule_id).delete()
+            except RPCError as exc:
+                if exc.status != RPCStatusCode.NOT_FOUND:
+                    raise
+            return
+        schedule = Schedule(
+            action=ScheduleActionStartWorkflow(
+                "ReconcileWorkflow",
+                ReconcileRun(host_queue=settings.host_task_queue, grace_seconds=settings.reconcile_grace_seconds),
+                id=schedule_id,
+                task_queue=settings.temporal_task_queue,
+            ),
+            spec=ScheduleSpec(
+                intervals=[ScheduleIntervalSpec(every=timedelta(seconds=settings.reconcile_interval_seconds))]
+            ),
+            policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+        )
+        try:
+            await client.create_schedule(schedule_id, schedule)
+        except ScheduleAlreadyRunningError:
+            await client.get_schedule_handle(schedule_id).update(lambda _: ScheduleUpdate(schedule=schedule))
+    except RPCError as exc:
+        log.warning("the reconciler's schedule %s could not be set: %s", schedule_id, exc.message)
 
 
 def main() -> None:

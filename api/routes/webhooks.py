@@ -7,18 +7,20 @@ its deployment's idempotency key and workflow id are derived from the server and
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import hmac
 import json
 import re
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.deploying import current_spec, launch, open_deployment
@@ -39,6 +41,9 @@ router = APIRouter(prefix="/api/servers", tags=["webhooks"])
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
 ZERO_COMMIT = "0" * 40
 _DELIVERY_ID = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
+# Rejected deliveries recorded per server and minute: anyone who knows a server's id can send requests
+# with a wrong secret, and must not push the genuine deliveries out of the kept window by doing so.
+REJECTED_RECORDS_PER_MINUTE = 20
 
 
 @dataclass
@@ -176,6 +181,17 @@ async def _reject(
     delivery: str | None,
 ) -> None:
     async with session.begin():
+        recent = await session.scalar(
+            select(func.count())
+            .select_from(WebhookDelivery)
+            .where(
+                WebhookDelivery.server_id == server_id,
+                WebhookDelivery.outcome == "rejected",
+                WebhookDelivery.created_at > func.now() - timedelta(minutes=1),
+            )
+        )
+        if (recent or 0) >= REJECTED_RECORDS_PER_MINUTE:
+            return  # still refused, just not recorded again
         await _record(
             session,
             state,
@@ -236,17 +252,19 @@ async def _deliver(
             await _record(session, state, locked.id, provider, intent, "ignored", intent.ignore, 200)
             return _answer(200, WebhookOutcome(outcome="ignored", reason=intent.ignore, delivery_id=intent.delivery_id))
         try:
-            spec, runtime = current_spec(locked, state)
-            source = spec["source"]
+            pinned: dict[str, Any] | None = None
             if intent.branch is not None or intent.revision is not None:
-                if source.get("type") != "git":
+                # The server's own source, pointed at the pushed branch or commit.
+                pinned = copy.deepcopy(locked.source)
+                if pinned.get("type") != "git":
                     raise InvalidInput("ref and revision name git commits; this server's source is not git")
                 if intent.branch is not None:
-                    source["branch"] = intent.branch
-                    source.pop("ref", None)
+                    pinned["branch"] = intent.branch
+                    pinned.pop("ref", None)
                 if intent.revision is not None:
-                    source["ref"] = intent.revision
-                spec, runtime = current_spec(locked, state, source=parse_source(source).model_dump(mode="json"))
+                    pinned["ref"] = intent.revision
+                pinned = parse_source(pinned).model_dump(mode="json")
+            spec, runtime = current_spec(locked, state, source=pinned)
         except DomainError as error:
             await _record(session, state, locked.id, provider, intent, "rejected", error.message, error.status_code)
             return _error(error)

@@ -21,6 +21,7 @@ from temporalio.worker import (
     Interceptor,
 )
 
+from api.routes.webhooks import REJECTED_RECORDS_PER_MINUTE
 from tests.support.mcp_client import call_tool
 from tests.support.stack import Stack, deploy, make_settings, running, wait_deployment
 
@@ -144,6 +145,24 @@ async def test_tool_lists_are_stored_by_the_health_check_not_carried_in_workflow
         assert "get_current_time" in json.dumps(caps) and re.search(r'"counts":\{[^}]*"tools":2\b', carried)
         assert "convert_time" not in carried, "tool lists travel through workflow history"
         assert (await client.post(f"/api/servers/{server['id']}/stop")).status_code == 202
+
+
+async def test_wrong_secrets_cannot_flood_the_delivery_records(stack: Stack) -> None:
+    client, _ = await stack.user()
+    async with client:
+        server = await create_time_server(client)
+        sid, secret = server["id"], server["webhook_secret"]
+        hook = f"{stack.base_url}/api/servers/{sid}/webhook"
+        async with httpx.AsyncClient() as raw:
+            for _ in range(REJECTED_RECORDS_PER_MINUTE + 10):
+                assert (await raw.post(hook, headers={"X-Webhook-Secret": "guess"})).status_code == 401
+            # An authentic delivery is recorded still (this one asks for something a package server lacks).
+            genuine = await raw.post(hook, headers={"X-Webhook-Secret": secret}, json={"revision": "b" * 40})
+            assert genuine.status_code == 422
+        deliveries = (await client.get(f"/api/servers/{sid}/webhook-deliveries?limit=100")).json()["data"]
+        assert deliveries[0]["status_code"] == 422
+        assert [d["status_code"] for d in deliveries].count(401) == REJECTED_RECORDS_PER_MINUTE
+        assert (await client.get(f"/api/servers/{sid}/deployments")).json()["count"] == 0
 
 
 async def test_generic_webhook_redeploys_with_the_secret_and_records_every_delivery(stack: Stack) -> None:

@@ -52,6 +52,8 @@ def make_settings(database_url: str, temporal_address: str, state_dir: Path, **o
         "gateway_session_idle_seconds": 5,
         # Supervisors probe every running server; the tests that are about them turn them on.
         "supervisor_interval_seconds": 0,
+        # A reconciler would remove what other tests leave for a moment; its own tests run it by hand.
+        "reconcile_interval_seconds": 0,
     }
     values.update(overrides)
     return Settings.model_validate(values)
