@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from temporalio.service import RPCError
 from runtimes.process import ProcessExecutor
 from tests.integration.test_lifecycle import create_time_server, current_time
 from tests.support.sse import EventStream
-from tests.support.stack import Stack, deploy, make_settings, running
+from tests.support.stack import Stack, WorkerProcess, deploy, make_settings, running
 from workflows.supervisor import SupervisorWorkflow
 
 
@@ -155,3 +156,64 @@ async def test_a_redeploy_hands_supervision_to_the_new_revision(
             assert not await events(client, server["id"], "restart")
             assert (await client.post(f"/api/servers/{server['id']}/stop")).status_code == 202
             assert (await asyncio.wait_for(new.result(), 60)).status == "ended"
+
+
+async def test_a_worker_killed_during_a_restart_leaves_exactly_one_instance(
+    database_url: str, temporal_address: str, process_state_dir: Path, workdir: Path
+) -> None:
+    """SIGKILL the worker while the supervisor's restart has launched the new instance but not yet recorded
+    it: the retried restart on the next worker adopts that instance instead of starting a second one."""
+    settings = make_settings(
+        database_url,
+        temporal_address,
+        process_state_dir,
+        supervisor_interval_seconds=0.5,
+        supervisor_backoff_max_seconds=1,
+    )
+    stack = Stack(settings, in_process_worker=False)
+    await stack.start()
+    worker = WorkerProcess(settings, workdir / f"worker-{uuid.uuid4().hex[:6]}.log")
+    worker.start()
+    executor = ProcessExecutor(settings.state_dir / "process")
+    try:
+        client, _ = await stack.user()
+        async with client:
+            server = await create_time_server(client)
+            sid = server["id"]
+            done = await deploy(client, sid)
+            assert done["status"] == "running", done
+            temporal = await stack.state.temporal()
+            supervisor = temporal.get_workflow_handle_for(SupervisorWorkflow.run, f"supervise-{done['id']}")
+            await wait_for(answers(supervisor), "the supervisor's first answer")
+
+            killed = await kill_instance(stack, sid)
+            deadline = time.monotonic() + 60
+            while True:
+                fresh = [
+                    i
+                    for i in await executor.instances(sid)
+                    if i.ref != killed and (await executor.status(i)).state == "running"
+                ]
+                if fresh:
+                    break
+                assert time.monotonic() < deadline, "the supervisor never launched a new instance"
+                await asyncio.sleep(0.02)
+            worker.kill()
+            assert not await events(client, sid, "restart"), "the restart was recorded before the kill"
+
+            worker.start()
+            restarts = await wait_for(lambda: events(client, sid, "restart"), "a restart event", timeout=180)
+            assert len(restarts) == 1
+            assert await running_count(stack, sid) == 1
+            state = await supervisor.query(SupervisorWorkflow.state)
+            assert state.restarts == 1 and state.instance_ref == fresh[0].ref
+            assert (await current_time(stack, server))["timezone"] == "UTC"
+            assert (await client.delete(f"/api/servers/{sid}")).status_code == 202
+            await wait_for(lambda: _gone(client, sid), "the server's deletion")
+    finally:
+        worker.stop()
+        await stack.stop()
+
+
+async def _gone(client: httpx.AsyncClient, sid: str) -> bool:
+    return (await client.get(f"/api/servers/{sid}")).status_code == 404
