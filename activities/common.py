@@ -14,7 +14,7 @@ from runtimes.base import RuntimeFailure
 
 T = TypeVar("T")
 
-HEARTBEAT_EVERY = 2.0
+HEARTBEAT_EVERY = 1.0
 
 
 async def heartbeating(work: Awaitable[T], detail: str = "") -> T:

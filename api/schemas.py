@@ -331,6 +331,11 @@ class DeploymentPublic(BaseModel):
 
 class DeploymentDetail(DeploymentPublic):
     steps: list[StepPublic]
+    settled: bool = Field(
+        default=False,
+        description="The deployment has ended and every step it began is finished. A deployment is `running` "
+        "as soon as its revision serves; retiring the earlier revision finishes a moment later.",
+    )
     live: LiveProgress | None = Field(default=None, description="The workflow's own view, when it answers")
 
 

@@ -463,7 +463,8 @@ def follow_deployment(client: Api, deployment_id: str, timeout: float) -> dict[s
     while True:
         detail = client.request("GET", f"/api/deployments/{deployment_id}")
         _print_steps(detail, seen)
-        if detail["status"] in TERMINAL:
+        # `running` comes as soon as the revision serves; retiring the earlier one finishes just after.
+        if detail["status"] in TERMINAL and (detail.get("settled", True) or time.monotonic() > deadline):
             return detail
         if time.monotonic() > deadline:
             raise _still_running(detail, deployment_id, timeout)

@@ -59,6 +59,8 @@ CANCEL_PATCH = "cancel-cleans-up"
 # through the task queue each (a deploy writes some twenty records).
 LOCAL_RECORDS_PATCH = "records-as-local-activities"
 CANCELLED = "the deployment was cancelled"
+# `running` is recorded as soon as the new revision serves; the earlier revisions are retired after.
+RUNNING_FIRST_PATCH = "running-before-retire"
 
 
 @dataclass
@@ -273,21 +275,9 @@ class DeployWorkflow:
 
             self._current = "retire_previous"
             await self._step("retire_previous", "started")
-            if self._host is not None:
-                # Earlier revisions may live on other hosts than this one: each is retired where it is.
-                placed = await placement.retire_on_hosts(
-                    data.server_id, keep_deployment_id=data.deployment_id, also=self._host, wait=self._host_wait
-                )
-                stopped, warnings = placed.stopped_deployment_ids, placed.warnings
-            else:
-                retired = await workflow.execute_activity_method(
-                    RuntimeActivities.retire_instances,
-                    RetireInput(server_id=data.server_id, keep_deployment_id=data.deployment_id),
-                    start_to_close_timeout=policies.RETIRE_TIMEOUT,
-                    heartbeat_timeout=policies.HEARTBEAT,
-                    retry_policy=policies.CLEANUP,
-                )
-                stopped, warnings = retired.stopped_deployment_ids, []
+            if workflow.patched(RUNNING_FIRST_PATCH):
+                return await self._running_then_retire(data, instance)
+            stopped, warnings = await self._retire(data)
             await self._step(
                 "retire_previous",
                 "succeeded",
@@ -310,6 +300,60 @@ class DeployWorkflow:
             if isinstance(err.cause, CancelledError) and workflow.patched(CANCEL_PATCH):
                 return await self._failed(data, instance, switched, CANCELLED, "cancelled")
             return await self._failed(data, instance, switched, failure_reason(err))
+
+    async def _retire(self, data: DeployInput) -> tuple[list[str], list[str]]:
+        """Stop the server's earlier instances; the deployments stopped, and what could not be reached."""
+        if self._host is not None:
+            # Earlier revisions may live on other hosts than this one: each is retired where it is.
+            placed = await placement.retire_on_hosts(
+                data.server_id, keep_deployment_id=data.deployment_id, also=self._host, wait=self._host_wait
+            )
+            return placed.stopped_deployment_ids, placed.warnings
+        retired = await workflow.execute_activity_method(
+            RuntimeActivities.retire_instances,
+            RetireInput(server_id=data.server_id, keep_deployment_id=data.deployment_id),
+            start_to_close_timeout=policies.RETIRE_TIMEOUT,
+            heartbeat_timeout=policies.HEARTBEAT,
+            retry_policy=policies.CLEANUP,
+        )
+        return retired.stopped_deployment_ids, []
+
+    async def _running_then_retire(self, data: DeployInput, instance: InstanceRecord) -> DeployOutcome:
+        """The new revision serves: say `running` now, then stop the earlier ones. The retire_previous step
+        finishes after that (`settled` on the record); a failure there is a warning, never a removal."""
+        final: str = await self._db(RecordActivities.complete_deployment, data.deployment_id)
+        if final != "running":
+            # A newer revision or a stop took over meanwhile: it retires what is left, this one included.
+            await self._step("retire_previous", "succeeded", f"nothing to retire: {final} meanwhile")
+            await self._cleanup(instance)
+            self._progress.status = final
+            return DeployOutcome(deployment_id=data.deployment_id, status=final, error=f"{final} meanwhile")
+        self._progress.status = "running"
+        try:
+            stopped, warnings = await self._retire(data)
+        except ActivityError as err:
+            reason = failure_reason(err)
+            warning = (
+                f"retire_previous failed after the switch ({reason}); this revision serves; earlier instances "
+                "may still run until the next deployment or stop retires them"
+            )
+            # The warning first: whoever sees the step finished sees it too.
+            await self._db(
+                RecordActivities.note_deployment,
+                FinishInput(deployment_id=data.deployment_id, status="running", error=warning),
+            )
+            await self._step("retire_previous", "failed", reason)
+            self._progress.error = warning
+        else:
+            message = "; ".join([f"stopped {len(stopped)} earlier instance(s)", *warnings])
+            await self._step("retire_previous", "succeeded", message)
+        await self._supervise(data, instance)
+        return DeployOutcome(
+            deployment_id=data.deployment_id,
+            status="running",
+            error=self._progress.error,
+            upstream_url=instance.url,
+        )
 
     async def _failed(
         self, data: DeployInput, instance: InstanceRecord | None, switched: bool, reason: str, status: str = "failed"

@@ -75,8 +75,8 @@ GIT = RetryPolicy(
 )
 
 DB_TIMEOUT = timedelta(seconds=15)
-# Runtime activities heartbeat every 2 s; a worker lost mid-activity is noticed after this.
-HEARTBEAT = timedelta(seconds=10)
+# Runtime activities heartbeat every second; a worker lost mid-activity is noticed after this.
+HEARTBEAT = timedelta(seconds=6)
 LAUNCH_TIMEOUT = timedelta(minutes=5)
 RETIRE_TIMEOUT = timedelta(minutes=5)
 # Claiming a host is answered at once by any worker of the shared queue.

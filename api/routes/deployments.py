@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Header, Response, status
@@ -193,13 +194,22 @@ async def _visible_deployment(session: AsyncSession, user: User, deployment_id: 
     return deployment
 
 
+def _long_ended(deployment: Deployment) -> bool:
+    """Ended a while ago with a step still open (its workflow was lost): the stream stops waiting for it."""
+    finished = deployment.finished_at
+    return finished is None or (datetime.now(UTC) - finished).total_seconds() > 60
+
+
 async def _recorded(session: AsyncSession, deployment: Deployment) -> DeploymentDetail:
     steps = (
         await session.scalars(
             select(DeploymentStep).where(DeploymentStep.deployment_id == deployment.id).order_by(DeploymentStep.id)
         )
     ).all()
-    return DeploymentDetail(**public_deployment(deployment), steps=[StepPublic.model_validate(s) for s in steps])
+    settled = deployment.status not in IN_PROGRESS and all(s.status != "started" for s in steps)
+    return DeploymentDetail(
+        **public_deployment(deployment), steps=[StepPublic.model_validate(s) for s in steps], settled=settled
+    )
 
 
 @router.get("/deployments/{deployment_id}", response_model=DeploymentDetail)
@@ -271,11 +281,12 @@ async def deployment_events(
                     if deployment is None:
                         yield b'event: end\ndata: {"status": "deleted"}\n\n'
                         return
-                    payload = (await _recorded(fresh, deployment)).model_dump_json()
+                    recorded = await _recorded(fresh, deployment)
+                    payload, settled = recorded.model_dump_json(), recorded.settled
                 if payload != last:
                     last, idle = payload, 0.0
                     yield f"event: deployment\ndata: {payload}\n\n".encode()
-                if deployment.status not in IN_PROGRESS:
+                if deployment.status not in IN_PROGRESS and (settled or _long_ended(deployment)):
                     yield f'event: end\ndata: {{"status": "{deployment.status}"}}\n\n'.encode()
                     return
                 try:

@@ -32,6 +32,7 @@ from runtimes.process import ProcessExecutor  # noqa: E402
 from tests.support.build_platform import build_platform  # noqa: E402
 from tests.support.components import ECHO_IMAGE  # noqa: E402
 from tests.support.stack import deploy  # noqa: E402
+from workflows.reconcile import ReconcileRun  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 TIME = {"type": "package", "package": "mcp-server-time"}
@@ -71,7 +72,18 @@ async def crash_and_wait_for_restart(client: Any, state_dir: Path, server_id: st
 async def main(tag: str) -> None:
     targets = {
         name: HERE / f"{name}_{tag}.json"
-        for name in ("deploy_package", "deploy_git", "build", "push", "stop_unreachable", "stop", "delete", "supervise")
+        for name in (
+            "deploy_package",
+            "redeploy_package",
+            "deploy_git",
+            "build",
+            "push",
+            "stop_unreachable",
+            "stop",
+            "delete",
+            "supervise",
+            "reconcile",
+        )
     }
     taken = [path.name for path in targets.values() if path.exists()]
     if taken:
@@ -86,6 +98,9 @@ async def main(tag: str) -> None:
             package = await deploy(client, time_server["id"])
             # Its supervisor restarts it once, as after a crash.
             await crash_and_wait_for_restart(client, settings.state_dir, time_server["id"])
+            # A second revision takes over and retires the first.
+            redeployed = await deploy(client, time_server["id"])
+            assert redeployed["status"] == "running", redeployed
             parts.git.publish("rec", {"Dockerfile": f"FROM {ECHO_IMAGE}\nEXPOSE 8080\n"})
             git_server = (
                 await client.post(
@@ -116,8 +131,15 @@ async def main(tag: str) -> None:
             await temporal.get_workflow_handle(f"stop-{time_server['id']}").result()
             await temporal.get_workflow_handle(f"delete-{git_server['id']}").result()
             await temporal.get_workflow_handle(f"supervise-{package['id']}").result()
+            await temporal.execute_workflow(
+                "ReconcileWorkflow",
+                ReconcileRun(host_queue=settings.host_task_queue, grace_seconds=0),
+                id=f"reconcile-{tag}",
+                task_queue=settings.temporal_task_queue,
+            )
         workflow_ids = {
             "deploy_package": package["workflow_id"],
+            "redeploy_package": redeployed["workflow_id"],
             "deploy_git": built["workflow_id"],
             "build": f"build-{built['id']}",
             "push": f"push-{built['id']}",
@@ -125,6 +147,7 @@ async def main(tag: str) -> None:
             "stop": f"stop-{time_server['id']}",
             "delete": f"delete-{git_server['id']}",
             "supervise": f"supervise-{package['id']}",
+            "reconcile": f"reconcile-{tag}",
         }
         for name, workflow_id in workflow_ids.items():
             history = await temporal.get_workflow_handle(workflow_id).fetch_history()

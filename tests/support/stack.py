@@ -213,7 +213,8 @@ async def wait_deployment(client: httpx.AsyncClient, deployment_id: str, timeout
         response = await client.get(f"/api/deployments/{deployment_id}")
         assert response.status_code == 200, response.text
         detail: dict[str, Any] = response.json()
-        if detail["status"] not in ("pending", "deploying"):
+        # Ended, and every step finished (retiring the earlier revision comes just after `running`).
+        if detail["status"] not in ("pending", "deploying") and detail.get("settled", True):
             return detail
         await asyncio.sleep(0.2)
     raise TimeoutError(f"deployment {deployment_id} still not finished after {timeout}s")
