@@ -104,7 +104,7 @@ async def run_worker(
                 max_concurrent_activities=50,
                 # A workflow whose worker died waits this long on that worker's sticky queue before any
                 # other worker takes it up (the default is 10 s): part of how soon a deployment resumes.
-                sticky_queue_schedule_to_start_timeout=timedelta(seconds=3),
+                sticky_queue_schedule_to_start_timeout=timedelta(seconds=1),
                 graceful_shutdown_timeout=timedelta(seconds=10),
                 interceptors=[MetricsInterceptor(), *interceptors],
             ),

@@ -36,7 +36,8 @@ RUNTIME = RetryPolicy(
 
 # The health check waits on its own until its deadline; a retry only covers a worker lost mid-check.
 HEALTH = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
+    # Soon: a retry follows a lost worker, whose loss the heartbeat timeout already waited for.
+    initial_interval=timedelta(milliseconds=200),
     maximum_attempts=3,
     non_retryable_error_types=PERMANENT_ERRORS,
 )
@@ -76,7 +77,7 @@ GIT = RetryPolicy(
 
 DB_TIMEOUT = timedelta(seconds=15)
 # Runtime activities heartbeat every second; a worker lost mid-activity is noticed after this.
-HEARTBEAT = timedelta(seconds=6)
+HEARTBEAT = timedelta(seconds=5)
 LAUNCH_TIMEOUT = timedelta(minutes=5)
 RETIRE_TIMEOUT = timedelta(minutes=5)
 # Claiming a host is answered at once by any worker of the shared queue.
