@@ -61,6 +61,14 @@ class InstanceRecord:
 
 
 @dataclass
+class StepBatch:
+    deployment_id: str
+    steps: list[StepRecord] = field(default_factory=list)
+    # Recorded first, in the same transaction: the instance the step before launched.
+    instance: InstanceRecord | None = None
+
+
+@dataclass
 class InstanceHosts:
     # Host task queues that may still hold instances of the server; "" stands for the shared task queue.
     host_queues: list[str] = field(default_factory=list)
@@ -191,11 +199,23 @@ class RecordActivities:
 
     @activity.defn(name="record_step")
     async def record_step(self, record: StepRecord) -> None:
-        dep_id = uuid.UUID(record.deployment_id)
         async with self.sessionmaker() as session, session.begin():
-            server_id = await session.scalar(select(Deployment.server_id).where(Deployment.id == dep_id))
-            if server_id is None:
-                return
+            await self._write_steps(session, record.deployment_id, [record])
+
+    @activity.defn(name="record_steps")
+    async def record_steps(self, batch: StepBatch) -> None:
+        """Consecutive step records (and the instance just launched) in one transaction."""
+        async with self.sessionmaker() as session, session.begin():
+            if batch.instance is not None:
+                await write_instance(session, batch.instance)
+            await self._write_steps(session, batch.deployment_id, batch.steps)
+
+    async def _write_steps(self, session: AsyncSession, deployment_id: str, records: list[StepRecord]) -> None:
+        dep_id = uuid.UUID(deployment_id)
+        server_id = await session.scalar(select(Deployment.server_id).where(Deployment.id == dep_id))
+        if server_id is None or not records:
+            return
+        for record in records:
             finished = func.now() if record.status != "started" else None
             stmt = insert(DeploymentStep).values(
                 deployment_id=dep_id,
@@ -216,10 +236,10 @@ class RecordActivities:
                 },
             )
             await session.execute(stmt)
-            await session.execute(update(Deployment).where(Deployment.id == dep_id).values(step=record.step))
             text_ = f"{record.step}: {record.status}" + (f" - {record.message}" if record.message else "")
             await self._log(session, server_id, dep_id, text_, "error" if record.status == "failed" else "info")
-            await _notify_deployment(session, dep_id)
+        await session.execute(update(Deployment).where(Deployment.id == dep_id).values(step=records[-1].step))
+        await _notify_deployment(session, dep_id)
 
     @activity.defn(name="record_image")
     async def record_image(self, data: RecordImage) -> None:
@@ -444,6 +464,7 @@ class RecordActivities:
         return [
             self.load_plan,
             self.record_step,
+            self.record_steps,
             self.record_image,
             self.record_instance,
             self.instance_hosts,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -75,6 +76,23 @@ class AppState:
                 except Exception as exc:
                     raise Unavailable(f"Temporal is not reachable at {self.settings.temporal_address}: {exc}") from None
             return self.temporal_client
+
+    # Instance output read by live log streams, shared: (deployment, tail) -> (read at, the read).
+    _log_reads: dict[tuple[str, int], tuple[float, asyncio.Task[list[str]]]] = field(default_factory=dict)
+
+    async def shared_log_tail(self, deployment: Deployment, tail: int, fresh_for: float = 0.5) -> list[str]:
+        """`runtime_log_tail` for streams: however many follow one server, its output is read at most once
+        per `fresh_for` seconds; callers in between get the same read."""
+        key = (str(deployment.id), tail)
+        now = time.monotonic()
+        cached = self._log_reads.get(key)
+        if cached is None or now - cached[0] > fresh_for:
+            for old, (at, _) in list(self._log_reads.items()):
+                if now - at > 10 * fresh_for:
+                    del self._log_reads[old]
+            cached = (now, asyncio.ensure_future(self.runtime_log_tail(deployment, tail)))
+            self._log_reads[key] = cached
+        return list(await asyncio.shield(cached[1]))
 
     async def runtime_log_tail(self, deployment: Deployment, tail: int) -> list[str]:
         """Read-only look at an instance's output; empty when this host cannot see that runtime."""

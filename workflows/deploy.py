@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
         InstanceRecord,
         RecordActivities,
         RecordImage,
+        StepBatch,
         StepRecord,
     )
     from activities.runtime import HostClaim, RetireInput, RuntimeActivities
@@ -61,6 +62,8 @@ LOCAL_RECORDS_PATCH = "records-as-local-activities"
 CANCELLED = "the deployment was cancelled"
 # `running` is recorded as soon as the new revision serves; the earlier revisions are retired after.
 RUNNING_FIRST_PATCH = "running-before-retire"
+# Step records that follow each other are written in one transaction (one local activity).
+BATCHED_RECORDS_PATCH = "batched-step-records"
 
 
 @dataclass
@@ -115,6 +118,7 @@ class DeployWorkflow:
         self._host: str | None = None
         self._host_wait = timedelta(seconds=120)
         self._local = False
+        self._batched = False
 
     async def _db(self, method: Any, arg: Any) -> Any:
         """One database record of this deployment (idempotent, retried through a database outage)."""
@@ -130,14 +134,35 @@ class DeployWorkflow:
     def progress(self) -> DeployProgress:
         return self._progress
 
-    async def _step(self, step: str, status: str, message: str | None = None) -> None:
+    def _note(self, step: str, status: str, message: str | None) -> None:
         self._progress.step = step
         states = [s for s in self._progress.steps if s.step != step]
         self._progress.steps = [*states, StepState(step=step, status=status, message=message)]
+
+    async def _step(self, step: str, status: str, message: str | None = None) -> None:
+        self._note(step, status, message)
         await self._db(
             RecordActivities.record_step,
             StepRecord(deployment_id=self._deployment_id, step=step, status=status, message=message),
         )
+
+    async def _steps(self, *records: tuple[str, str, str | None], instance: InstanceRecord | None = None) -> None:
+        """Records that follow each other with nothing between (and the instance just launched, first):
+        one transaction in runs that batch them, one record each in runs from before."""
+        if not self._batched:
+            if instance is not None:
+                await self._db(RecordActivities.record_instance, instance)
+            for step, status, message in records:
+                await self._step(step, status, message)
+            return
+        for step, status, message in records:
+            self._note(step, status, message)
+        batch = StepBatch(
+            deployment_id=self._deployment_id,
+            steps=[StepRecord(self._deployment_id, step, status, message) for step, status, message in records],
+            instance=instance,
+        )
+        await self._db(RecordActivities.record_steps, batch)
 
     async def _drain_sessions(self, server_id: str) -> None:
         """Session-era clients opened on an earlier revision keep it until their sessions end or the drain
@@ -181,6 +206,7 @@ class DeployWorkflow:
     async def run(self, data: DeployInput) -> DeployOutcome:
         self._deployment_id = data.deployment_id
         self._local = workflow.patched(LOCAL_RECORDS_PATCH)
+        self._batched = workflow.patched(BATCHED_RECORDS_PATCH)
         self._host_wait = timedelta(seconds=data.host_wait_seconds)
         self._progress.status = "deploying"
         instance: InstanceRecord | None = None
@@ -189,14 +215,16 @@ class DeployWorkflow:
         try:
             await self._step("resolve", "started")
             plan: DeploymentPlan = await self._db(RecordActivities.load_plan, data.deployment_id)
-            await self._step("resolve", "succeeded", f"{plan.source_type} source on the {plan.runtime} runtime")
-
+            resolved = f"{plan.source_type} source on the {plan.runtime} runtime"
             if plan.source_type == "git":
+                await self._step("resolve", "succeeded", resolved)
                 self._current = "build"
                 await self._build(data)
-
-            self._current = "prepare"
-            await self._step("prepare", "started")
+                self._current = "prepare"
+                await self._step("prepare", "started")
+            else:
+                self._current = "prepare"
+                await self._steps(("resolve", "succeeded", resolved), ("prepare", "started", None))
             claim: HostClaim | None = None
             if workflow.patched(placement.PATCH):
                 # Any worker of the shared queue may take this: the one that does becomes the host, which
@@ -217,10 +245,8 @@ class DeployWorkflow:
                 task_queue=self._host,
                 schedule_to_start_timeout=self._host_wait_bound,
             )
-            await self._step("prepare", "succeeded", prepared[:500])
-
             self._current = "launch"
-            await self._step("launch", "started")
+            await self._steps(("prepare", "succeeded", prepared[:500]), ("launch", "started", None))
             instance = await workflow.execute_activity_method(
                 RuntimeActivities.launch_instance,
                 data.deployment_id,
@@ -230,12 +256,13 @@ class DeployWorkflow:
                 task_queue=self._host,
                 schedule_to_start_timeout=self._host_wait_bound,
             )
-            await self._db(RecordActivities.record_instance, instance)
             where = f" on host {claim.host_id}" if claim is not None else ""
-            await self._step("launch", "succeeded", f"{instance.runtime} instance {instance.ref}{where}")
-
             self._current = "health_check"
-            await self._step("health_check", "started")
+            await self._steps(
+                ("launch", "succeeded", f"{instance.runtime} instance {instance.ref}{where}"),
+                ("health_check", "started", None),
+                instance=instance,
+            )
             stored = workflow.patched(STORED_CAPABILITIES_PATCH)
             health: HealthResult = await workflow.execute_activity_method(
                 HealthActivities.check_health,
@@ -246,15 +273,12 @@ class DeployWorkflow:
                 task_queue=self._host,
                 schedule_to_start_timeout=self._host_wait_bound,
             )
-            await self._step(
-                "health_check",
-                "succeeded",
+            healthy = (
                 f"MCP {health.protocol_version}: {health.count('tools')} tools, {health.count('prompts')} prompts, "
-                f"{health.count('resources')} resources",
+                f"{health.count('resources')} resources"
             )
-
             self._current = "switch_route"
-            await self._step("switch_route", "started")
+            await self._steps(("health_check", "succeeded", healthy), ("switch_route", "started", None))
             activated = await self._db(
                 RecordActivities.activate,
                 ActivateInput(

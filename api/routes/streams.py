@@ -172,7 +172,7 @@ async def logs_stream(
             )
             chunks.append(_event("log", line.model_dump(mode="json"), row.id))
         if latest is not None:
-            output = await state.runtime_log_tail(latest, 200)
+            output = await state.shared_log_tail(latest, 200)
             key = str(latest.id)
             fresh_lines = new_lines(seen.get(key, []), output)
             if first[0]:
