@@ -24,11 +24,18 @@ async def test_create_deploy_list_logs_and_stop(stack: Stack, tmp_path: Path) ->
         deployed = await cli("deploy", name)
         assert deployed.code == 0, deployed.out + deployed.err
         assert "running" in deployed.out and "health_check" in deployed.out
+        # It follows the record until it settles: the step after `running` is shown too.
+        assert "retire_previous" in deployed.out
 
         listed = await cli("servers", "list", "--json")
         assert listed.code == 0
         [mine] = [s for s in json.loads(listed.out)["data"] if s["name"] == name]
         assert mine["status"] == "running"
+
+        # A deployment that has ended cannot be cancelled; the CLI says why.
+        [deployment] = (await client.get(f"/api/servers/{mine['id']}/deployments")).json()["data"]
+        late = await cli("cancel", deployment["id"])
+        assert late.code != 0 and "already ended" in late.err, late.out + late.err
 
         logs = await cli("logs", name)
         assert logs.code == 0 and "serving revision 1" in logs.out
