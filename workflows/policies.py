@@ -77,7 +77,7 @@ GIT = RetryPolicy(
 
 DB_TIMEOUT = timedelta(seconds=15)
 # Runtime activities heartbeat every second; a worker lost mid-activity is noticed after this.
-HEARTBEAT = timedelta(seconds=5)
+HEARTBEAT = timedelta(seconds=10)
 LAUNCH_TIMEOUT = timedelta(minutes=5)
 RETIRE_TIMEOUT = timedelta(minutes=5)
 # Claiming a host is answered at once by any worker of the shared queue.
