@@ -27,7 +27,10 @@ async def heartbeating(work: Awaitable[T], detail: str = "") -> T:
                 return task.result()
             activity.heartbeat(detail)
     except BaseException:
+        # Let the work clean up (kill its subprocess, finish its thread) before the caller removes
+        # what the work was using, e.g. the build workspace.
         task.cancel()
+        await asyncio.wait({task})
         raise
 
 

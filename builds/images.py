@@ -8,6 +8,7 @@ import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import docker
 import docker.errors
@@ -39,6 +40,23 @@ class PlatformUnsupported(PermanentFailure):
 
 class EngineUnavailable(RuntimeFailure):
     kind = "engine_unavailable"
+
+
+T = TypeVar("T")
+
+
+async def _until_thread_ends(run: Callable[[], T], stop: threading.Event, grace: float = 30.0) -> T:
+    """`run` in a thread; cancelled, ask it to stop and give it `grace` seconds to end, so whoever
+    owns its files (the build context) removes them only once nothing reads or writes them."""
+    future = asyncio.ensure_future(asyncio.to_thread(run))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        stop.set()
+        await asyncio.wait({future}, timeout=grace)
+        if future.done() and not future.cancelled():
+            future.exception()  # retrieved: the attempt was cancelled, its outcome no longer matters
+        raise
 
 
 def host_arch() -> str:
@@ -181,7 +199,7 @@ class ImageBuilder:
             except docker.errors.ImageNotFound:
                 raise BuildFailed("the build finished without producing an image") from None
 
-        return await asyncio.to_thread(run)
+        return await _until_thread_ends(run, stop)
 
     async def push(self, repository: str, tag: str, auth_config: dict[str, str] | None) -> None:
         """Push `repository:tag` through the engine (it reads layers from its own storage, compresses

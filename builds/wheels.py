@@ -5,6 +5,7 @@ index, and no code from the repository runs on the worker (`--only-binary=:all:`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from pathlib import Path
 
@@ -20,6 +21,12 @@ def platform_tags(arch: str) -> list[str]:
     tags = [f"manylinux_2_{minor}_{arch}" for minor in range(36, 16, -1)]
     tags += [f"manylinux2014_{arch}", f"linux_{arch}"]
     return [arg for tag in tags for arg in ("--platform", tag)]
+
+
+async def _kill(proc: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    await proc.wait()
 
 
 async def fetch(dest: Path, requirements: list[str], *, platform: str, python_version: str, timeout: float) -> None:
@@ -38,9 +45,11 @@ async def fetch(dest: Path, requirements: list[str], *, platform: str, python_ve
     try:
         _, err = await asyncio.wait_for(proc.communicate(), timeout=timeout)
     except TimeoutError:
-        proc.kill()
-        await proc.wait()
+        await _kill(proc)
         raise RuntimeFailure("fetching Python dependencies timed out (PACKAGE_INSTALL_TIMEOUT_SECONDS)") from None
+    except BaseException:
+        await asyncio.shield(_kill(proc))  # cancelled: pip must stop writing into the workspace first
+        raise
     if proc.returncode != 0:
         detail = [line for line in err.decode(errors="replace").strip().splitlines() if "WARNING" not in line]
         raise RecipeError(
