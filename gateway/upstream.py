@@ -13,6 +13,7 @@ import asyncio
 import socket
 from collections import deque
 from collections.abc import AsyncIterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import httptools
@@ -33,6 +34,18 @@ class ReadTimeout(UpstreamError):
     pass
 
 
+class TimedOut:
+    """What `next_chunk` returns when its wait ran out."""
+
+
+TIMED_OUT = TimedOut()
+
+
+def _expire(wakeup: asyncio.Future[Any]) -> None:
+    if not wakeup.done():
+        wakeup.set_result(TIMED_OUT)
+
+
 class _Connection(asyncio.Protocol):
     def __init__(self, pool: UpstreamPool, key: tuple[str, int]) -> None:
         self.pool = pool
@@ -51,7 +64,7 @@ class _Connection(asyncio.Protocol):
         self.done = False
         self.keep_alive = False
         self.error: BaseException | None = None
-        self.wakeup: asyncio.Future[None] | None = None
+        self.wakeup: asyncio.Future[Any] | None = None
         self.received = 0
 
     # -- asyncio.Protocol
@@ -102,6 +115,11 @@ class _Connection(asyncio.Protocol):
             self.head.exception()  # retrieved by whoever awaits it; never "never retrieved"
         self._wake()
 
+    def head_timed_out(self, seconds: float) -> None:
+        if not self.head.done():
+            self.head.set_exception(ReadTimeout(f"no answer within {seconds:g} s"))
+            self.head.exception()  # retrieved: whoever awaits it still gets it
+
     def _wake(self) -> None:
         if self.wakeup is not None and not self.wakeup.done():
             self.wakeup.set_result(None)
@@ -125,8 +143,9 @@ class UpstreamResponse:
                 return value
         return None
 
-    async def next_chunk(self) -> bytes | None:
-        """The next piece of the body as it arrived, or None at its end. Safe to cancel."""
+    async def next_chunk(self, timeout: float | None = None) -> bytes | None | TimedOut:
+        """The next piece of the body as it arrived, None at its end, or TIMED_OUT when nothing came within
+        `timeout` seconds (the connection stays usable: call again). Safe to cancel."""
         conn = self._conn
         while True:
             if conn.chunks:
@@ -139,11 +158,24 @@ class UpstreamResponse:
                 return None
             if conn.error is not None:
                 raise conn.error
-            conn.wakeup = asyncio.get_running_loop().create_future()
-            await conn.wakeup
+            wakeup = conn.wakeup = asyncio.get_running_loop().create_future()
+            if timeout is None:
+                await wakeup
+                continue
+            timer = wakeup.get_loop().call_later(timeout, _expire, wakeup)
+            try:
+                await wakeup
+            finally:
+                timer.cancel()
+            if wakeup.result() is TIMED_OUT and not conn.chunks and not conn.done and conn.error is None:
+                return TIMED_OUT
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
-        while (chunk := await self.next_chunk()) is not None:
+        while True:
+            chunk = await self.next_chunk()
+            if chunk is None:
+                return
+            assert isinstance(chunk, bytes)
             yield chunk
 
     def close(self) -> None:
@@ -236,15 +268,17 @@ class UpstreamPool:
             conn._reset()
             assert conn.transport is not None
             conn.transport.write(data)
+            # A timer handle, not asyncio.timeout(): the same deadline for a fraction of the bookkeeping.
+            timer = (
+                None
+                if read_timeout is None
+                else asyncio.get_running_loop().call_later(read_timeout, conn.head_timed_out, read_timeout)
+            )
             try:
-                if read_timeout is None:
-                    await conn.head
-                else:
-                    async with asyncio.timeout(read_timeout):
-                        await conn.head
-            except TimeoutError:
+                await conn.head
+            except ReadTimeout:
                 conn.close()
-                raise ReadTimeout(f"no answer within {read_timeout:g} s") from None
+                raise
             except UpstreamError:
                 conn.close()
                 # A kept-alive connection the server had closed meanwhile: nothing was processed, so the
@@ -255,6 +289,9 @@ class UpstreamPool:
             except BaseException:
                 conn.close()
                 raise
+            finally:
+                if timer is not None:
+                    timer.cancel()
             return UpstreamResponse(conn, conn.parser.get_status_code())
         raise UpstreamError("the server closed the connection")  # pragma: no cover - loop always returns
 
