@@ -23,6 +23,7 @@ from api.routes import (
     artifacts,
     auth,
     deployments,
+    evaluations,
     files,
     gateway_docs,
     health,
@@ -147,6 +148,7 @@ def create_app(settings: Settings) -> WithGateway:
     app.include_router(keys.router)
     app.include_router(usage.router)
     app.include_router(webhooks.router)
+    app.include_router(evaluations.router)
     app.include_router(gateway_docs.router)
 
     @app.get("/metrics", include_in_schema=False)

@@ -18,6 +18,7 @@ from core import temporal
 from core.errors import Unavailable
 from core.settings import Settings
 from workflows.deploy import DeployInput
+from workflows.evaluation import EvaluationInput
 from workflows.server_lifecycle import ServerInput
 
 SERVER_WORKFLOW_PREFIX = {"StopServerWorkflow": "stop", "DeleteServerWorkflow": "delete"}
@@ -54,6 +55,7 @@ async def start_deploy(
                 [
                     SearchAttributePair(temporal.SERVER_ID, str(server_id)),
                     SearchAttributePair(temporal.DEPLOYMENT_ID, str(deployment_id)),
+                    SearchAttributePair(temporal.KIND, "deploy"),
                 ]
             ),
         )
@@ -73,7 +75,12 @@ async def start_server_workflow(client: Client, settings: Settings, workflow: st
             id=workflow_id,
             task_queue=settings.temporal_task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            search_attributes=TypedSearchAttributes([SearchAttributePair(temporal.SERVER_ID, str(server_id))]),
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(temporal.SERVER_ID, str(server_id)),
+                    SearchAttributePair(temporal.KIND, SERVER_WORKFLOW_PREFIX[workflow]),
+                ]
+            ),
         )
     except RPCError as exc:
         raise Unavailable(f"could not start {workflow}: {exc.message}") from None
@@ -82,10 +89,48 @@ async def start_server_workflow(client: Client, settings: Settings, workflow: st
 
 async def cancel_deploy(client: Client, workflow_id: str) -> bool:
     """Ask a deployment's workflow to cancel; False when no such workflow exists (it never started)."""
+    return await cancel_workflow(client, workflow_id, "the deployment workflow")
+
+
+def evaluation_workflow_id(run_id: uuid.UUID) -> str:
+    return f"eval-{run_id}"
+
+
+async def start_evaluation(client: Client, settings: Settings, *, server_id: uuid.UUID, run_id: uuid.UUID) -> None:
+    """Start an evaluation run's workflow; starting it again joins the run already there."""
+    try:
+        await client.start_workflow(
+            "EvaluationRunWorkflow",
+            EvaluationInput(
+                run_id=str(run_id),
+                server_id=str(server_id),
+                health_timeout_seconds=settings.health_check_timeout_seconds,
+                install_timeout_seconds=settings.package_install_timeout_seconds,
+                host_wait_seconds=settings.worker_host_wait_seconds,
+            ),
+            id=evaluation_workflow_id(run_id),
+            task_queue=settings.temporal_task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(temporal.SERVER_ID, str(server_id)),
+                    SearchAttributePair(temporal.KIND, "evaluation"),
+                ]
+            ),
+        )
+    except WorkflowAlreadyStartedError:
+        pass
+    except RPCError as exc:
+        raise Unavailable(f"could not start the evaluation workflow: {exc.message}") from None
+
+
+async def cancel_workflow(client: Client, workflow_id: str, what: str = "the workflow") -> bool:
+    """Ask a workflow to cancel; False when no such workflow exists."""
     try:
         await client.get_workflow_handle(workflow_id).cancel()
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
             return False
-        raise Unavailable(f"could not cancel the deployment workflow: {exc.message}") from None
+        raise Unavailable(f"could not cancel {what}: {exc.message}") from None
     return True

@@ -15,7 +15,9 @@ log = logging.getLogger(__name__)
 
 SERVER_ID = SearchAttributeKey.for_keyword("McpServerId")
 DEPLOYMENT_ID = SearchAttributeKey.for_keyword("McpDeploymentId")
-SEARCH_ATTRIBUTES = (SERVER_ID, DEPLOYMENT_ID)
+# What a workflow does: deploy, stop, delete, evaluation, ... (filter by it in the Web UI).
+KIND = SearchAttributeKey.for_keyword("McpKind")
+SEARCH_ATTRIBUTES = (SERVER_ID, DEPLOYMENT_ID, KIND)
 
 
 async def connect(settings: Settings) -> Client:

@@ -26,6 +26,7 @@ from temporalio.worker import Interceptor, Worker
 
 from activities.artifacts import ArtifactActivities
 from activities.build import BuildActivities
+from activities.evaluation import EvaluationActivities
 from activities.health import HealthActivities
 from activities.reconcile import ReconcileActivities
 from activities.records import RecordActivities
@@ -40,6 +41,7 @@ from runtimes import build_executors
 from worker.metrics import MetricsInterceptor
 from workflows.build import BuildWorkflow
 from workflows.deploy import DeployWorkflow
+from workflows.evaluation import EvaluationRunWorkflow
 from workflows.push import PushWorkflow
 from workflows.reconcile import ReconcileRun, ReconcileWorkflow
 from workflows.server_lifecycle import DeleteServerWorkflow, StopServerWorkflow
@@ -55,6 +57,7 @@ WORKFLOWS = [
     DeleteServerWorkflow,
     SupervisorWorkflow,
     ReconcileWorkflow,
+    EvaluationRunWorkflow,
 ]
 
 
@@ -89,6 +92,8 @@ async def run_worker(
         *SupervisionActivities(sessionmaker, runtime).all(),
         *HealthActivities(executors, sessionmaker).all(),
         *ReconcileActivities(sessionmaker, executors).all(),
+        # Tests call the instance where it runs; the run's records are written from there too.
+        *EvaluationActivities(sessionmaker, executors).all(),
     ]
     # Names the host in the Web UI's history of every task, so where a step ran can be read there.
     identity = f"{os.getpid()}@{settings.worker_host_id}"

@@ -1,0 +1,379 @@
+"""Evaluations: a server's tests, runs of them against a revision (EvaluationRunWorkflow), their results,
+a scoreboard across the caller's servers and a ranking of servers by score."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Header, Query, Response, status
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from api.deploying import check_idempotency_key
+from api.deps import CurrentUser, SessionDep, StateDep, TemporalDep, load_server
+from api.schemas import (
+    EvalResultPublic,
+    EvalRunCreate,
+    EvalRunPublic,
+    EvalRunResults,
+    EvalScoreboardRow,
+    EvalSummaryRow,
+    EvalTestCreate,
+    EvalTestPublic,
+    ListOf,
+    error_responses,
+)
+from api.workflows import cancel_workflow, evaluation_workflow_id, start_evaluation
+from core.errors import Conflict, InvalidInput, NotFound
+from core.models import Deployment, EvalResult, EvalRun, EvalTest, Server, ServerLog, User
+
+router = APIRouter(prefix="/api", tags=["evaluations"])
+MAX_TESTS = 200
+FINISHED = ("passed", "failed", "error", "cancelled")
+RUN_STATUSES = ("pending", "running", *FINISHED)
+
+
+def _visible(stmt: Any, user: User) -> Any:
+    return stmt if user.role == "admin" else stmt.where(Server.owner_id == user.id)
+
+
+@router.get(
+    "/servers/{server_id}/eval/tests", response_model=ListOf[EvalTestPublic], responses=error_responses(401, 404, 422)
+)
+async def list_tests(server_id: uuid.UUID, user: CurrentUser, session: SessionDep) -> ListOf[EvalTestPublic]:
+    """The server's evaluation tests, oldest first."""
+    server = await load_server(session, user, server_id)
+    rows = (
+        await session.scalars(select(EvalTest).where(EvalTest.server_id == server.id).order_by(EvalTest.created_at))
+    ).all()
+    return ListOf[EvalTestPublic](count=len(rows), data=[EvalTestPublic.model_validate(r) for r in rows])
+
+
+@router.post(
+    "/servers/{server_id}/eval/tests",
+    status_code=status.HTTP_201_CREATED,
+    response_model=EvalTestPublic,
+    responses=error_responses(401, 404, 409, 422),
+)
+async def create_test(
+    server_id: uuid.UUID, body: EvalTestCreate, user: CurrentUser, session: SessionDep
+) -> EvalTestPublic:
+    """A new test: call `tool` with `arguments` and score the answer against `expectation` (kinds: exact,
+    contains, regex, json_subset, json_schema, similarity)."""
+    try:
+        async with session.begin():
+            server = await load_server(session, user, server_id, lock=True)
+            count = await session.scalar(select(func.count()).where(EvalTest.server_id == server.id))
+            if (count or 0) >= MAX_TESTS:
+                raise Conflict(f"a server may have at most {MAX_TESTS} evaluation tests; delete one first")
+            row = EvalTest(
+                id=uuid.uuid4(),
+                server_id=server.id,
+                name=body.name,
+                tool=body.tool,
+                arguments=body.arguments,
+                expectation=body.expectation.model_dump(mode="json", by_alias=True),
+                expect_error=body.expect_error,
+                timeout_seconds=body.timeout_seconds,
+                created_by=user.id,
+            )
+            session.add(row)
+    except IntegrityError:
+        raise Conflict(f"this server already has a test named {body.name!r}") from None
+    await session.refresh(row)
+    return EvalTestPublic.model_validate(row)
+
+
+@router.delete(
+    "/servers/{server_id}/eval/tests/{test_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=error_responses(401, 404, 422),
+)
+async def delete_test(server_id: uuid.UUID, test_id: uuid.UUID, user: CurrentUser, session: SessionDep) -> Response:
+    """Delete a test. Runs that evaluated it keep their results."""
+    async with session.begin():
+        server = await load_server(session, user, server_id, lock=True)
+        row = await session.scalar(select(EvalTest).where(EvalTest.id == test_id, EvalTest.server_id == server.id))
+        if row is None:
+            raise NotFound(f"test {test_id} not found on this server")
+        await session.delete(row)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+async def _target(session: AsyncSession, server: Server, deployment_id: uuid.UUID | None) -> Deployment:
+    if deployment_id is None:
+        if server.active_deployment_id is None:
+            raise Conflict("no revision of this server serves: deploy it, or name a deployment to evaluate")
+        deployment = await session.get(Deployment, server.active_deployment_id)
+    else:
+        deployment = await session.scalar(
+            select(Deployment).where(Deployment.id == deployment_id, Deployment.server_id == server.id)
+        )
+        if deployment is None:
+            raise NotFound(f"deployment {deployment_id} not found on this server")
+    assert deployment is not None
+    if deployment.status in ("pending", "deploying") and deployment.id != server.active_deployment_id:
+        raise Conflict(f"revision {deployment.seq} is still being deployed: evaluate it once it has ended")
+    if deployment.spec.get("source", {}).get("type") == "git" and not deployment.spec.get("built"):
+        raise Conflict(f"revision {deployment.seq} was never built: there is nothing to evaluate")
+    return deployment
+
+
+async def _replayed(session: AsyncSession, server_id: uuid.UUID, key: str | None) -> EvalRun | None:
+    if not key:
+        return None
+    found: EvalRun | None = await session.scalar(
+        select(EvalRun).where(EvalRun.server_id == server_id, EvalRun.idempotency_key == key)
+    )
+    return found
+
+
+async def _new_run(session: AsyncSession, server: Server, user: User, body: EvalRunCreate, key: str | None) -> EvalRun:
+    deployment = await _target(session, server, body.deployment_id)
+    tests = list(
+        (
+            await session.scalars(select(EvalTest).where(EvalTest.server_id == server.id).order_by(EvalTest.created_at))
+        ).all()
+    )
+    if body.tests is not None:
+        unknown = sorted(set(body.tests) - {t.name for t in tests})
+        if unknown:
+            raise InvalidInput(f"no such test on this server: {', '.join(unknown)}")
+        tests = [t for t in tests if t.name in set(body.tests)]
+    if not tests:
+        raise Conflict("this server has no evaluation tests: add some at POST .../eval/tests")
+    run_id = uuid.uuid4()
+    run = EvalRun(
+        id=run_id,
+        server_id=server.id,
+        deployment_id=deployment.id,
+        seq=deployment.seq,
+        workflow_id=evaluation_workflow_id(run_id),
+        idempotency_key=key,
+        status="pending",
+        candidate=False,
+        tests={
+            "tests": [
+                {
+                    "id": str(t.id),
+                    "name": t.name,
+                    "tool": t.tool,
+                    "arguments": t.arguments,
+                    "expectation": t.expectation,
+                    "expect_error": t.expect_error,
+                    "timeout_seconds": t.timeout_seconds,
+                }
+                for t in tests
+            ]
+        },
+        total=0,
+        passed=0,
+        created_by=user.id,
+    )
+    session.add(run)
+    session.add(
+        ServerLog(
+            server_id=server.id,
+            message=f"evaluation of revision {deployment.seq} ({len(tests)} tests) asked for by {user.email}",
+        )
+    )
+    return run
+
+
+@router.post(
+    "/servers/{server_id}/eval/run",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=EvalRunPublic,
+    responses=error_responses(401, 404, 409, 422, 503),
+)
+async def run_tests(
+    server_id: uuid.UUID,
+    user: CurrentUser,
+    session: SessionDep,
+    state: StateDep,
+    client: TemporalDep,
+    response: Response,
+    body: EvalRunCreate | None = None,
+    idempotency_key: str | None = Header(default=None, max_length=200),
+) -> EvalRunPublic:
+    """Run the server's tests (or the named ones) against the serving revision, or against a named
+    deployment, which is launched beside the serving one for the run. Answers at once; follow the run at
+    `GET /api/evaluations/{id}`. The same `Idempotency-Key` again returns the same run."""
+    check_idempotency_key(idempotency_key)
+    body = body or EvalRunCreate()
+    try:
+        async with session.begin():
+            server = await load_server(session, user, server_id, lock=True)
+            run = await _replayed(session, server.id, idempotency_key)
+            if run is None:
+                run = await _new_run(session, server, user, body, idempotency_key)
+            else:
+                response.headers["Idempotent-Replayed"] = "true"
+    except IntegrityError:
+        # The same key from a concurrent request won: that request's run is this one's.
+        run = await _replayed(session, server_id, idempotency_key)
+        if run is None:
+            raise
+        response.headers["Idempotent-Replayed"] = "true"
+    await session.refresh(run)
+    if run.status == "pending":
+        try:
+            await start_evaluation(client, state.settings, server_id=run.server_id, run_id=run.id)
+        except Exception as exc:
+            async with session.begin():
+                row = await session.get(EvalRun, run.id, with_for_update=True)
+                if row is not None and row.status == "pending":
+                    row.status = "error"
+                    row.error = f"the evaluation workflow could not be started: {getattr(exc, 'message', exc)}"
+            raise
+    return EvalRunPublic.model_validate(run)
+
+
+@router.get(
+    "/servers/{server_id}/eval/runs", response_model=ListOf[EvalRunPublic], responses=error_responses(401, 404, 422)
+)
+async def list_runs(
+    server_id: uuid.UUID, user: CurrentUser, session: SessionDep, limit: int = Query(default=50, ge=1, le=500)
+) -> ListOf[EvalRunPublic]:
+    """The server's evaluation runs, newest first."""
+    server = await load_server(session, user, server_id)
+    rows = (
+        await session.scalars(
+            select(EvalRun).where(EvalRun.server_id == server.id).order_by(EvalRun.created_at.desc()).limit(limit)
+        )
+    ).all()
+    return ListOf[EvalRunPublic](count=len(rows), data=[EvalRunPublic.model_validate(r) for r in rows])
+
+
+async def _with_results(session: AsyncSession, run: EvalRun) -> EvalRunResults:
+    results = (
+        await session.scalars(select(EvalResult).where(EvalResult.run_id == run.id).order_by(EvalResult.id))
+    ).all()
+    return EvalRunResults(
+        run=EvalRunPublic.model_validate(run), results=[EvalResultPublic.model_validate(r) for r in results]
+    )
+
+
+@router.get(
+    "/servers/{server_id}/eval/results", response_model=EvalRunResults, responses=error_responses(401, 404, 422)
+)
+async def latest_results(
+    server_id: uuid.UUID,
+    user: CurrentUser,
+    session: SessionDep,
+    run_id: uuid.UUID | None = Query(default=None, description="Unset: the newest run"),
+) -> EvalRunResults:
+    """A run's results per test (passed, score, latency, an excerpt of the answer): the newest run's, or
+    the named one's."""
+    server = await load_server(session, user, server_id)
+    stmt = select(EvalRun).where(EvalRun.server_id == server.id)
+    stmt = stmt.where(EvalRun.id == run_id) if run_id else stmt.order_by(EvalRun.created_at.desc()).limit(1)
+    run = await session.scalar(stmt)
+    if run is None:
+        raise NotFound(f"evaluation run {run_id} not found" if run_id else "this server has no evaluation runs yet")
+    return await _with_results(session, run)
+
+
+@router.get("/evaluations", response_model=ListOf[EvalScoreboardRow], responses=error_responses(401, 422))
+async def scoreboard(
+    user: CurrentUser,
+    session: SessionDep,
+    run_status: str | None = Query(default=None, alias="status", description="Only runs with this status"),
+    limit: int = Query(default=100, ge=1, le=1000),
+) -> ListOf[EvalScoreboardRow]:
+    """Evaluation runs across the servers the caller can see, newest first."""
+    if run_status is not None and run_status not in RUN_STATUSES:
+        raise InvalidInput(f"status must be one of {', '.join(RUN_STATUSES)}")
+    stmt = _visible(select(EvalRun, Server.name).join(Server, Server.id == EvalRun.server_id), user)
+    if run_status:
+        stmt = stmt.where(EvalRun.status == run_status)
+    rows = (await session.execute(stmt.order_by(EvalRun.created_at.desc()).limit(limit))).all()
+    data = [EvalScoreboardRow(**EvalRunPublic.model_validate(run).model_dump(), server_name=name) for run, name in rows]
+    return ListOf[EvalScoreboardRow](count=len(data), data=data)
+
+
+@router.get("/evaluations/summary", response_model=ListOf[EvalSummaryRow], responses=error_responses(401))
+async def summary(user: CurrentUser, session: SessionDep) -> ListOf[EvalSummaryRow]:
+    """The caller's servers ranked by the mean score of their finished evaluation runs (best first)."""
+    finished = EvalRun.status.in_(("passed", "failed"))
+    stats = (
+        _visible(
+            select(
+                EvalRun.server_id,
+                Server.name,
+                func.count().label("runs"),
+                func.avg(EvalRun.score).label("average"),
+            ).join(Server, Server.id == EvalRun.server_id),
+            user,
+        )
+        .where(finished, EvalRun.score.is_not(None))
+        .group_by(EvalRun.server_id, Server.name)
+    )
+    rows = (await session.execute(stmt_order(stats))).all()
+    data: list[EvalSummaryRow] = []
+    for rank, (server_id, name, runs, average) in enumerate(rows, start=1):
+        latest = await session.scalar(
+            select(EvalRun)
+            .where(EvalRun.server_id == server_id, finished)
+            .order_by(EvalRun.finished_at.desc())
+            .limit(1)
+        )
+        assert latest is not None
+        data.append(
+            EvalSummaryRow(
+                rank=rank,
+                server_id=server_id,
+                server_name=name,
+                runs=runs,
+                average_score=round(float(average), 4),
+                latest_score=latest.score,
+                latest_status=latest.status,
+                latest_run_id=latest.id,
+                latest_at=latest.finished_at or latest.created_at,
+            )
+        )
+    return ListOf[EvalSummaryRow](count=len(data), data=data)
+
+
+def stmt_order(stats: Any) -> Any:
+    subquery = stats.subquery()
+    return select(subquery).order_by(subquery.c.average.desc(), subquery.c.name)
+
+
+async def _visible_run(session: AsyncSession, user: User, run_id: uuid.UUID) -> EvalRun:
+    run = await session.scalar(
+        _visible(select(EvalRun).join(Server, Server.id == EvalRun.server_id), user).where(EvalRun.id == run_id)
+    )
+    if run is None:
+        raise NotFound(f"evaluation run {run_id} not found")
+    return run
+
+
+@router.get("/evaluations/{run_id}", response_model=EvalRunResults, responses=error_responses(401, 404, 422))
+async def get_run(run_id: uuid.UUID, user: CurrentUser, session: SessionDep) -> EvalRunResults:
+    """One evaluation run with its results so far."""
+    return await _with_results(session, await _visible_run(session, user, run_id))
+
+
+@router.post(
+    "/evaluations/{run_id}/cancel",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=EvalRunPublic,
+    responses=error_responses(401, 404, 409, 422, 503),
+)
+async def cancel_run(run_id: uuid.UUID, user: CurrentUser, session: SessionDep, client: TemporalDep) -> EvalRunPublic:
+    """Cancel a run under way: the test being called stops, a launched candidate is removed and the run ends
+    `cancelled` with the results it had."""
+    run = await _visible_run(session, user, run_id)
+    if run.status in FINISHED:
+        raise Conflict(f"evaluation run {run_id} has already ended ({run.status})")
+    if not await cancel_workflow(client, run.workflow_id, "the evaluation workflow"):
+        # Recorded but never started: nothing runs, so the record ends here.
+        async with session.begin():
+            row = await session.get(EvalRun, run.id, with_for_update=True)
+            if row is not None and row.status == "pending":
+                row.status = "cancelled"
+        await session.refresh(run)
+    return EvalRunPublic.model_validate(run)
