@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from tests.support.components import (
 from tests.support.git_server import GitHttpServer
 from tests.support.registry import FaultProxy, Registry
 from tests.support.registry import available as registry_available
-from tests.support.stack import Stack, make_settings
+from tests.support.stack import Stack, WorkerProcess, make_settings
 
 # Chosen before podman starts: podman reads which registries may use plain HTTP once, at start.
 REGISTRY_PORTS = (free_port(), free_port())
@@ -158,3 +159,20 @@ def engine(docker_engine: Podman) -> Iterator[Any]:
 def base_image(docker_engine: Podman) -> str:
     docker_engine.ensure_base_image()
     return BASE_IMAGE
+
+
+@pytest.fixture
+async def api_only(
+    temporal_address: str, database_url: str, process_state_dir: Path, workdir: Path
+) -> AsyncIterator[tuple[Stack, WorkerProcess]]:
+    """An API whose task queue is served only by a worker subprocess the test controls."""
+    settings = make_settings(database_url, temporal_address, process_state_dir)
+    platform = Stack(settings, in_process_worker=False)
+    await platform.start()
+    worker = WorkerProcess(settings, workdir / f"worker-{uuid.uuid4().hex[:6]}.log")
+    worker.start()
+    try:
+        yield platform, worker
+    finally:
+        worker.stop()
+        await platform.stop()

@@ -4,7 +4,7 @@ a scoreboard across the caller's servers and a ranking of servers by score."""
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Header, Query, Response, status
 from sqlalchemy import func, select
@@ -32,7 +32,7 @@ from core.models import Deployment, EvalResult, EvalRun, EvalTest, Server, Serve
 router = APIRouter(prefix="/api", tags=["evaluations"])
 MAX_TESTS = 200
 FINISHED = ("passed", "failed", "error", "cancelled")
-RUN_STATUSES = ("pending", "running", *FINISHED)
+RunStatus = Literal["pending", "running", "passed", "failed", "error", "cancelled"]
 
 
 def _visible(stmt: Any, user: User) -> Any:
@@ -280,12 +280,10 @@ async def latest_results(
 async def scoreboard(
     user: CurrentUser,
     session: SessionDep,
-    run_status: str | None = Query(default=None, alias="status", description="Only runs with this status"),
+    run_status: RunStatus | None = Query(default=None, alias="status", description="Only runs with this status"),
     limit: int = Query(default=100, ge=1, le=1000),
 ) -> ListOf[EvalScoreboardRow]:
     """Evaluation runs across the servers the caller can see, newest first."""
-    if run_status is not None and run_status not in RUN_STATUSES:
-        raise InvalidInput(f"status must be one of {', '.join(RUN_STATUSES)}")
     stmt = _visible(select(EvalRun, Server.name).join(Server, Server.id == EvalRun.server_id), user)
     if run_status:
         stmt = stmt.where(EvalRun.status == run_status)

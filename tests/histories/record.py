@@ -3,13 +3,14 @@
 Run when a workflow changes on purpose (behind `workflow.patched()`), to add histories of the new
 code next to the old ones; never delete old histories while workers might still replay them.
 
-    .venv/bin/python tests/histories/record.py TAG
+    .venv/bin/python tests/histories/record.py TAG [evaluation]
 
 Starts the same real components as the integration tests (Temporal dev server, Postgres, podman,
 a registry, a git server), runs a package deployment, a git deployment with build and push, a stop
 that cannot reach the host holding the instance, a stop and a delete, and writes each workflow's
 history here as `<name>_<TAG>.json` (TAG names the code that recorded it, e.g. the patch it brings
-in). Existing files are never overwritten.
+in). With `evaluation`, only the evaluation runs (serving and candidate) are recorded. Existing files are
+never overwritten.
 """
 
 from __future__ import annotations
@@ -155,7 +156,49 @@ async def main(tag: str) -> None:
             print(f"recorded {targets[name].name}: {workflow_id} ({len(history.events)} events)")
 
 
+async def record_evaluations(tag: str) -> None:
+    """Only the evaluation workflows: a run against the serving revision, and one against a candidate."""
+    targets = {name: HERE / f"{name}_{tag}.json" for name in ("evaluation", "evaluation_candidate")}
+    taken = [path.name for path in targets.values() if path.exists()]
+    if taken:
+        raise SystemExit(f"already recorded: {', '.join(taken)}; choose another TAG")
+    async with build_platform() as parts:
+        temporal = parts.env.client
+        client, _ = await parts.stack.user()
+        async with client:
+            server = (await client.post("/api/servers", json={"name": "rec-eval", "source": TIME})).json()
+            first = await deploy(client, server["id"])
+            await client.patch(f"/api/servers/{server['id']}", json={"env": {"REVISION": "2"}})
+            second = await deploy(client, server["id"])
+            assert first["status"] == second["status"] == "running", (first, second)
+            test = {
+                "name": "utc",
+                "tool": "get_current_time",
+                "arguments": {"timezone": "UTC"},
+                "expectation": {"kind": "json_subset", "value": {"timezone": "UTC"}},
+            }
+            assert (await client.post(f"/api/servers/{server['id']}/eval/tests", json=test)).status_code == 201
+            serving = (await client.post(f"/api/servers/{server['id']}/eval/run", json={})).json()
+            await temporal.get_workflow_handle(serving["workflow_id"]).result()
+            candidate = (
+                await client.post(f"/api/servers/{server['id']}/eval/run", json={"deployment_id": first["id"]})
+            ).json()
+            await temporal.get_workflow_handle(candidate["workflow_id"]).result()
+        for name, workflow_id in (
+            ("evaluation", serving["workflow_id"]),
+            ("evaluation_candidate", candidate["workflow_id"]),
+        ):
+            history = await temporal.get_workflow_handle(workflow_id).fetch_history()
+            targets[name].write_text(history.to_json())
+            print(f"recorded {targets[name].name}: {workflow_id} ({len(history.events)} events)")
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2 or not sys.argv[1].replace("-", "").replace("_", "").isalnum():
+    if len(sys.argv) not in (2, 3) or not sys.argv[1].replace("-", "").replace("_", "").isalnum():
         raise SystemExit(__doc__)
-    asyncio.run(main(sys.argv[1]))
+    if sys.argv[2:] == ["evaluation"]:
+        asyncio.run(record_evaluations(sys.argv[1]))
+    elif len(sys.argv) == 2:
+        asyncio.run(main(sys.argv[1]))
+    else:
+        raise SystemExit(__doc__)

@@ -78,3 +78,49 @@ async def test_gateway_keys_from_the_cli(stack: Stack, tmp_path: Path) -> None:
         assert revoked.code == 0, revoked.err
         missing = await cli("keys", "revoke", name, "bot")
         assert missing.code == 1 and "no live key" in missing.err
+
+
+async def test_eval_add_run_results_and_board(stack: Stack, tmp_path: Path) -> None:
+    client, _ = await stack.user()
+    async with client:
+        cli = await Cli.for_user(client, stack.base_url, tmp_path)
+        name = f"cli-eval-{uuid.uuid4().hex[:6]}"
+        created = await cli(
+            "servers", "create", name, "--package", "mcp-server-time", "--arg=--local-timezone", "--arg=UTC"
+        )
+        assert created.code == 0, created.err
+        assert (await cli("deploy", name)).code == 0
+        utc = await cli(
+            "eval", "add", name, "utc", "--tool", "get_current_time", "--args", '{"timezone": "UTC"}',
+            "--expect", 'json_subset:{"timezone": "UTC"}',
+        )  # fmt: skip
+        assert utc.code == 0, utc.out + utc.err
+        schema = tmp_path / "schema.json"
+        schema.write_text(json.dumps({"type": "object", "required": ["datetime", "is_dst"]}))
+        shaped = await cli(
+            "eval", "add", name, "shape", "--tool", "get_current_time", "--args", '{"timezone": "UTC"}',
+            "--expect", f"json_schema:@{schema}",
+        )  # fmt: skip
+        assert shaped.code == 0, shaped.out + shaped.err
+        bad = await cli("eval", "add", name, "bad", "--tool", "get_current_time", "--expect", "regex:(")
+        assert bad.code != 0 and "regular expression" in bad.err, bad.out + bad.err
+        no_kind = await cli("eval", "add", name, "bad", "--tool", "get_current_time", "--expect", "UTC")
+        assert no_kind.code == 2 and "KIND:VALUE" in no_kind.err
+        listed = await cli("eval", "tests", name)
+        assert listed.code == 0 and "utc" in listed.out and "shape" in listed.out
+
+        ran = await cli("eval", "run", name)
+        assert ran.code == 0, ran.out + ran.err
+        assert "passed: 2/2 passed" in ran.out and "the serving revision" in ran.out
+        again = await cli("eval", "results", name, "--json")
+        assert again.code == 0 and json.loads(again.out)["run"]["status"] == "passed"
+        board = await cli("eval", "board")
+        assert board.code == 0 and name in board.out
+
+        assert (await cli("eval", "add", name, "wrong", "--tool", "get_current_time",
+                          "--args", '{"timezone": "UTC"}', "--expect", "contains:Mars")).code == 0  # fmt: skip
+        failed = await cli("eval", "run", name, "--test", "wrong")
+        assert failed.code == 1 and "failed: 0/1 passed" in failed.out, failed.out + failed.err
+        removed = await cli("eval", "rm", name, "wrong")
+        assert removed.code == 0 and (await cli("eval", "rm", name, "wrong")).code == 1
+        assert (await cli("stop", name)).code == 0

@@ -6,8 +6,6 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -16,26 +14,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from core.models import Deployment
 from runtimes.process import ProcessExecutor
 from tests.support.mcp_client import call_tool
-from tests.support.stack import Stack, WorkerProcess, make_settings, wait_deployment
+from tests.support.stack import Stack, WorkerProcess, wait_deployment
 
 TIME = {"type": "package", "package": "mcp-server-time", "args": ["--local-timezone", "UTC"]}
-
-
-@pytest.fixture
-async def api_only(
-    temporal_address: str, database_url: str, process_state_dir: Path, workdir: Path
-) -> AsyncIterator[tuple[Stack, WorkerProcess]]:
-    """An API whose task queue is served only by a worker subprocess the test controls."""
-    settings = make_settings(database_url, temporal_address, process_state_dir)
-    platform = Stack(settings, in_process_worker=False)
-    await platform.start()
-    worker = WorkerProcess(settings, workdir / f"worker-{uuid.uuid4().hex[:6]}.log")
-    worker.start()
-    try:
-        yield platform, worker
-    finally:
-        worker.stop()
-        await platform.stop()
 
 
 async def _running(executor: ProcessExecutor, server_id: str) -> list[str]:

@@ -15,7 +15,7 @@ import pytest
 
 from runtimes.process import ProcessExecutor
 from tests.support import everything
-from tests.support.stack import Stack, wait_deployment
+from tests.support.stack import Stack, WorkerProcess, wait_deployment
 
 TESTS: list[dict[str, Any]] = [
     {
@@ -262,4 +262,50 @@ async def test_scoreboard_summary_and_boundaries(stack: Stack, owner: httpx.Asyn
     kept = (await owner.get(f"/api/evaluations/{good_run['run']['id']}")).json()
     assert len(kept["results"]) == 2
     for server in (good, poor, empty):
+        await owner.delete(f"/api/servers/{server['id']}")
+
+
+async def test_a_worker_killed_mid_run_ends_the_run_correct_once(api_only: tuple[Stack, WorkerProcess]) -> None:
+    """SIGKILL the worker while a candidate's tests are being called: a new worker carries on with the
+    tests not yet recorded, each result is written once, and the candidate is removed after."""
+    stack, worker = api_only
+    everything.build_wheel()
+    executor = ProcessExecutor(stack.settings.state_dir / "process")
+    owner, _ = await stack.user()
+    async with owner:
+        server = await new_server(owner, revision="1")
+        first = await deploy(owner, server["id"])
+        await owner.patch(f"/api/servers/{server['id']}", json={"env": {"TEST_REVISION": "2"}})
+        second = await deploy(owner, server["id"])
+        slow = [
+            {
+                "name": f"slow {n}",
+                "tool": "sleep",
+                "arguments": {"seconds": 1},
+                "expectation": {"kind": "exact", "value": "slept 1 s"},
+            }
+            for n in range(4)
+        ]
+        await add_tests(owner, server["id"], [*slow, TESTS[4]])
+        started = await owner.post(f"/api/servers/{server['id']}/eval/run", json={"deployment_id": first["id"]})
+        assert started.status_code == 202, started.text
+        run_id = started.json()["id"]
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            results = (await owner.get(f"/api/evaluations/{run_id}")).json()["results"]
+            if results:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("no result was recorded")
+        worker.kill()
+        assert (await owner.get(f"/api/evaluations/{run_id}")).json()["run"]["status"] == "running"
+        worker.start()
+        done = await until_ended(owner, run_id, bound=240)
+        assert done["run"]["status"] == "passed", done
+        names = [r["test_name"] for r in done["results"]]
+        assert sorted(names) == sorted(t["name"] for t in [*slow, TESTS[4]]), names  # each once
+        assert done["run"]["candidate"] and done["run"]["total"] == 5
+        running = {i.deployment_id for i in await executor.instances(server["id"])}
+        assert running == {second["id"]}, running
         await owner.delete(f"/api/servers/{server['id']}")
