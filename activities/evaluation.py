@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
@@ -25,7 +25,7 @@ from activities.common import as_application_error, heartbeating
 from activities.records import InstanceRecord
 from activities.runtime import from_record
 from core.evaluation import Answer, Score, answer_from_result, evaluate, excerpt, parse_expectation
-from core.models import Deployment, EvalResult, EvalRun, Server, ServerLog
+from core.models import Certification, Deployment, EvalResult, EvalRun, Server, ServerLog
 from runtimes.base import Executor, RuntimeFailure
 
 SERVING = ("running", "degraded")
@@ -222,12 +222,28 @@ class EvaluationActivities:
                     finished_at=datetime.now(UTC),
                 )
             )
+            certified = ""
+            if run.certify:
+                now = datetime.now(UTC)
+                passed = status == "passed"
+                await session.execute(
+                    update(Certification)
+                    .where(Certification.evaluation_run_id == run_id, Certification.status == "pending")
+                    .values(
+                        status="pass" if passed else "fail",
+                        valid_from=now if passed else None,
+                        valid_until=now + timedelta(days=float(run.certify["valid_days"])) if passed else None,
+                    )
+                )
+                verdict = "certified" if passed else "not certified"
+                certified = f"; {run.subject} {verdict} {run.certify['tier']}:{run.certify['requirement']}"
             score = f", score {summary.score:.3f}" if summary.score is not None else ""
             session.add(
                 ServerLog(
                     server_id=run.server_id,
                     message=f"evaluation of revision {run.seq}: {status} ({summary.passed}/{expected} passed{score})"
-                    + (f": {data.error}" if data.error else ""),
+                    + (f": {data.error}" if data.error else "")
+                    + certified,
                 )
             )
             return status

@@ -20,7 +20,7 @@ from core.db import DEPLOYMENTS_CHANNEL, notify_route_changed
 from core.files import remove_data_dir
 from core.models import Deployment, DeploymentStep, GatewaySession, Server, ServerLog
 
-TERMINAL = ("running", "failed", "stopped", "superseded", "cancelled")
+TERMINAL = ("running", "failed", "stopped", "superseded", "cancelled", "blocked")
 # Set in a deployment's instance record once its host has retired everything of it: no host need be asked again.
 RETIRED = "retired"
 
@@ -400,8 +400,8 @@ class RecordActivities:
             server = await session.get(Server, deployment.server_id, with_for_update=True)
             assert server is not None
             if server.active_deployment_id is None and server.status == "deploying":
-                server.status = "failed" if data.status == "failed" else "stopped"
-            level = "error" if data.status == "failed" else "info"
+                server.status = data.status if data.status in ("failed", "blocked") else "stopped"
+            level = "error" if data.status == "failed" else "warning" if data.status == "blocked" else "info"
             await self._log(session, server.id, dep_id, f"deployment {data.status}: {data.error or ''}".strip(), level)
             await _notify_deployment(session, dep_id)
 

@@ -111,6 +111,17 @@ class _Resources(BaseModel):
     )
 
 
+TIER_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,31}$"
+REQUIREMENT_PATTERN = r"^[a-z0-9][a-z0-9_.:-]{0,99}$"
+
+
+class CertificationRequirement(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tier: str = Field(pattern=TIER_PATTERN, description="e.g. gold; lower case letters, digits, _ . -")
+    requirement: str = Field(default="default", pattern=REQUIREMENT_PATTERN, description="e.g. smoke, default")
+
+
 class ServerCreate(_Resources):
     model_config = ConfigDict(extra="forbid")
 
@@ -130,6 +141,11 @@ class ServerCreate(_Resources):
         json_schema_extra={"anyOf": [{"type": "string", "enum": list(IMPLEMENTED_RUNTIMES)}, {"type": "null"}]},
     )
     use_gpu: StrictBool = Field(default=False, description="Give the server the host's GPUs (docker runtime)")
+    required_certifications: list[CertificationRequirement] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Certifications a revision's artifact must hold before it is launched (see the policy engine)",
+    )
 
     _slug = field_validator("slug")(classmethod(lambda cls, v: _check_slug(v)))
     _name = field_validator("name")(classmethod(lambda cls, v: _check_name(v)))
@@ -150,6 +166,9 @@ class ServerUpdate(_Resources):
         json_schema_extra={"anyOf": [{"type": "string", "enum": list(IMPLEMENTED_RUNTIMES)}, {"type": "null"}]},
     )
     use_gpu: StrictBool | None = None
+    required_certifications: list[CertificationRequirement] | None = Field(
+        default=None, max_length=20, description="Replaces what a revision must hold before it is launched"
+    )
 
     _name = field_validator("name")(classmethod(lambda cls, v: _check_name(v)))
     _env = field_validator("env")(classmethod(lambda cls, v: validate_env(v) if v is not None else v))
@@ -170,6 +189,7 @@ class ServerPublic(BaseModel):
     memory_limit: int | None = None
     use_gpu: bool = False
     gateway: GatewayOptions = Field(default_factory=GatewayOptions)
+    required_certifications: list[CertificationRequirement] = Field(default_factory=list)
     gateway_url: str
     created_at: datetime
     updated_at: datetime
@@ -551,6 +571,10 @@ class EvalTestPublic(BaseModel):
     created_at: datetime
 
 
+class CertifyRequest(CertificationRequirement):
+    valid_days: float = Field(default=30, gt=0, le=3650, description="How long a passing certification is valid")
+
+
 class EvalRunCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -561,6 +585,11 @@ class EvalRunCreate(BaseModel):
     )
     tests: list[str] | None = Field(
         default=None, min_length=1, max_length=500, description="Names of the tests to run. Unset: all of them"
+    )
+    certify: CertifyRequest | None = Field(
+        default=None,
+        description="Certify the revision's artifact (its image digest, or its package's exact version) when the "
+        "run ends: pass when every test passed",
     )
 
 
@@ -574,6 +603,7 @@ class EvalRunPublic(BaseModel):
     workflow_id: str
     status: str = Field(description="pending | running | passed | failed | error | cancelled")
     candidate: bool = Field(description="The revision was launched beside the serving one for this run")
+    subject: str | None = Field(description="The artifact the run certifies (with `certify`)")
     total: int
     passed: int
     score: float | None = Field(description="Mean score of the results, 0..1")
@@ -617,3 +647,38 @@ class EvalSummaryRow(BaseModel):
 class EvalRunResults(BaseModel):
     run: EvalRunPublic
     results: list[EvalResultPublic]
+
+
+class ArtifactEvaluationCreate(CertifyRequest):
+    tests: list[str] | None = Field(
+        default=None, min_length=1, max_length=500, description="Names of the tests to run. Unset: all of them"
+    )
+
+
+class CertificationPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    server_id: uuid.UUID
+    subject: str = Field(description="sha256:<image digest>, or <registry>:<package>@<exact version>")
+    artifact_id: uuid.UUID | None
+    tier: str
+    requirement: str
+    status: str = Field(description="pending | pass | fail")
+    evaluation_run_id: uuid.UUID | None = Field(description="The evidence")
+    valid_days: float
+    valid_from: datetime | None
+    valid_until: datetime | None
+    created_at: datetime
+
+
+class PolicyDecisionPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    deployment_id: uuid.UUID | None
+    subject: str | None
+    allowed: bool
+    backend: str
+    notes: list[str]
+    created_at: datetime

@@ -25,7 +25,7 @@ app.add_typer(servers_app, name="servers")
 console = Console()
 err = Console(stderr=True)
 
-TERMINAL = ("running", "failed", "superseded", "stopped", "cancelled")
+TERMINAL = ("running", "failed", "superseded", "stopped", "cancelled", "blocked")
 
 
 # ---- platform processes --------------------------------------------------------------------------

@@ -97,6 +97,8 @@ class Server(Base):
     use_gpu: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
     # Gateway options of this server (timeouts, concurrency, payload tracing): see core.gateway_options.
     gateway: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
+    # Certifications a revision's artifact must hold before it is launched: [{"tier", "requirement"}].
+    required_certifications: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list, server_default="[]")
     created_at: Mapped[datetime] = _now_column()
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
@@ -392,6 +394,9 @@ class EvalRun(Base):
     # pending | running | passed | failed | error | cancelled
     status: Mapped[str] = mapped_column(String(16), default="pending")
     candidate: Mapped[bool] = mapped_column(Boolean, default=False)  # launched beside the serving revision
+    # What the run certifies when it ends (tier, requirement, valid_days), and the artifact it is bound to.
+    certify: Mapped[dict[str, Any] | None] = mapped_column()
+    subject: Mapped[str | None] = mapped_column(String(300))
     tests: Mapped[dict[str, Any]] = mapped_column()  # {"tests": [the tests as they were]}
     total: Mapped[int] = mapped_column(Integer, default=0)
     passed: Mapped[int] = mapped_column(Integer, default=0)
@@ -417,4 +422,47 @@ class EvalResult(Base):
     latency_ms: Mapped[float | None] = mapped_column(Float)
     detail: Mapped[str] = mapped_column(Text)
     excerpt: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = _now_column()
+
+
+class Certification(Base):
+    """A tier + requirement certified for one immutable artifact (an image digest, or a package's exact
+    version), with the evaluation run that is its evidence and a validity window."""
+
+    __tablename__ = "certifications"
+    __table_args__ = (Index("ix_certifications_server_subject", "server_id", "subject"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    server_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("servers.id", ondelete="CASCADE"))
+    subject: Mapped[str] = mapped_column(String(300))
+    artifact_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("build_artifact_runs.id", ondelete="SET NULL"))
+    tier: Mapped[str] = mapped_column(String(32))
+    requirement: Mapped[str] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | pass | fail
+    evaluation_run_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("eval_runs.id", ondelete="SET NULL"), unique=True
+    )
+    valid_days: Mapped[float] = mapped_column(Float)
+    valid_from: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    valid_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = _now_column()
+
+
+class PolicyDecision(Base):
+    """Every decision of the policy engine (core.policy), with the facts it was made from."""
+
+    __tablename__ = "runtime_policy_decisions"
+    __table_args__ = (Index("ix_runtime_policy_decisions_server_created", "server_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    server_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("servers.id", ondelete="CASCADE"))
+    deployment_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"))
+    # One decision per deployment: a retried activity finds it instead of deciding twice.
+    decision_key: Mapped[str] = mapped_column(String(200), unique=True)
+    subject: Mapped[str | None] = mapped_column(String(300))
+    allowed: Mapped[bool] = mapped_column(Boolean)
+    backend: Mapped[str] = mapped_column(String(32))
+    notes: Mapped[list[str]] = mapped_column(JSONB)
+    facts: Mapped[dict[str, Any]] = mapped_column()
     created_at: Mapped[datetime] = _now_column()

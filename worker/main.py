@@ -28,6 +28,7 @@ from activities.artifacts import ArtifactActivities
 from activities.build import BuildActivities
 from activities.evaluation import EvaluationActivities
 from activities.health import HealthActivities
+from activities.policy import PolicyActivities
 from activities.reconcile import ReconcileActivities
 from activities.records import RecordActivities
 from activities.registry import RegistryActivities
@@ -81,6 +82,7 @@ async def run_worker(
         ).all(),
         *BuildActivities(sessionmaker, settings, builder).all(),
         *ArtifactActivities(sessionmaker).all(),
+        *PolicyActivities(sessionmaker).all(),
         *registry.all(),
     ]
     # Instances are local to this host, so their runtime steps come through its own queue. The shared

@@ -15,6 +15,7 @@ from temporalio.workflow import ParentClosePolicy
 with workflow.unsafe.imports_passed_through():
     from activities.build import ArtifactImage
     from activities.health import HealthActivities, HealthInput, HealthResult
+    from activities.policy import PolicyActivities, PolicyOutcome
     from activities.records import (
         ActivateInput,
         DeploymentPlan,
@@ -39,6 +40,7 @@ STEPS = (
     "resolve",
     "build",
     "push",
+    "policy",
     "prepare",
     "launch",
     "health_check",
@@ -64,6 +66,8 @@ CANCELLED = "the deployment was cancelled"
 RUNNING_FIRST_PATCH = "running-before-retire"
 # Step records that follow each other are written in one transaction (one local activity).
 BATCHED_RECORDS_PATCH = "batched-step-records"
+# The policy engine decides before anything is prepared or launched; a blocked deployment ends `blocked`.
+POLICY_PATCH = "policy-gate"
 
 
 @dataclass
@@ -83,9 +87,10 @@ class DeployInput:
 @dataclass
 class DeployOutcome:
     deployment_id: str
-    status: str  # running | failed | superseded | cancelled
+    status: str  # running | failed | superseded | cancelled | blocked
     error: str | None = None
     upstream_url: str | None = None
+    notes: list[str] = field(default_factory=list)  # the policy decision's, when one was asked
 
 
 @dataclass
@@ -216,15 +221,29 @@ class DeployWorkflow:
             await self._step("resolve", "started")
             plan: DeploymentPlan = await self._db(RecordActivities.load_plan, data.deployment_id)
             resolved = f"{plan.source_type} source on the {plan.runtime} runtime"
+            before: tuple[tuple[str, str, str | None], ...] = ()
             if plan.source_type == "git":
                 await self._step("resolve", "succeeded", resolved)
                 self._current = "build"
                 await self._build(data)
-                self._current = "prepare"
-                await self._step("prepare", "started")
             else:
-                self._current = "prepare"
-                await self._steps(("resolve", "succeeded", resolved), ("prepare", "started", None))
+                before = (("resolve", "succeeded", resolved),)
+            if workflow.patched(POLICY_PATCH):
+                # Git sources are decided on once built: the decision is bound to the image digest.
+                self._current = "policy"
+                outcome: PolicyOutcome = await self._db(PolicyActivities.decide_policy, data.deployment_id)
+                if outcome.gated:
+                    before = (*before, ("policy", "succeeded" if outcome.allowed else "failed", outcome.message))
+                if not outcome.allowed:
+                    await self._steps(*before)
+                    blocked = await self._finish("blocked", outcome.message)
+                    blocked.notes = outcome.notes
+                    return blocked
+            self._current = "prepare"
+            if before:
+                await self._steps(*before, ("prepare", "started", None))
+            else:
+                await self._step("prepare", "started")
             claim: HostClaim | None = None
             if workflow.patched(placement.PATCH):
                 # Any worker of the shared queue may take this: the one that does becomes the host, which

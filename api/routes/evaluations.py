@@ -7,13 +7,17 @@ import uuid
 from typing import Any, Literal
 
 from fastapi import APIRouter, Header, Query, Response, status
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from temporalio.client import Client
 
 from api.deploying import check_idempotency_key
-from api.deps import CurrentUser, SessionDep, StateDep, TemporalDep, load_server
+from api.deps import AppState, CurrentUser, SessionDep, StateDep, TemporalDep, load_server
 from api.schemas import (
+    ArtifactEvaluationCreate,
+    CertificationPublic,
+    CertifyRequest,
     EvalResultPublic,
     EvalRunCreate,
     EvalRunPublic,
@@ -23,11 +27,24 @@ from api.schemas import (
     EvalTestCreate,
     EvalTestPublic,
     ListOf,
+    PolicyDecisionPublic,
     error_responses,
 )
 from api.workflows import cancel_workflow, evaluation_workflow_id, start_evaluation
 from core.errors import Conflict, InvalidInput, NotFound
-from core.models import Deployment, EvalResult, EvalRun, EvalTest, Server, ServerLog, User
+from core.models import (
+    BuildArtifactRun,
+    Certification,
+    Deployment,
+    EvalResult,
+    EvalRun,
+    EvalTest,
+    PolicyDecision,
+    Server,
+    ServerLog,
+    User,
+)
+from core.policy import subject_of
 
 router = APIRouter(prefix="/api", tags=["evaluations"])
 MAX_TESTS = 200
@@ -144,6 +161,38 @@ async def _new_run(session: AsyncSession, server: Server, user: User, body: Eval
         tests = [t for t in tests if t.name in set(body.tests)]
     if not tests:
         raise Conflict("this server has no evaluation tests: add some at POST .../eval/tests")
+    snapshot = [
+        {
+            "id": str(t.id),
+            "name": t.name,
+            "tool": t.tool,
+            "arguments": t.arguments,
+            "expectation": t.expectation,
+            "expect_error": t.expect_error,
+            "timeout_seconds": t.timeout_seconds,
+        }
+        for t in tests
+    ]
+    certify = body.certify.model_dump() if body.certify else None
+    return await open_run(session, server, deployment, user, snapshot, certify, key)
+
+
+async def open_run(
+    session: AsyncSession,
+    server: Server,
+    deployment: Deployment,
+    user: User,
+    tests: list[dict[str, Any]],
+    certify: dict[str, Any] | None,
+    key: str | None,
+) -> EvalRun:
+    """Record a run (and, when it certifies, its pending certification) in the caller's transaction."""
+    subject = subject_of(deployment.spec.get("source", {}), deployment.image_digest)
+    if certify and subject is None:
+        raise Conflict(
+            f"revision {deployment.seq} has no immutable artifact to certify: pin an exact package version or an "
+            "image digest (a git build is bound to its image digest)"
+        )
     run_id = uuid.uuid4()
     run = EvalRun(
         id=run_id,
@@ -154,32 +203,58 @@ async def _new_run(session: AsyncSession, server: Server, user: User, body: Eval
         idempotency_key=key,
         status="pending",
         candidate=False,
-        tests={
-            "tests": [
-                {
-                    "id": str(t.id),
-                    "name": t.name,
-                    "tool": t.tool,
-                    "arguments": t.arguments,
-                    "expectation": t.expectation,
-                    "expect_error": t.expect_error,
-                    "timeout_seconds": t.timeout_seconds,
-                }
-                for t in tests
-            ]
-        },
+        tests={"tests": tests},
+        certify=certify,
+        subject=subject,
         total=0,
         passed=0,
         created_by=user.id,
     )
     session.add(run)
+    await session.flush()
+    if certify and subject:
+        session.add(
+            Certification(
+                id=uuid.uuid4(),
+                server_id=server.id,
+                subject=subject,
+                artifact_id=deployment.artifact_id,
+                tier=certify["tier"],
+                requirement=certify["requirement"],
+                status="pending",
+                evaluation_run_id=run_id,
+                valid_days=certify["valid_days"],
+                created_by=user.id,
+            )
+        )
+    what = f" to certify {certify['tier']}:{certify['requirement']}" if certify else ""
     session.add(
         ServerLog(
             server_id=server.id,
-            message=f"evaluation of revision {deployment.seq} ({len(tests)} tests) asked for by {user.email}",
+            message=f"evaluation of revision {deployment.seq} ({len(tests)} tests){what} asked for by {user.email}",
         )
     )
     return run
+
+
+async def start_run(session: AsyncSession, state: AppState, client: Client, run: EvalRun) -> None:
+    """Start a committed run's workflow; when Temporal cannot take it, the run ends `error` saying so."""
+    if run.status != "pending":
+        return
+    try:
+        await start_evaluation(client, state.settings, server_id=run.server_id, run_id=run.id)
+    except Exception as exc:
+        async with session.begin():
+            row = await session.get(EvalRun, run.id, with_for_update=True)
+            if row is not None and row.status == "pending":
+                row.status = "error"
+                row.error = f"the evaluation workflow could not be started: {getattr(exc, 'message', exc)}"
+                await session.execute(
+                    update(Certification)
+                    .where(Certification.evaluation_run_id == run.id, Certification.status == "pending")
+                    .values(status="fail")
+                )
+        raise
 
 
 @router.post(
@@ -218,16 +293,7 @@ async def run_tests(
             raise
         response.headers["Idempotent-Replayed"] = "true"
     await session.refresh(run)
-    if run.status == "pending":
-        try:
-            await start_evaluation(client, state.settings, server_id=run.server_id, run_id=run.id)
-        except Exception as exc:
-            async with session.begin():
-                row = await session.get(EvalRun, run.id, with_for_update=True)
-                if row is not None and row.status == "pending":
-                    row.status = "error"
-                    row.error = f"the evaluation workflow could not be started: {getattr(exc, 'message', exc)}"
-            raise
+    await start_run(session, state, client, run)
     return EvalRunPublic.model_validate(run)
 
 
@@ -375,3 +441,147 @@ async def cancel_run(run_id: uuid.UUID, user: CurrentUser, session: SessionDep, 
                 row.status = "cancelled"
         await session.refresh(run)
     return EvalRunPublic.model_validate(run)
+
+
+@router.post(
+    "/evaluations/{run_id}/retry",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=EvalRunPublic,
+    responses=error_responses(401, 404, 409, 422, 503),
+)
+async def retry_run(
+    run_id: uuid.UUID, user: CurrentUser, session: SessionDep, state: StateDep, client: TemporalDep
+) -> EvalRunPublic:
+    """Run an ended evaluation again: the same tests (as that run had them) against the same revision, and
+    the same certification asked for. A new run; the first keeps its results."""
+    async with session.begin():
+        earlier = await _visible_run(session, user, run_id)
+        if earlier.status not in FINISHED:
+            raise Conflict(f"evaluation run {run_id} is still {earlier.status}: retry it once it has ended")
+        server = await load_server(session, user, earlier.server_id, lock=True)
+        deployment = await session.get(Deployment, earlier.deployment_id) if earlier.deployment_id else None
+        if deployment is None:
+            raise Conflict("the revision that run evaluated no longer exists")
+        run = await open_run(session, server, deployment, user, earlier.tests.get("tests", []), earlier.certify, None)
+    await session.refresh(run)
+    await start_run(session, state, client, run)
+    return EvalRunPublic.model_validate(run)
+
+
+@router.get(
+    "/servers/{server_id}/certifications",
+    response_model=ListOf[CertificationPublic],
+    responses=error_responses(401, 404, 422),
+)
+async def list_certifications(
+    server_id: uuid.UUID, user: CurrentUser, session: SessionDep
+) -> ListOf[CertificationPublic]:
+    """Every certification of the server's artifacts, newest first."""
+    server = await load_server(session, user, server_id)
+    rows = (
+        await session.scalars(
+            select(Certification).where(Certification.server_id == server.id).order_by(Certification.created_at.desc())
+        )
+    ).all()
+    return ListOf[CertificationPublic](count=len(rows), data=[CertificationPublic.model_validate(r) for r in rows])
+
+
+async def _visible_artifact(
+    session: AsyncSession, user: User, artifact_id: uuid.UUID
+) -> tuple[BuildArtifactRun, Server]:
+    row = (
+        await session.execute(
+            _visible(
+                select(BuildArtifactRun, Server).join(Server, Server.id == BuildArtifactRun.server_id), user
+            ).where(BuildArtifactRun.id == artifact_id)
+        )
+    ).first()
+    if row is None:
+        raise NotFound(f"artifact {artifact_id} not found")
+    return row[0], row[1]
+
+
+async def _artifact_deployment(session: AsyncSession, artifact: BuildArtifactRun) -> Deployment | None:
+    found: Deployment | None = await session.scalar(
+        select(Deployment)
+        .where(Deployment.artifact_id == artifact.id, Deployment.image_digest.is_not(None))
+        .order_by(Deployment.seq.desc())
+        .limit(1)
+    )
+    return found
+
+
+@router.get(
+    "/artifacts/{artifact_id}/evaluations",
+    response_model=ListOf[CertificationPublic],
+    responses=error_responses(401, 404, 422),
+)
+async def artifact_certifications(
+    artifact_id: uuid.UUID, user: CurrentUser, session: SessionDep
+) -> ListOf[CertificationPublic]:
+    """The certifications of a build artifact (bound to its image digest), newest first."""
+    artifact, server = await _visible_artifact(session, user, artifact_id)
+    deployment = await _artifact_deployment(session, artifact)
+    subjects = {d for d in (artifact.manifest_digest, deployment.image_digest if deployment else None) if d}
+    stmt = select(Certification).where(Certification.server_id == server.id)
+    stmt = stmt.where(
+        (Certification.artifact_id == artifact.id) | Certification.subject.in_(subjects)
+        if subjects
+        else Certification.artifact_id == artifact.id
+    )
+    rows = (await session.scalars(stmt.order_by(Certification.created_at.desc()))).all()
+    return ListOf[CertificationPublic](count=len(rows), data=[CertificationPublic.model_validate(r) for r in rows])
+
+
+@router.post(
+    "/artifacts/{artifact_id}/evaluations",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=EvalRunPublic,
+    responses=error_responses(401, 404, 409, 422, 503),
+)
+async def certify_artifact(
+    artifact_id: uuid.UUID,
+    body: ArtifactEvaluationCreate,
+    user: CurrentUser,
+    session: SessionDep,
+    state: StateDep,
+    client: TemporalDep,
+) -> EvalRunPublic:
+    """Evaluate a build artifact and certify it (`tier`, `requirement`, `valid_days`) when every test
+    passes. It runs on the newest deployment of the artifact: the serving one, or launched beside it."""
+    async with session.begin():
+        artifact, server = await _visible_artifact(session, user, artifact_id)
+        server = await load_server(session, user, server.id, lock=True)
+        deployment = await _artifact_deployment(session, artifact)
+        if deployment is None:
+            raise Conflict(f"no deployment has run artifact {artifact_id} yet: deploy it first (it may be blocked)")
+        run_body = EvalRunCreate(
+            deployment_id=deployment.id,
+            tests=body.tests,
+            certify=CertifyRequest(tier=body.tier, requirement=body.requirement, valid_days=body.valid_days),
+        )
+        run = await _new_run(session, server, user, run_body, None)
+    await session.refresh(run)
+    await start_run(session, state, client, run)
+    return EvalRunPublic.model_validate(run)
+
+
+@router.get(
+    "/servers/{server_id}/policy-decisions",
+    response_model=ListOf[PolicyDecisionPublic],
+    responses=error_responses(401, 404, 422),
+)
+async def list_policy_decisions(
+    server_id: uuid.UUID, user: CurrentUser, session: SessionDep, limit: int = Query(default=50, ge=1, le=500)
+) -> ListOf[PolicyDecisionPublic]:
+    """What the policy engine decided before each launch of the server, newest first, with its notes."""
+    server = await load_server(session, user, server_id)
+    rows = (
+        await session.scalars(
+            select(PolicyDecision)
+            .where(PolicyDecision.server_id == server.id)
+            .order_by(PolicyDecision.id.desc())
+            .limit(limit)
+        )
+    ).all()
+    return ListOf[PolicyDecisionPublic](count=len(rows), data=[PolicyDecisionPublic.model_validate(r) for r in rows])

@@ -62,6 +62,7 @@ def to_public(server: Server, base_url: str) -> dict[str, Any]:
         "memory_limit": server.memory_limit,
         "use_gpu": server.use_gpu,
         "gateway": server.gateway or {},
+        "required_certifications": server.required_certifications or [],
         "gateway_url": gateway_url(base_url, server.slug),
         "created_at": server.created_at,
         "updated_at": server.updated_at,
@@ -165,6 +166,7 @@ async def create_server(body: ServerCreate, user: CurrentUser, session: SessionD
                 memory_limit=body.memory_limit,
                 use_gpu=body.use_gpu,
                 gateway=body.gateway.model_dump(exclude_none=True),
+                required_certifications=[r.model_dump() for r in body.required_certifications],
             )
             session.add(server)
             session.add(ServerLog(server_id=server.id, message=f"server created by {user.email}"))
@@ -237,6 +239,8 @@ async def update_server(
             server.env = state.env_cipher.seal(body.env)
         if "runtime" in body.model_fields_set:
             server.runtime = body.runtime
+        if body.required_certifications is not None:
+            server.required_certifications = [r.model_dump() for r in body.required_certifications]
         if body.gateway is not None:
             server.gateway = body.gateway.model_dump(exclude_none=True)
             # Gateway options take effect at once, on every API and gateway process.
