@@ -956,6 +956,10 @@ def eval_run(
         None, "--deployment", help="Evaluate this deployment (launched beside the serving one); default: the serving"
     ),
     test: list[str] = typer.Option(None, "--test", help="Run only this test (repeat for more); default: all"),
+    certify: str = typer.Option(
+        None, "--certify", help="Certify the revision's artifact as TIER[:REQUIREMENT] when every test passes"
+    ),
+    valid_days: float = typer.Option(30, "--valid-days", help="With --certify: days the certification is valid"),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow the run until it ends"),
     timeout: float = typer.Option(1800, help="Seconds to wait for the run to end"),
 ) -> None:
@@ -967,6 +971,9 @@ def eval_run(
         body["deployment_id"] = deployment
     if test:
         body["tests"] = test
+    if certify:
+        tier, _, requirement = certify.partition(":")
+        body["certify"] = {"tier": tier, "requirement": requirement or "default", "valid_days": valid_days}
     run = client.request("POST", f"/api/servers/{found['id']}/eval/run", json=body)
     console.print(f"evaluation {run['id']} of revision {run['seq']} (workflow {run['workflow_id']})")
     if not wait:
@@ -999,6 +1006,31 @@ def eval_results(
         console.print_json(data=detail)
         return
     _print_results(detail)
+
+
+@eval_app.command("certifications")
+def eval_certifications(
+    server: str = typer.Argument(..., help="id, slug or name"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON"),
+) -> None:
+    """Certifications of the server's artifacts, newest first."""
+    client = Api()
+    found = client.resolve_server(server)
+    listing = client.request("GET", f"/api/servers/{found['id']}/certifications")
+    if as_json:
+        console.print_json(data=listing)
+        return
+    table = Table("subject", "tier:requirement", "status", "valid until", "evidence")
+    for row in listing["data"]:
+        color = {"pass": "green", "fail": "red"}.get(row["status"], "yellow")
+        table.add_row(
+            escape(row["subject"]),
+            escape(f"{row['tier']}:{row['requirement']}"),
+            f"[{color}]{row['status']}[/]",
+            (row["valid_until"] or "-")[:19],
+            row["evaluation_run_id"] or "-",
+        )
+    console.print(table)
 
 
 @eval_app.command("board")

@@ -9,7 +9,8 @@ Starts the same real components as the integration tests (Temporal dev server, P
 a registry, a git server), runs a package deployment, a git deployment with build and push, a stop
 that cannot reach the host holding the instance, a stop and a delete, and writes each workflow's
 history here as `<name>_<TAG>.json` (TAG names the code that recorded it, e.g. the patch it brings
-in). With `evaluation`, only the evaluation runs (serving and candidate) are recorded. Existing files are
+in). With `evaluation`, only the evaluation runs (serving and candidate) and a deployment the policy
+gate blocks are recorded. Existing files are
 never overwritten.
 """
 
@@ -158,7 +159,8 @@ async def main(tag: str) -> None:
 
 async def record_evaluations(tag: str) -> None:
     """Only the evaluation workflows: a run against the serving revision, and one against a candidate."""
-    targets = {name: HERE / f"{name}_{tag}.json" for name in ("evaluation", "evaluation_candidate")}
+    names = ("evaluation", "evaluation_candidate", "deploy_blocked")
+    targets = {name: HERE / f"{name}_{tag}.json" for name in names}
     taken = [path.name for path in targets.values() if path.exists()]
     if taken:
         raise SystemExit(f"already recorded: {', '.join(taken)}; choose another TAG")
@@ -184,10 +186,17 @@ async def record_evaluations(tag: str) -> None:
                 await client.post(f"/api/servers/{server['id']}/eval/run", json={"deployment_id": first["id"]})
             ).json()
             await temporal.get_workflow_handle(candidate["workflow_id"]).result()
-        for name, workflow_id in (
-            ("evaluation", serving["workflow_id"]),
-            ("evaluation_candidate", candidate["workflow_id"]),
-        ):
+            # A deployment the policy gate blocks: the server requires a certification nothing has.
+            required = {"required_certifications": [{"tier": "gold", "requirement": "smoke"}]}
+            gated = (await client.post("/api/servers", json={"name": "rec-gated", "source": TIME, **required})).json()
+            blocked = await deploy(client, gated["id"])
+            assert blocked["status"] == "blocked", blocked
+        recorded = {
+            "evaluation": serving["workflow_id"],
+            "evaluation_candidate": candidate["workflow_id"],
+            "deploy_blocked": blocked["workflow_id"],
+        }
+        for name, workflow_id in recorded.items():
             history = await temporal.get_workflow_handle(workflow_id).fetch_history()
             targets[name].write_text(history.to_json())
             print(f"recorded {targets[name].name}: {workflow_id} ({len(history.events)} events)")

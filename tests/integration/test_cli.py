@@ -116,6 +116,11 @@ async def test_eval_add_run_results_and_board(stack: Stack, tmp_path: Path) -> N
         assert again.code == 0 and json.loads(again.out)["run"]["status"] == "passed"
         board = await cli("eval", "board")
         assert board.code == 0 and name in board.out
+        # No version pinned: nothing immutable to certify, and the CLI says so.
+        unpinned = await cli("eval", "run", name, "--certify", "gold:smoke")
+        assert unpinned.code != 0 and "no immutable artifact" in unpinned.err, unpinned.out + unpinned.err
+        certs = await cli("eval", "certifications", name)
+        assert certs.code == 0
 
         assert (await cli("eval", "add", name, "wrong", "--tool", "get_current_time",
                           "--args", '{"timezone": "UTC"}', "--expect", "contains:Mars")).code == 0  # fmt: skip

@@ -51,6 +51,7 @@ def test_both_sides_of_every_patch_are_recorded() -> None:
     assert any("drain-sessions" in h for h in by_type["DeployWorkflow"])
     assert any("capabilities-stored-by-activity" in h for h in by_type["DeployWorkflow"])
     assert any("supervise" in h for h in by_type["DeployWorkflow"])
+    assert any("policy-gate" in h for h in by_type["DeployWorkflow"])
 
 
 def test_the_supervisor_history_holds_a_restart() -> None:
@@ -61,6 +62,27 @@ def test_the_supervisor_history_holds_a_restart() -> None:
         if "activityTaskScheduledEventAttributes" in e
     ]
     assert "supervise_restart" in activities and "supervise_probe" in activities
+
+
+def _scheduled(name: str) -> list[str]:
+    events = json.loads((HISTORIES[0].parent / name).read_text())["events"]
+    return [
+        e["activityTaskScheduledEventAttributes"]["activityType"]["name"]
+        for e in events
+        if "activityTaskScheduledEventAttributes" in e
+    ]
+
+
+def test_the_evaluation_histories_hold_a_candidate_and_a_blocked_deployment() -> None:
+    candidate = _scheduled("evaluation_candidate.json")
+    assert (
+        candidate.index("launch_instance")
+        < candidate.index("run_evaluation_tests")
+        < candidate.index("release_candidate")
+    )
+    assert "launch_instance" not in _scheduled("evaluation.json")
+    # Blocked by policy: nothing is claimed, prepared or launched.
+    assert not {"claim_host", "prepare_source", "launch_instance"} & set(_scheduled("deploy_blocked_policy.json"))
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
