@@ -26,6 +26,7 @@ from api.routes import (
     evaluations,
     files,
     gateway_docs,
+    governance,
     health,
     keys,
     servers,
@@ -149,6 +150,7 @@ def create_app(settings: Settings) -> WithGateway:
     app.include_router(usage.router)
     app.include_router(webhooks.router)
     app.include_router(evaluations.router)
+    app.include_router(governance.router)
     app.include_router(gateway_docs.router)
 
     @app.get("/metrics", include_in_schema=False)

@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, EmailStr, Field, StrictBool, field_v
 
 from core.evaluation import TOOL_NAME, Expectation
 from core.gateway_options import GatewayOptions
+from core.governance import Role
+from core.governance import Step as GovernanceStep
 from core.settings import IMPLEMENTED_RUNTIMES
 from core.sources import EnvMap, ServerSource, validate_env
 
@@ -47,6 +49,7 @@ class UserPublic(BaseModel):
     id: uuid.UUID
     email: str
     role: str
+    roles: list[str] = Field(default_factory=list, description="Governance roles, given by an administrator")
     server_quota: int
     created_at: datetime
 
@@ -682,3 +685,73 @@ class PolicyDecisionPublic(BaseModel):
     backend: str
     notes: list[str]
     created_at: datetime
+
+
+# ---- governance --------------------------------------------------------------------------------
+
+
+class GovernanceDefinitionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._:@-]*$")
+    steps: list[GovernanceStep] = Field(min_length=1, max_length=20)
+
+
+class GovernanceDefinitionPublic(BaseModel):
+    id: uuid.UUID
+    name: str
+    steps: list[dict[str, Any]]
+    created_at: datetime
+
+
+class GovernanceRunCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    server_id: uuid.UUID
+    tier: str = Field(pattern=TIER_PATTERN, description="The tier the artifact is governed for")
+    deployment_id: uuid.UUID | None = Field(
+        default=None, description="The revision whose artifact is governed. Unset: the serving one"
+    )
+
+
+class GovernanceVote(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    comment: str = Field(default="", max_length=2000)
+
+
+class GovernanceAuditPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    step: str | None
+    actor: str | None
+    action: str = Field(
+        description="step_started | approve | reject | refused | escalated | expired | check | run_ended"
+    )
+    accepted: bool = Field(description="False for an attempt that was refused (it never reached the workflow)")
+    comment: str
+    created_at: datetime
+
+
+class GovernanceRunPublic(BaseModel):
+    id: uuid.UUID
+    definition_id: uuid.UUID
+    server_id: uuid.UUID
+    subject: str
+    tier: str
+    requester_id: uuid.UUID | None
+    workflow_id: str
+    status: str = Field(description="running | approved | rejected | cancelled")
+    current_step: str | None
+    reason: str | None
+    created_at: datetime
+    finished_at: datetime | None
+    live: dict[str, Any] | None = Field(default=None, description="The workflow's own state, while it answers")
+    audit: list[GovernanceAuditPublic] = Field(default_factory=list)
+
+
+class RolesUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    roles: list[Role] = Field(max_length=50, description="e.g. release-manager")

@@ -39,6 +39,8 @@ class User(Base):
     email: Mapped[str] = mapped_column(String(320), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(16), default="user")
+    # Roles for governance approvals (e.g. release-manager), given by an administrator.
+    roles: Mapped[list[str]] = mapped_column(JSONB, default=list, server_default="[]")
     server_quota: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = _now_column()
 
@@ -465,4 +467,56 @@ class PolicyDecision(Base):
     backend: Mapped[str] = mapped_column(String(32))
     notes: Mapped[list[str]] = mapped_column(JSONB)
     facts: Mapped[dict[str, Any]] = mapped_column()
+    created_at: Mapped[datetime] = _now_column()
+
+
+class GovernanceDefinition(Base):
+    """A reusable list of governance steps (core.governance.Definition)."""
+
+    __tablename__ = "governance_workflows"
+    __table_args__ = (UniqueConstraint("owner_id", "name", name="uq_governance_workflows_owner_name"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    steps: Mapped[dict[str, Any]] = mapped_column()  # {"steps": [...]}
+    created_at: Mapped[datetime] = _now_column()
+
+
+class GovernanceRun(Base):
+    """One run of a definition for an artifact and tier (GovernanceRunWorkflow, id `governance-<run>`)."""
+
+    __tablename__ = "governance_runs"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    definition_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("governance_workflows.id", ondelete="CASCADE"))
+    server_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("servers.id", ondelete="CASCADE"), index=True)
+    subject: Mapped[str] = mapped_column(String(300))
+    tier: Mapped[str] = mapped_column(String(32))
+    requester_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    workflow_id: Mapped[str] = mapped_column(String(200), unique=True)
+    steps: Mapped[dict[str, Any]] = mapped_column()  # the definition's steps as they were at the start
+    # running | approved | rejected | cancelled
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    current_step: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now_column()
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class GovernanceAudit(Base):
+    """Who did what on a governance run, when, with what comment; refused attempts included."""
+
+    __tablename__ = "governance_audit"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("governance_runs.id", ondelete="CASCADE"), index=True)
+    # Unique per event of the workflow, so a retried record writes nothing twice; NULL for API records.
+    event_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    step: Mapped[str | None] = mapped_column(String(64))
+    actor: Mapped[str | None] = mapped_column(String(320))  # email, or None for the platform
+    # step_started | approve | reject | refused | escalated | expired | check | step_ended | run_ended
+    action: Mapped[str] = mapped_column(String(32))
+    accepted: Mapped[bool] = mapped_column(Boolean, default=True)
+    comment: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = _now_column()

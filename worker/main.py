@@ -27,6 +27,7 @@ from temporalio.worker import Interceptor, Worker
 from activities.artifacts import ArtifactActivities
 from activities.build import BuildActivities
 from activities.evaluation import EvaluationActivities
+from activities.governance import GovernanceActivities
 from activities.health import HealthActivities
 from activities.policy import PolicyActivities
 from activities.reconcile import ReconcileActivities
@@ -43,6 +44,7 @@ from worker.metrics import MetricsInterceptor
 from workflows.build import BuildWorkflow
 from workflows.deploy import DeployWorkflow
 from workflows.evaluation import EvaluationRunWorkflow
+from workflows.governance import GovernanceRunWorkflow
 from workflows.push import PushWorkflow
 from workflows.reconcile import ReconcileRun, ReconcileWorkflow
 from workflows.server_lifecycle import DeleteServerWorkflow, StopServerWorkflow
@@ -59,6 +61,7 @@ WORKFLOWS = [
     SupervisorWorkflow,
     ReconcileWorkflow,
     EvaluationRunWorkflow,
+    GovernanceRunWorkflow,
 ]
 
 
@@ -83,6 +86,7 @@ async def run_worker(
         *BuildActivities(sessionmaker, settings, builder).all(),
         *ArtifactActivities(sessionmaker).all(),
         *PolicyActivities(sessionmaker).all(),
+        *GovernanceActivities(sessionmaker).all(),
         *registry.all(),
     ]
     # Instances are local to this host, so their runtime steps come through its own queue. The shared

@@ -10,12 +10,13 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 
-from api.deps import SESSION_COOKIE, CurrentUser, SessionDep, StateDep
+from api.deps import SESSION_COOKIE, AdminUser, CurrentUser, SessionDep, StateDep
 from api.schemas import (
     Credentials,
     ErrorBody,
     ListOf,
     Registration,
+    RolesUpdate,
     SessionToken,
     TokenCreate,
     TokenCreated,
@@ -146,6 +147,18 @@ async def logout(request: Request, user: CurrentUser, session: SessionDep) -> Re
 @router.get("/me", response_model=UserPublic)
 async def me(user: CurrentUser) -> User:
     return user
+
+
+@router.put("/users/{user_id}/roles", response_model=UserPublic, responses=error_responses(401, 403, 404, 422))
+async def set_roles(user_id: uuid.UUID, body: RolesUpdate, admin: AdminUser, session: SessionDep) -> User:
+    """Give a person their governance roles (replacing the ones they had). Administrators only."""
+    async with session.begin():
+        target = await session.get(User, user_id, with_for_update=True)
+        if target is None:
+            raise NotFound(f"user {user_id} not found")
+        target.roles = sorted(set(body.roles))
+    await session.refresh(target)
+    return target
 
 
 @router.post(

@@ -244,14 +244,16 @@ async def start_run(session: AsyncSession, state: AppState, client: Client, run:
     try:
         await start_evaluation(client, state.settings, server_id=run.server_id, run_id=run.id)
     except Exception as exc:
+        run_id = run.id
+        await session.rollback()  # reading the run back began a transaction
         async with session.begin():
-            row = await session.get(EvalRun, run.id, with_for_update=True)
+            row = await session.get(EvalRun, run_id, with_for_update=True)
             if row is not None and row.status == "pending":
                 row.status = "error"
                 row.error = f"the evaluation workflow could not be started: {getattr(exc, 'message', exc)}"
                 await session.execute(
                     update(Certification)
-                    .where(Certification.evaluation_run_id == run.id, Certification.status == "pending")
+                    .where(Certification.evaluation_run_id == run_id, Certification.status == "pending")
                     .values(status="fail")
                 )
         raise
@@ -435,8 +437,10 @@ async def cancel_run(run_id: uuid.UUID, user: CurrentUser, session: SessionDep, 
         raise Conflict(f"evaluation run {run_id} has already ended ({run.status})")
     if not await cancel_workflow(client, run.workflow_id, "the evaluation workflow"):
         # Recorded but never started: nothing runs, so the record ends here.
+        run_key = run.id
+        await session.rollback()
         async with session.begin():
-            row = await session.get(EvalRun, run.id, with_for_update=True)
+            row = await session.get(EvalRun, run_key, with_for_update=True)
             if row is not None and row.status == "pending":
                 row.status = "cancelled"
         await session.refresh(run)

@@ -9,8 +9,8 @@ Starts the same real components as the integration tests (Temporal dev server, P
 a registry, a git server), runs a package deployment, a git deployment with build and push, a stop
 that cannot reach the host holding the instance, a stop and a delete, and writes each workflow's
 history here as `<name>_<TAG>.json` (TAG names the code that recorded it, e.g. the patch it brings
-in). With `evaluation`, only the evaluation runs (serving and candidate) and a deployment the policy
-gate blocks are recorded. Existing files are
+in). With `evaluation`, only the evaluation runs (serving and candidate), a deployment the policy
+gate blocks and a governance run are recorded. Existing files are
 never overwritten.
 """
 
@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
 
 from core.models import Deployment  # noqa: E402
 from runtimes.process import ProcessExecutor  # noqa: E402
+from tests.support import everything  # noqa: E402
 from tests.support.build_platform import build_platform  # noqa: E402
 from tests.support.components import ECHO_IMAGE  # noqa: E402
 from tests.support.stack import deploy  # noqa: E402
@@ -159,7 +160,7 @@ async def main(tag: str) -> None:
 
 async def record_evaluations(tag: str) -> None:
     """Only the evaluation workflows: a run against the serving revision, and one against a candidate."""
-    names = ("evaluation", "evaluation_candidate", "deploy_blocked")
+    names = ("evaluation", "evaluation_candidate", "deploy_blocked", "governance")
     targets = {name: HERE / f"{name}_{tag}.json" for name in names}
     taken = [path.name for path in targets.values() if path.exists()]
     if taken:
@@ -191,10 +192,33 @@ async def record_evaluations(tag: str) -> None:
             gated = (await client.post("/api/servers", json={"name": "rec-gated", "source": TIME, **required})).json()
             blocked = await deploy(client, gated["id"])
             assert blocked["status"] == "blocked", blocked
+            # A governance run: one refused and one accepted vote, a wait, a check.
+            approver, approver_user = await parts.stack.user()
+            steps = [
+                {"kind": "approval", "name": "go", "users": [approver_user["email"]]},
+                {"kind": "wait", "name": "soak", "seconds": 1},
+                {"kind": "check", "name": "utc", "tier": "gold"},
+            ]
+            definition = (await client.post("/api/governance/workflows", json={"name": "rec", "steps": steps})).json()
+            everything.build_wheel()
+            pinned = everything.source()  # an exact version: an artifact governance can name
+            governed = (await client.post("/api/servers", json={"name": "rec-governed", "source": pinned})).json()
+            assert (await deploy(client, governed["id"]))["status"] == "running"
+            governance = (
+                await client.post(
+                    f"/api/governance/workflows/{definition['id']}/runs",
+                    json={"server_id": governed["id"], "tier": "gold"},
+                )
+            ).json()
+            async with approver:
+                assert (await client.post(f"/api/governance/runs/{governance['id']}/approve")).status_code == 403
+                assert (await approver.post(f"/api/governance/runs/{governance['id']}/approve")).status_code == 200
+            await temporal.get_workflow_handle(governance["workflow_id"]).result()
         recorded = {
             "evaluation": serving["workflow_id"],
             "evaluation_candidate": candidate["workflow_id"],
             "deploy_blocked": blocked["workflow_id"],
+            "governance": governance["workflow_id"],
         }
         for name, workflow_id in recorded.items():
             history = await temporal.get_workflow_handle(workflow_id).fetch_history()

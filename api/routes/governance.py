@@ -1,0 +1,393 @@
+"""Governance: reusable definitions of ordered steps, runs of them for an artifact and tier
+(GovernanceRunWorkflow), votes as Temporal Updates, and the audit trail with refused attempts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+from fastapi import APIRouter, status
+from fastapi.responses import StreamingResponse
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from temporalio.client import WorkflowUpdateFailedError, WorkflowUpdateRPCTimeoutOrCancelledError
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from api.deps import CurrentUser, SessionDep, StateDep, TemporalDep, load_server
+from api.routes.streams import SSE_HEADERS, SSE_RESPONSES
+from api.schemas import (
+    GovernanceAuditPublic,
+    GovernanceDefinitionCreate,
+    GovernanceDefinitionPublic,
+    GovernanceRunCreate,
+    GovernanceRunPublic,
+    GovernanceVote,
+    ListOf,
+    error_responses,
+)
+from core import temporal
+from core.errors import Conflict, DomainError, Forbidden, NotFound, Unavailable
+from core.governance import Definition
+from core.models import Deployment, GovernanceAudit, GovernanceDefinition, GovernanceRun, Server, User
+from core.policy import subject_of
+from workflows.governance import GovernanceInput, VoteInput
+
+router = APIRouter(prefix="/api/governance", tags=["governance"])
+VOTE_TIMEOUT_SECONDS = 10.0
+REFUSAL_STATUS = {"not_approver": Forbidden, "four_eyes": Forbidden, "duplicate": Conflict, "closed": Conflict}
+
+
+class Accepted(DomainError):
+    """Not an error: the vote is queued (no worker answers yet) and will be applied when one does."""
+
+    status_code = 202
+    code = "queued"
+
+
+def _definition_public(row: GovernanceDefinition) -> GovernanceDefinitionPublic:
+    return GovernanceDefinitionPublic(id=row.id, name=row.name, steps=row.steps["steps"], created_at=row.created_at)
+
+
+@router.post(
+    "/workflows",
+    status_code=status.HTTP_201_CREATED,
+    response_model=GovernanceDefinitionPublic,
+    responses=error_responses(401, 409, 422),
+)
+async def create_definition(
+    body: GovernanceDefinitionCreate, user: CurrentUser, session: SessionDep
+) -> GovernanceDefinitionPublic:
+    """A reusable governance definition: ordered `approval`, `check` and `wait` steps."""
+    definition = Definition.model_validate({"steps": [s.model_dump() for s in body.steps]})
+    row = GovernanceDefinition(
+        id=uuid.uuid4(),
+        owner_id=user.id,
+        name=body.name,
+        steps={"steps": [s.model_dump(mode="json") for s in definition.steps]},
+    )
+    try:
+        async with session.begin():
+            session.add(row)
+    except IntegrityError:
+        raise Conflict(f"you already have a governance definition named {body.name!r}") from None
+    await session.refresh(row)
+    return _definition_public(row)
+
+
+@router.get("/workflows", response_model=ListOf[GovernanceDefinitionPublic], responses=error_responses(401))
+async def list_definitions(user: CurrentUser, session: SessionDep) -> ListOf[GovernanceDefinitionPublic]:
+    """Your governance definitions (administrators: everyone's)."""
+    stmt = select(GovernanceDefinition).order_by(GovernanceDefinition.created_at)
+    if user.role != "admin":
+        stmt = stmt.where(GovernanceDefinition.owner_id == user.id)
+    rows = (await session.scalars(stmt)).all()
+    return ListOf[GovernanceDefinitionPublic](count=len(rows), data=[_definition_public(r) for r in rows])
+
+
+async def _own_definition(session: AsyncSession, user: User, definition_id: uuid.UUID) -> GovernanceDefinition:
+    row = await session.get(GovernanceDefinition, definition_id)
+    if row is None or (user.role != "admin" and row.owner_id != user.id):
+        raise NotFound(f"governance definition {definition_id} not found")
+    return row
+
+
+@router.get(
+    "/workflows/{definition_id}", response_model=GovernanceDefinitionPublic, responses=error_responses(401, 404, 422)
+)
+async def get_definition(
+    definition_id: uuid.UUID, user: CurrentUser, session: SessionDep
+) -> GovernanceDefinitionPublic:
+    return _definition_public(await _own_definition(session, user, definition_id))
+
+
+@router.post(
+    "/workflows/{definition_id}/runs",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=GovernanceRunPublic,
+    responses=error_responses(401, 404, 409, 422, 503),
+)
+async def start_run(
+    definition_id: uuid.UUID,
+    body: GovernanceRunCreate,
+    user: CurrentUser,
+    session: SessionDep,
+    state: StateDep,
+    client: TemporalDep,
+) -> GovernanceRunPublic:
+    """Govern an artifact (the serving revision's, or a named deployment's) for a tier: the definition's
+    steps run in order in a GovernanceRunWorkflow. You are its requester."""
+    async with session.begin():
+        definition = await _own_definition(session, user, definition_id)
+        server = await load_server(session, user, body.server_id)
+        deployment_id = body.deployment_id or server.active_deployment_id
+        deployment = await session.get(Deployment, deployment_id) if deployment_id else None
+        if deployment is None or deployment.server_id != server.id:
+            raise Conflict("no revision to govern: deploy the server, or name one of its deployments")
+        subject = subject_of(deployment.spec.get("source", {}), deployment.image_digest)
+        if subject is None:
+            raise Conflict(
+                f"revision {deployment.seq} has no immutable artifact to govern: pin an exact package version "
+                "or an image digest"
+            )
+        run_id = uuid.uuid4()
+        run = GovernanceRun(
+            id=run_id,
+            definition_id=definition.id,
+            server_id=server.id,
+            subject=subject,
+            tier=body.tier,
+            requester_id=user.id,
+            workflow_id=f"governance-{run_id}",
+            steps=definition.steps,
+            status="running",
+        )
+        session.add(run)
+    try:
+        await client.start_workflow(
+            "GovernanceRunWorkflow",
+            GovernanceInput(run_id=str(run_id), requester_id=str(user.id), steps=definition.steps["steps"]),
+            id=run.workflow_id,
+            task_queue=state.settings.temporal_task_queue,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(temporal.SERVER_ID, str(server.id)),
+                    SearchAttributePair(temporal.KIND, "governance"),
+                ]
+            ),
+        )
+    except RPCError as exc:
+        await session.rollback()
+        async with session.begin():
+            row = await session.get(GovernanceRun, run_id, with_for_update=True)
+            if row is not None:
+                row.status, row.reason = "cancelled", f"the workflow could not be started: {exc.message}"
+        raise Unavailable(f"could not start the governance workflow: {exc.message}") from None
+    return await _run_public(session, await _reload(session, run_id), live=None)
+
+
+async def _reload(session: AsyncSession, run_id: uuid.UUID) -> GovernanceRun:
+    row = await session.get(GovernanceRun, run_id, populate_existing=True)
+    assert row is not None
+    return row
+
+
+def _named_in(run: GovernanceRun, user: User) -> bool:
+    """Whether the person may act on some approval step of the run (by email or role)."""
+    roles = set(user.roles or [])
+    for step in run.steps.get("steps", []):
+        if step.get("kind") != "approval":
+            continue
+        emails = {e.lower() for e in [*step.get("users", []), *step.get("escalate_users", [])]}
+        if user.email.lower() in emails or roles & {*step.get("roles", []), *step.get("escalate_roles", [])}:
+            return True
+    return False
+
+
+async def _visible_run(session: AsyncSession, user: User, run_id: uuid.UUID) -> GovernanceRun:
+    """A run is seen by its server's owner, administrators, and the people its approval steps name;
+    to anyone else it does not exist."""
+    row = (
+        await session.execute(
+            select(GovernanceRun, Server.owner_id)
+            .join(Server, Server.id == GovernanceRun.server_id)
+            .where(GovernanceRun.id == run_id)
+        )
+    ).first()
+    if row is None:
+        raise NotFound(f"governance run {run_id} not found")
+    run, owner_id = row
+    if user.role != "admin" and owner_id != user.id and not _named_in(run, user):
+        raise NotFound(f"governance run {run_id} not found")
+    return run
+
+
+async def _run_public(session: AsyncSession, run: GovernanceRun, live: dict[str, Any] | None) -> GovernanceRunPublic:
+    audit = (
+        await session.scalars(
+            select(GovernanceAudit).where(GovernanceAudit.run_id == run.id).order_by(GovernanceAudit.id)
+        )
+    ).all()
+    return GovernanceRunPublic(
+        id=run.id,
+        definition_id=run.definition_id,
+        server_id=run.server_id,
+        subject=run.subject,
+        tier=run.tier,
+        requester_id=run.requester_id,
+        workflow_id=run.workflow_id,
+        status=run.status,
+        current_step=run.current_step,
+        reason=run.reason,
+        created_at=run.created_at,
+        finished_at=run.finished_at,
+        live=live,
+        audit=[GovernanceAuditPublic.model_validate(a) for a in audit],
+    )
+
+
+@router.get(
+    "/workflows/{definition_id}/runs",
+    response_model=ListOf[GovernanceRunPublic],
+    responses=error_responses(401, 404, 422),
+)
+async def list_runs(definition_id: uuid.UUID, user: CurrentUser, session: SessionDep) -> ListOf[GovernanceRunPublic]:
+    definition = await _own_definition(session, user, definition_id)
+    rows = (
+        await session.scalars(
+            select(GovernanceRun)
+            .where(GovernanceRun.definition_id == definition.id)
+            .order_by(GovernanceRun.created_at.desc())
+            .limit(200)
+        )
+    ).all()
+    data = [await _run_public(session, r, None) for r in rows]
+    return ListOf[GovernanceRunPublic](count=len(data), data=data)
+
+
+@router.get("/runs", response_model=ListOf[GovernanceRunPublic], responses=error_responses(401))
+async def my_runs(user: CurrentUser, session: SessionDep) -> ListOf[GovernanceRunPublic]:
+    """Runs still under way that you may act on (you are named in an approval step), or that you own."""
+    rows = (
+        await session.execute(
+            select(GovernanceRun, Server.owner_id)
+            .join(Server, Server.id == GovernanceRun.server_id)
+            .where(GovernanceRun.status == "running")
+            .order_by(GovernanceRun.created_at.desc())
+            .limit(500)
+        )
+    ).all()
+    mine = [r for r, owner in rows if user.role == "admin" or owner == user.id or _named_in(r, user)]
+    data = [await _run_public(session, r, None) for r in mine]
+    return ListOf[GovernanceRunPublic](count=len(data), data=data)
+
+
+async def _live(client: Any, run: GovernanceRun) -> dict[str, Any] | None:
+    if run.status != "running":
+        return None
+    try:
+        state = await asyncio.wait_for(client.get_workflow_handle(run.workflow_id).query("state"), timeout=3)
+    except Exception:  # noqa: BLE001 - the record answers when the workflow cannot (no worker right now)
+        return None
+    return state if isinstance(state, dict) else None
+
+
+@router.get("/runs/{run_id}", response_model=GovernanceRunPublic, responses=error_responses(401, 404, 422))
+async def get_run(
+    run_id: uuid.UUID, user: CurrentUser, session: SessionDep, client: TemporalDep
+) -> GovernanceRunPublic:
+    """A run: its status and current step, the workflow's live state (steps, votes, escalations) while it
+    runs, and the audit trail, refused attempts included."""
+    run = await _visible_run(session, user, run_id)
+    return await _run_public(session, run, await _live(client, run))
+
+
+async def _vote(
+    session: AsyncSession, client: Any, user: User, run_id: uuid.UUID, approve: bool, comment: str
+) -> GovernanceRunPublic:
+    run = await _visible_run(session, user, run_id)
+    action = "approve" if approve else "reject"
+    refused: DomainError | None = None
+    if run.status != "running":
+        refused = Conflict(f"the governance run has ended ({run.status})")
+    else:
+        vote = VoteInput(user_id=str(user.id), email=user.email, roles=list(user.roles or []), approve=approve,
+                         comment=comment)  # fmt: skip
+        try:
+            await client.get_workflow_handle(run.workflow_id).execute_update(
+                "vote", vote, rpc_timeout=timedelta(seconds=VOTE_TIMEOUT_SECONDS)
+            )
+        except WorkflowUpdateFailedError as exc:
+            cause = exc.cause
+            kind = cause.type if isinstance(cause, ApplicationError) else None
+            message = str(cause.message if isinstance(cause, ApplicationError) else exc)
+            refused = REFUSAL_STATUS.get(kind or "", Conflict)(message)
+        except WorkflowUpdateRPCTimeoutOrCancelledError:
+            raise Accepted(
+                f"your {action} is queued: no worker has taken it yet; it is applied when one does"
+            ) from None
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND or "already completed" in exc.message:
+                refused = Conflict("the governance run has ended")
+            else:
+                raise Unavailable(f"could not reach the governance workflow: {exc.message}") from None
+    if refused is not None:
+        # Never in the workflow's history: the audit trail keeps it.
+        run_key, step, email = run.id, run.current_step, user.email
+        await session.rollback()  # the reads above began a transaction
+        async with session.begin():
+            session.add(
+                GovernanceAudit(
+                    run_id=run_key,
+                    step=step,
+                    actor=email,
+                    action="refused",
+                    accepted=False,
+                    comment=f"{action}: {refused}" + (f" (comment: {comment})" if comment else ""),
+                )
+            )
+        raise refused
+    fresh = await _reload(session, run.id)
+    return await _run_public(session, fresh, await _live(client, fresh))
+
+
+VOTE_RESPONSES = {
+    202: {"model": None, "description": "Queued: no worker has taken the vote yet"},
+    **error_responses(401, 403, 404, 409, 422, 503),
+}
+
+
+@router.post("/runs/{run_id}/approve", response_model=GovernanceRunPublic, responses=VOTE_RESPONSES)
+async def approve(
+    run_id: uuid.UUID, user: CurrentUser, session: SessionDep, client: TemporalDep, body: GovernanceVote | None = None
+) -> GovernanceRunPublic:
+    """Approve the open approval step. 403 when you are not one of its approvers or are the requester of a
+    four-eyes step, 409 when you already voted or no approval step is open; refusals are audited."""
+    return await _vote(session, client, user, run_id, True, (body or GovernanceVote()).comment)
+
+
+@router.post("/runs/{run_id}/reject", response_model=GovernanceRunPublic, responses=VOTE_RESPONSES)
+async def reject(
+    run_id: uuid.UUID, user: CurrentUser, session: SessionDep, client: TemporalDep, body: GovernanceVote | None = None
+) -> GovernanceRunPublic:
+    """Reject the open approval step (one approver's reject rejects the run). Same rules as approve."""
+    return await _vote(session, client, user, run_id, False, (body or GovernanceVote()).comment)
+
+
+@router.get("/runs/{run_id}/stream", response_class=StreamingResponse, responses=SSE_RESPONSES)
+async def stream_run(run_id: uuid.UUID, user: CurrentUser, session: SessionDep, state: StateDep) -> StreamingResponse:
+    """Server-sent events: an `audit` event per entry of the run's audit trail as it is written, then
+    `end` with the final status."""
+    run = await _visible_run(session, user, run_id)
+    sessionmaker = state.sessionmaker
+
+    async def events() -> AsyncIterator[bytes]:
+        last = 0
+        while True:
+            async with sessionmaker() as db:
+                rows = (
+                    await db.scalars(
+                        select(GovernanceAudit)
+                        .where(GovernanceAudit.run_id == run.id, GovernanceAudit.id > last)
+                        .order_by(GovernanceAudit.id)
+                    )
+                ).all()
+                current = await db.get(GovernanceRun, run.id)
+            for row in rows:
+                last = row.id
+                body = GovernanceAuditPublic.model_validate(row).model_dump(mode="json")
+                yield f"id: {row.id}\nevent: audit\ndata: {json.dumps(body)}\n\n".encode()
+            if current is None or current.status != "running":
+                final = current.status if current else "deleted"
+                yield f"event: end\ndata: {json.dumps({'status': final})}\n\n".encode()
+                return
+            await asyncio.sleep(0.5)
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
