@@ -6,8 +6,9 @@ import json
 import uuid
 from pathlib import Path
 
+from tests.support import everything
 from tests.support.cli import Cli
-from tests.support.stack import Stack
+from tests.support.stack import Stack, wait_deployment
 
 
 async def test_create_deploy_list_logs_and_stop(stack: Stack, tmp_path: Path) -> None:
@@ -129,3 +130,34 @@ async def test_eval_add_run_results_and_board(stack: Stack, tmp_path: Path) -> N
         removed = await cli("eval", "rm", name, "wrong")
         assert removed.code == 0 and (await cli("eval", "rm", name, "wrong")).code == 1
         assert (await cli("stop", name)).code == 0
+
+
+async def test_approvals_list_show_approve_and_refusals(stack: Stack, tmp_path: Path) -> None:
+    everything.build_wheel()
+    owner, _ = await stack.user()
+    approver, approver_user = await stack.user()
+    async with owner, approver:
+        created = await owner.post(
+            "/api/servers", json={"name": f"cli-gov-{uuid.uuid4().hex[:6]}", "source": everything.source()}
+        )
+        server = created.json()
+        started = await owner.post(f"/api/servers/{server['id']}/deployments")
+        assert (await wait_deployment(owner, started.json()["deployment_id"]))["status"] == "running"
+        step = {"kind": "approval", "name": "go", "users": [approver_user["email"]]}
+        definition = (await owner.post("/api/governance/workflows", json={"name": "cli", "steps": [step]})).json()
+        run = (
+            await owner.post(
+                f"/api/governance/workflows/{definition['id']}/runs", json={"server_id": server["id"], "tier": "gold"}
+            )
+        ).json()
+        mine = await Cli.for_user(owner, stack.base_url, tmp_path / "owner")
+        theirs = await Cli.for_user(approver, stack.base_url, tmp_path / "approver")
+        listed = await theirs("approvals", "list")
+        assert listed.code == 0 and run["id"] in listed.out, listed.out + listed.err
+        refused = await mine("approvals", "approve", run["id"])
+        assert refused.code == 1 and "may not vote" in refused.err, refused.out + refused.err
+        approved = await theirs("approvals", "approve", run["id"], "-m", "ship it")
+        assert approved.code == 0 and "ship it" in approved.out, approved.out + approved.err
+        shown = await mine("approvals", "show", run["id"])
+        assert shown.code == 0 and "refused" in shown.out and "ship it" in shown.out
+        await owner.delete(f"/api/servers/{server['id']}")
