@@ -48,6 +48,10 @@ class ReconcileReport:
     actions: list[str] = field(default_factory=list)
 
 
+# Workflows that launch or remove a server's instances.
+INSTANCE_WORKFLOWS = ("DeployWorkflow", "StopServerWorkflow", "DeleteServerWorkflow", "EvaluationRunWorkflow")
+
+
 class ReconcileActivities:
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], executors: dict[str, Executor]) -> None:
         self.sessionmaker = sessionmaker
@@ -119,8 +123,13 @@ class ReconcileActivities:
             return f"server {server.id} deployment {deployment.seq}: {deployment.status} ({ended})"
 
     async def _server_busy(self, server_id: str) -> bool:
-        """Whether a deploy, stop or delete of the server is running: it retires what it replaces itself."""
-        query = f"{temporal.SERVER_ID.name} = '{server_id}' AND ExecutionStatus = 'Running'"
+        """Whether a deploy, stop or delete of the server is running (it retires what it replaces itself), or
+        an evaluation (its candidate instance belongs to no deployment record). Governance runs, which can
+        last days and launch nothing, do not count."""
+        kinds = ", ".join(f"'{w}'" for w in INSTANCE_WORKFLOWS)
+        query = (
+            f"{temporal.SERVER_ID.name} = '{server_id}' AND ExecutionStatus = 'Running' AND WorkflowType IN ({kinds})"
+        )
         async for _ in activity.client().list_workflows(query, limit=1):
             return True
         return False

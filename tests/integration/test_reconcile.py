@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import create_async_engine
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
 
 from core import temporal as temporal_names
 from core.models import Deployment
@@ -23,6 +24,7 @@ from runtimes.process import ProcessExecutor
 from tests.support.mcp_client import call_tool
 from tests.support.stack import Stack, deploy, wait_deployment
 from worker.main import keep_reconcile_schedule
+from workflows.governance import GovernanceInput
 from workflows.reconcile import ReconcileOutcome, ReconcileRun
 
 TIME = {"type": "package", "package": "mcp-server-time", "args": ["--local-timezone", "UTC"]}
@@ -90,8 +92,27 @@ async def test_the_reconciler_settles_records_whose_workflow_ended_and_removes_t
             )
         await engine.dispose()
 
+        # A governance run of the server may last for days and launches nothing: it must not hold the pass up.
+        governance = await temporal.start_workflow(
+            "GovernanceRunWorkflow",
+            GovernanceInput(
+                run_id=str(uuid.uuid4()), requester_id="", steps=[{"kind": "wait", "name": "soak", "seconds": 86400}]
+            ),
+            id=f"governance-test-{uuid.uuid4()}",
+            task_queue=stack.settings.temporal_task_queue,
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(temporal_names.SERVER_ID, sid),
+                    SearchAttributePair(temporal_names.KIND, "governance"),
+                ]
+            ),
+        )
+
         # The terminated run must have left the visibility store's running list, or the pass waits for it.
-        query = f"{temporal_names.SERVER_ID.name} = '{sid}' AND ExecutionStatus = 'Running'"
+        query = (
+            f"{temporal_names.SERVER_ID.name} = '{sid}' AND ExecutionStatus = 'Running' "
+            "AND WorkflowType = 'DeployWorkflow'"
+        )
         deadline = time.monotonic() + 30
         while [w async for w in temporal.list_workflows(query)]:
             assert time.monotonic() < deadline, "a workflow of the server still runs"
@@ -121,6 +142,7 @@ async def test_the_reconciler_settles_records_whose_workflow_ended_and_removes_t
         # A second pass finds nothing more to do.
         again = await reconcile(stack)
         assert not [line for line in again.actions if sid in line], again
+        await governance.terminate("test over")
 
         assert (await client.delete(f"/api/servers/{sid}")).status_code == 202
 
