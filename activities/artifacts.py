@@ -14,6 +14,12 @@ from temporalio.exceptions import ApplicationError
 from activities.build import ArtifactImage, FailArtifact, FinishBuild
 from builds import recipes
 from core.models import BuildArtifactPlatform, BuildArtifactRun
+from core.policy import DIGEST
+
+
+def local_digest(image_id: str | None) -> str | None:
+    """An engine's image id (`sha256:<hex>`, the digest of the image's config) or None for anything else."""
+    return image_id if image_id and DIGEST.match(image_id) else None
 
 
 class ArtifactActivities:
@@ -37,7 +43,8 @@ class ArtifactActivities:
             return ArtifactImage(
                 artifact_id=data.artifact_id,
                 image_ref=first.local_image,
-                digest=None,
+                # The local image's id names its content exactly, as a registry digest would.
+                digest=local_digest(first.image_id) if len(data.images) == 1 else None,
                 port=int(recipe.get("port") or recipes.DEFAULT_PORT),
                 path=str(recipe.get("path") or "/mcp"),
             )
@@ -52,10 +59,12 @@ class ArtifactActivities:
                 select(BuildArtifactPlatform).where(BuildArtifactPlatform.run_id == run.id).limit(1)
             )
         recipe = dict(run.recipe)
+        digest: str | None
         if run.registry_image and run.manifest_digest:
             ref, digest = f"{run.registry_image}@{run.manifest_digest}", run.manifest_digest
         else:
-            ref, digest = (platform.local_image if platform and platform.local_image else run.local_image or ""), None
+            ref = platform.local_image if platform and platform.local_image else run.local_image or ""
+            digest = local_digest(platform.image_id) if platform else None
         return ArtifactImage(
             artifact_id=artifact_id,
             image_ref=ref,

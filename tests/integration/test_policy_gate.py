@@ -156,3 +156,63 @@ async def test_an_unpinned_package_cannot_be_certified_and_stays_blocked(owner: 
     assert free["status"] == "running", free
     assert "policy" not in {s["step"] for s in free["steps"]}
     await owner.delete(f"/api/servers/{server['id']}")
+
+
+@pytest.mark.timeout(900)
+async def test_a_git_build_is_gated_and_certified_by_its_image_digest(
+    database_url: str, temporal_address: str, process_state_dir: Any, docker_engine: Any, git_server: Any
+) -> None:
+    from tests.integration.test_git_builds import platform
+    from tests.support.components import ECHO_IMAGE
+
+    docker_engine.ensure_echo_image()
+    settings = {
+        "database_url": database_url,
+        "temporal_address": temporal_address,
+        "state_dir": process_state_dir,
+        "docker_host": docker_engine.url,
+        "git_allow_insecure_urls": True,
+    }
+    name = f"gated-git-{uuid.uuid4().hex[:6]}"
+    git_server.publish(name, {"Dockerfile": f"FROM {ECHO_IMAGE}\nEXPOSE 8080\n"})
+    async with platform(settings) as stack:
+        owner, _ = await stack.user()
+        async with owner:
+            created = await owner.post(
+                "/api/servers",
+                json={
+                    "name": name,
+                    "source": {"type": "git", "repo_url": git_server.url(name)},
+                    "required_certifications": [GOLD],
+                },
+            )
+            assert created.status_code == 201, created.text
+            server = created.json()
+            blocked = await start_deploy(owner, server["id"])
+            assert blocked["status"] == "blocked", blocked
+            steps = [s["step"] for s in blocked["steps"]]
+            assert "build" in steps and "launch" not in steps and steps[-1] == "policy", steps
+            assert blocked["image_digest"] and blocked["image_digest"].startswith("sha256:")
+            decision = (await owner.get(f"/api/servers/{server['id']}/policy-decisions")).json()["data"][0]
+            assert decision["subject"] == blocked["image_digest"]
+
+            await add_tests(
+                owner,
+                server["id"],
+                [{"name": "echo", "tool": "echo", "arguments": {"text": "hi"},
+                  "expectation": {"kind": "exact", "value": "echo: hi"}}],
+            )  # fmt: skip
+            artifact_id = blocked["artifact_id"]
+            run = await owner.post(f"/api/artifacts/{artifact_id}/evaluations", json={**GOLD, "valid_days": 1})
+            assert run.status_code == 202, run.text
+            done = await until_ended(owner, run.json()["id"], bound=300)
+            assert done["run"]["status"] == "passed" and done["run"]["candidate"], done
+            certified = (await owner.get(f"/api/artifacts/{artifact_id}/evaluations")).json()["data"]
+            assert [(c["status"], c["subject"]) for c in certified] == [("pass", blocked["image_digest"])]
+
+            # The same commit again reuses the artifact: the same digest, now certified.
+            allowed = await start_deploy(owner, server["id"])
+            assert allowed["status"] == "running", allowed
+            assert allowed["image_digest"] == blocked["image_digest"]
+            assert (await owner.get(f"/api/artifacts/{uuid.uuid4()}/evaluations")).status_code == 404
+            await owner.delete(f"/api/servers/{server['id']}")
