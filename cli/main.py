@@ -839,7 +839,11 @@ def parse_expectation_option(text: str, threshold: float | None, ignore_case: bo
         err.print(f"[red]--expect wants KIND:VALUE[/] ({EXPECTATION_HELP})")
         raise typer.Exit(2)
     if kind in ("json_subset", "json_schema"):
-        raw = Path(value[1:]).read_text() if value.startswith("@") else value
+        try:
+            raw = Path(value[1:]).read_text() if value.startswith("@") else value
+        except OSError as exc:
+            err.print(f"[red]cannot read {value[1:]}:[/] {exc.strerror}")
+            raise typer.Exit(2) from None
         try:
             parsed = json.loads(raw)
         except ValueError as exc:

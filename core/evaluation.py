@@ -95,7 +95,8 @@ class Similarity(_Expectation):
     ignore_case: bool = False
 
 
-Expectation = Annotated[Exact | Contains | Regex | JsonSubset | JsonSchema | Similarity, Field(discriminator="kind")]
+AnyExpectation = Exact | Contains | Regex | JsonSubset | JsonSchema | Similarity
+Expectation = Annotated[AnyExpectation, Field(discriminator="kind")]
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,7 @@ def _matching_leaves(expected: Any, actual: Any) -> int:
     return int(expected == actual)
 
 
-def score(expectation: Exact | Contains | Regex | JsonSubset | JsonSchema | Similarity, answer: Answer) -> Score:
+def score(expectation: AnyExpectation, answer: Answer) -> Score:
     text = answer.text[:MAX_TEXT]
     if isinstance(expectation, Exact):
         got, want = (text.strip(), expectation.value.strip()) if expectation.strip else (text, expectation.value)
@@ -211,9 +212,7 @@ def score(expectation: Exact | Contains | Regex | JsonSubset | JsonSchema | Simi
     return Score(False, 0.0, f"{len(errors)} schema error(s); at {where}: {first.message[:300]}")
 
 
-def evaluate(
-    expectation: Exact | Contains | Regex | JsonSubset | JsonSchema | Similarity, answer: Answer, *, expect_error: bool
-) -> Score:
+def evaluate(expectation: AnyExpectation, answer: Answer, *, expect_error: bool) -> Score:
     """Score an answer, taking the tool's error flag into account."""
     if answer.is_error and not expect_error:
         return Score(False, 0.0, f"the tool reported an error: {answer.text[:300]}")
@@ -229,7 +228,7 @@ def excerpt(answer: Answer) -> str:
     return text if len(text) <= EXCERPT else text[:EXCERPT] + "…"
 
 
-def parse_expectation(data: dict[str, Any]) -> Exact | Contains | Regex | JsonSubset | JsonSchema | Similarity:
+def parse_expectation(data: dict[str, Any]) -> AnyExpectation:
     """A stored expectation back as its model."""
     return _ADAPTER.validate_python(data)
 

@@ -63,7 +63,7 @@ class GovernanceRunWorkflow:
     @workflow.init
     def __init__(self, data: GovernanceInput) -> None:
         # Parsed before anything else runs: a vote may arrive with the run's very first task.
-        self._definition: Definition | None = Definition.model_validate({"steps": data.steps})
+        self._definition = Definition.model_validate({"steps": data.steps})
         self._requester = data.requester_id
         self._state = GovernanceState(
             run_id=data.run_id, steps=[StepState(name=s.name, kind=s.kind) for s in self._definition.steps]
@@ -92,7 +92,7 @@ class GovernanceRunWorkflow:
         )
 
     def _open_approval(self) -> tuple[ApprovalStep, StepState]:
-        if self._definition is None or self._state.status != "running":
+        if self._state.status != "running":
             raise ApplicationError("the governance run has ended", type="closed", non_retryable=True)
         index = self._state.current
         step = self._definition.steps[index] if index < len(self._definition.steps) else None
@@ -155,7 +155,6 @@ class GovernanceRunWorkflow:
 
     @workflow.run
     async def run(self, data: GovernanceInput) -> GovernanceState:
-        assert self._definition is not None
         for index, step in enumerate(self._definition.steps):
             self._state.current = index
             state = self._state.steps[index]

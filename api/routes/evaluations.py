@@ -377,7 +377,7 @@ async def summary(user: CurrentUser, session: SessionDep) -> ListOf[EvalSummaryR
         .where(finished, EvalRun.score.is_not(None))
         .group_by(EvalRun.server_id, Server.name)
     )
-    rows = (await session.execute(stmt_order(stats))).all()
+    rows = (await session.execute(_ranked(stats))).all()
     data: list[EvalSummaryRow] = []
     for rank, (server_id, name, runs, average) in enumerate(rows, start=1):
         latest = await session.scalar(
@@ -403,7 +403,7 @@ async def summary(user: CurrentUser, session: SessionDep) -> ListOf[EvalSummaryR
     return ListOf[EvalSummaryRow](count=len(data), data=data)
 
 
-def stmt_order(stats: Any) -> Any:
+def _ranked(stats: Any) -> Any:
     subquery = stats.subquery()
     return select(subquery).order_by(subquery.c.average.desc(), subquery.c.name)
 

@@ -105,6 +105,8 @@ async def test_eval_add_run_results_and_board(stack: Stack, tmp_path: Path) -> N
         assert shaped.code == 0, shaped.out + shaped.err
         bad = await cli("eval", "add", name, "bad", "--tool", "get_current_time", "--expect", "regex:(")
         assert bad.code != 0 and "regular expression" in bad.err, bad.out + bad.err
+        missing = await cli("eval", "add", name, "bad", "--tool", "t", "--expect", f"json_schema:@{tmp_path}/none.json")
+        assert missing.code == 2 and "cannot read" in missing.err, missing.out + missing.err
         no_kind = await cli("eval", "add", name, "bad", "--tool", "get_current_time", "--expect", "UTC")
         assert no_kind.code == 2 and "KIND:VALUE" in no_kind.err
         listed = await cli("eval", "tests", name)

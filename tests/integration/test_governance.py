@@ -66,6 +66,9 @@ async def test_quorum_four_eyes_and_refusals_in_the_audit_not_in_history(stack: 
         # The requester is a release manager too: four-eyes must still stop them approving their own run.
         for person in (owner_user, rm1_user, rm2_user):
             await grant(stack, person, "release-manager")
+        # Only administrators give roles: no one grants themselves a vote.
+        selfmade = await stranger.put(f"/api/users/{owner_user['id']}/roles", json={"roles": ["release-manager"]})
+        assert selfmade.status_code == 403, selfmade.text
         server = await served_server(owner)
         steps = [RELEASE, {"kind": "check", "name": "certified", "tier": "gold", "requirement": "smoke"}]
         created = await owner.post("/api/governance/workflows", json={"name": "staging", "steps": steps})
