@@ -24,10 +24,6 @@ from workflows.server_lifecycle import ServerInput
 SERVER_WORKFLOW_PREFIX = {"StopServerWorkflow": "stop", "DeleteServerWorkflow": "delete"}
 
 
-def deploy_workflow_id(server_id: uuid.UUID, seq: int) -> str:
-    return f"deploy-{server_id}-{seq}"
-
-
 async def start_deploy(
     client: Client, settings: Settings, *, server_id: uuid.UUID, deployment_id: uuid.UUID, workflow_id: str
 ) -> None:

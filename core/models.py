@@ -520,3 +520,74 @@ class GovernanceAudit(Base):
     accepted: Mapped[bool] = mapped_column(Boolean, default=True)
     comment: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = _now_column()
+
+
+class PromotionTrack(Base):
+    """An ordered list of stages a digest is promoted through (core.promotion.TrackSpec)."""
+
+    __tablename__ = "promotion_tracks"
+    __table_args__ = (UniqueConstraint("owner_id", "name", name="uq_promotion_tracks_owner_name"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    stages: Mapped[dict[str, Any]] = mapped_column()  # {"stages": [...]}
+    # Stages whose auto-promotion an operator has held.
+    held: Mapped[list[str]] = mapped_column(JSONB, default=list, server_default="[]")
+    created_at: Mapped[datetime] = _now_column()
+
+
+class Promotion(Base):
+    """One digest into one stage of a track (PromotionWorkflow, id `promotion-<id>`)."""
+
+    __tablename__ = "promotions"
+    __table_args__ = (
+        Index("ix_promotions_track_stage_created", "track_id", "stage", "created_at"),
+        # One open promotion of a digest into a stage: asking again (or auto-promotion) finds it.
+        Index(
+            "uq_promotions_open",
+            "track_id",
+            "stage",
+            "subject",
+            unique=True,
+            postgresql_where=text("status IN ('scheduled', 'in_progress', 'awaiting_approval', 'approved')"),
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    track_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("promotion_tracks.id", ondelete="CASCADE"))
+    stage: Mapped[str] = mapped_column(String(32))
+    stage_index: Mapped[int] = mapped_column(Integer)
+    subject: Mapped[str] = mapped_column(String(300))  # the digest (or package@version) promoted
+    kind: Mapped[str] = mapped_column(String(16), default="manual")  # manual | auto | rollback
+    # scheduled | in_progress | awaiting_approval | approved | active | superseded | rolled_back | rejected |
+    # failed | aborted (core.promotion)
+    status: Mapped[str] = mapped_column(String(24), default="scheduled")
+    step: Mapped[str | None] = mapped_column(String(32))  # queued | order | soak | verification | ...
+    # The deployment whose artifact is promoted: each stage server deploys exactly that artifact.
+    origin_deployment_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("deployments.id", ondelete="SET NULL"))
+    requester_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    workflow_id: Mapped[str] = mapped_column(String(200), unique=True)
+    evaluation_run_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("eval_runs.id", ondelete="SET NULL"))
+    governance_run_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("governance_runs.id", ondelete="SET NULL"))
+    deployments: Mapped[dict[str, Any]] = mapped_column(default=dict)  # {server id: deployment id}
+    notes: Mapped[list[str]] = mapped_column(JSONB, default=list, server_default="[]")
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now_column()
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    activated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class PromotionRejection(Base):
+    """A digest an operator rejected on a track: never promoted there again (automatically or not)."""
+
+    __tablename__ = "promotion_rejections"
+    __table_args__ = (UniqueConstraint("track_id", "subject", name="uq_promotion_rejections_subject"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    track_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("promotion_tracks.id", ondelete="CASCADE"))
+    subject: Mapped[str] = mapped_column(String(300))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    rejected_by: Mapped[str | None] = mapped_column(String(320))
+    created_at: Mapped[datetime] = _now_column()

@@ -11,9 +11,11 @@ whether the launch is allowed, on which backend, and why, as machine-readable no
 - `evaluation:pending:<tier>:<requirement>` — one is being evaluated, none has passed yet;
 - `evaluation:expired:<tier>:<requirement>` — the passing certifications for it have all expired;
 - `evaluation:unpinned` — requirements exist but the artifact has no immutable subject to certify;
+- `promotion:not-active:<stage>` — the subject has not been active in the stage a promotion needs it in;
+- `governance:pending:<tier>` — a governance run of the subject for a tier has not ended yet;
 - `policy:no-requirements` — nothing is required: allowed.
 
-Only `certified` notes allow; any other requirement note blocks.
+Only `certified` notes allow; any other requirement, promotion or governance note blocks.
 """
 
 from __future__ import annotations
@@ -55,6 +57,11 @@ class Facts:
     certifications: list[CertificationFact]
     runtime: str
     now: datetime
+    # Promotions: the stage before the one asked for, and whether the subject has been active there.
+    upstream_stage: str | None = None
+    upstream_active: bool = True
+    # Tiers of governance runs of the subject that have not ended.
+    governance_pending: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -114,14 +121,24 @@ def _requirement_note(requirement: Requirement, facts: Facts) -> str:
 
 
 def decide(facts: Facts) -> Decision:
+    gates = [
+        *(
+            []
+            if facts.upstream_stage is None or facts.upstream_active
+            else [f"promotion:not-active:{facts.upstream_stage}"]
+        ),
+        *(f"governance:pending:{tier}" for tier in facts.governance_pending),
+    ]
     if not facts.required:
+        if gates:
+            return Decision(allowed=False, backend=facts.runtime, notes=gates)
         return Decision(allowed=True, backend=facts.runtime, notes=["policy:no-requirements"])
     if facts.subject is None:
-        notes = ["evaluation:unpinned", *(f"evaluation:missing:{r.key}" for r in facts.required)]
+        notes = ["evaluation:unpinned", *(f"evaluation:missing:{r.key}" for r in facts.required), *gates]
         return Decision(allowed=False, backend=facts.runtime, notes=notes)
     notes = [_requirement_note(r, facts) for r in facts.required]
-    allowed = all(n.startswith("evaluation:certified:") for n in notes)
-    return Decision(allowed=allowed, backend=facts.runtime, notes=notes)
+    allowed = all(n.startswith("evaluation:certified:") for n in notes) and not gates
+    return Decision(allowed=allowed, backend=facts.runtime, notes=[*notes, *gates])
 
 
 def explain(decision: Decision) -> str:
@@ -132,6 +149,10 @@ def explain(decision: Decision) -> str:
     hint = (
         "pin an exact version or image digest, then certify it"
         if "evaluation:unpinned" in reasons
+        else "promote it through the stages before this one"
+        if any(r.startswith("promotion:") for r in reasons)
+        else "wait for the governance run to end, or vote on it"
+        if all(r.startswith("governance:") for r in reasons)
         else "certify this artifact with an evaluation run (POST /api/servers/{id}/eval/run with `certify`)"
     )
     return f"blocked by policy ({', '.join(reasons)}): {hint}"

@@ -1,0 +1,100 @@
+"""Opening a deployment record: the one way every deployment is made (the deployments route, webhooks,
+rollback, promotions). Runs inside the caller's transaction with the server row locked; whoever calls it
+starts the workflow after the commit, at most once per deployment."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.errors import Conflict, InvalidInput
+from core.models import Deployment, Server
+from core.settings import IMPLEMENTED_RUNTIMES
+from core.sources import default_runtime_for, parse_source, runtime_refusal
+
+
+def deploy_workflow_id(server_id: uuid.UUID, seq: int) -> str:
+    return f"deploy-{server_id}-{seq}"
+
+
+IN_PROGRESS = ("pending", "deploying")
+# Idempotency keys the platform makes itself: identical redeploys, webhook commits, rollbacks, promotions.
+RESERVED_KEY_PREFIXES = ("auto:", "webhook:", "rollback:", "promotion:")
+
+
+@dataclass
+class Opened:
+    deployment: Deployment
+    replayed: bool  # an earlier request (same key, or the same deployment still under way) made it
+
+
+def _fingerprint(spec: dict[str, Any], runtime: str) -> str:
+    return hashlib.sha256(json.dumps([spec, runtime], sort_keys=True).encode()).hexdigest()[:32]
+
+
+def current_spec(
+    server: Server, container_runtime: str, *, source: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], str]:
+    """What deploying the server now means: its source (or `source` in its place) and config, and the
+    runtime it runs on. Refuses a source its runtime cannot run."""
+    if server.status == "deleting":
+        raise Conflict("the server is being deleted")
+    raw = source if source is not None else server.source
+    parsed = parse_source(raw)
+    runtime = server.runtime or default_runtime_for(parsed, container_runtime)
+    if runtime not in IMPLEMENTED_RUNTIMES:
+        raise InvalidInput(f"a {parsed.type} source cannot run on the {runtime} runtime; change the server's runtime")
+    refusal = runtime_refusal(runtime, parsed)
+    if refusal is not None:
+        raise InvalidInput(refusal)
+    return {"source": copy.deepcopy(raw), "env": server.env or {}}, runtime
+
+
+async def open_deployment(
+    session: AsyncSession,
+    server: Server,
+    *,
+    spec: dict[str, Any],
+    runtime: str,
+    idempotency_key: str | None,
+    created_by: uuid.UUID | None,
+    workflow_id: str | None = None,
+) -> Opened:
+    """The deployment for this request, made now or found: by `idempotency_key` when given (whatever its
+    status), else an identical one still under way. Runs inside the caller's transaction; `server` must be
+    locked (SELECT ... FOR UPDATE) so two requests cannot both make one."""
+    auto_prefix = f"auto:{_fingerprint(spec, runtime)}:"
+    if idempotency_key:
+        lookup = select(Deployment).where(
+            Deployment.server_id == server.id, Deployment.idempotency_key == idempotency_key
+        )
+    else:
+        lookup = select(Deployment).where(
+            Deployment.server_id == server.id,
+            Deployment.idempotency_key.startswith(auto_prefix, autoescape=True),
+            Deployment.status.in_(IN_PROGRESS),
+        )
+    existing = await session.scalar(lookup.order_by(Deployment.seq.desc()).limit(1))
+    if existing is not None:
+        return Opened(existing, replayed=True)
+    server.deploy_seq += 1
+    deployment = Deployment(
+        id=uuid.uuid4(),
+        server_id=server.id,
+        seq=server.deploy_seq,
+        idempotency_key=idempotency_key or f"{auto_prefix}{server.deploy_seq}",
+        workflow_id=workflow_id or deploy_workflow_id(server.id, server.deploy_seq),
+        status="pending",
+        runtime=runtime,
+        spec=spec,
+        created_by=created_by,
+    )
+    session.add(deployment)
+    return Opened(deployment, replayed=False)
