@@ -166,6 +166,9 @@ class BuildActivities:
             raise as_application_error(exc) from None
         key = build_key(source, revision, settings.arch_targets, settings.registry)
         reusable = "pushed" if settings.registry else "built"
+        pinned = deployment.spec.get("artifact_id")
+        if pinned:
+            return await self._pinned(deployment, server, source, str(pinned), reusable)
         async with self.sessionmaker() as session, session.begin():
             existing = await session.scalar(
                 select(BuildArtifactRun)
@@ -225,6 +228,65 @@ class BuildActivities:
             registry=settings.registry,
             artifact_id=str(artifact_id),
             reused=reused,
+            build_timeout_seconds=settings.build_timeout_seconds,
+            push_retries=settings.registry_push_retries,
+            push_backoff_seconds=settings.registry_push_backoff_seconds,
+            push_timeout_seconds=settings.registry_push_timeout_seconds,
+        )
+
+    async def _pinned(
+        self, deployment: Deployment, server: Server, source: GitSource, artifact_id: str, reusable: str
+    ) -> GitPlan:
+        """A deployment pinned to an artifact (a promotion takes one digest through a track's servers): that
+        exact image is reused, whichever of the owner's servers built it, or the deployment fails saying
+        why. Nothing is rebuilt, so every stage runs the same bytes."""
+        settings = self.settings
+        async with self.sessionmaker() as session, session.begin():
+            artifact = await session.get(BuildArtifactRun, uuid.UUID(artifact_id))
+            builder = await session.get(Server, artifact.server_id) if artifact is not None else None
+            if artifact is None or builder is None or builder.owner_id != server.owner_id:
+                raise ApplicationError(
+                    f"the artifact {artifact_id} this deployment is pinned to no longer exists",
+                    type="artifact_gone",
+                    non_retryable=True,
+                )
+            if (artifact.source_repo, artifact.subdirectory) != (source.repo_url, source.subdirectory):
+                raise ApplicationError(
+                    f"the pinned artifact was built from {artifact.source_repo} "
+                    f"({artifact.subdirectory or 'the repository root'}), not from this server's source",
+                    type="artifact_mismatch",
+                    non_retryable=True,
+                )
+            if artifact.status != reusable:
+                raise ApplicationError(
+                    f"the pinned artifact is {artifact.status}, not {reusable}: it cannot be deployed as it is",
+                    type="artifact_unusable",
+                    non_retryable=True,
+                )
+            dep = await session.get(Deployment, deployment.id)
+            assert dep is not None
+            dep.revision = artifact.source_revision
+            dep.artifact_id = artifact.id
+            revision, key = artifact.source_revision, artifact.build_key
+        if not settings.registry:
+            platform = settings.arch_targets[0]
+            if await self.builder.find(local_tag(artifact.server_id, revision, platform), key, platform) is None:
+                raise ApplicationError(
+                    "the pinned artifact's image is no longer in the engine (and there is no registry)",
+                    type="artifact_gone",
+                    non_retryable=True,
+                )
+        await self.events.emit(str(server.id), "build_reused", deployment_id=str(deployment.id), revision=revision)
+        return GitPlan(
+            deployment_id=str(deployment.id),
+            server_id=str(server.id),
+            revision=revision,
+            build_key=key,
+            platforms=settings.arch_targets,
+            parallelism=settings.registry_build_parallelism,
+            registry=settings.registry,
+            artifact_id=artifact_id,
+            reused=True,
             build_timeout_seconds=settings.build_timeout_seconds,
             push_retries=settings.registry_push_retries,
             push_backoff_seconds=settings.registry_push_backoff_seconds,

@@ -59,8 +59,11 @@ class PolicyActivities:
             certifications = (
                 (
                     await session.scalars(
+                        # The artifact is immutable: what the owner certified of it on any of their
+                        # servers (a promotion's earlier stage, say) holds here too.
                         select(Certification).where(
-                            Certification.server_id == server.id, Certification.subject == subject
+                            Certification.subject == subject,
+                            Certification.server_id.in_(select(Server.id).where(Server.owner_id == server.owner_id)),
                         )
                     )
                 ).all()
