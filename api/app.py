@@ -29,6 +29,7 @@ from api.routes import (
     governance,
     health,
     keys,
+    promotions,
     servers,
     streams,
     usage,
@@ -151,6 +152,7 @@ def create_app(settings: Settings) -> WithGateway:
     app.include_router(webhooks.router)
     app.include_router(evaluations.router)
     app.include_router(governance.router)
+    app.include_router(promotions.router)
     app.include_router(gateway_docs.router)
 
     @app.get("/metrics", include_in_schema=False)

@@ -16,12 +16,28 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from core import temporal
 from core.errors import Unavailable
+from core.evalruns import evaluation_workflow_id
 from core.settings import Settings
 from workflows.deploy import DeployInput
 from workflows.evaluation import EvaluationInput
+from workflows.promotion import PromotionInput
 from workflows.server_lifecycle import ServerInput
 
 SERVER_WORKFLOW_PREFIX = {"StopServerWorkflow": "stop", "DeleteServerWorkflow": "delete"}
+
+
+def deploy_input(settings: Settings, deployment_id: str = "", server_id: str = "") -> DeployInput:
+    return DeployInput(
+        deployment_id=deployment_id,
+        server_id=server_id,
+        health_timeout_seconds=settings.health_check_timeout_seconds,
+        install_timeout_seconds=settings.package_install_timeout_seconds,
+        host_wait_seconds=settings.worker_host_wait_seconds,
+        supervise_interval_seconds=settings.supervisor_interval_seconds,
+        supervise_failure_threshold=settings.supervisor_failure_threshold,
+        supervise_window_seconds=settings.supervisor_window_seconds,
+        supervise_backoff_max_seconds=settings.supervisor_backoff_max_seconds,
+    )
 
 
 async def start_deploy(
@@ -31,17 +47,7 @@ async def start_deploy(
     try:
         await client.start_workflow(
             "DeployWorkflow",
-            DeployInput(
-                deployment_id=str(deployment_id),
-                server_id=str(server_id),
-                health_timeout_seconds=settings.health_check_timeout_seconds,
-                install_timeout_seconds=settings.package_install_timeout_seconds,
-                host_wait_seconds=settings.worker_host_wait_seconds,
-                supervise_interval_seconds=settings.supervisor_interval_seconds,
-                supervise_failure_threshold=settings.supervisor_failure_threshold,
-                supervise_window_seconds=settings.supervisor_window_seconds,
-                supervise_backoff_max_seconds=settings.supervisor_backoff_max_seconds,
-            ),
+            deploy_input(settings, str(deployment_id), str(server_id)),
             id=workflow_id,
             task_queue=settings.temporal_task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
@@ -88,10 +94,6 @@ async def cancel_deploy(client: Client, workflow_id: str) -> bool:
     return await cancel_workflow(client, workflow_id, "the deployment workflow")
 
 
-def evaluation_workflow_id(run_id: uuid.UUID) -> str:
-    return f"eval-{run_id}"
-
-
 async def start_evaluation(client: Client, settings: Settings, *, server_id: uuid.UUID, run_id: uuid.UUID) -> None:
     """Start an evaluation run's workflow; starting it again joins the run already there."""
     try:
@@ -130,3 +132,29 @@ async def cancel_workflow(client: Client, workflow_id: str, what: str = "the wor
             return False
         raise Unavailable(f"could not cancel {what}: {exc.message}") from None
     return True
+
+
+async def start_promotion(
+    client: Client, settings: Settings, *, promotion_id: uuid.UUID, workflow_id: str, stage: str, subject: str
+) -> None:
+    """Start a promotion's workflow; starting it again joins the one already there."""
+    try:
+        await client.start_workflow(
+            "PromotionWorkflow",
+            PromotionInput(promotion_id=str(promotion_id), deploy=deploy_input(settings)),
+            id=workflow_id,
+            task_queue=settings.temporal_task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(temporal.KIND, "promotion"),
+                    SearchAttributePair(temporal.STAGE, stage),
+                    SearchAttributePair(temporal.DIGEST, subject),
+                ]
+            ),
+        )
+    except WorkflowAlreadyStartedError:
+        pass
+    except RPCError as exc:
+        raise Unavailable(f"could not start the promotion workflow: {exc.message}") from None

@@ -22,7 +22,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -134,6 +134,15 @@ class PromotionFact:
     status: str
     created_at: datetime
     activated_at: datetime | None = None
+
+
+def promotion_workflow_id(promotion_id: uuid.UUID | str) -> str:
+    return f"promotion-{promotion_id}"
+
+
+def facts_of(rows: list[Any]) -> list[PromotionFact]:
+    """Promotion records (anything with their fields) as the facts these rules read."""
+    return [PromotionFact(p.stage, p.subject, p.status, p.created_at, p.activated_at) for p in rows]
 
 
 def window_open(windows: list[Window], now: datetime) -> bool:

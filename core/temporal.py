@@ -15,9 +15,12 @@ log = logging.getLogger(__name__)
 
 SERVER_ID = SearchAttributeKey.for_keyword("McpServerId")
 DEPLOYMENT_ID = SearchAttributeKey.for_keyword("McpDeploymentId")
-# What a workflow does: deploy, stop, delete, evaluation, ... (filter by it in the Web UI).
+# What a workflow does: deploy, build, push, stop, delete, supervisor, evaluation, governance, promotion.
 KIND = SearchAttributeKey.for_keyword("McpKind")
-SEARCH_ATTRIBUTES = (SERVER_ID, DEPLOYMENT_ID, KIND)
+# The promotion stage a workflow works for, and the digest (or package@version) it moves.
+STAGE = SearchAttributeKey.for_keyword("McpStage")
+DIGEST = SearchAttributeKey.for_keyword("McpDigest")
+SEARCH_ATTRIBUTES = (SERVER_ID, DEPLOYMENT_ID, KIND, STAGE, DIGEST)
 
 
 async def connect(settings: Settings) -> Client:

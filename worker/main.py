@@ -30,6 +30,7 @@ from activities.evaluation import EvaluationActivities
 from activities.governance import GovernanceActivities
 from activities.health import HealthActivities
 from activities.policy import PolicyActivities
+from activities.promotion import PromotionActivities
 from activities.reconcile import ReconcileActivities
 from activities.records import RecordActivities
 from activities.registry import RegistryActivities
@@ -45,6 +46,7 @@ from workflows.build import BuildWorkflow
 from workflows.deploy import DeployWorkflow
 from workflows.evaluation import EvaluationRunWorkflow
 from workflows.governance import GovernanceRunWorkflow
+from workflows.promotion import PromotionWorkflow
 from workflows.push import PushWorkflow
 from workflows.reconcile import ReconcileRun, ReconcileWorkflow
 from workflows.server_lifecycle import DeleteServerWorkflow, StopServerWorkflow
@@ -62,6 +64,7 @@ WORKFLOWS = [
     ReconcileWorkflow,
     EvaluationRunWorkflow,
     GovernanceRunWorkflow,
+    PromotionWorkflow,
 ]
 
 
@@ -87,6 +90,7 @@ async def run_worker(
         *ArtifactActivities(sessionmaker).all(),
         *PolicyActivities(sessionmaker).all(),
         *GovernanceActivities(sessionmaker).all(),
+        *PromotionActivities(sessionmaker, settings.container_runtime).all(),
         *registry.all(),
     ]
     # Instances are local to this host, so their runtime steps come through its own queue. The shared

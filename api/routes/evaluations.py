@@ -30,8 +30,9 @@ from api.schemas import (
     PolicyDecisionPublic,
     error_responses,
 )
-from api.workflows import cancel_workflow, evaluation_workflow_id, start_evaluation
+from api.workflows import cancel_workflow, start_evaluation
 from core.errors import Conflict, InvalidInput, NotFound
+from core.evalruns import open_run, snapshot
 from core.models import (
     BuildArtifactRun,
     Certification,
@@ -41,10 +42,8 @@ from core.models import (
     EvalTest,
     PolicyDecision,
     Server,
-    ServerLog,
     User,
 )
-from core.policy import subject_of
 
 router = APIRouter(prefix="/api", tags=["evaluations"])
 MAX_TESTS = 200
@@ -161,80 +160,8 @@ async def _new_run(session: AsyncSession, server: Server, user: User, body: Eval
         tests = [t for t in tests if t.name in set(body.tests)]
     if not tests:
         raise Conflict("this server has no evaluation tests: add some at POST .../eval/tests")
-    snapshot = [
-        {
-            "id": str(t.id),
-            "name": t.name,
-            "tool": t.tool,
-            "arguments": t.arguments,
-            "expectation": t.expectation,
-            "expect_error": t.expect_error,
-            "timeout_seconds": t.timeout_seconds,
-        }
-        for t in tests
-    ]
     certify = body.certify.model_dump() if body.certify else None
-    return await open_run(session, server, deployment, user, snapshot, certify, key)
-
-
-async def open_run(
-    session: AsyncSession,
-    server: Server,
-    deployment: Deployment,
-    user: User,
-    tests: list[dict[str, Any]],
-    certify: dict[str, Any] | None,
-    key: str | None,
-) -> EvalRun:
-    """Record a run (and, when it certifies, its pending certification) in the caller's transaction."""
-    subject = subject_of(deployment.spec.get("source", {}), deployment.image_digest)
-    if certify and subject is None:
-        raise Conflict(
-            f"revision {deployment.seq} has no immutable artifact to certify: pin an exact package version or an "
-            "image digest (a git build is bound to its image digest)"
-        )
-    run_id = uuid.uuid4()
-    run = EvalRun(
-        id=run_id,
-        server_id=server.id,
-        deployment_id=deployment.id,
-        seq=deployment.seq,
-        workflow_id=evaluation_workflow_id(run_id),
-        idempotency_key=key,
-        status="pending",
-        candidate=False,
-        tests={"tests": tests},
-        certify=certify,
-        subject=subject,
-        total=0,
-        passed=0,
-        created_by=user.id,
-    )
-    session.add(run)
-    await session.flush()
-    if certify and subject:
-        session.add(
-            Certification(
-                id=uuid.uuid4(),
-                server_id=server.id,
-                subject=subject,
-                artifact_id=deployment.artifact_id,
-                tier=certify["tier"],
-                requirement=certify["requirement"],
-                status="pending",
-                evaluation_run_id=run_id,
-                valid_days=certify["valid_days"],
-                created_by=user.id,
-            )
-        )
-    what = f" to certify {certify['tier']}:{certify['requirement']}" if certify else ""
-    session.add(
-        ServerLog(
-            server_id=server.id,
-            message=f"evaluation of revision {deployment.seq} ({len(tests)} tests){what} asked for by {user.email}",
-        )
-    )
-    return run
+    return await open_run(session, server, deployment, user.id, user.email, snapshot(tests), certify, key)
 
 
 async def start_run(session: AsyncSession, state: AppState, client: Client, run: EvalRun) -> None:
@@ -466,7 +393,9 @@ async def retry_run(
         deployment = await session.get(Deployment, earlier.deployment_id) if earlier.deployment_id else None
         if deployment is None:
             raise Conflict("the revision that run evaluated no longer exists")
-        run = await open_run(session, server, deployment, user, earlier.tests.get("tests", []), earlier.certify, None)
+        run = await open_run(
+            session, server, deployment, user.id, user.email, earlier.tests.get("tests", []), earlier.certify, None
+        )
     await session.refresh(run)
     await start_run(session, state, client, run)
     return EvalRunPublic.model_validate(run)

@@ -289,7 +289,7 @@ async def get_run(
     return await _run_public(session, run, await _live(client, run))
 
 
-async def _vote(
+async def cast_vote(
     session: AsyncSession, client: Any, user: User, run_id: uuid.UUID, approve: bool, comment: str
 ) -> GovernanceRunPublic:
     run = await _visible_run(session, user, run_id)
@@ -350,7 +350,7 @@ async def approve(
 ) -> GovernanceRunPublic:
     """Approve the open approval step. 403 when you are not one of its approvers or are the requester of a
     four-eyes step, 409 when you already voted or no approval step is open; refusals are audited."""
-    return await _vote(session, client, user, run_id, True, (body or GovernanceVote()).comment)
+    return await cast_vote(session, client, user, run_id, True, (body or GovernanceVote()).comment)
 
 
 @router.post("/runs/{run_id}/reject", response_model=GovernanceRunPublic, responses=VOTE_RESPONSES)
@@ -358,7 +358,7 @@ async def reject(
     run_id: uuid.UUID, user: CurrentUser, session: SessionDep, client: TemporalDep, body: GovernanceVote | None = None
 ) -> GovernanceRunPublic:
     """Reject the open approval step (one approver's reject rejects the run). Same rules as approve."""
-    return await _vote(session, client, user, run_id, False, (body or GovernanceVote()).comment)
+    return await cast_vote(session, client, user, run_id, False, (body or GovernanceVote()).comment)
 
 
 @router.get("/runs/{run_id}/stream", response_class=StreamingResponse, responses=SSE_RESPONSES)

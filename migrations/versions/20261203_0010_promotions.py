@@ -37,9 +37,7 @@ def upgrade() -> None:
     op.create_table(
         "promotions",
         sa.Column("id", sa.UUID(), primary_key=True),
-        sa.Column(
-            "track_id", sa.UUID(), sa.ForeignKey("promotion_tracks.id", ondelete="CASCADE"), nullable=False
-        ),
+        sa.Column("track_id", sa.UUID(), sa.ForeignKey("promotion_tracks.id", ondelete="CASCADE"), nullable=False),
         sa.Column("stage", sa.String(32), nullable=False),
         sa.Column("stage_index", sa.Integer(), nullable=False),
         sa.Column("subject", sa.String(300), nullable=False),
@@ -51,9 +49,7 @@ def upgrade() -> None:
         ),
         sa.Column("requester_id", sa.UUID(), sa.ForeignKey("users.id", ondelete="SET NULL"), nullable=True),
         sa.Column("workflow_id", sa.String(200), nullable=False, unique=True),
-        sa.Column(
-            "evaluation_run_id", sa.UUID(), sa.ForeignKey("eval_runs.id", ondelete="SET NULL"), nullable=True
-        ),
+        sa.Column("evaluation_run_id", sa.UUID(), sa.ForeignKey("eval_runs.id", ondelete="SET NULL"), nullable=True),
         sa.Column(
             "governance_run_id", sa.UUID(), sa.ForeignKey("governance_runs.id", ondelete="SET NULL"), nullable=True
         ),
@@ -76,9 +72,7 @@ def upgrade() -> None:
     op.create_table(
         "promotion_rejections",
         sa.Column("id", sa.BigInteger(), primary_key=True, autoincrement=True),
-        sa.Column(
-            "track_id", sa.UUID(), sa.ForeignKey("promotion_tracks.id", ondelete="CASCADE"), nullable=False
-        ),
+        sa.Column("track_id", sa.UUID(), sa.ForeignKey("promotion_tracks.id", ondelete="CASCADE"), nullable=False),
         sa.Column("subject", sa.String(300), nullable=False),
         sa.Column("reason", sa.Text(), nullable=False),
         sa.Column("rejected_by", sa.String(320), nullable=True),
