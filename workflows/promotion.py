@@ -95,7 +95,13 @@ class PromotionWorkflow:
             method, arg, start_to_close_timeout=policies.DB_TIMEOUT, retry_policy=policies.DATABASE
         )
 
-    async def _record(self, status: str | None = None, step: str | None = None, reason: str | None = None) -> None:
+    async def _record(
+        self,
+        status: str | None = None,
+        step: str | None = None,
+        reason: str | None = None,
+        notes: list[str] | None = None,
+    ) -> None:
         if status is not None:
             self._state.status = status
         if step is not None:
@@ -104,7 +110,9 @@ class PromotionWorkflow:
             self._state.reason = reason
         await self._call(
             PromotionActivities.record_promotion,
-            PromotionUpdate(promotion_id=self._state.promotion_id, status=status, step=step, reason=reason),
+            PromotionUpdate(
+                promotion_id=self._state.promotion_id, status=status, step=step, reason=reason, notes=notes
+            ),
         )
 
     def _attributes(self, plan: PromotionPlan, kind: str, server_id: str = "") -> TypedSearchAttributes:
@@ -185,7 +193,9 @@ class PromotionWorkflow:
             await workflow.sleep(opens - now)
 
     async def _deploy(self, data: PromotionInput, plan: PromotionPlan) -> None:
-        await self._record(step="deploy", reason=f"deploying {plan.subject} to stage {plan.stage!r}")
+        await self._record(
+            step="deploy", reason=f"deploying {plan.subject} to stage {plan.stage!r}", notes=self._state.notes or None
+        )
         opened: StageDeployments = await self._call(PromotionActivities.open_stage_deployments, plan.promotion_id)
         if opened.error:
             raise Ended("failed", opened.error)

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -277,3 +278,102 @@ async def test_auto_promotion_hold_rejection_abort_and_rollback(stack: Stack) ->
 
         for server in (dev, staging):
             await owner.delete(f"/api/servers/{server['id']}")
+
+
+@pytest.mark.timeout(900)
+async def test_a_git_server_is_promoted_by_its_image_digest_built_once(
+    database_url: str,
+    temporal_address: str,
+    process_state_dir: Any,
+    docker_engine: Any,
+    git_server: Any,
+    registry: Any,
+    workdir: Any,
+) -> None:
+    from tests.integration.test_git_builds import platform, registry_settings
+    from tests.support.components import ECHO_IMAGE
+
+    docker_engine.ensure_echo_image()
+    base = {
+        "database_url": database_url,
+        "temporal_address": temporal_address,
+        "state_dir": process_state_dir,
+        "docker_host": docker_engine.url,
+        "git_allow_insecure_urls": True,
+    }
+    name = f"promoted-git-{uuid.uuid4().hex[:6]}"
+    git_server.publish(name, {"Dockerfile": f"FROM {ECHO_IMAGE}\nEXPOSE 8080\n"})
+    source = {"type": "git", "repo_url": git_server.url(name)}
+    async with platform(base, **registry_settings(registry, workdir)) as stack:
+        owner, owner_user = await stack.user()
+        rm1, rm1_user = await stack.user()
+        rm2, rm2_user = await stack.user()
+        async with owner, rm1, rm2:
+            for person in (owner_user, rm1_user, rm2_user):
+                await grant(stack, person, "release-manager")
+            dev, staging, prod = [await new_server(owner, n, source) for n in ("dev", "staging", "prod")]
+            await add_tests(
+                owner,
+                dev["id"],
+                [{"name": "echo", "tool": "echo", "arguments": {"text": "hi"},
+                  "expectation": {"kind": "exact", "value": "echo: hi"}}],
+            )  # fmt: skip
+            definition = await owner.post("/api/governance/workflows", json={"name": "gate", "steps": [RELEASE]})
+            stages = [
+                {"name": "dev", "servers": [dev["id"]], "verification": {**GOLD, "valid_days": 7}},
+                {
+                    "name": "staging",
+                    "servers": [staging["id"]],
+                    "required_certifications": [GOLD],
+                    "governance_workflow_id": definition.json()["id"],
+                },
+                {
+                    "name": "prod",
+                    "servers": [prod["id"]],
+                    "required_certifications": [GOLD],
+                    "soak_seconds": 1,
+                    "windows": [window_around_now()],
+                },
+            ]
+            track = (await owner.post("/api/promotions/tracks", json={"name": "git", "stages": stages})).json()
+            built = await deploy(owner, dev["id"], timeout=600)
+            assert built["status"] == "running", built
+            digest = built["image_digest"]
+            assert digest and digest.startswith("sha256:")
+
+            async def promote(stage: str, **what: str) -> dict[str, Any]:
+                asked = await owner.post(
+                    "/api/promotions/schedule", json={"track_id": track["id"], "stage": stage, **what}
+                )
+                assert asked.status_code == 202, asked.text
+                return dict(asked.json())
+
+            dev_promotion = await promote("dev", deployment_id=built["id"])
+            assert dev_promotion["subject"] == digest
+            assert (await until_promotion(owner, dev_promotion["id"], "active", "failed", bound=300))[
+                "status"
+            ] == "active"
+            staging_promotion = await promote("staging", subject=digest)
+            await until_promotion(owner, staging_promotion["id"], "awaiting_approval")
+            assert (await owner.post(f"/api/promotions/{staging_promotion['id']}/approve")).status_code == 403
+            for approver in (rm1, rm2):
+                assert (await approver.post(f"/api/promotions/{staging_promotion['id']}/approve")).status_code == 200
+            staged = await until_promotion(owner, staging_promotion["id"], "active", "failed", bound=300)
+            assert staged["status"] == "active", staged
+            assert "evaluation:certified:gold:smoke" in staged["notes"]
+            prod_promotion = await promote("prod", subject=digest)
+            done = await until_promotion(owner, prod_promotion["id"], "active", "failed", bound=300)
+            assert done["status"] == "active", done
+
+            # One deployment per stage, all of the same digest; staging and prod reused dev's build.
+            for server in (dev, staging, prod):
+                deployments = (await owner.get(f"/api/servers/{server['id']}/deployments")).json()["data"]
+                assert [(d["status"], d["image_digest"]) for d in deployments] == [("running", digest)], deployments
+                gateway = f"{stack.base_url}/mcp/{server['slug']}"
+                assert await call_tool(gateway, server["api_key"], "echo", {"text": "x"}) == "echo: x"
+            for server, promoted in ((staging, staged), (prod, done)):
+                detail = (await owner.get(f"/api/deployments/{promoted['deployments'][server['id']]}")).json()
+                build = next(s for s in detail["steps"] if s["step"] == "build")
+                assert build["message"].startswith("reused the artifact"), build
+            for server in (dev, staging, prod):
+                await owner.delete(f"/api/servers/{server['id']}")
