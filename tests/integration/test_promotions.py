@@ -18,12 +18,13 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from core import temporal as attributes
 from core.models import Deployment
+from runtimes.process import ProcessExecutor
 from tests.integration.test_evaluations import TESTS, add_tests
 from tests.integration.test_governance import RELEASE, grant
 from tests.support import everything
 from tests.support.hostile import local_wheel
 from tests.support.mcp_client import call_tool
-from tests.support.stack import Stack, deploy
+from tests.support.stack import Stack, WorkerProcess, deploy
 
 GOLD = {"tier": "gold", "requirement": "smoke"}
 
@@ -377,3 +378,51 @@ async def test_a_git_server_is_promoted_by_its_image_digest_built_once(
                 assert build["message"].startswith("reused the artifact"), build
             for server in (dev, staging, prod):
                 await owner.delete(f"/api/servers/{server['id']}")
+
+
+async def test_a_worker_killed_during_the_deploy_step_ends_active_once(api_only: tuple[Stack, WorkerProcess]) -> None:
+    """SIGKILL the worker while a promotion's stage deployments are under way: a new worker carries on, the
+    promotion ends `active` once, and each stage server has one deployment and one instance."""
+    stack, worker = api_only
+    everything.build_wheel()
+    executor = ProcessExecutor(stack.settings.state_dir / "process")
+    owner, _ = await stack.user()
+    async with owner:
+        origin = await new_server(owner, "origin")
+        first, second = await new_server(owner, "edge-a"), await new_server(owner, "edge-b")
+        stages = [{"name": "edge", "servers": [first["id"], second["id"]]}]
+        track = (await owner.post("/api/promotions/tracks", json={"name": "kill", "stages": stages})).json()
+        built = await deploy(owner, origin["id"])
+        asked = await owner.post(
+            "/api/promotions/schedule", json={"track_id": track["id"], "stage": "edge", "deployment_id": built["id"]}
+        )
+        assert asked.status_code == 202, asked.text
+        promotion_id = asked.json()["id"]
+        deadline = time.monotonic() + 120
+        while True:
+            body = (await owner.get(f"/api/promotions/{promotion_id}")).json()
+            if body["step"] == "deploy" and len(body["deployments"]) == 2:
+                steps = [
+                    (await owner.get(f"/api/deployments/{d}")).json()["step"] for d in body["deployments"].values()
+                ]
+                if any(s in ("prepare", "launch", "health_check") for s in steps):
+                    break
+            assert time.monotonic() < deadline, body
+            await asyncio.sleep(0.05)
+        worker.kill()
+        assert (await owner.get(f"/api/promotions/{promotion_id}")).json()["status"] == "approved"
+        worker.start()
+        done = await until_promotion(owner, promotion_id, "active", "failed", bound=240)
+        assert done["status"] == "active", done
+        for server in (first, second):
+            listed = (await owner.get(f"/api/servers/{server['id']}/deployments")).json()["data"]
+            assert [d["status"] for d in listed] == ["running"], listed
+            assert {d["id"] for d in listed} == {done["deployments"][server["id"]]}
+            assert len(await executor.instances(server["id"])) == 1
+        client = await stack.state.temporal()
+        runs = [w async for w in client.list_workflows(f"WorkflowId = '{done['workflow_id']}'")]
+        assert len(runs) == 1
+        history = (await owner.get("/api/promotions/history", params={"track_id": track["id"]})).json()
+        assert history["count"] == 1
+        for server in (origin, first, second):
+            await owner.delete(f"/api/servers/{server['id']}")
