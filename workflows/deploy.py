@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ActivityError, CancelledError, ChildWorkflowError
 from temporalio.workflow import ParentClosePolicy
 
@@ -29,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
         StepRecord,
     )
     from activities.runtime import HostClaim, RetireInput, RuntimeActivities
+    from core import temporal
     from workflows import placement, policies
     from workflows.build import BuildInput, BuildOutcome, BuildWorkflow
     from workflows.errors import failure_reason
@@ -68,6 +70,9 @@ RUNNING_FIRST_PATCH = "running-before-retire"
 BATCHED_RECORDS_PATCH = "batched-step-records"
 # The policy engine decides before anything is prepared or launched; a blocked deployment ends `blocked`.
 POLICY_PATCH = "policy-gate"
+# Build, push and supervisor children carry the server, deployment and kind search attributes (the Temporal UI
+# filters them by McpKind like every other workflow).
+KIND_PATCH = "child-search-attributes"
 
 
 @dataclass
@@ -201,6 +206,17 @@ class DeployWorkflow:
         # The gateways drop the ended pins on the NOTIFY end_drain sent; give them a moment before the old
         # revision stops, so no request is sent to a port that may already belong to something else.
         await workflow.sleep(timedelta(seconds=1))
+
+    def _child_attributes(self, server_id: str, kind: str) -> TypedSearchAttributes | None:
+        if not workflow.patched(KIND_PATCH):
+            return None
+        return TypedSearchAttributes(
+            [
+                SearchAttributePair(temporal.SERVER_ID, server_id),
+                SearchAttributePair(temporal.DEPLOYMENT_ID, self._deployment_id),
+                SearchAttributePair(temporal.KIND, kind),
+            ]
+        )
 
     @property
     def _host_wait_bound(self) -> timedelta | None:
@@ -436,6 +452,7 @@ class DeployWorkflow:
             ),
             id=f"supervise-{data.deployment_id}",
             parent_close_policy=ParentClosePolicy.ABANDON,
+            search_attributes=self._child_attributes(data.server_id, "supervisor"),
         )
 
     async def _serving_despite(self, instance: InstanceRecord, reason: str) -> DeployOutcome:
@@ -464,7 +481,10 @@ class DeployWorkflow:
         """Git sources: the child BuildWorkflow makes the image, the child PushWorkflow publishes it."""
         await self._step("build", "started")
         built: BuildOutcome = await workflow.execute_child_workflow(
-            BuildWorkflow.run, BuildInput(deployment_id=data.deployment_id), id=f"build-{data.deployment_id}"
+            BuildWorkflow.run,
+            BuildInput(deployment_id=data.deployment_id),
+            id=f"build-{data.deployment_id}",
+            search_attributes=self._child_attributes(data.server_id, "build"),
         )
         platforms = ", ".join(built.plan.platforms)
         revision = built.plan.revision[:12]
@@ -480,6 +500,7 @@ class DeployWorkflow:
                 PushWorkflow.run,
                 PushInput(plan=built.plan, images=built.images),
                 id=f"push-{data.deployment_id}",
+                search_attributes=self._child_attributes(data.server_id, "push"),
             )
             await self._step("push", "succeeded", f"pushed {image.image_ref}")
         await self._db(RecordActivities.record_image, RecordImage(deployment_id=data.deployment_id, image=image))

@@ -3,14 +3,15 @@
 Run when a workflow changes on purpose (behind `workflow.patched()`), to add histories of the new
 code next to the old ones; never delete old histories while workers might still replay them.
 
-    .venv/bin/python tests/histories/record.py TAG [evaluation]
+    .venv/bin/python tests/histories/record.py TAG [evaluation|promotion]
 
 Starts the same real components as the integration tests (Temporal dev server, Postgres, podman,
 a registry, a git server), runs a package deployment, a git deployment with build and push, a stop
 that cannot reach the host holding the instance, a stop and a delete, and writes each workflow's
 history here as `<name>_<TAG>.json` (TAG names the code that recorded it, e.g. the patch it brings
 in). With `evaluation`, only the evaluation runs (serving and candidate), a deployment the policy
-gate blocks and a governance run are recorded. Existing files are
+gate blocks and a governance run are recorded; with `promotion`, two promotions (one verified, one
+governed, soaked and deployed in a window) and the deployment the second one made. Existing files are
 never overwritten.
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -226,11 +228,77 @@ async def record_evaluations(tag: str) -> None:
             print(f"recorded {targets[name].name}: {workflow_id} ({len(history.events)} events)")
 
 
+async def record_promotions(tag: str) -> None:
+    names = ("promotion_verified", "promotion_governed", "deploy_promoted")
+    targets = {name: HERE / f"{name}_{tag}.json" for name in names}
+    taken = [path.name for path in targets.values() if path.exists()]
+    if taken:
+        raise SystemExit(f"already recorded: {', '.join(taken)}; choose another TAG")
+    everything.build_wheel()
+    async with build_platform() as parts:
+        temporal = parts.env.client
+        client, _ = await parts.stack.user()
+        approver, approver_user = await parts.stack.user()
+        async with client, approver:
+            pinned = everything.source()
+            dev = (await client.post("/api/servers", json={"name": "rec-dev", "source": pinned})).json()
+            staging = (await client.post("/api/servers", json={"name": "rec-staging", "source": pinned})).json()
+            test = {"name": "echo", "tool": "echo", "arguments": {"text": "a"},
+                    "expectation": {"kind": "exact", "value": "echo: a"}}  # fmt: skip
+            assert (await client.post(f"/api/servers/{dev['id']}/eval/tests", json=test)).status_code == 201
+            steps = [{"kind": "approval", "name": "go", "users": [approver_user["email"]]}]
+            definition = (await client.post("/api/governance/workflows", json={"name": "rec", "steps": steps})).json()
+            now = datetime.now(UTC)
+            window = {
+                "kind": "allow",
+                "start": (now - timedelta(hours=1)).strftime("%H:%M"),
+                "end": (now + timedelta(hours=2)).strftime("%H:%M"),
+            }
+            stages = [
+                {"name": "dev", "servers": [dev["id"]], "verification": {"tier": "gold"}},
+                {"name": "staging", "servers": [staging["id"]], "governance_workflow_id": definition["id"],
+                 "soak_seconds": 1, "windows": [window]},
+            ]  # fmt: skip
+            track = (await client.post("/api/promotions/tracks", json={"name": "rec", "stages": stages})).json()
+            first = await deploy(client, dev["id"])
+            verified = (
+                await client.post(
+                    "/api/promotions/schedule",
+                    json={"track_id": track["id"], "stage": "dev", "deployment_id": first["id"]},
+                )
+            ).json()
+            await temporal.get_workflow_handle(verified["workflow_id"]).result()
+            governed = (
+                await client.post(
+                    "/api/promotions/schedule",
+                    json={"track_id": track["id"], "stage": "staging", "subject": verified["subject"]},
+                )
+            ).json()
+            while (await client.get(f"/api/promotions/{governed['id']}")).json()["status"] != "awaiting_approval":
+                await asyncio.sleep(0.2)
+            assert (await approver.post(f"/api/promotions/{governed['id']}/approve")).status_code == 200
+            await temporal.get_workflow_handle(governed["workflow_id"]).result()
+            done = (await client.get(f"/api/promotions/{governed['id']}")).json()
+            assert done["status"] == "active", done
+            deployment = (await client.get(f"/api/deployments/{done['deployments'][staging['id']]}")).json()
+        recorded = {
+            "promotion_verified": verified["workflow_id"],
+            "promotion_governed": governed["workflow_id"],
+            "deploy_promoted": deployment["workflow_id"],
+        }
+        for name, workflow_id in recorded.items():
+            history = await temporal.get_workflow_handle(workflow_id).fetch_history()
+            targets[name].write_text(history.to_json())
+            print(f"recorded {targets[name].name}: {workflow_id} ({len(history.events)} events)")
+
+
 if __name__ == "__main__":
     if len(sys.argv) not in (2, 3) or not sys.argv[1].replace("-", "").replace("_", "").isalnum():
         raise SystemExit(__doc__)
     if sys.argv[2:] == ["evaluation"]:
         asyncio.run(record_evaluations(sys.argv[1]))
+    elif sys.argv[2:] == ["promotion"]:
+        asyncio.run(record_promotions(sys.argv[1]))
     elif len(sys.argv) == 2:
         asyncio.run(main(sys.argv[1]))
     else:

@@ -52,6 +52,7 @@ def test_both_sides_of_every_patch_are_recorded() -> None:
     assert any("capabilities-stored-by-activity" in h for h in by_type["DeployWorkflow"])
     assert any("supervise" in h for h in by_type["DeployWorkflow"])
     assert any("policy-gate" in h for h in by_type["DeployWorkflow"])
+    assert any("child-search-attributes" in h for h in by_type["DeployWorkflow"])
 
 
 def test_the_supervisor_history_holds_a_restart() -> None:
@@ -83,6 +84,25 @@ def test_the_evaluation_histories_hold_a_candidate_and_a_blocked_deployment() ->
     assert "launch_instance" not in _scheduled("evaluation.json")
     # Blocked by policy: nothing is claimed, prepared or launched.
     assert not {"claim_host", "prepare_source", "launch_instance"} & set(_scheduled("deploy_blocked_policy.json"))
+
+
+def _children(name: str) -> list[str]:
+    events = json.loads((HISTORIES[0].parent / name).read_text())["events"]
+    key = "startChildWorkflowExecutionInitiatedEventAttributes"
+    return [e[key]["workflowType"]["name"] for e in events if key in e]
+
+
+def test_the_promotion_histories_hold_verification_governance_and_deployment() -> None:
+    assert _children("promotion_verified.json") == ["EvaluationRunWorkflow"]
+    assert _children("promotion_governed.json") == ["GovernanceRunWorkflow", "DeployWorkflow"]
+    timers = [
+        e
+        for e in json.loads((HISTORIES[0].parent / "promotion_governed.json").read_text())["events"]
+        if "timerStartedEventAttributes" in e
+    ]
+    assert timers, "the soak of the governed promotion is a durable timer"
+    git = _children("deploy_git_kinds.json")
+    assert git == ["BuildWorkflow", "PushWorkflow", "SupervisorWorkflow"], git
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
