@@ -163,3 +163,40 @@ async def test_approvals_list_show_approve_and_refusals(stack: Stack, tmp_path: 
         shown = await mine("approvals", "show", run["id"])
         assert shown.code == 0 and "refused" in shown.out and "ship it" in shown.out
         await owner.delete(f"/api/servers/{server['id']}")
+
+
+async def test_promote_create_track_schedule_follow_history_and_refusals(stack: Stack, tmp_path: Path) -> None:
+    everything.build_wheel()
+    owner, _ = await stack.user()
+    async with owner:
+        servers = []
+        for stage in ("dev", "prod"):
+            created = await owner.post(
+                "/api/servers", json={"name": f"cli-{stage}-{uuid.uuid4().hex[:6]}", "source": everything.source()}
+            )
+            servers.append(created.json())
+        started = await owner.post(f"/api/servers/{servers[0]['id']}/deployments")
+        deployment = await wait_deployment(owner, started.json()["deployment_id"])
+        cli = await Cli.for_user(owner, stack.base_url, tmp_path)
+        stages = tmp_path / "stages.json"
+        stages.write_text(json.dumps([{"name": "dev", "servers": [servers[0]["id"]]},
+                                      {"name": "prod", "servers": [servers[1]["id"]]}]))  # fmt: skip
+        unreadable = await cli("promote", "create-track", "rel", "--stages", "@/nonexistent/stages.json")
+        assert unreadable.code == 2 and "cannot read" in unreadable.err
+        made = await cli("promote", "create-track", "rel", "--stages", f"@{stages}")
+        assert made.code == 0 and "dev -> prod" in made.out, made.out + made.err
+        early = await cli("promote", "schedule", "rel", "prod", "--deployment", deployment["id"])
+        assert early.code == 1 and "promotion:not-active:dev" in early.err, early.out + early.err
+        into_dev = await cli("promote", "schedule", "rel", "dev", "--deployment", deployment["id"], "--follow")
+        assert into_dev.code == 0 and "active" in into_dev.out, into_dev.out + into_dev.err
+        subject = f"pypi:{everything.NAME}@{everything.VERSION}"
+        into_prod = await cli("promote", "schedule", "rel", "prod", "--digest", subject, "-f")
+        assert into_prod.code == 0 and "deploy" in into_prod.out, into_prod.out + into_prod.err
+        history = await cli("promote", "history", "--track", "rel", "--json")
+        assert [p["stage"] for p in json.loads(history.out)["data"]] == ["prod", "dev"]
+        tracks = await cli("promote", "tracks")
+        assert tracks.code == 0 and "prod=pypi" in tracks.out, tracks.out
+        rollback = await cli("promote", "rollback", "rel", "prod")
+        assert rollback.code == 1 and "no earlier digest" in rollback.err
+        for server in servers:
+            await owner.delete(f"/api/servers/{server['id']}")
