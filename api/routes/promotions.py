@@ -423,13 +423,13 @@ async def _promotion(session: AsyncSession, user: User, promotion_id: uuid.UUID)
     return promotion
 
 
-@router.get("/{promotion_id}", response_model=PromotionPublic, responses=error_responses(401, 404, 422))
+@router.get("/{promotion_id:uuid}", response_model=PromotionPublic, responses=error_responses(401, 404, 422))
 async def get_promotion(promotion_id: uuid.UUID, user: CurrentUser, session: SessionDep) -> PromotionPublic:
     return PromotionPublic.model_validate(await _promotion(session, user, promotion_id))
 
 
 @router.post(
-    "/{promotion_id}/abort",
+    "/{promotion_id:uuid}/abort",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=PromotionPublic,
     responses=error_responses(401, 404, 409, 422, 503),
@@ -457,7 +457,7 @@ async def _governed(session: AsyncSession, promotion_id: uuid.UUID) -> uuid.UUID
     return row.governance_run_id
 
 
-@router.post("/{promotion_id}/approve", response_model=GovernanceRunPublic, responses=VOTE_RESPONSES)
+@router.post("/{promotion_id:uuid}/approve", response_model=GovernanceRunPublic, responses=VOTE_RESPONSES)
 async def approve(
     promotion_id: uuid.UUID,
     user: CurrentUser,
@@ -471,7 +471,7 @@ async def approve(
     return await cast_vote(session, client, user, run_id, True, (body or GovernanceVote()).comment)
 
 
-@router.post("/{promotion_id}/reject", response_model=GovernanceRunPublic, responses=VOTE_RESPONSES)
+@router.post("/{promotion_id:uuid}/reject", response_model=GovernanceRunPublic, responses=VOTE_RESPONSES)
 async def reject(
     promotion_id: uuid.UUID,
     user: CurrentUser,
@@ -484,7 +484,7 @@ async def reject(
     return await cast_vote(session, client, user, run_id, False, (body or GovernanceVote()).comment)
 
 
-@router.get("/{promotion_id}/stream", response_class=StreamingResponse, responses=SSE_RESPONSES)
+@router.get("/{promotion_id:uuid}/stream", response_class=StreamingResponse, responses=SSE_RESPONSES)
 async def stream(promotion_id: uuid.UUID, user: CurrentUser, session: SessionDep, state: StateDep) -> StreamingResponse:
     """Server-sent events: a `promotion` event with the record each time its status or step changes, then
     `end` once it has ended."""

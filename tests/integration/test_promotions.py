@@ -376,6 +376,15 @@ async def test_a_git_server_is_promoted_by_its_image_digest_built_once(
                 detail = (await owner.get(f"/api/deployments/{promoted['deployments'][server['id']]}")).json()
                 build = next(s for s in detail["steps"] if s["step"] == "build")
                 assert build["message"].startswith("reused the artifact"), build
+            # The build, push and supervisor children are filterable by kind too; the stage's by stage.
+            client = await stack.state.temporal()
+            for kind in ("build", "push"):
+                found = [
+                    w.id async for w in client.list_workflows(f"McpKind = '{kind}' AND McpServerId = '{dev['id']}'")
+                ]
+                assert found == [f"{kind}-{built['id']}"], (kind, found)
+            staged_deploys = [w.id async for w in client.list_workflows("McpStage = 'staging' AND McpKind = 'deploy'")]
+            assert f"deploy-{staging['id']}-1" in staged_deploys
             for server in (dev, staging, prod):
                 await owner.delete(f"/api/servers/{server['id']}")
 
