@@ -24,6 +24,7 @@ from tests.integration.test_governance import RELEASE, grant
 from tests.support import everything
 from tests.support.hostile import local_wheel
 from tests.support.mcp_client import call_tool
+from tests.support.sse import EventStream
 from tests.support.stack import Stack, WorkerProcess, deploy
 
 GOLD = {"tier": "gold", "requirement": "smoke"}
@@ -434,4 +435,69 @@ async def test_a_worker_killed_during_the_deploy_step_ends_active_once(api_only:
         history = (await owner.get("/api/promotions/history", params={"track_id": track["id"]})).json()
         assert history["count"] == 1
         for server in (origin, first, second):
+            await owner.delete(f"/api/servers/{server['id']}")
+
+
+async def test_one_promotion_at_a_time_per_stage_abort_reject_and_the_stream(stack: Stack) -> None:
+    """A second digest waits for the stage while the first awaits approval; aborting the first lets the second
+    go on; a reject vote ends it `rejected`; the stream shows each change and ends."""
+    everything.build_wheel()
+    second = f"{everything.VERSION}.1"
+    local_wheel(everything.NAME, second, everything.SOURCE, "mcphost-everything")
+    owner, _ = await stack.user()
+    approver, approver_user = await stack.user()
+    async with owner, approver:
+        origin_a = await new_server(owner, "a")
+        origin_b = await new_server(owner, "b", {**everything.source(), "version": second})
+        target = await new_server(owner, "gated")
+        steps = [{"kind": "approval", "name": "go", "users": [approver_user["email"]]}]
+        definition = (await owner.post("/api/governance/workflows", json={"name": "q", "steps": steps})).json()
+        stages = [{"name": "gated", "servers": [target["id"]], "governance_workflow_id": definition["id"]}]
+        track = (await owner.post("/api/promotions/tracks", json={"name": "queue", "stages": stages})).json()
+        deployed_a, deployed_b = await deploy(owner, origin_a["id"]), await deploy(owner, origin_b["id"])
+
+        async def schedule(deployment: dict[str, Any]) -> dict[str, Any]:
+            asked = await owner.post(
+                "/api/promotions/schedule",
+                json={"track_id": track["id"], "stage": "gated", "deployment_id": deployment["id"]},
+            )
+            assert asked.status_code == 202, asked.text
+            return dict(asked.json())
+
+        first = await schedule(deployed_a)
+        await until_promotion(owner, first["id"], "awaiting_approval")
+        queued = await schedule(deployed_b)
+        assert (await schedule(deployed_b))["id"] == queued["id"]  # asking again returns the open one
+        async with EventStream(owner, f"/api/promotions/{queued['id']}/stream") as events:
+            _, seen = await events.until(lambda name, _: name == "promotion")
+            assert (seen["status"], seen["step"]) == ("scheduled", "queued"), seen
+            # Once it has asked for its turn (and been told to wait), it is still queued behind the first.
+            client = await stack.state.temporal()
+            handle = client.get_workflow_handle(queued["workflow_id"])
+            deadline = time.monotonic() + 60
+            while True:
+                history = await handle.fetch_history()
+                if any(e.HasField("activity_task_completed_event_attributes") for e in history.events[1:]) and any(
+                    e.HasField("timer_started_event_attributes") for e in history.events
+                ):
+                    break
+                assert time.monotonic() < deadline, "the queued promotion never asked for its turn"
+                await asyncio.sleep(0.1)
+            assert (await owner.get(f"/api/promotions/{queued['id']}")).json()["status"] == "scheduled"
+            aborted = await owner.post(f"/api/promotions/{first['id']}/abort")
+            assert aborted.status_code == 202, aborted.text
+            ended = await until_promotion(owner, first["id"], "aborted")
+            governance = (await owner.get(f"/api/governance/runs/{ended['governance_run_id']}")).json()
+            assert governance["status"] == "cancelled", governance
+            assert (await owner.post(f"/api/promotions/{first['id']}/abort")).status_code == 409
+            await events.until(lambda name, data: name == "promotion" and data["status"] == "awaiting_approval")
+            no = await approver.post(f"/api/promotions/{queued['id']}/reject", json={"comment": "not today"})
+            assert no.status_code == 200, no.text
+            _, end = await events.until(lambda name, _: name == "end")
+            assert end["status"] == "rejected"
+        rejected = (await owner.get(f"/api/promotions/{queued['id']}")).json()
+        assert rejected["status"] == "rejected" and rejected["reason"].startswith("governance rejected"), rejected
+        # Nothing was deployed to the gated server.
+        assert await deployments_of(stack, target["id"]) == []
+        for server in (origin_a, origin_b, target):
             await owner.delete(f"/api/servers/{server['id']}")
