@@ -75,6 +75,8 @@ class ChildStart:
     workflow_id: str
     record_id: str = ""
     server_id: str = ""
+    stage: str = ""
+    subject: str = ""
     requester_id: str = ""
     steps: list[dict[str, Any]] = field(default_factory=list)
     error: str = ""
@@ -543,7 +545,10 @@ class PromotionActivities:
                     )
                 )
             ).all()
-            out.auto = [ChildStart(workflow_id=p.workflow_id, record_id=str(p.id)) for p in automatic]
+            out.auto = [
+                ChildStart(workflow_id=p.workflow_id, record_id=str(p.id), stage=p.stage, subject=p.subject)
+                for p in automatic
+            ]
         return out
 
     @activity.defn(name="finish_promotion")

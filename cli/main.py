@@ -1190,6 +1190,15 @@ def promote_create_track(
     )
 
 
+@promote_app.command("delete-track")
+def promote_delete_track(track: str = typer.Argument(..., help="Track id or name")) -> None:
+    """Delete a track and its history (refused while one of its promotions is under way)."""
+    client = Api()
+    found = _resolve_track(client, track)
+    client.request("DELETE", f"/api/promotions/tracks/{found['id']}")
+    console.print(f"deleted track {escape(found['name'])}")
+
+
 def _follow_promotion(client: Api, promotion: dict[str, Any]) -> None:
     for event, data in sse_events(client, f"/api/promotions/{promotion['id']}/stream"):
         if event == "promotion":

@@ -126,8 +126,11 @@ class PromotionWorkflow:
         return TypedSearchAttributes(pairs)
 
     async def _wait_turn(self) -> None:
-        while not await self._call(PromotionActivities.stage_turn, self._state.promotion_id):
+        while True:
+            # Cleared before asking: a wake-up that comes while the answer is on its way is not lost.
             self._turn = False
+            if await self._call(PromotionActivities.stage_turn, self._state.promotion_id):
+                return
             try:
                 await workflow.wait_condition(lambda: self._turn, timeout=QUEUE_RECHECK)
             except TimeoutError:
@@ -250,6 +253,13 @@ class PromotionWorkflow:
                     PromotionInput(promotion_id=auto.record_id, deploy=data.deploy),
                     id=auto.workflow_id,
                     parent_close_policy=ParentClosePolicy.ABANDON,
+                    search_attributes=TypedSearchAttributes(
+                        [
+                            SearchAttributePair(temporal.KIND, "promotion"),
+                            SearchAttributePair(temporal.STAGE, auto.stage),
+                            SearchAttributePair(temporal.DIGEST, auto.subject),
+                        ]
+                    ),
                 )
             except WorkflowAlreadyStartedError:
                 pass  # started by an earlier attempt

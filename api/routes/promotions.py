@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Response, status
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
@@ -122,6 +122,24 @@ async def get_track(track_id: uuid.UUID, user: CurrentUser, session: SessionDep)
     return await _track_public(session, await _track(session, user, track_id))
 
 
+@router.delete(
+    "/tracks/{track_id}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(401, 404, 409, 422)
+)
+async def delete_track(track_id: uuid.UUID, user: CurrentUser, session: SessionDep) -> Response:
+    """Delete a track and its history. 409 while one of its promotions is under way (abort it first);
+    what the stages run keeps running."""
+    async with session.begin():
+        row = await _track(session, user, track_id)
+        await session.refresh(row, with_for_update=True)
+        open_ = await session.scalar(
+            select(Promotion.id).where(Promotion.track_id == row.id, Promotion.status.in_(rules.OPEN)).limit(1)
+        )
+        if open_ is not None:
+            raise Conflict(f"promotion {open_} of this track is under way: abort it first")
+        await session.delete(row)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
 def _stage_index(row: PromotionTrack, stage: str) -> tuple[rules.TrackSpec, int]:
     spec = rules.TrackSpec.model_validate(row.stages)
     index = spec.index(stage)
@@ -199,7 +217,22 @@ async def _open(
         notes=[],
         reason=reason,
     )
-    session.add(row)
+    try:
+        async with session.begin_nested():
+            session.add(row)
+    except IntegrityError:
+        # The same digest was asked into the same stage at the same moment: that request's promotion is this one.
+        found = await session.scalar(
+            select(Promotion).where(
+                Promotion.track_id == track.id,
+                Promotion.stage == stage,
+                Promotion.subject == subject,
+                Promotion.status.in_(rules.OPEN),
+            )
+        )
+        if found is None:
+            raise Conflict("another promotion of this digest into this stage was being made: ask again") from None
+        return found, False
     return row, True
 
 

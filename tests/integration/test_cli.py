@@ -198,5 +198,7 @@ async def test_promote_create_track_schedule_follow_history_and_refusals(stack: 
         assert tracks.code == 0 and "prod=pypi" in tracks.out, tracks.out
         rollback = await cli("promote", "rollback", "rel", "prod")
         assert rollback.code == 1 and "no earlier digest" in rollback.err
+        deleted = await cli("promote", "delete-track", "rel")
+        assert deleted.code == 0 and "deleted track rel" in deleted.out, deleted.out + deleted.err
         for server in servers:
             await owner.delete(f"/api/servers/{server['id']}")
