@@ -190,14 +190,13 @@ async def _open(
     reason: str,
 ) -> tuple[Promotion, bool]:
     """A new promotion record, or the open one of the same digest into the same stage."""
-    found = await session.scalar(
-        select(Promotion).where(
-            Promotion.track_id == track.id,
-            Promotion.stage == stage,
-            Promotion.subject == subject,
-            Promotion.status.in_(rules.OPEN),
-        )
+    same = select(Promotion).where(
+        Promotion.track_id == track.id,
+        Promotion.stage == stage,
+        Promotion.subject == subject,
+        Promotion.status.in_(rules.OPEN),
     )
+    found = await session.scalar(same)
     if found is not None:
         return found, False
     promotion_id = uuid.uuid4()
@@ -222,14 +221,7 @@ async def _open(
             session.add(row)
     except IntegrityError:
         # The same digest was asked into the same stage at the same moment: that request's promotion is this one.
-        found = await session.scalar(
-            select(Promotion).where(
-                Promotion.track_id == track.id,
-                Promotion.stage == stage,
-                Promotion.subject == subject,
-                Promotion.status.in_(rules.OPEN),
-            )
-        )
+        found = await session.scalar(same)
         if found is None:
             raise Conflict("another promotion of this digest into this stage was being made: ask again") from None
         return found, False
