@@ -218,15 +218,21 @@ class BuildActivities:
             dep.artifact_id = artifact_id
         if reused:
             await self.events.emit(str(server.id), "build_reused", deployment_id=deployment_id, revision=revision)
+        return self._plan(deployment_id, str(server.id), revision, key, str(artifact_id), reused)
+
+    def _plan(
+        self, deployment_id: str, server_id: str, revision: str, key: str, artifact_id: str, reused: bool
+    ) -> GitPlan:
+        settings = self.settings
         return GitPlan(
             deployment_id=deployment_id,
-            server_id=str(server.id),
+            server_id=server_id,
             revision=revision,
             build_key=key,
             platforms=settings.arch_targets,
             parallelism=settings.registry_build_parallelism,
             registry=settings.registry,
-            artifact_id=str(artifact_id),
+            artifact_id=artifact_id,
             reused=reused,
             build_timeout_seconds=settings.build_timeout_seconds,
             push_retries=settings.registry_push_retries,
@@ -277,21 +283,7 @@ class BuildActivities:
                     non_retryable=True,
                 )
         await self.events.emit(str(server.id), "build_reused", deployment_id=str(deployment.id), revision=revision)
-        return GitPlan(
-            deployment_id=str(deployment.id),
-            server_id=str(server.id),
-            revision=revision,
-            build_key=key,
-            platforms=settings.arch_targets,
-            parallelism=settings.registry_build_parallelism,
-            registry=settings.registry,
-            artifact_id=artifact_id,
-            reused=True,
-            build_timeout_seconds=settings.build_timeout_seconds,
-            push_retries=settings.registry_push_retries,
-            push_backoff_seconds=settings.registry_push_backoff_seconds,
-            push_timeout_seconds=settings.registry_push_timeout_seconds,
-        )
+        return self._plan(str(deployment.id), str(server.id), revision, key, artifact_id, True)
 
     @activity.defn(name="build_image")
     async def build_image(self, request: BuildRequest) -> BuiltImage:

@@ -274,16 +274,19 @@ class PromotionActivities:
                 )
             requester = await session.get(User, row.requester_id) if row.requester_id else None
             certify = verification.model_dump()
-            run = await open_run(
-                session,
-                server,
-                origin,
-                row.requester_id,
-                requester.email if requester else "the platform",
-                snapshot(tests),
-                certify,
-                f"promotion:{row.id}",
-            )
+            try:
+                run = await open_run(
+                    session,
+                    server,
+                    origin,
+                    row.requester_id,
+                    requester.email if requester else "the platform",
+                    snapshot(tests),
+                    certify,
+                    f"promotion:{row.id}",
+                )
+            except DomainError as exc:
+                return ChildStart(workflow_id="", error=str(exc))
             row.evaluation_run_id = run.id
             return ChildStart(workflow_id=run.workflow_id, record_id=str(run.id), server_id=str(server.id))
 

@@ -1094,10 +1094,11 @@ def approvals_show(run: str = typer.Argument(..., help="The governance run's id"
     _print_run(Api().request("GET", f"/api/governance/runs/{run}"))
 
 
-def _vote(run: str, verb: str, comment: str) -> None:
+def _vote(path: str, comment: str) -> None:
+    """Vote (POST path) and print the governance run it went to; a queued vote says so."""
     client = Api()
     try:
-        response = client.http.post(f"/api/governance/runs/{run}/{verb}", json={"comment": comment})
+        response = client.http.post(path, json={"comment": comment})
     except httpx.HTTPError as exc:
         client.unreachable(exc)
     client.check(response)
@@ -1113,7 +1114,7 @@ def approvals_approve(
     comment: str = typer.Option("", "-m", "--comment", help="Why (kept in the audit trail)"),
 ) -> None:
     """Approve the run's open approval step."""
-    _vote(run, "approve", comment)
+    _vote(f"/api/governance/runs/{run}/approve", comment)
 
 
 @approvals_app.command("reject")
@@ -1122,7 +1123,7 @@ def approvals_reject(
     comment: str = typer.Option("", "-m", "--comment", help="Why (kept in the audit trail)"),
 ) -> None:
     """Reject the run's open approval step (this rejects the run)."""
-    _vote(run, "reject", comment)
+    _vote(f"/api/governance/runs/{run}/reject", comment)
 
 
 promote_app = typer.Typer(
@@ -1266,26 +1267,13 @@ def promote_watch(promotion: str = typer.Argument(..., help="The promotion's id"
     _follow_promotion(client, client.request("GET", f"/api/promotions/{promotion}"))
 
 
-def _promotion_vote(promotion: str, verb: str, comment: str) -> None:
-    client = Api()
-    try:
-        response = client.http.post(f"/api/promotions/{promotion}/{verb}", json={"comment": comment})
-    except httpx.HTTPError as exc:
-        client.unreachable(exc)
-    client.check(response)
-    if response.status_code == 202:
-        console.print(f"[yellow]queued:[/] {escape(response.json()['detail'])}")
-        return
-    _print_run(response.json())
-
-
 @promote_app.command("approve")
 def promote_approve(
     promotion: str = typer.Argument(..., help="The promotion's id"),
     comment: str = typer.Option("", "-m", "--comment", help="Why (kept in the audit trail)"),
 ) -> None:
     """Approve the promotion's open approval step."""
-    _promotion_vote(promotion, "approve", comment)
+    _vote(f"/api/promotions/{promotion}/approve", comment)
 
 
 @promote_app.command("reject")
@@ -1294,7 +1282,7 @@ def promote_reject(
     comment: str = typer.Option("", "-m", "--comment", help="Why (kept in the audit trail)"),
 ) -> None:
     """Reject the promotion at its open approval step."""
-    _promotion_vote(promotion, "reject", comment)
+    _vote(f"/api/promotions/{promotion}/reject", comment)
 
 
 @promote_app.command("abort")

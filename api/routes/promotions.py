@@ -188,7 +188,7 @@ async def _open(
     kind: str,
     user: User,
     reason: str,
-) -> tuple[Promotion, bool]:
+) -> Promotion:
     """A new promotion record, or the open one of the same digest into the same stage."""
     same = select(Promotion).where(
         Promotion.track_id == track.id,
@@ -198,7 +198,7 @@ async def _open(
     )
     found = await session.scalar(same)
     if found is not None:
-        return found, False
+        return found
     promotion_id = uuid.uuid4()
     row = Promotion(
         id=promotion_id,
@@ -224,8 +224,8 @@ async def _open(
         found = await session.scalar(same)
         if found is None:
             raise Conflict("another promotion of this digest into this stage was being made: ask again") from None
-        return found, False
-    return row, True
+        return found
+    return row
 
 
 async def _start(session: AsyncSession, state: StateDep, client: TemporalDep, row: Promotion) -> PromotionPublic:
@@ -300,7 +300,7 @@ async def schedule(
         now = rules.current(body.stage, history)
         if now is not None and now.subject == subject:
             raise Conflict(f"{subject} is already active in stage {body.stage!r}")
-        row, _ = await _open(
+        row = await _open(
             session,
             track=track,
             stage=body.stage,
@@ -311,7 +311,6 @@ async def schedule(
             user=user,
             reason=f"asked for by {user.email}",
         )
-        await session.flush()
     return await _start(session, state, client, row)
 
 
@@ -337,7 +336,7 @@ async def rollback(
             (p for p in rows if p.stage == stage and p.subject == target and p.activated_at),
             key=lambda p: p.activated_at or p.created_at,
         )
-        row, _ = await _open(
+        row = await _open(
             session,
             track=track,
             stage=stage,
@@ -348,7 +347,6 @@ async def rollback(
             user=user,
             reason=f"rollback asked for by {user.email}",
         )
-        await session.flush()
     return await _start(session, state, client, row)
 
 
