@@ -18,7 +18,8 @@ from temporalio.exceptions import ApplicationError
 from activities.build import ArtifactImage
 from core.db import DEPLOYMENTS_CHANNEL, notify_route_changed
 from core.files import remove_data_dir
-from core.models import Deployment, DeploymentStep, GatewaySession, Server, ServerLog
+from core.models import Deployment, DeploymentStep, GatewaySession, Server, ServerLog, ServerSecret
+from core.secretstore import SecretStore, SecretStoreError
 
 TERMINAL = ("running", "failed", "stopped", "superseded", "cancelled", "blocked")
 # Set in a deployment's instance record once its host has retired everything of it: no host need be asked again.
@@ -153,7 +154,9 @@ class RecordActivities:
         *,
         drain_seconds: float = 300.0,
         session_idle_seconds: float = 60.0,
+        secrets: SecretStore | None = None,
     ) -> None:
+        self.secrets = secrets
         self.sessionmaker = sessionmaker
         # How long sessions opened on an earlier revision keep it after a redeploy, and how long without a
         # request (or an open stream) a session counts as no longer in use.
@@ -451,7 +454,22 @@ class RecordActivities:
         """Delete the server's rows, then its /data directory.
 
         Rows first: once they are gone no upload can reach the directory again. A failed removal is
-        retried with the activity, and finding nothing left is success."""
+        retried with the activity, and finding nothing left is success. Secrets kept in Vault are
+        destroyed before their rows go (a retry finds them gone, which is fine)."""
+        if self.secrets is not None:
+            async with self.sessionmaker() as session:
+                kept = (
+                    await session.execute(
+                        select(ServerSecret.backend, ServerSecret.vault_path).where(
+                            ServerSecret.server_id == uuid.UUID(data.server_id), ServerSecret.backend == "vault"
+                        )
+                    )
+                ).all()
+            for backend, path in kept:
+                try:
+                    await self.secrets.delete(backend, path)
+                except SecretStoreError as exc:
+                    raise ApplicationError(str(exc), type="secret_store", non_retryable=exc.permanent) from None
         async with self.sessionmaker() as session, session.begin():
             slug = await session.scalar(select(Server.slug).where(Server.id == uuid.UUID(data.server_id)))
             await session.execute(delete(Server).where(Server.id == uuid.UUID(data.server_id)))

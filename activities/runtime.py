@@ -18,8 +18,9 @@ from temporalio.exceptions import ApplicationError
 
 from activities.common import as_application_error, heartbeating, open_env
 from activities.records import RETIRED, InstanceRecord
-from core.crypto import EnvCipher
-from core.models import Deployment, Server, User
+from core.crypto import EnvCipher, SecretsKeyError
+from core.models import Deployment, Server, ServerSecret, ServerSecretEvent, User
+from core.secretstore import SecretStore, SecretStoreError
 from core.settings import Settings
 from core.sources import GitSource, ImageSource, parse_source
 from core.tenancy import Resources, server_data_dir, server_uid
@@ -81,11 +82,13 @@ class RuntimeActivities:
         executors: Mapping[str, Executor],
         cipher: EnvCipher,
         settings: Settings | None = None,
+        secrets: SecretStore | None = None,
     ) -> None:
         self.sessionmaker = sessionmaker
         self.executors = executors
         self.cipher = cipher
         self.settings = settings
+        self.secrets = secrets or SecretStore(cipher)
 
     @property
     def host_queue(self) -> str:
@@ -101,7 +104,43 @@ class RuntimeActivities:
             )
         return executor
 
-    async def launch_spec(self, deployment_id: str) -> tuple[Executor, LaunchSpec]:
+    async def secret_env(self, server_id: uuid.UUID, deployment_id: str) -> dict[str, str]:
+        """The server's secrets in clear, for a launch only; each read is recorded as `injected`."""
+        async with self.sessionmaker() as session:
+            rows = (
+                await session.scalars(
+                    select(ServerSecret).where(ServerSecret.server_id == server_id).order_by(ServerSecret.name)
+                )
+            ).all()
+        if not rows:
+            return {}
+        values: dict[str, str] = {}
+        for row in rows:
+            try:
+                values[row.name] = await self.secrets.read(row.backend, row.sealed, row.vault_path, row.vault_version)
+            except SecretsKeyError as exc:
+                raise ApplicationError(f"secret {row.name}: {exc}", type="secrets_key", non_retryable=True) from None
+            except SecretStoreError as exc:
+                raise ApplicationError(
+                    f"secret {row.name}: {exc}", type="secret_store", non_retryable=exc.permanent
+                ) from None
+        async with self.sessionmaker() as session, session.begin():
+            session.add_all(
+                ServerSecretEvent(
+                    server_id=server_id,
+                    name=row.name,
+                    action="injected",
+                    version=row.version,
+                    actor="worker",
+                    deployment_id=uuid.UUID(deployment_id),
+                )
+                for row in rows
+            )
+        return values
+
+    async def launch_spec(self, deployment_id: str, *, with_secrets: bool = False) -> tuple[Executor, LaunchSpec]:
+        """What a runtime needs to prepare or launch the deployment. Secrets are read only for a launch
+        (`with_secrets`): an install step never gets them."""
         async with self.sessionmaker() as session:
             row = (
                 await session.execute(
@@ -122,12 +161,15 @@ class RuntimeActivities:
                 raise ApplicationError("this git deployment has no built image yet", type="gone", non_retryable=True)
             source = ImageSource(image=built["image"], port=built["port"], path=built["path"])
         settings = self.settings
+        env = open_env(self.cipher, deployment.spec.get("env"))
+        if with_secrets:
+            env |= await self.secret_env(deployment.server_id, deployment_id)
         spec = LaunchSpec(
             server_id=str(deployment.server_id),
             deployment_id=deployment_id,
             slug=server.slug,
             source=source,
-            env=open_env(self.cipher, deployment.spec.get("env")),
+            env=env,
             resources=server_resources(server, settings) if settings else None,
             uid=server_uid(server.id, settings.sandbox_uid_base) if settings else None,
             data_dir=server_data_dir(settings.state_dir, server.id) if settings else None,
@@ -154,7 +196,7 @@ class RuntimeActivities:
 
     @activity.defn(name="launch_instance")
     async def launch_instance(self, deployment_id: str) -> InstanceRecord:
-        executor, spec = await self.launch_spec(deployment_id)
+        executor, spec = await self.launch_spec(deployment_id, with_secrets=True)
         try:
             instance = await heartbeating(executor.launch(spec), "launching")
         except RuntimeFailure as exc:

@@ -98,7 +98,7 @@ class SupervisionActivities:
         if not await self._serves(data.instance.deployment_id):
             return RestartResult(gone=True)
         failed = from_record(data.instance)
-        executor, spec = await self.runtime.launch_spec(data.instance.deployment_id)
+        executor, spec = await self.runtime.launch_spec(data.instance.deployment_id, with_secrets=True)
         try:
             for instance in await executor.instances(failed.server_id):
                 if instance.deployment_id == failed.deployment_id and instance.ref == failed.ref:

@@ -30,6 +30,7 @@ from api.routes import (
     health,
     keys,
     promotions,
+    secrets,
     servers,
     streams,
     usage,
@@ -148,6 +149,7 @@ def create_app(settings: Settings) -> WithGateway:
     app.include_router(artifacts.router)
     app.include_router(files.router)
     app.include_router(keys.router)
+    app.include_router(secrets.router)
     app.include_router(usage.router)
     app.include_router(webhooks.router)
     app.include_router(evaluations.router)

@@ -21,6 +21,7 @@ from core.crypto import EnvCipher
 from core.errors import Forbidden, NotFound, Unauthorized, Unavailable
 from core.models import ApiToken, Deployment, RevokedSession, Server, User
 from core.ratelimit import LoginThrottle
+from core.secretstore import SecretStore, store_from_settings
 from core.security import USER_TOKEN_PREFIX, InvalidToken, decode_session_token, hash_token
 from core.settings import Settings
 from runtimes.base import Executor, Instance
@@ -43,6 +44,7 @@ class AppState:
     deployment_events: DeploymentEvents | None = None
     server_events: ServerEvents | None = None
     throttle: LoginThrottle | None = None
+    secrets: SecretStore | None = None
 
     @property
     def routes(self) -> RouteTable:
@@ -53,6 +55,12 @@ class AppState:
         if self.cipher is None:
             self.cipher = self.settings.env_cipher()
         return self.cipher
+
+    @property
+    def secret_store(self) -> SecretStore:
+        if self.secrets is None:
+            self.secrets = store_from_settings(self.settings)
+        return self.secrets
 
     @property
     def login_throttle(self) -> LoginThrottle:

@@ -113,13 +113,13 @@ def env_names(stored: dict[str, Any] | None) -> list[str]:
 
 
 async def reseal_all(database_url: str, cipher: EnvCipher) -> tuple[int, int]:
-    """Rewrite every stored secret (server env and webhook secrets, deployment env) sealed with the
-    primary key: seals what was written in clear before sealing existed, and moves secrets to a new
-    key after a rotation. Returns the number of servers and deployments rewritten."""
+    """Rewrite every stored secret (server env, webhook secrets, sealed server secrets, deployment env)
+    sealed with the primary key: seals what was written in clear before sealing existed, and moves
+    secrets to a new key after a rotation. Returns the number of servers and deployments rewritten."""
     from sqlalchemy import select
 
     from core.db import make_engine, make_sessionmaker
-    from core.models import Deployment, Server
+    from core.models import Deployment, Server, ServerSecret
 
     engine = make_engine(database_url, pool_size=1)
     servers = deployments = 0
@@ -133,6 +133,12 @@ async def reseal_all(database_url: str, cipher: EnvCipher) -> tuple[int, int]:
                 if webhook is not None:
                     server.webhook_secret = webhook
                 servers += sealed is not None or webhook is not None
+            for secret in await session.scalars(
+                select(ServerSecret).where(ServerSecret.backend == "sealed").with_for_update()
+            ):
+                resealed = cipher.reseal_text(secret.sealed or "")
+                if resealed is not None:
+                    secret.sealed = resealed
             for deployment in await session.scalars(select(Deployment).with_for_update()):
                 sealed = cipher.reseal(deployment.spec.get("env"))
                 if sealed is not None:

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     Float,
     ForeignKey,
@@ -318,6 +319,53 @@ class GatewaySession(Base):
     created_at: Mapped[datetime] = _now_column()
     last_seen_at: Mapped[datetime] = _now_column()
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ServerSecret(Base):
+    """A named secret of a server, given to it as an environment variable at launch (core.secretstore).
+
+    The value is never here in clear: `sealed` holds it sealed with SECRETS_KEY, or `vault_path` and
+    `vault_version` name where in Vault KV v2 it is. `version` counts writes (1 on create)."""
+
+    __tablename__ = "server_secrets"
+    __table_args__ = (
+        UniqueConstraint("server_id", "name", name="uq_server_secrets_server_name"),
+        CheckConstraint(
+            "(backend = 'sealed' AND sealed IS NOT NULL) OR "
+            "(backend = 'vault' AND vault_path IS NOT NULL AND vault_version IS NOT NULL)",
+            name="ck_server_secrets_stored",
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    server_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("servers.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(128))
+    backend: Mapped[str] = mapped_column(String(16))  # sealed | vault
+    sealed: Mapped[str | None] = mapped_column(Text)
+    vault_path: Mapped[str | None] = mapped_column(Text)
+    vault_version: Mapped[int | None] = mapped_column(Integer)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class ServerSecretEvent(Base):
+    """Who touched a server's secret and how: created, rotated, deleted by a user, injected at a launch.
+    Values are never recorded."""
+
+    __tablename__ = "server_secret_events"
+    __table_args__ = (Index("ix_server_secret_events_server_at", "server_id", "at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    server_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("servers.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(16))  # created | rotated | deleted | injected
+    version: Mapped[int | None] = mapped_column(Integer)
+    actor_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    actor: Mapped[str] = mapped_column(String(320))  # the user's email, or "worker"
+    deployment_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 class WebhookDelivery(Base):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.crypto import EnvCipher, split_keys
@@ -220,6 +220,15 @@ class Settings(BaseSettings):
     registry_auth_refresher: str | None = Field(
         default=None, description="Command run to rewrite REGISTRY_AUTH_DOCKERCONFIG when credentials must rotate."
     )
+    vault_addr: str | None = Field(
+        default=None, description="Vault (or OpenBao) address; with VAULT_TOKEN, server secrets are kept in KV v2."
+    )
+    vault_token: SecretStr | None = None
+    vault_mount: str = Field(default="secret", min_length=1, description="The KV v2 mount server secrets go to.")
+    vault_prefix: str = Field(
+        default="mcphost", min_length=1, description="Path under the mount: <prefix>/<server id>/<name>."
+    )
+    vault_cacert: Path | None = Field(default=None, description="CA bundle to verify Vault's TLS certificate.")
     registry_auth_max_age_seconds: int = Field(default=86400, ge=1)
     registry_auth_rotate_lead_seconds: int = Field(default=3600, ge=0)
     registry_push_retries: int = Field(default=3, ge=0, le=20)
@@ -247,6 +256,19 @@ class Settings(BaseSettings):
         if not keys or any(len(k) < 32 for k in keys):
             raise ValueError("SECRETS_KEY needs keys of at least 32 characters (try: openssl rand -hex 32)")
         return value
+
+    @field_validator("vault_addr")
+    @classmethod
+    def _vault_addr(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https?://[^\s/]+/?", value.strip()):
+            raise ValueError("VAULT_ADDR must be an http(s) address such as https://vault.example:8200")
+        return value.strip().rstrip("/") if value else None
+
+    @model_validator(mode="after")
+    def _vault_pair(self) -> Settings:
+        if bool(self.vault_addr) != (self.vault_token is not None):
+            raise ValueError("set VAULT_ADDR and VAULT_TOKEN together (or neither: secrets are sealed in Postgres)")
+        return self
 
     @field_validator("database_url")
     @classmethod

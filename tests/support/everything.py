@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from tests.support.components import terminate
 from tests.support.hostile import local_wheel
 
 NAME = "mcphost-everything"
@@ -79,10 +80,4 @@ class DirectServer:
         return int(httpx.get(f"{self.base}/_requests", timeout=5).text)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from builds.registry import ACCEPT_MANIFESTS
+from tests.support.components import terminate
 
 USER = "mcphost"
 
@@ -71,13 +72,7 @@ class Registry:
         raise RuntimeError(f"docker-registry did not start; see {self.workdir / 'registry.log'}")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
 
     def set_password(self, password: str) -> None:
         """Rotate the account's password (the registry reads htpasswd at start, so it restarts)."""
