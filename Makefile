@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := git podman runc docker-registry debootstrap apache2-utils bubblewrap slirp4netns
+K8S_BIN ?= $(or $(MCPHOST_TEST_CACHE),$(HOME)/.cache/mcphost-test)/kubernetes-1.20.2
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
 .PHONY: up test lint bench install system-deps clean
@@ -31,6 +32,10 @@ system-deps:
 	    echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  fi; \
 	else echo "not root on Debian: skipping apt packages ($(APT_PACKAGES)); tests needing them will skip"; fi
+	@# A real Kubernetes control plane (v1.20.2, built from Debian's source package once, ~5 min; cached).
+	@if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+	  tests/support/k8s/build.sh $(K8S_BIN) || echo "could not build the Kubernetes control plane; its tests will say so"; \
+	fi
 
 ## test: install what the tests need, start the real components, run the whole suite
 test: install system-deps

@@ -155,6 +155,10 @@ class HealthActivities:
                 )
                 result.attempts = attempts
                 result.elapsed_seconds = round(time.monotonic() - started, 3)
+                mark_ready = getattr(executor, "mark_ready", None)
+                if mark_ready is not None:
+                    # The runtime's own notion of ready follows the MCP answer (a pod's readiness gate).
+                    await mark_ready(instance)
                 result = _trim(result)
                 return await self._store(instance.deployment_id, result) if data.store else result
             except ApplicationError:

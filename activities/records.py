@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +21,7 @@ from core.db import DEPLOYMENTS_CHANNEL, notify_route_changed
 from core.files import remove_data_dir
 from core.models import Deployment, DeploymentStep, GatewaySession, Server, ServerLog, ServerSecret
 from core.secretstore import SecretStore, SecretStoreError
+from runtimes.base import RuntimeFailure
 
 TERMINAL = ("running", "failed", "stopped", "superseded", "cancelled", "blocked")
 # Set in a deployment's instance record once its host has retired everything of it: no host need be asked again.
@@ -155,8 +157,11 @@ class RecordActivities:
         drain_seconds: float = 300.0,
         session_idle_seconds: float = 60.0,
         secrets: SecretStore | None = None,
+        forget: list[Callable[[str], Awaitable[None]]] | None = None,
     ) -> None:
         self.secrets = secrets
+        # What runtimes keep per server beyond its instances (a cluster's volume claim), dropped on delete.
+        self.forget = forget or []
         self.sessionmaker = sessionmaker
         # How long sessions opened on an earlier revision keep it after a redeploy, and how long without a
         # request (or an open stream) a session counts as no longer in use.
@@ -470,6 +475,11 @@ class RecordActivities:
                     await self.secrets.delete(backend, path)
                 except SecretStoreError as exc:
                     raise ApplicationError(str(exc), type="secret_store", non_retryable=exc.permanent) from None
+        for forget in self.forget:
+            try:
+                await forget(data.server_id)
+            except RuntimeFailure as exc:
+                raise ApplicationError(exc.message, type=exc.kind, non_retryable=exc.permanent) from None
         async with self.sessionmaker() as session, session.begin():
             slug = await session.scalar(select(Server.slug).where(Server.id == uuid.UUID(data.server_id)))
             await session.execute(delete(Server).where(Server.id == uuid.UUID(data.server_id)))

@@ -10,9 +10,11 @@ and tries once more, recorded with reason "auth_refresh".
 from __future__ import annotations
 
 import asyncio
+import logging
 import shlex
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +41,8 @@ from builds.registry import (
 from core.models import BuildArtifactPlatform, BuildArtifactRun, Server
 from core.settings import Settings, child_environment
 from core.tenancy import image_repository
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -100,6 +104,8 @@ class RegistryActivities:
         self.events = EventWriter(sessionmaker)
         self._credentials: Credentials | None = None
         self._loaded = False
+        # Run after each successful credential refresh (the kubernetes runtime's pull Secret is rewritten).
+        self.on_refreshed: list[Callable[[], Awaitable[Any]]] = []
 
     # -- helpers -------------------------------------------------------------------------------
     @property
@@ -174,7 +180,17 @@ class RegistryActivities:
         )
 
     async def _run_refresher(self) -> str | None:
-        """Run REGISTRY_AUTH_REFRESHER; returns an error message, or None on success."""
+        """Run REGISTRY_AUTH_REFRESHER, then the `on_refreshed` hooks; returns an error message, or None."""
+        problem = await self._refresh()
+        if problem is None:
+            for hook in self.on_refreshed:
+                try:
+                    await hook()
+                except Exception as exc:  # noqa: BLE001 - a hook's failure must not fail the push
+                    log.warning("after the credential refresh, %s failed: %s", getattr(hook, "__qualname__", hook), exc)
+        return problem
+
+    async def _refresh(self) -> str | None:
         command = self.settings.registry_auth_refresher
         assert command
         try:

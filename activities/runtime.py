@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -19,12 +20,13 @@ from temporalio.exceptions import ApplicationError
 from activities.common import as_application_error, heartbeating, open_env
 from activities.records import RETIRED, InstanceRecord
 from core.crypto import EnvCipher, SecretsKeyError
-from core.models import Deployment, Server, ServerSecret, ServerSecretEvent, User
+from core.models import Deployment, PolicyDecision, Server, ServerLog, ServerSecret, ServerSecretEvent, User
 from core.secretstore import SecretStore, SecretStoreError
 from core.settings import Settings
 from core.sources import GitSource, ImageSource, parse_source
 from core.tenancy import Resources, server_data_dir, server_uid
 from runtimes.base import Executor, Instance, LaunchSpec, RuntimeFailure
+from runtimes.kubernetes import DockerFallback
 
 
 @dataclass
@@ -203,8 +205,37 @@ class RuntimeActivities:
             raise as_application_error(exc) from None
         if not instance.url:
             raise ApplicationError("the instance started but publishes no port", type="no_port")
+        if isinstance(executor, DockerFallback):
+            await self._record_fallback(spec, executor.reason)
         # Whichever queue brought the launch here, the instance is local to this worker's host.
         return to_record(instance, self.host_queue)
+
+    async def _record_fallback(self, spec: LaunchSpec, reason: str) -> None:
+        """A kubernetes revision launched on docker (the cluster was unreachable): a policy note says so,
+        once per deployment."""
+        notes = ["runtime:kubernetes:unreachable", "runtime:fallback:docker"]
+        async with self.sessionmaker() as session, session.begin():
+            added = await session.execute(
+                insert(PolicyDecision)
+                .values(
+                    server_id=uuid.UUID(spec.server_id),
+                    deployment_id=uuid.UUID(spec.deployment_id),
+                    decision_key=f"runtime-fallback:{spec.deployment_id}",
+                    allowed=True,
+                    backend="docker",
+                    notes=notes,
+                    facts={"requested": "kubernetes", "reason": reason[:500]},
+                )
+                .on_conflict_do_nothing(index_elements=["decision_key"])
+                .returning(PolicyDecision.id)
+            )
+            if added.first() is not None:
+                session.add(
+                    ServerLog(
+                        server_id=uuid.UUID(spec.server_id),
+                        message=f"the kubernetes cluster cannot be reached ({reason[:300]}): running on docker instead",
+                    )
+                )
 
     @activity.defn(name="retire_instances")
     async def retire_instances(self, data: RetireInput) -> RetireResult:

@@ -21,7 +21,7 @@ from core.crypto import EnvCipher, split_keys
 RuntimeName = Literal["process", "docker", "kubernetes", "virtual-machine"]
 
 # The runtimes this release can launch; the others are accepted names reserved for later releases.
-IMPLEMENTED_RUNTIMES: tuple[str, ...] = ("process", "docker")
+IMPLEMENTED_RUNTIMES: tuple[str, ...] = ("process", "docker", "kubernetes")
 
 
 def default_state_dir() -> Path:
@@ -220,6 +220,17 @@ class Settings(BaseSettings):
     registry_auth_refresher: str | None = Field(
         default=None, description="Command run to rewrite REGISTRY_AUTH_DOCKERCONFIG when credentials must rotate."
     )
+    k8s_kubeconfig: Path | None = Field(
+        default=None, description="Kubeconfig of the cluster the kubernetes runtime uses (unset: in-cluster config)."
+    )
+    k8s_context: str | None = None
+    k8s_namespace: str = Field(default="mcphost", pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    k8s_service_account: str = Field(default="default", pattern=r"^[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?$")
+    k8s_registry_secret_name: str | None = Field(default=None, pattern=r"^[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?$")
+    k8s_access: Literal["service", "pod"] = "service"
+    k8s_data_size: str = Field(default="1Gi", pattern=r"^[0-9]+(Mi|Gi|Ti)$")
+    k8s_storage_class: str | None = None
+    k8s_ready_timeout_seconds: float = Field(default=300.0, gt=0)
     vault_addr: str | None = Field(
         default=None, description="Vault (or OpenBao) address; with VAULT_TOKEN, server secrets are kept in KV v2."
     )
@@ -312,6 +323,11 @@ class Settings(BaseSettings):
         if "://" in value or not re.fullmatch(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[a-z0-9._/-]+)?", value):
             raise ValueError("REGISTRY must look like registry.example.com[:port][/namespace], without a scheme")
         return value
+
+    @property
+    def kubernetes_enabled(self) -> bool:
+        """Whether the kubernetes runtime is configured (a kubeconfig, or the default runtime in a cluster)."""
+        return self.container_runtime == "kubernetes" or self.k8s_kubeconfig is not None
 
     def env_cipher(self) -> EnvCipher:
         return EnvCipher(split_keys(self.secrets_key.get_secret_value()))

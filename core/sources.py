@@ -298,7 +298,10 @@ def validate_env(env: dict[str, str]) -> dict[str, str]:
 def default_runtime_for(source: AnySource, configured: str) -> str:
     """The runtime a source runs on when the server does not name one."""
     if isinstance(source, ImageSource | GitSource):
-        return "docker"
+        return "kubernetes" if configured == "kubernetes" else "docker"
+    if configured == "kubernetes":
+        # A cluster runs images; packages and commands run on the worker's host.
+        return "process"
     if isinstance(source, CommandSource):
         # An executable of the worker host has no image to run in.
         return "process" if configured == "docker" else configured
@@ -328,4 +331,11 @@ def runtime_refusal(runtime: str, source: AnySource) -> str | None:
                 '(set "runtime": "process" for this server)'
             )
         return "command sources run executables of the worker host, on the process runtime"
+    if runtime == "kubernetes":
+        if isinstance(source, ImageSource | GitSource):
+            return None
+        return (
+            f"the kubernetes runtime runs image and git sources; a {source.type} source runs on the process "
+            "or docker runtime"
+        )
     return f"the {runtime} runtime cannot run {source.type} sources"

@@ -52,4 +52,35 @@ def build_executors(settings: Settings, auth_for: AuthLookup | None = None) -> d
             bridge_idle_seconds=settings.bridge_idle_timeout_seconds,
         )
         executors["docker"] = DockerExecutor(settings.docker_host, auth_for=auth_for, packages=packages)
+    if settings.kubernetes_enabled:
+        from runtimes.kubernetes import KubernetesExecutor
+
+        executors["kubernetes"] = KubernetesExecutor(
+            namespace=settings.k8s_namespace,
+            kubeconfig=settings.k8s_kubeconfig,
+            context=settings.k8s_context,
+            service_account=settings.k8s_service_account,
+            registry_secret=settings.k8s_registry_secret_name,
+            dockerconfig=settings.registry_auth_dockerconfig,
+            access=settings.k8s_access,
+            data_size=settings.k8s_data_size,
+            storage_class=settings.k8s_storage_class,
+            ready_timeout=settings.k8s_ready_timeout_seconds,
+        )
     return executors
+
+
+async def check_cluster(executors: dict[str, Executor]) -> str | None:
+    """At worker start: if the kubernetes runtime's cluster cannot be reached and docker is enabled, the
+    kubernetes runtime falls back to docker (each launch records it as a policy note). Returns why, or
+    None when nothing had to change."""
+    from runtimes.kubernetes import DockerFallback, KubernetesExecutor
+
+    kube = executors.get("kubernetes")
+    if not isinstance(kube, KubernetesExecutor):
+        return None
+    problem = await kube.ping()
+    if problem is None or "docker" not in executors:
+        return problem
+    executors["kubernetes"] = DockerFallback(executors["docker"], kube, problem)
+    return problem

@@ -41,7 +41,9 @@ from core import temporal
 from core.db import make_engine, make_sessionmaker
 from core.secretstore import store_from_settings
 from core.settings import Settings, load_settings_or_exit
-from runtimes import build_executors
+from runtimes import build_executors, check_cluster
+from runtimes.base import Executor
+from runtimes.kubernetes import DockerFallback, KubernetesExecutor
 from worker.metrics import MetricsInterceptor
 from workflows.build import BuildWorkflow
 from workflows.deploy import DeployWorkflow
@@ -69,6 +71,20 @@ WORKFLOWS = [
 ]
 
 
+async def start_kubernetes(executors: dict[str, Executor], registry: RegistryActivities) -> KubernetesExecutor | None:
+    """The kubernetes runtime at worker start: its cluster answers (and gets the pull Secret rewritten
+    after each registry credential refresh), or it falls back to docker with a warning."""
+    unreachable = await check_cluster(executors)
+    if unreachable is not None:
+        instead = "run on docker" if isinstance(executors["kubernetes"], DockerFallback) else "fail until it answers"
+        log.warning("the kubernetes cluster cannot be reached (%s): kubernetes revisions %s", unreachable, instead)
+    kube = executors.get("kubernetes")
+    if isinstance(kube, KubernetesExecutor):
+        registry.on_refreshed.append(kube.sync_pull_secret)
+        return kube
+    return None
+
+
 async def run_worker(
     settings: Settings, stop: asyncio.Event | None = None, interceptors: Sequence[Interceptor] = ()
 ) -> None:
@@ -80,12 +96,14 @@ async def run_worker(
     builder = ImageBuilder(settings.docker_host)
     registry = RegistryActivities(sessionmaker, settings, builder)
     executors = build_executors(settings, auth_for=registry.auth_for)
+    kube = await start_kubernetes(executors, registry)
     secrets = store_from_settings(settings)
     activities = [
         *RecordActivities(
             sessionmaker,
             settings.state_dir,
             secrets=secrets,
+            forget=[kube.forget_server] if kube is not None else [],
             drain_seconds=settings.gateway_drain_seconds,
             session_idle_seconds=settings.gateway_session_idle_seconds,
         ).all(),

@@ -87,6 +87,11 @@ def check_source_allowed(user: User, source: Any, runtime: str | None, settings:
             raise InvalidInput(
                 f"runtime {runtime!r} is not available in this release (available: {', '.join(IMPLEMENTED_RUNTIMES)})"
             )
+    if runtime == "kubernetes" and not settings.kubernetes_enabled:
+        raise InvalidInput(
+            "the kubernetes runtime is not configured here: set K8S_KUBECONFIG (or CONTAINER_RUNTIME=kubernetes "
+            "inside a cluster) for the API and the worker"
+        )
     # A server that names no runtime gets the installation's, which must be able to run it too.
     effective = runtime or default_runtime_for(source, settings.container_runtime)
     if effective in IMPLEMENTED_RUNTIMES:

@@ -1,0 +1,541 @@
+"""The kubernetes runtime: each server revision is a Deployment (one replica) and a Service in
+K8S_NAMESPACE, with a Secret holding its environment and the server's PersistentVolumeClaim at /data.
+
+Objects are named by the revision (`mcp-<deployment id>`; the claim by the server, `mcp-data-<server
+id>`) and labelled with the server, deployment and slug, so every method looks at the cluster first and
+a retry finds what an earlier attempt made. Pods run as the server's uid with every capability dropped,
+no privilege escalation, the RuntimeDefault seccomp profile, no service account token and no service
+links; limits are the server's CPU and memory. The pod is Ready only once the platform's own MCP health
+check has passed: a readiness gate (`mcphost.io/mcp-ready`) the health check sets, on top of the
+kubelet's TCP probe.
+
+How the gateway reaches a revision (K8S_ACCESS): `service`, the Service's cluster DNS name (the
+platform runs in the cluster); or `pod`, the pod's IP (the platform runs on the cluster network but
+without its DNS). The platform does not port-forward.
+
+Registry pull credentials: pods name the `kubernetes.io/dockerconfigjson` Secret K8S_REGISTRY_SECRET_NAME,
+which the runtime writes from REGISTRY_AUTH_DOCKERCONFIG before each launch and again after every
+credential refresh.
+
+The kubernetes client is synchronous: every call runs in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from pathlib import Path
+from typing import Any
+
+from runtimes.base import (
+    ImageNotFound,
+    Instance,
+    InstanceStatus,
+    LaunchSpec,
+    PermanentFailure,
+    RuntimeFailure,
+)
+
+MANAGED_BY = "app.kubernetes.io/managed-by"
+K_SERVER = "mcphost.io/server"
+K_DEPLOYMENT = "mcphost.io/deployment"
+K_SLUG = "mcphost.io/slug"
+A_PORT = "mcphost.io/port"
+A_PATH = "mcphost.io/path"
+READY_GATE = "mcphost.io/mcp-ready"
+CONTAINER = "server"
+# Waiting reasons after which a pod will not start without a change (a new image, new credentials).
+STUCK = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError"}
+
+
+def object_name(deployment_id: str) -> str:
+    return f"mcp-{deployment_id}"
+
+
+def claim_name(server_id: str) -> str:
+    return f"mcp-data-{server_id}"
+
+
+class KubernetesExecutor:
+    name = "kubernetes"
+
+    def __init__(
+        self,
+        *,
+        namespace: str,
+        kubeconfig: Path | None = None,
+        context: str | None = None,
+        service_account: str = "default",
+        registry_secret: str | None = None,
+        dockerconfig: Path | None = None,
+        access: str = "service",
+        data_size: str = "1Gi",
+        storage_class: str | None = None,
+        ready_timeout: float = 300.0,
+    ) -> None:
+        self.namespace = namespace
+        self.kubeconfig = kubeconfig
+        self.context = context
+        self.service_account = service_account
+        self.registry_secret = registry_secret
+        self.dockerconfig = dockerconfig
+        self.access = access
+        self.data_size = data_size
+        self.storage_class = storage_class
+        self.ready_timeout = ready_timeout
+        self._api: Any = None
+
+    # ---- plumbing ---------------------------------------------------------------------------------
+
+    def _client(self) -> Any:
+        if self._api is None:
+            from kubernetes import client, config
+
+            if self.kubeconfig is not None:
+                self._api = config.new_client_from_config(config_file=str(self.kubeconfig), context=self.context)
+            else:
+                config.load_incluster_config()
+                self._api = client.ApiClient()
+        return self._api
+
+    def _core(self) -> Any:
+        from kubernetes import client
+
+        return client.CoreV1Api(self._client())
+
+    def _apps(self) -> Any:
+        from kubernetes import client
+
+        return client.AppsV1Api(self._client())
+
+    async def _call(self, fn: Any, *args: Any, missing_ok: bool = False, exists_ok: bool = False, **kwargs: Any) -> Any:
+        from kubernetes.client.rest import ApiException
+        from kubernetes.config import ConfigException
+        from urllib3.exceptions import HTTPError
+
+        kwargs.setdefault("_request_timeout", 30)
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except ApiException as exc:
+            if exc.status == 404 and missing_ok:
+                return None
+            if exc.status == 409 and exists_ok:
+                return None
+            reason = _reason(exc)
+            if exc.status in (400, 403, 422):
+                raise PermanentFailure(f"the cluster refused: {reason}") from None
+            raise RuntimeFailure(f"the cluster answered {exc.status}: {reason}") from None
+        except (HTTPError, OSError, ConfigException) as exc:
+            raise RuntimeFailure(f"the cluster cannot be reached: {type(exc).__name__}: {exc}"[:500]) from None
+
+    async def ping(self) -> str | None:
+        """None when the cluster answers, else why not."""
+        from kubernetes import client
+
+        try:
+            await self._call(client.VersionApi(self._client()).get_code, _request_timeout=5)
+        except RuntimeFailure as exc:
+            return exc.message
+        except Exception as exc:  # a kubeconfig that does not load, no in-cluster environment  # noqa: BLE001
+            return f"{type(exc).__name__}: {exc}"[:500]
+        return None
+
+    # ---- the executor protocol -----------------------------------------------------------------------
+
+    @staticmethod
+    def _image(spec: LaunchSpec) -> tuple[str, int, str]:
+        from core.sources import ImageSource
+
+        if not isinstance(spec.source, ImageSource):
+            raise PermanentFailure(
+                "the kubernetes runtime runs image and git sources (built and pushed to REGISTRY); "
+                f"a {spec.source.type} source runs on the process or docker runtime"
+            )
+        return spec.source.image, spec.source.port, spec.source.path
+
+    async def prepare(self, spec: LaunchSpec) -> str:
+        image, _, _ = self._image(spec)
+        if await self._call(self._core().read_namespace, self.namespace, missing_ok=True) is None:
+            raise PermanentFailure(
+                f"namespace {self.namespace!r} does not exist in the cluster: create it (K8S_NAMESPACE)"
+            )
+        await self.sync_pull_secret()
+        return f"image {image} for namespace {self.namespace} (pulled by the cluster)"
+
+    async def sync_pull_secret(self) -> bool:
+        """Write the pull Secret from REGISTRY_AUTH_DOCKERCONFIG (create, or replace when it differs).
+        False when there is nothing to write."""
+        if not self.registry_secret or self.dockerconfig is None:
+            return False
+        try:
+            raw = await asyncio.to_thread(self.dockerconfig.read_bytes)
+        except OSError as exc:
+            raise RuntimeFailure(f"cannot read REGISTRY_AUTH_DOCKERCONFIG: {exc.strerror}") from None
+        from kubernetes import client
+
+        data: dict[str, bytes | str] = {".dockerconfigjson": base64.b64encode(raw).decode()}
+        core = self._core()
+        current = await self._call(core.read_namespaced_secret, self.registry_secret, self.namespace, missing_ok=True)
+        if current is None:
+            body = client.V1Secret(
+                metadata=client.V1ObjectMeta(name=self.registry_secret, labels={MANAGED_BY: "mcphost"}),
+                type="kubernetes.io/dockerconfigjson",
+                data=data,
+            )
+            await self._call(core.create_namespaced_secret, self.namespace, body, exists_ok=True)
+        elif (current.data or {}) != data:
+            await self._call(core.patch_namespaced_secret, self.registry_secret, self.namespace, {"data": data})
+        return True
+
+    def _labels(self, spec: LaunchSpec) -> dict[str, str]:
+        return {
+            MANAGED_BY: "mcphost",
+            K_SERVER: spec.server_id,
+            K_DEPLOYMENT: spec.deployment_id,
+            K_SLUG: spec.slug[:63].strip("-_.") or "server",
+        }
+
+    def _deployment(self, spec: LaunchSpec, image: str, port: int, path: str) -> Any:
+        from kubernetes import client
+
+        name = object_name(spec.deployment_id)
+        labels = self._labels(spec)
+        limits: dict[str, str] = {}
+        if spec.resources is not None:
+            limits = {"cpu": f"{int(spec.resources.cpu * 1000)}m", "memory": f"{spec.resources.memory_mib}Mi"}
+        uid = spec.uid if spec.uid is not None else 65534
+        container = client.V1Container(
+            name=CONTAINER,
+            image=image,
+            env=[client.V1EnvVar(name="PORT", value=str(port))],
+            env_from=[client.V1EnvFromSource(secret_ref=client.V1SecretEnvSource(name=name))],
+            ports=[client.V1ContainerPort(container_port=port, name="mcp")],
+            resources=client.V1ResourceRequirements(limits=limits or None, requests=limits or None),
+            readiness_probe=client.V1Probe(
+                tcp_socket=client.V1TCPSocketAction(port=port), period_seconds=2, failure_threshold=3
+            ),
+            security_context=client.V1SecurityContext(
+                allow_privilege_escalation=False,
+                privileged=False,
+                capabilities=client.V1Capabilities(drop=["ALL"]),
+                run_as_user=uid,
+                run_as_group=uid,
+                run_as_non_root=True,
+                seccomp_profile=client.V1SeccompProfile(type="RuntimeDefault"),
+            ),
+            volume_mounts=[
+                client.V1VolumeMount(name="data", mount_path="/data"),
+                client.V1VolumeMount(name="tmp", mount_path="/tmp"),
+            ],
+        )
+        pod = client.V1PodSpec(
+            containers=[container],
+            service_account_name=self.service_account,
+            automount_service_account_token=False,
+            enable_service_links=False,
+            security_context=client.V1PodSecurityContext(fs_group=uid),
+            readiness_gates=[client.V1PodReadinessGate(condition_type=READY_GATE)],
+            image_pull_secrets=[client.V1LocalObjectReference(name=self.registry_secret)]
+            if self.registry_secret
+            else None,
+            volumes=[
+                client.V1Volume(
+                    name="data",
+                    persistent_volume_claim=client.V1PersistentVolumeClaimVolumeSource(
+                        claim_name=claim_name(spec.server_id)
+                    ),
+                ),
+                client.V1Volume(name="tmp", empty_dir=client.V1EmptyDirVolumeSource(medium="Memory")),
+            ],
+        )
+        return client.V1Deployment(
+            metadata=client.V1ObjectMeta(name=name, labels=labels, annotations={A_PORT: str(port), A_PATH: path}),
+            spec=client.V1DeploymentSpec(
+                replicas=1,
+                selector=client.V1LabelSelector(match_labels={K_DEPLOYMENT: spec.deployment_id}),
+                strategy=client.V1DeploymentStrategy(type="Recreate"),
+                template=client.V1PodTemplateSpec(metadata=client.V1ObjectMeta(labels=labels), spec=pod),
+            ),
+        )
+
+    async def _ensure_supporting(self, spec: LaunchSpec, port: int) -> None:
+        """The server's claim and the revision's env Secret and Service (each left as it is if present)."""
+        from kubernetes import client
+
+        core = self._core()
+        name = object_name(spec.deployment_id)
+        labels = self._labels(spec)
+        claim = client.V1PersistentVolumeClaim(
+            metadata=client.V1ObjectMeta(
+                name=claim_name(spec.server_id), labels={MANAGED_BY: "mcphost", K_SERVER: spec.server_id}
+            ),
+            spec=client.V1PersistentVolumeClaimSpec(
+                access_modes=["ReadWriteOnce"],
+                resources=client.V1VolumeResourceRequirements(requests={"storage": self.data_size}),
+                storage_class_name=self.storage_class,
+            ),
+        )
+        await self._call(core.create_namespaced_persistent_volume_claim, self.namespace, claim, exists_ok=True)
+        secret = client.V1Secret(
+            metadata=client.V1ObjectMeta(name=name, labels=labels),
+            type="Opaque",
+            string_data=dict(spec.env),
+        )
+        # The env is the revision's: a retry (same revision) writes the same values again.
+        if await self._call(core.read_namespaced_secret, name, self.namespace, missing_ok=True) is None:
+            await self._call(core.create_namespaced_secret, self.namespace, secret, exists_ok=True)
+        service = client.V1Service(
+            metadata=client.V1ObjectMeta(name=name, labels=labels),
+            spec=client.V1ServiceSpec(
+                selector={K_DEPLOYMENT: spec.deployment_id},
+                ports=[client.V1ServicePort(name="mcp", port=port, target_port=port)],
+                # The platform's health check must reach the pod before the readiness gate is set.
+                publish_not_ready_addresses=True,
+            ),
+        )
+        await self._call(core.create_namespaced_service, self.namespace, service, exists_ok=True)
+
+    async def launch(self, spec: LaunchSpec) -> Instance:
+        image, port, path = self._image(spec)
+        apps = self._apps()
+        name = object_name(spec.deployment_id)
+        found = await self._call(apps.read_namespaced_deployment, name, self.namespace, missing_ok=True)
+        if found is None:
+            await self._ensure_supporting(spec, port)
+            await self._call(
+                apps.create_namespaced_deployment,
+                self.namespace,
+                self._deployment(spec, image, port, path),
+                exists_ok=True,
+            )
+        elif not found.spec.replicas:
+            await self._call(apps.patch_namespaced_deployment_scale, name, self.namespace, {"spec": {"replicas": 1}})
+        return await self._until_addressable(spec.server_id, spec.deployment_id, port, path)
+
+    async def _until_addressable(self, server_id: str, deployment_id: str, port: int, path: str) -> Instance:
+        """The instance once the gateway can address it: at once through the Service, or when its pod has
+        an IP. A pod that cannot start (its image cannot be pulled) fails the launch with the reason."""
+        deadline = time.monotonic() + self.ready_timeout
+        while True:
+            pods = await self._pods(deployment_id)
+            for pod in pods:
+                stuck = _stuck(pod)
+                if stuck:
+                    raise (
+                        ImageNotFound(f"the pod cannot start: {stuck}")
+                        if "Image" in stuck
+                        else PermanentFailure(f"the pod cannot start: {stuck}")
+                    )
+            url = self._url(deployment_id, port, path, pods)
+            if url:
+                return Instance(
+                    runtime=self.name,
+                    ref=object_name(deployment_id),
+                    deployment_id=deployment_id,
+                    server_id=server_id,
+                    url=url,
+                )
+            if time.monotonic() > deadline:
+                raise RuntimeFailure(
+                    f"no pod of {object_name(deployment_id)} got an address within {self.ready_timeout:.0f} s"
+                )
+            await asyncio.sleep(0.2)
+
+    def _url(self, deployment_id: str, port: int, path: str, pods: list[Any]) -> str:
+        if self.access == "service":
+            return f"http://{object_name(deployment_id)}.{self.namespace}.svc:{port}{path}"
+        for pod in pods:
+            if (
+                pod.metadata.deletion_timestamp is None
+                and pod.status
+                and pod.status.pod_ip
+                and pod.status.phase == "Running"
+            ):
+                return f"http://{pod.status.pod_ip}:{port}{path}"
+        return ""
+
+    async def _pods(self, deployment_id: str) -> list[Any]:
+        listed = await self._call(
+            self._core().list_namespaced_pod, self.namespace, label_selector=f"{K_DEPLOYMENT}={deployment_id}"
+        )
+        return list(listed.items)
+
+    async def instances(self, server_id: str) -> list[Instance]:
+        listed = await self._call(
+            self._apps().list_namespaced_deployment, self.namespace, label_selector=f"{K_SERVER}={server_id}"
+        )
+        found = []
+        for deployment in listed.items:
+            labels = deployment.metadata.labels or {}
+            notes = deployment.metadata.annotations or {}
+            deployment_id = labels.get(K_DEPLOYMENT, "")
+            pods = await self._pods(deployment_id) if self.access == "pod" else []
+            found.append(
+                Instance(
+                    runtime=self.name,
+                    ref=deployment.metadata.name,
+                    deployment_id=deployment_id,
+                    server_id=labels.get(K_SERVER, ""),
+                    url=self._url(deployment_id, int(notes.get(A_PORT, "8080")), notes.get(A_PATH, "/mcp"), pods),
+                )
+            )
+        return found
+
+    async def server_ids(self) -> list[str]:
+        listed = await self._call(
+            self._apps().list_namespaced_deployment, self.namespace, label_selector=f"{MANAGED_BY}=mcphost"
+        )
+        return sorted({(d.metadata.labels or {}).get(K_SERVER, "") for d in listed.items} - {""})
+
+    async def status(self, instance: Instance) -> InstanceStatus:
+        found = await self._call(self._apps().read_namespaced_deployment, instance.ref, self.namespace, missing_ok=True)
+        if found is None:
+            return InstanceStatus(state="missing")
+        if not found.spec.replicas:
+            return InstanceStatus(state="exited", detail="scaled to zero")
+        for pod in await self._pods(instance.deployment_id):
+            stuck = _stuck(pod)
+            if stuck:
+                return InstanceStatus(state="exited", detail=stuck)
+            if pod.status and pod.status.phase in ("Failed", "Succeeded"):
+                return InstanceStatus(state="exited", exit_code=_exit_code(pod), detail=pod.status.phase)
+        return InstanceStatus(state="running")
+
+    async def mark_ready(self, instance: Instance) -> None:
+        """Set the readiness gate on the revision's pods: the platform's MCP health check passed."""
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        condition = {"type": READY_GATE, "status": "True", "reason": "McpHealthy", "lastTransitionTime": now}
+        for pod in await self._pods(instance.deployment_id):
+            conditions = (pod.status.conditions if pod.status else None) or []
+            if any(c.type == READY_GATE and c.status == "True" for c in conditions):
+                continue
+            await self._call(
+                self._core().patch_namespaced_pod_status,
+                pod.metadata.name,
+                self.namespace,
+                {"status": {"conditions": [condition]}},
+                missing_ok=True,
+            )
+
+    async def stop(self, instance: Instance) -> None:
+        await self._call(
+            self._apps().patch_namespaced_deployment_scale,
+            instance.ref,
+            self.namespace,
+            {"spec": {"replicas": 0}},
+            missing_ok=True,
+        )
+
+    async def remove(self, instance: Instance) -> None:
+        from kubernetes import client
+
+        core = self._core()
+        background = client.V1DeleteOptions(propagation_policy="Background")
+        # Raw answers: servers of different versions answer a delete with the object or with a Status.
+        raw = {"missing_ok": True, "_preload_content": False}
+        await self._call(
+            self._apps().delete_namespaced_deployment, instance.ref, self.namespace, body=background, **raw
+        )
+        await self._call(core.delete_namespaced_service, instance.ref, self.namespace, **raw)
+        await self._call(core.delete_namespaced_secret, instance.ref, self.namespace, **raw)
+
+    async def forget_server(self, server_id: str) -> None:
+        """The server is deleted: its claim (its /data) goes too."""
+        await self._call(
+            self._core().delete_namespaced_persistent_volume_claim,
+            claim_name(server_id),
+            self.namespace,
+            missing_ok=True,
+        )
+
+    async def logs(self, instance: Instance, tail: int = 200) -> list[str]:
+        lines: list[str] = []
+        for pod in await self._pods(instance.deployment_id):
+            try:
+                text = await self._call(
+                    self._core().read_namespaced_pod_log,
+                    pod.metadata.name,
+                    self.namespace,
+                    container=CONTAINER,
+                    tail_lines=tail,
+                )
+            except RuntimeFailure as exc:
+                lines.append(f"mcphost: the logs of pod {pod.metadata.name} are not available: {exc.message}")
+                continue
+            lines.extend(str(text or "").splitlines())
+        return lines[-tail:]
+
+    async def close(self) -> None:
+        if self._api is not None:
+            await asyncio.to_thread(self._api.close)
+            self._api = None
+
+
+def _reason(exc: Any) -> str:
+    import json
+
+    try:
+        body = json.loads(exc.body or "{}")
+    except ValueError:
+        body = {}
+    return str(body.get("message") or exc.reason or exc.status)[:500]
+
+
+def _stuck(pod: Any) -> str | None:
+    for status in (pod.status.container_statuses if pod.status else None) or []:
+        waiting = status.state.waiting if status.state else None
+        if waiting is not None and waiting.reason in STUCK:
+            return f"{waiting.reason}: {waiting.message or ''}".strip(": ")
+    return None
+
+
+def _exit_code(pod: Any) -> int | None:
+    for status in (pod.status.container_statuses if pod.status else None) or []:
+        terminated = status.state.terminated if status.state else None
+        if terminated is not None:
+            return int(terminated.exit_code)
+    return None
+
+
+class DockerFallback:
+    """The kubernetes runtime while its cluster could not be reached at worker start: revisions launch on
+    the docker runtime instead (their instances are docker's, so every later step goes there), and
+    each launch records why as a policy note. Restart the worker once the cluster is back."""
+
+    name = "kubernetes"
+
+    def __init__(self, docker: Any, kubernetes: KubernetesExecutor, reason: str) -> None:
+        self.docker = docker
+        self.kubernetes = kubernetes
+        self.reason = reason
+
+    async def prepare(self, spec: LaunchSpec) -> str:
+        return f"cluster unreachable, on docker instead: {await self.docker.prepare(spec)}"
+
+    async def launch(self, spec: LaunchSpec) -> Instance:
+        instance: Instance = await self.docker.launch(spec)
+        return instance
+
+    async def instances(self, server_id: str) -> list[Instance]:
+        return []  # the docker runtime lists them
+
+    async def server_ids(self) -> list[str]:
+        return []
+
+    async def status(self, instance: Instance) -> InstanceStatus:
+        status: InstanceStatus = await self.docker.status(instance)
+        return status
+
+    async def stop(self, instance: Instance) -> None:
+        await self.docker.stop(instance)
+
+    async def remove(self, instance: Instance) -> None:
+        await self.docker.remove(instance)
+
+    async def logs(self, instance: Instance, tail: int = 200) -> list[str]:
+        lines: list[str] = await self.docker.logs(instance, tail)
+        return lines
+
+    async def close(self) -> None:
+        await self.kubernetes.close()
