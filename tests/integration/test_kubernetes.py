@@ -152,6 +152,11 @@ async def test_a_revision_is_a_deployment_and_service_that_answers_and_goes_clea
         )
         assert created.status_code == 201, created.text
         server = created.json()
+        package = await owner.post(
+            "/api/servers",
+            json={"name": "kube-pkg", "source": {"type": "package", "package": "x"}, "runtime": "kubernetes"},
+        )
+        assert package.status_code == 422 and "runs image and git sources" in package.text
         assert (
             await owner.post(f"/api/servers/{server['id']}/secrets", json={"name": "UPSTREAM_TOKEN", "value": token})
         ).status_code == 201

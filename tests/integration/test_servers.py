@@ -70,7 +70,17 @@ async def test_invalid_input_is_a_clear_4xx_and_writes_nothing(stack: Stack) -> 
         "unknown source type": ({"name": _name(), "source": {"type": "ftp", "url": "x"}}, 422, "source"),
         "reserved env": ({"name": _name(), "source": TIME, "env": {"PORT": "1"}}, 422, "PORT"),
         "bad env name": ({"name": _name(), "source": TIME, "env": {"1BAD": "x"}}, 422, "environment"),
-        "unimplemented runtime": ({"name": _name(), "source": TIME, "runtime": "kubernetes"}, 422, "not available"),
+        "unimplemented runtime": (
+            {"name": _name(), "source": TIME, "runtime": "virtual-machine"},
+            422,
+            "not available",
+        ),
+        "unconfigured kubernetes": (
+            {"name": _name(), "source": {"type": "image", "image": "a/b:1"}, "runtime": "kubernetes"},
+            422,
+            "K8S_KUBECONFIG",
+        ),
+        "package on kubernetes": ({"name": _name(), "source": TIME, "runtime": "kubernetes"}, 422, "not configured"),
         "image on process": (
             {"name": _name(), "source": {"type": "image", "image": "a/b:1"}, "runtime": "process"},
             422,
