@@ -16,11 +16,12 @@ from typing import Any
 
 import pytest
 
+from core.settings import Settings
 from runtimes.kubernetes import K_DEPLOYMENT, K_SERVER, K_SLUG, MANAGED_BY, READY_GATE, claim_name, object_name
 from tests.support.components import Podman, free_port, require
 from tests.support.kube import Cluster, FakeKubelet, ensure_binaries
 from tests.support.mcp_client import call_tool
-from tests.support.stack import Stack, deploy, make_settings
+from tests.support.stack import Stack, WorkerProcess, deploy, make_settings, wait_deployment
 
 pytestmark = pytest.mark.timeout(300)
 NAMESPACE = "mcphost-test"
@@ -63,16 +64,27 @@ async def kube_stack(
     docker_engine: Podman,
     workdir: Path,
 ) -> AsyncIterator[Stack]:
-    control, _ = cluster
+    platform = Stack(
+        kube_settings(cluster[0], temporal_address, database_url, process_state_dir, docker_engine, workdir)
+    )
+    await platform.start()
+    yield platform
+    await platform.stop()
+
+
+def kube_settings(
+    control: Cluster, temporal_address: str, database_url: str, state: Path, docker_engine: Podman, workdir: Path
+) -> Settings:
+    """A platform whose kubernetes runtime uses the test cluster, reaching pods by their IP."""
     auth = workdir / "kube-dockerconfig.json"
     auth.write_text(dockerconfig("first"))
     refresher = workdir / "kube-refresh.sh"
     refresher.write_text(f"#!/bin/sh\ncat > {auth} <<'EOF'\n{dockerconfig('rotated')}\nEOF\n")
     refresher.chmod(0o755)
-    settings = make_settings(
+    return make_settings(
         database_url,
         temporal_address,
-        process_state_dir,
+        state,
         docker_host=docker_engine.url,
         k8s_kubeconfig=control.kubeconfig,
         k8s_namespace=NAMESPACE,
@@ -82,10 +94,6 @@ async def kube_stack(
         registry_auth_dockerconfig=auth,
         registry_auth_refresher=str(refresher),
     )
-    platform = Stack(settings)
-    await platform.start()
-    yield platform
-    await platform.stop()
 
 
 def apis(control: Cluster) -> tuple[Any, Any]:
@@ -290,4 +298,53 @@ async def test_an_unreachable_cluster_falls_back_to_docker_with_a_policy_note(
             assert "running on docker instead" in logs
             await owner.delete(f"/api/servers/{server['id']}")
     finally:
+        await platform.stop()
+
+
+async def test_a_worker_killed_mid_launch_leaves_exactly_one_revision(
+    cluster: tuple[Cluster, FakeKubelet],
+    temporal_address: str,
+    database_url: str,
+    process_state_dir: Path,
+    docker_engine: Podman,
+    workdir: Path,
+) -> None:
+    control, _ = cluster
+    _, apps = apis(control)
+    settings = kube_settings(control, temporal_address, database_url, process_state_dir, docker_engine, workdir)
+    platform = Stack(settings, in_process_worker=False)
+    await platform.start()
+    worker = WorkerProcess(settings, workdir / f"kube-worker-{uuid.uuid4().hex[:6]}.log")
+    worker.start()
+    try:
+        owner, _ = await platform.user()
+        async with owner:
+            server = (
+                await owner.post(
+                    "/api/servers",
+                    json={
+                        "name": f"kube-kill-{uuid.uuid4().hex[:6]}",
+                        "source": {"type": "image", "image": docker_engine.ensure_echo_image()},
+                        "runtime": "kubernetes",
+                    },
+                )
+            ).json()
+            accepted = (await owner.post(f"/api/servers/{server['id']}/deployments")).json()
+            # Kill the worker once the launch has made the revision's Deployment, before it serves.
+            await until(lambda: left_of(control, server["id"]).get("deployments"), "the Deployment exists", 120)
+            worker.kill()
+            at_kill = (await owner.get(f"/api/deployments/{accepted['deployment_id']}")).json()
+            assert at_kill["status"] == "deploying", "the deployment finished before the kill; the test proved nothing"
+            worker.start()
+            done = await wait_deployment(owner, accepted["deployment_id"], timeout=180)
+            assert done["status"] == "running", done
+            held = left_of(control, server["id"])
+            name = object_name(accepted["deployment_id"])
+            assert held["deployments"] == [name] and held["services"] == [name] and len(held["pods"]) == 1, held
+            gateway = f"{platform.base_url}/mcp/{server['slug']}"
+            assert await call_tool(gateway, server["api_key"], "echo", {"text": "once"}) == "echo: once"
+            assert (await owner.delete(f"/api/servers/{server['id']}")).status_code == 202
+            await until(lambda: left_of(control, server["id"]) == {}, "nothing after delete", 90)
+    finally:
+        worker.stop()
         await platform.stop()

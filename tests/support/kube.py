@@ -207,6 +207,9 @@ class FakeKubelet:
         api = self.cluster.client()
         self.core = client.CoreV1Api(api)
         self.docker = docker.DockerClient(base_url=self.docker_url)
+        # Containers a killed earlier run left would hold the loopback addresses this run hands out.
+        for left in self.docker.containers.list(all=True, filters={"label": "io.mcphost.test.kubelet=1"}):
+            left.remove(force=True)
         node = client.V1Node(
             metadata=client.V1ObjectMeta(name=NODE),
             status=client.V1NodeStatus(
