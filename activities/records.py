@@ -17,6 +17,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.build import ArtifactImage
+from activities.common import as_application_error
 from core.db import DEPLOYMENTS_CHANNEL, notify_route_changed
 from core.files import remove_data_dir
 from core.models import Deployment, DeploymentStep, GatewaySession, Server, ServerLog, ServerSecret
@@ -479,7 +480,7 @@ class RecordActivities:
             try:
                 await forget(data.server_id)
             except RuntimeFailure as exc:
-                raise ApplicationError(exc.message, type=exc.kind, non_retryable=exc.permanent) from None
+                raise as_application_error(exc) from None
         async with self.sessionmaker() as session, session.begin():
             slug = await session.scalar(select(Server.slug).where(Server.id == uuid.UUID(data.server_id)))
             await session.execute(delete(Server).where(Server.id == uuid.UUID(data.server_id)))

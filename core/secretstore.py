@@ -87,7 +87,8 @@ class SecretStore:
     def backend(self) -> str:
         return "vault" if self.vault else "sealed"
 
-    def _vault(self) -> Any:
+    def _kv(self) -> tuple[Any, str]:
+        """hvac's KV v2 client and the mount, or SecretMissing when Vault is not configured."""
         if self.vault is None:
             raise SecretMissing("this secret is kept in Vault, but VAULT_ADDR and VAULT_TOKEN are not set")
         if self._client is None:
@@ -96,22 +97,16 @@ class SecretStore:
             self._client = hvac.Client(
                 url=self.vault.addr, token=self.vault.token, verify=self.vault.verify, timeout=10
             )
-        return self._client
-
-    def path_for(self, server_id: str, name: str) -> str:
-        prefix = self.vault.prefix.strip("/") if self.vault else "mcphost"
-        return f"{prefix}/{server_id}/{name}"
+        return self._client.secrets.kv.v2, self.vault.mount
 
     async def write(self, server_id: str, name: str, value: str) -> Written:
         if self.vault is None:
             return Written("sealed", self.cipher.seal_text(value), None, None)
-        path = self.path_for(server_id, name)
-        mount = self.vault.mount
+        kv, mount = self._kv()
+        path = f"{self.vault.prefix.strip('/')}/{server_id}/{name}"
 
         def put() -> int:
-            result = self._vault().secrets.kv.v2.create_or_update_secret(
-                path=path, secret={"value": value}, mount_point=mount
-            )
+            result = kv.create_or_update_secret(path=path, secret={"value": value}, mount_point=mount)
             return int(result["data"]["version"])
 
         return Written("vault", None, path, await self._call(put, "write"))
@@ -120,11 +115,10 @@ class SecretStore:
         if backend == "sealed":
             assert sealed is not None
             return self.cipher.open_text(sealed)
-        client = self._vault()
-        mount = self.vault.mount if self.vault else "secret"
+        kv, mount = self._kv()
 
         def get() -> str:
-            result = client.secrets.kv.v2.read_secret_version(
+            result = kv.read_secret_version(
                 path=path, version=version, mount_point=mount, raise_on_deleted_version=True
             )
             return str(result["data"]["data"]["value"])
@@ -135,11 +129,8 @@ class SecretStore:
         """Destroy every version of a Vault secret (sealed values go with their row). Missing is fine."""
         if backend != "vault" or path is None:
             return
-        client = self._vault()
-        mount = self.vault.mount if self.vault else "secret"
-        await self._call(
-            lambda: client.secrets.kv.v2.delete_metadata_and_all_versions(path=path, mount_point=mount), "delete"
-        )
+        kv, mount = self._kv()
+        await self._call(lambda: kv.delete_metadata_and_all_versions(path=path, mount_point=mount), "delete")
 
     async def _call(self, fn: Any, what: str) -> Any:
         import hvac.exceptions
