@@ -58,7 +58,7 @@ async def test_github_and_gitlab_pushes_deploy_each_commit_once_and_rollback_reu
     first_commit = git_server.publish(name, python_repo())
     async with platform(build_settings) as stack:
         client, _ = await stack.user()
-        async with client, httpx.AsyncClient(base_url=stack.base_url) as raw:
+        async with client, stack.client() as raw:
             server = await create_git_server(client, git_server.url(name))
             sid, secret = server["id"], server["webhook_secret"]
             hook = f"/api/servers/{sid}/github"
