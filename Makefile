@@ -3,11 +3,11 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := git podman runc docker-registry debootstrap apache2-utils bubblewrap slirp4netns
+APT_PACKAGES := git podman runc docker-registry debootstrap apache2-utils bubblewrap slirp4netns libvirt-dev pkg-config
 K8S_BIN ?= $(or $(MCPHOST_TEST_CACHE),$(HOME)/.cache/mcphost-test)/kubernetes-1.20.2
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: up test lint bench install system-deps clean
+.PHONY: up test lint bench install system-deps vm-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,8 +37,14 @@ system-deps:
 	  tests/support/k8s/build.sh $(K8S_BIN) || echo "could not build the Kubernetes control plane; its tests will say so"; \
 	fi
 
+## vm-deps: libvirt-python for the virtual-machine runtime, when the host's libvirt headers are there
+vm-deps: install system-deps
+	@$(BIN)/python -c "import libvirt" 2>/dev/null || { \
+	  if pkg-config --exists libvirt 2>/dev/null; then $(BIN)/pip install -q -e '.[vm]'; \
+	  else echo "libvirt development files missing (Debian: apt-get install libvirt-dev pkg-config): VM tests will skip"; fi; }
+
 ## test: install what the tests need, start the real components, run the whole suite
-test: install system-deps
+test: install system-deps vm-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 ## lint: ruff (format check + lint) and mypy on the whole tree

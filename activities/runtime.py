@@ -19,6 +19,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.common import as_application_error, heartbeating, open_env
 from activities.records import RETIRED, InstanceRecord
+from activities.vm import VmGuests
 from core.crypto import EnvCipher, SecretsKeyError
 from core.models import Deployment, PolicyDecision, Server, ServerLog, ServerSecret, ServerSecretEvent, User
 from core.secretstore import SecretStore, SecretStoreError
@@ -27,6 +28,7 @@ from core.sources import GitSource, ImageSource, parse_source
 from core.tenancy import Resources, server_data_dir, server_uid
 from runtimes.base import Executor, Instance, LaunchSpec, RuntimeFailure
 from runtimes.kubernetes import DockerFallback
+from runtimes.vm import VirtualMachineExecutor
 
 
 @dataclass
@@ -85,12 +87,23 @@ class RuntimeActivities:
         cipher: EnvCipher,
         settings: Settings | None = None,
         secrets: SecretStore | None = None,
+        guests: VmGuests | None = None,
     ) -> None:
         self.sessionmaker = sessionmaker
         self.executors = executors
         self.cipher = cipher
         self.settings = settings
         self.secrets = secrets or SecretStore(cipher)
+        self.guests = guests
+
+    async def start_instance(self, executor: Executor, spec: LaunchSpec, *, fresh: bool = False) -> Instance:
+        """Launch on `executor`; a virtual machine serves only once it attests (else its fallback does)."""
+        if isinstance(executor, VirtualMachineExecutor):
+            if self.guests is None:
+                raise ApplicationError("this worker keeps no VM records", type="runtime_unavailable")
+            instance, _notes = await self.guests.launch(self.executors, executor, spec, fresh=fresh)
+            return instance
+        return await executor.launch(spec)
 
     @property
     def host_queue(self) -> str:
@@ -200,7 +213,7 @@ class RuntimeActivities:
     async def launch_instance(self, deployment_id: str) -> InstanceRecord:
         executor, spec = await self.launch_spec(deployment_id, with_secrets=True)
         try:
-            instance = await heartbeating(executor.launch(spec), "launching")
+            instance = await heartbeating(self.start_instance(executor, spec), "launching")
         except RuntimeFailure as exc:
             raise as_application_error(exc) from None
         if not instance.url:

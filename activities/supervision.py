@@ -103,7 +103,7 @@ class SupervisionActivities:
             for instance in await executor.instances(failed.server_id):
                 if instance.deployment_id == failed.deployment_id and instance.ref == failed.ref:
                     await heartbeating(executor.remove(instance), "removing the failed instance")
-            fresh = await heartbeating(executor.launch(spec), "launching")
+            fresh = await heartbeating(self.runtime.start_instance(executor, spec, fresh=True), "launching")
         except RuntimeFailure as exc:
             raise as_application_error(exc) from None
         await heartbeating(self._until_answering(fresh), "waiting for the new instance to answer MCP")

@@ -33,6 +33,7 @@ from api.routes import (
     secrets,
     servers,
     streams,
+    trust,
     usage,
     webhooks,
 )
@@ -155,6 +156,7 @@ def create_app(settings: Settings) -> WithGateway:
     app.include_router(evaluations.router)
     app.include_router(governance.router)
     app.include_router(promotions.router)
+    app.include_router(trust.router)
     app.include_router(gateway_docs.router)
 
     @app.get("/metrics", include_in_schema=False)

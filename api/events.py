@@ -97,7 +97,11 @@ class ServerEvents:
             for queue in self._status:
                 self._offer(queue, change)
             return
-        for event in self._wakers.get((str(change.get("kind")), str(change.get("id"))), ()):
+        kind = str(change.get("kind"))
+        for event in self._wakers.get((kind, str(change.get("id"))), ()):
+            event.set()
+        # Followers of every server of a kind (the posture feed filters what the caller may see itself).
+        for event in self._wakers.get((kind, "*"), ()):
             event.set()
 
     def _on_reconnect(self) -> None:

@@ -15,6 +15,11 @@ whether the launch is allowed, on which backend, and why, as machine-readable no
 - `governance:pending:<tier>` — a governance run of the subject for a tier has not ended yet;
 - `policy:no-requirements` — nothing is required: allowed.
 
+Where a virtual-machine guest may serve (`vm_placement`): only a guest whose latest attestation is
+`trusted`; otherwise the revision falls back to docker (or kubernetes) with the attestation's note
+(`vm:attestation:untrusted:<why>`, `vm:attestation:stale:age`, `vm:attestation:pending:no-quote`) and
+`runtime:fallback:<backend>`, or is blocked (`runtime:no-fallback`) when neither is enabled.
+
 Only `certified` notes allow; any other requirement, promotion or governance note blocks.
 """
 
@@ -156,3 +161,17 @@ def explain(decision: Decision) -> str:
         else "certify this artifact with an evaluation run (POST /api/servers/{id}/eval/run with `certify`)"
     )
     return f"blocked by policy ({', '.join(reasons)}): {hint}"
+
+
+FALLBACK_ORDER = ("docker", "kubernetes")
+
+
+def vm_placement(posture: str, note: str, enabled: list[str] | tuple[str, ...]) -> Decision:
+    """Where a revision asked for on a VM runs, given its guest's latest attestation (`posture` and its
+    policy `note`) and the runtimes this worker has enabled."""
+    if posture == "trusted":
+        return Decision(allowed=True, backend="virtual-machine", notes=[note])
+    for backend in FALLBACK_ORDER:
+        if backend in enabled:
+            return Decision(allowed=True, backend=backend, notes=[note, f"runtime:fallback:{backend}"])
+    return Decision(allowed=False, backend="virtual-machine", notes=[note, "runtime:no-fallback"])

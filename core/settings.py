@@ -21,7 +21,7 @@ from core.crypto import EnvCipher, split_keys
 RuntimeName = Literal["process", "docker", "kubernetes", "virtual-machine"]
 
 # The runtimes this release can launch; the others are accepted names reserved for later releases.
-IMPLEMENTED_RUNTIMES: tuple[str, ...] = ("process", "docker", "kubernetes")
+IMPLEMENTED_RUNTIMES: tuple[str, ...] = ("process", "docker", "kubernetes", "virtual-machine")
 
 
 def default_state_dir() -> Path:
@@ -231,6 +231,29 @@ class Settings(BaseSettings):
     k8s_data_size: str = Field(default="1Gi", pattern=r"^[0-9]+(Mi|Gi|Ti)$")
     k8s_storage_class: str | None = None
     k8s_ready_timeout_seconds: float = Field(default=300.0, gt=0)
+    vm_libvirt_uri: str | None = Field(
+        default=None,
+        description="libvirt connection of the virtual-machine runtime (qemu:///system; test:///default in tests).",
+    )
+    vm_network: str = Field(default="default", min_length=1, description="libvirt network guests are attached to.")
+    vm_memory_mib: int = Field(default=1024, ge=64, description="Memory of each guest.")
+    vm_vcpus: int = Field(default=1, ge=1, le=64, description="Virtual CPUs of each guest.")
+    vm_domain_template: Path | None = Field(
+        default=None, description="Domain XML template ($name, $uuid, $memory_mib, ...); default: a KVM guest."
+    )
+    vm_base_image: Path = Field(
+        default=Path("/var/lib/mcphost/guest.qcow2"),
+        description="The guest OS image every VM boots (read-only, changes discarded on stop).",
+    )
+    vm_boot_timeout_seconds: float = Field(default=120.0, gt=0, description="How long a guest may take to attest.")
+    vm_attestation_port: int = Field(default=9443, ge=1, le=65535, description="Guest agent port serving quotes.")
+    vm_attestation_trust_roots: str = Field(
+        default="", description="Keys guests' quotes may be signed with: key_id=<base64 Ed25519 public key>,..."
+    )
+    vm_attestation_measurements: str = Field(
+        default="", description="Hex digests of the guest images allowed to serve, comma-separated."
+    )
+    vm_attestation_max_age_seconds: float = Field(default=300.0, gt=0, description="Oldest quote that is fresh.")
     vault_addr: str | None = Field(
         default=None, description="Vault (or OpenBao) address; with VAULT_TOKEN, server secrets are kept in KV v2."
     )
@@ -266,6 +289,22 @@ class Settings(BaseSettings):
         keys = [k.strip() for k in value.get_secret_value().split(",") if k.strip()]
         if not keys or any(len(k) < 32 for k in keys):
             raise ValueError("SECRETS_KEY needs keys of at least 32 characters (try: openssl rand -hex 32)")
+        return value
+
+    @field_validator("vm_attestation_trust_roots")
+    @classmethod
+    def _trust_roots(cls, value: str) -> str:
+        from core.attestation import parse_trust_roots
+
+        parse_trust_roots(value)  # ValueError names the entry to fix
+        return value
+
+    @field_validator("vm_attestation_measurements")
+    @classmethod
+    def _measurements(cls, value: str) -> str:
+        from core.attestation import parse_measurements
+
+        parse_measurements(value)
         return value
 
     @field_validator("vault_addr")
@@ -328,6 +367,15 @@ class Settings(BaseSettings):
     def kubernetes_enabled(self) -> bool:
         """Whether the kubernetes runtime is configured (a kubeconfig, or the default runtime in a cluster)."""
         return self.container_runtime == "kubernetes" or self.k8s_kubeconfig is not None
+
+    @property
+    def vm_enabled(self) -> bool:
+        """Whether the virtual-machine runtime is configured (a libvirt URI, or the default runtime)."""
+        return self.container_runtime == "virtual-machine" or self.vm_libvirt_uri is not None
+
+    @property
+    def libvirt_uri(self) -> str:
+        return self.vm_libvirt_uri or "qemu:///system"
 
     def env_cipher(self) -> EnvCipher:
         return EnvCipher(split_keys(self.secrets_key.get_secret_value()))

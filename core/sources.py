@@ -298,9 +298,9 @@ def validate_env(env: dict[str, str]) -> dict[str, str]:
 def default_runtime_for(source: AnySource, configured: str) -> str:
     """The runtime a source runs on when the server does not name one."""
     if isinstance(source, ImageSource | GitSource):
-        return "kubernetes" if configured == "kubernetes" else "docker"
-    if configured == "kubernetes":
-        # A cluster runs images; packages and commands run on the worker's host.
+        return configured if configured in ("kubernetes", "virtual-machine") else "docker"
+    if configured in ("kubernetes", "virtual-machine"):
+        # A cluster or a guest runs images; packages and commands run on the worker's host.
         return "process"
     if isinstance(source, CommandSource):
         # An executable of the worker host has no image to run in.
@@ -337,5 +337,12 @@ def runtime_refusal(runtime: str, source: AnySource) -> str | None:
         return (
             f"the kubernetes runtime runs image and git sources; a {source.type} source runs on the process "
             "or docker runtime"
+        )
+    if runtime == "virtual-machine":
+        if isinstance(source, ImageSource | GitSource):
+            return None
+        return (
+            f"the virtual-machine runtime runs image and git sources in a guest; a {source.type} source runs on "
+            "the process or docker runtime"
         )
     return f"the {runtime} runtime cannot run {source.type} sources"

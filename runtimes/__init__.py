@@ -67,6 +67,20 @@ def build_executors(settings: Settings, auth_for: AuthLookup | None = None) -> d
             storage_class=settings.k8s_storage_class,
             ready_timeout=settings.k8s_ready_timeout_seconds,
         )
+    if settings.vm_enabled:
+        from runtimes.vm import VirtualMachineExecutor
+
+        executors["virtual-machine"] = VirtualMachineExecutor(
+            settings.libvirt_uri,
+            network=settings.vm_network,
+            memory_mib=settings.vm_memory_mib,
+            vcpus=settings.vm_vcpus,
+            workload_root=settings.state_dir / "vm",
+            base_image=settings.vm_base_image,
+            template=settings.vm_domain_template,
+            attestation_port=settings.vm_attestation_port,
+            boot_timeout=settings.vm_boot_timeout_seconds,
+        )
     return executors
 
 

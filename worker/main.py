@@ -10,6 +10,7 @@ import signal
 from collections.abc import Sequence
 from datetime import timedelta
 
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import (
     Client,
     Schedule,
@@ -36,6 +37,7 @@ from activities.records import RecordActivities
 from activities.registry import RegistryActivities
 from activities.runtime import RuntimeActivities
 from activities.supervision import SupervisionActivities
+from activities.vm import VmGuests
 from builds.images import ImageBuilder
 from core import temporal
 from core.db import make_engine, make_sessionmaker
@@ -44,6 +46,7 @@ from core.settings import Settings, load_settings_or_exit
 from runtimes import build_executors, check_cluster
 from runtimes.base import Executor
 from runtimes.kubernetes import DockerFallback, KubernetesExecutor
+from runtimes.vm import VirtualMachineExecutor
 from worker.metrics import MetricsInterceptor
 from workflows.build import BuildWorkflow
 from workflows.deploy import DeployWorkflow
@@ -69,6 +72,18 @@ WORKFLOWS = [
     GovernanceRunWorkflow,
     PromotionWorkflow,
 ]
+
+
+def start_vms(
+    executors: dict[str, Executor], sessionmaker: async_sessionmaker[AsyncSession], settings: Settings
+) -> VmGuests | None:
+    """The virtual-machine runtime's records: its guests' attestation and the hypervisor's events."""
+    vm = executors.get("virtual-machine")
+    if not isinstance(vm, VirtualMachineExecutor):
+        return None
+    guests = VmGuests(sessionmaker, settings)
+    vm.event_sink = guests.sink(asyncio.get_running_loop())
+    return guests
 
 
 async def start_kubernetes(executors: dict[str, Executor], registry: RegistryActivities) -> KubernetesExecutor | None:
@@ -117,7 +132,8 @@ async def run_worker(
     # Instances are local to this host, so their runtime steps come through its own queue. The shared
     # queue keeps them too: claim_host is answered there, and runs started before placement send every
     # step there.
-    runtime = RuntimeActivities(sessionmaker, executors, settings.env_cipher(), settings, secrets)
+    guests = start_vms(executors, sessionmaker, settings)
+    runtime = RuntimeActivities(sessionmaker, executors, settings.env_cipher(), settings, secrets, guests)
     host_activities = [
         *runtime.all(),
         *SupervisionActivities(sessionmaker, runtime).all(),

@@ -92,6 +92,11 @@ def check_source_allowed(user: User, source: Any, runtime: str | None, settings:
             "the kubernetes runtime is not configured here: set K8S_KUBECONFIG (or CONTAINER_RUNTIME=kubernetes "
             "inside a cluster) for the API and the worker"
         )
+    if runtime == "virtual-machine" and not settings.vm_enabled:
+        raise InvalidInput(
+            "the virtual-machine runtime is not configured here: set VM_LIBVIRT_URI (e.g. qemu:///system) for "
+            "the API and the worker"
+        )
     # A server that names no runtime gets the installation's, which must be able to run it too.
     effective = runtime or default_runtime_for(source, settings.container_runtime)
     if effective in IMPLEMENTED_RUNTIMES:
