@@ -747,6 +747,41 @@ def events(
         console.print(f"[dim]{item['created_at'][:19]}[/] [bold]{item['event']}[/] {escape(details)}")
 
 
+@app.command()
+def vm(
+    server: str = typer.Argument(..., help="id, slug or name"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON"),
+) -> None:
+    """The server's virtual-machine guests: state, address, attestation posture, and the history of both."""
+    client = Api()
+    found = client.resolve_server(server)
+    data = client.request("GET", f"/api/servers/{found['id']}/vm")
+    if as_json:
+        console.print_json(data=data)
+        return
+    if not data["guests"]:
+        console.print("[dim]no guests: this server has not run on the virtual-machine runtime[/]")
+        return
+    table = Table("domain", "state", "address", "size", "posture", "attested")
+    for guest in data["guests"]:
+        posture = guest["posture"] + (f" ({guest['posture_reason']})" if guest["posture_reason"] else "")
+        table.add_row(
+            guest["domain"],
+            guest["state"],
+            guest["address"] or "",
+            f"{guest['memory_mib']} MiB, {guest['vcpus']} vCPU",
+            posture,
+            (guest["attested_at"] or "")[:19],
+        )
+    console.print(table)
+    for change in reversed(data["trust"]):
+        console.print(
+            f"[dim]{change['at'][:19]}[/] {change['previous'] or '-'} -> [bold]{change['posture']}[/] {change['note']}"
+        )
+    for event in reversed(data["events"][:20]):
+        console.print(f"[dim]{event['at'][:19]}[/] {event['domain']} {event['event']} {event['detail'] or ''}")
+
+
 # ---- files in a server's /data ------------------------------------------------------------------
 
 files_app = typer.Typer(help="List, upload, download and delete the files in a server's /data.", no_args_is_help=True)

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.cli import Cli
 from tests.support.components import Podman, free_port, require
 from tests.support.mcp_client import call_tool
 from tests.support.stack import Stack, deploy, make_settings
@@ -135,7 +136,7 @@ async def read_trust_events(response: httpx.Response, events: list[dict[str, Any
 
 
 async def test_a_trusted_guest_serves_with_its_lifecycle_and_posture_recorded(
-    vm_stack: Stack, guests: GuestPlayer, docker_engine: Podman, process_state_dir: Path
+    vm_stack: Stack, guests: GuestPlayer, docker_engine: Podman, process_state_dir: Path, tmp_path: Path
 ) -> None:
     guests.mode = "good"
     image = docker_engine.ensure_echo_image()
@@ -194,6 +195,11 @@ async def test_a_trusted_guest_serves_with_its_lifecycle_and_posture_recorded(
         placed = [d for d in decisions if d["notes"] == ["vm:attestation:trusted"]]
         assert len(placed) == 1 and placed[0]["backend"] == "virtual-machine"
         assert (await stranger.get(f"/api/servers/{sid}/vm")).status_code == 404
+        cli = await Cli.for_user(owner, vm_stack.base_url, tmp_path)
+        shown = await cli("vm", server["slug"])
+        assert shown.code == 0 and "-> trusted vm:attestation:trusted" in shown.out, shown.out
+        listed = await cli("vm", server["slug"], "--json")
+        assert json.loads(listed.out)["guests"][0]["domain"] == name
 
         # A redeploy: a new guest serves, the old one is undefined and its address released.
         second = await deploy(owner, sid)
