@@ -70,10 +70,11 @@ async def test_invalid_input_is_a_clear_4xx_and_writes_nothing(stack: Stack) -> 
         "unknown source type": ({"name": _name(), "source": {"type": "ftp", "url": "x"}}, 422, "source"),
         "reserved env": ({"name": _name(), "source": TIME, "env": {"PORT": "1"}}, 422, "PORT"),
         "bad env name": ({"name": _name(), "source": TIME, "env": {"1BAD": "x"}}, 422, "environment"),
-        "unimplemented runtime": (
-            {"name": _name(), "source": TIME, "runtime": "virtual-machine"},
+        "unknown runtime": ({"name": _name(), "source": TIME, "runtime": "lxc"}, 422, "runtime"),
+        "unconfigured virtual machines": (
+            {"name": _name(), "source": {"type": "image", "image": "a/b:1"}, "runtime": "virtual-machine"},
             422,
-            "not available",
+            "VM_LIBVIRT_URI",
         ),
         "unconfigured kubernetes": (
             {"name": _name(), "source": {"type": "image", "image": "a/b:1"}, "runtime": "kubernetes"},

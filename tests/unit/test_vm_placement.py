@@ -85,8 +85,8 @@ def test_macs_are_stable_per_revision_and_attempt() -> None:
 def test_attestation_settings_refuse_what_they_cannot_use() -> None:
     base = {"jwt_secret": "j" * 40, "secrets_key": "k" * 40}
     with pytest.raises(ValidationError, match="trust root"):
-        Settings(**base, vm_attestation_trust_roots="root-1=not-a-key")
+        Settings.model_validate(base | {"vm_attestation_trust_roots": "root-1=not-a-key"})
     with pytest.raises(ValidationError, match="measurement"):
-        Settings(**base, vm_attestation_measurements="abc")
-    assert Settings(**base, vm_libvirt_uri="test:///default").vm_enabled
-    assert not Settings(**base).vm_enabled
+        Settings.model_validate(base | {"vm_attestation_measurements": "abc"})
+    assert Settings.model_validate(base | {"vm_libvirt_uri": "test:///default"}).vm_enabled
+    assert not Settings.model_validate(base | {"container_runtime": "docker"}).vm_enabled
