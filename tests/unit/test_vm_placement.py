@@ -54,9 +54,10 @@ def test_the_default_template_renders_a_domain_with_the_values_escaped() -> None
     xml = render(DEFAULT_TEMPLATE, values(network="a'b<c>&d"))
     domain = ET.fromstring(xml)  # still well-formed: the hostile value could not break out of its attribute
     assert domain.findtext("name") == "mcp-1" and domain.findtext("vcpu") == "2"
-    assert domain.find("devices/interface/source").get("network") == "a'b<c>&d"
+    source, instance = domain.find("devices/interface/source"), domain.find("metadata/{urn:x}instance")
+    assert source is not None and source.get("network") == "a'b<c>&d"
     assert domain.find("devices/filesystem/readonly") is not None
-    assert domain.find("metadata/{urn:x}instance").get("server") == "s"
+    assert instance is not None and instance.get("server") == "s"
 
 
 def test_a_template_with_an_unknown_placeholder_is_refused() -> None:
