@@ -31,11 +31,13 @@ from core.models import (
     Promotion,
     PromotionRejection,
     PromotionTrack,
+    RemediationRun,
     Server,
     ServerLog,
     User,
 )
 from core.policy import CertificationFact, Decision, Facts, Requirement, decide, explain, subject_of
+from core.remediation import ACTIVE as REMEDIATION_ACTIVE
 
 
 @dataclass
@@ -360,6 +362,11 @@ class PromotionActivities:
                 governed = await session.get(GovernanceRun, row.governance_run_id) if row.governance_run_id else None
                 if governed is None or governed.status != "approved":
                     pending.append(stage.governance_tier or stage.name)
+            remediating = await session.scalar(
+                select(RemediationRun.id).where(
+                    RemediationRun.server_id.in_(stage.servers), RemediationRun.status.in_(REMEDIATION_ACTIVE)
+                )
+            )
             now = datetime.now(UTC)
             decision = decide(
                 Facts(
@@ -374,6 +381,7 @@ class PromotionActivities:
                     upstream_stage=upstream,
                     upstream_active=active,
                     governance_pending=pending,
+                    under_remediation=remediating is not None,
                 )
             )
             await session.execute(

@@ -179,6 +179,10 @@ class RegistryActivities:
             timeout=timeout or self.settings.registry_push_timeout_seconds,
         )
 
+    async def refresh(self) -> str | None:
+        """Run the credential refresher now (a remediation step); None when it succeeded, else why not."""
+        return await self._run_refresher()
+
     async def _run_refresher(self) -> str | None:
         """Run REGISTRY_AUTH_REFRESHER, then the `on_refreshed` hooks; returns an error message, or None."""
         problem = await self._refresh()

@@ -16,7 +16,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 
 from sqlalchemy import select, text, update
@@ -46,6 +46,8 @@ class VmGuests:
         self.roots = parse_trust_roots(settings.vm_attestation_trust_roots)
         self.measurements = parse_measurements(settings.vm_attestation_measurements)
         self.max_age = timedelta(seconds=settings.vm_attestation_max_age_seconds)
+        # Started with (server id, trigger, detail) when a guest does not attest: the bound playbooks run.
+        self.on_untrusted: Callable[[str, str, str], Awaitable[list[str]]] | None = None
 
     # -- hypervisor events -------------------------------------------------------------------------------
 
@@ -109,6 +111,11 @@ class VmGuests:
         nonce = secrets.token_urlsafe(24)
         verdict, quote = await self._attest(vm, instance, nonce)
         await self._record_posture(spec, instance, verdict, quote)
+        if verdict.outcome in ("untrusted", "stale") and self.on_untrusted is not None:
+            try:
+                await self.on_untrusted(spec.server_id, "untrusted", verdict.note)
+            except Exception:  # noqa: BLE001 - remediation is best effort; placement goes on
+                log.warning("could not start remediation for server %s", spec.server_id, exc_info=True)
         enabled = [name for name in executors if name != NAME]
         decision = vm_placement(verdict.outcome, verdict.note, enabled)
         key = DECISION_PREFIX + spec.deployment_id + ("" if prior is None else f":{nonce[:16]}")

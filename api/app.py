@@ -30,6 +30,7 @@ from api.routes import (
     health,
     keys,
     promotions,
+    remediation,
     secrets,
     servers,
     streams,
@@ -157,6 +158,7 @@ def create_app(settings: Settings) -> WithGateway:
     app.include_router(governance.router)
     app.include_router(promotions.router)
     app.include_router(trust.router)
+    app.include_router(remediation.router)
     app.include_router(gateway_docs.router)
 
     @app.get("/metrics", include_in_schema=False)

@@ -18,26 +18,12 @@ from core import temporal
 from core.errors import Unavailable
 from core.evalruns import evaluation_workflow_id
 from core.settings import Settings
-from workflows.deploy import DeployInput
+from workflows.deploy import deploy_input
 from workflows.evaluation import EvaluationInput
 from workflows.promotion import PromotionInput
 from workflows.server_lifecycle import ServerInput
 
 SERVER_WORKFLOW_PREFIX = {"StopServerWorkflow": "stop", "DeleteServerWorkflow": "delete"}
-
-
-def deploy_input(settings: Settings, deployment_id: str = "", server_id: str = "") -> DeployInput:
-    return DeployInput(
-        deployment_id=deployment_id,
-        server_id=server_id,
-        health_timeout_seconds=settings.health_check_timeout_seconds,
-        install_timeout_seconds=settings.package_install_timeout_seconds,
-        host_wait_seconds=settings.worker_host_wait_seconds,
-        supervise_interval_seconds=settings.supervisor_interval_seconds,
-        supervise_failure_threshold=settings.supervisor_failure_threshold,
-        supervise_window_seconds=settings.supervisor_window_seconds,
-        supervise_backoff_max_seconds=settings.supervisor_backoff_max_seconds,
-    )
 
 
 async def start_deploy(

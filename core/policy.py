@@ -13,6 +13,7 @@ whether the launch is allowed, on which backend, and why, as machine-readable no
 - `evaluation:unpinned` — requirements exist but the artifact has no immutable subject to certify;
 - `promotion:not-active:<stage>` — the subject has not been active in the stage a promotion needs it in;
 - `governance:pending:<tier>` — a governance run of the subject for a tier has not ended yet;
+- `policy_hook:remediation_gate` — a remediation run is active on a server of the target (promotions);
 - `policy:no-requirements` — nothing is required: allowed.
 
 Where a virtual-machine guest may serve (`vm_placement`): only a guest whose latest attestation is
@@ -20,7 +21,7 @@ Where a virtual-machine guest may serve (`vm_placement`): only a guest whose lat
 (`vm:attestation:untrusted:<why>`, `vm:attestation:stale:age`, `vm:attestation:pending:no-quote`) and
 `runtime:fallback:<backend>`, or is blocked (`runtime:no-fallback`) when neither is enabled.
 
-Only `certified` notes allow; any other requirement, promotion or governance note blocks.
+Only `certified` notes allow; any other requirement, promotion, governance or remediation note blocks.
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ class Facts:
     upstream_active: bool = True
     # Tiers of governance runs of the subject that have not ended.
     governance_pending: list[str] = field(default_factory=list)
+    # Whether a remediation run is active on a server the decision is about.
+    under_remediation: bool = False
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,7 @@ def decide(facts: Facts) -> Decision:
             else [f"promotion:not-active:{facts.upstream_stage}"]
         ),
         *(f"governance:pending:{tier}" for tier in facts.governance_pending),
+        *(["policy_hook:remediation_gate"] if facts.under_remediation else []),
     ]
     if not facts.required:
         if gates:
@@ -158,6 +162,8 @@ def explain(decision: Decision) -> str:
         if any(r.startswith("promotion:") for r in reasons)
         else "wait for the governance run to end, or vote on it"
         if all(r.startswith("governance:") for r in reasons)
+        else "wait for the remediation run to end, or cancel it"
+        if all(r.startswith("policy_hook:remediation_gate") for r in reasons)
         else "certify this artifact with an evaluation run (POST /api/servers/{id}/eval/run with `certify`)"
     )
     return f"blocked by policy ({', '.join(reasons)}): {hint}"

@@ -254,6 +254,10 @@ class Settings(BaseSettings):
         default="", description="Hex digests of the guest images allowed to serve, comma-separated."
     )
     vm_attestation_max_age_seconds: float = Field(default=300.0, gt=0, description="Oldest quote that is fresh.")
+    remediation_allow_private_urls: bool = Field(
+        default=False,
+        description="Let remediation `http` steps call loopback and private addresses (off: public https only).",
+    )
     vault_addr: str | None = Field(
         default=None, description="Vault (or OpenBao) address; with VAULT_TOKEN, server secrets are kept in KV v2."
     )

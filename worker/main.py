@@ -9,6 +9,7 @@ import os
 import signal
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import (
@@ -22,6 +23,8 @@ from temporalio.client import (
     ScheduleSpec,
     ScheduleUpdate,
 )
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Interceptor, Worker
 
@@ -35,6 +38,7 @@ from activities.promotion import PromotionActivities
 from activities.reconcile import ReconcileActivities
 from activities.records import RecordActivities
 from activities.registry import RegistryActivities
+from activities.remediation import RemediationActivities, StartRun
 from activities.runtime import RuntimeActivities
 from activities.supervision import SupervisionActivities
 from activities.vm import VmGuests
@@ -49,12 +53,13 @@ from runtimes.kubernetes import DockerFallback, KubernetesExecutor
 from runtimes.vm import VirtualMachineExecutor
 from worker.metrics import MetricsInterceptor
 from workflows.build import BuildWorkflow
-from workflows.deploy import DeployWorkflow
+from workflows.deploy import DeployWorkflow, deploy_input
 from workflows.evaluation import EvaluationRunWorkflow
 from workflows.governance import GovernanceRunWorkflow
 from workflows.promotion import PromotionWorkflow
 from workflows.push import PushWorkflow
 from workflows.reconcile import ReconcileRun, ReconcileWorkflow
+from workflows.remediation import RemediationInput, RemediationWorkflow
 from workflows.server_lifecycle import DeleteServerWorkflow, StopServerWorkflow
 from workflows.supervisor import SupervisorWorkflow
 
@@ -71,7 +76,34 @@ WORKFLOWS = [
     EvaluationRunWorkflow,
     GovernanceRunWorkflow,
     PromotionWorkflow,
+    RemediationWorkflow,
 ]
+
+
+def remediation_starter(client: Client, settings: Settings) -> StartRun:
+    """How a worker starts a remediation run's workflow (an already started one is left as it is)."""
+
+    async def start(
+        run_id: str, server_id: str, requester_id: str, definition: dict[str, Any], workflow_id: str
+    ) -> None:
+        try:
+            await client.start_workflow(
+                RemediationWorkflow.run,
+                RemediationInput(run_id, server_id, requester_id, definition, deploy=deploy_input(settings)),
+                id=workflow_id,
+                task_queue=settings.temporal_task_queue,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                search_attributes=TypedSearchAttributes(
+                    [
+                        SearchAttributePair(temporal.SERVER_ID, server_id),
+                        SearchAttributePair(temporal.KIND, "remediation"),
+                    ]
+                ),
+            )
+        except WorkflowAlreadyStartedError:
+            pass
+
+    return start
 
 
 def start_vms(
@@ -113,6 +145,9 @@ async def run_worker(
     executors = build_executors(settings, auth_for=registry.auth_for)
     kube = await start_kubernetes(executors, registry)
     secrets = store_from_settings(settings)
+    remediation = RemediationActivities(
+        sessionmaker, settings, start_run=remediation_starter(client, settings), refresh_credentials=registry.refresh
+    )
     activities = [
         *RecordActivities(
             sessionmaker,
@@ -128,11 +163,14 @@ async def run_worker(
         *GovernanceActivities(sessionmaker).all(),
         *PromotionActivities(sessionmaker, settings.container_runtime).all(),
         *registry.all(),
+        *remediation.all(),
     ]
     # Instances are local to this host, so their runtime steps come through its own queue. The shared
     # queue keeps them too: claim_host is answered there, and runs started before placement send every
     # step there.
     guests = start_vms(executors, sessionmaker, settings)
+    if guests is not None:
+        guests.on_untrusted = remediation.trigger
     runtime = RuntimeActivities(sessionmaker, executors, settings.env_cipher(), settings, secrets, guests)
     host_activities = [
         *runtime.all(),

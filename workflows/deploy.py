@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from temporalio import workflow
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ActivityError, CancelledError, ChildWorkflowError
 from temporalio.workflow import ParentClosePolicy
+
+if TYPE_CHECKING:
+    from core.settings import Settings
 
 with workflow.unsafe.imports_passed_through():
     from activities.build import ArtifactImage
@@ -87,6 +90,21 @@ class DeployInput:
     supervise_failure_threshold: int = 3
     supervise_window_seconds: float = 300.0
     supervise_backoff_max_seconds: float = 60.0
+
+
+def deploy_input(settings: Settings, deployment_id: str = "", server_id: str = "") -> DeployInput:
+    """A deployment's workflow input, with the installation's timeouts and supervision settings."""
+    return DeployInput(
+        deployment_id=deployment_id,
+        server_id=server_id,
+        health_timeout_seconds=settings.health_check_timeout_seconds,
+        install_timeout_seconds=settings.package_install_timeout_seconds,
+        host_wait_seconds=settings.worker_host_wait_seconds,
+        supervise_interval_seconds=settings.supervisor_interval_seconds,
+        supervise_failure_threshold=settings.supervisor_failure_threshold,
+        supervise_window_seconds=settings.supervisor_window_seconds,
+        supervise_backoff_max_seconds=settings.supervisor_backoff_max_seconds,
+    )
 
 
 @dataclass

@@ -19,6 +19,7 @@ from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from activities.records import InstanceRecord
+    from activities.remediation import RemediationActivities, TriggerInput
     from activities.supervision import (
         ProbeInput,
         ProbeResult,
@@ -109,6 +110,18 @@ class SupervisorWorkflow:
         except ActivityError as err:
             return ProbeResult(state="unhealthy", detail=f"the probe failed: {failure_reason(err)}")
 
+    async def _trigger_remediation(self, data: SupervisorInput, detail: str) -> None:
+        """The playbooks bound to the server start (one active run each); supervision goes on regardless."""
+        try:
+            await workflow.execute_activity_method(
+                RemediationActivities.remediation_trigger,
+                TriggerInput(server_id=data.server_id, trigger="degraded", detail=detail),
+                start_to_close_timeout=policies.DB_TIMEOUT,
+                retry_policy=policies.DATABASE,
+            )
+        except ActivityError as err:
+            await self._record(data, "unhealthy", f"could not start remediation: {failure_reason(err)}")
+
     @workflow.run
     async def run(self, data: SupervisorInput) -> SupervisorState:
         self._state.deployment_id = data.deployment_id
@@ -152,6 +165,8 @@ class SupervisorWorkflow:
                     failures=len(data.failures),
                     degraded=True,
                 )
+                if workflow.patched("remediation-trigger"):
+                    await self._trigger_remediation(data, f"{len(data.failures)} failures: {probe.state}")
             backoff = min(data.backoff_max_seconds, data.backoff_initial_seconds * 2 ** (data.consecutive - 1))
             self._state.status = "restarting"
             await workflow.sleep(timedelta(seconds=backoff))

@@ -41,9 +41,11 @@ from core.models import (
     EvalRun,
     EvalTest,
     PolicyDecision,
+    RemediationRun,
     Server,
     User,
 )
+from core.remediation import ACTIVE as REMEDIATION_ACTIVE
 
 router = APIRouter(prefix="/api", tags=["evaluations"])
 MAX_TESTS = 200
@@ -212,6 +214,7 @@ async def run_tests(
             server = await load_server(session, user, server_id, lock=True)
             run = await _replayed(session, server.id, idempotency_key)
             if run is None:
+                await refuse_under_remediation(session, server.id)
                 run = await _new_run(session, server, user, body, idempotency_key)
             else:
                 response.headers["Idempotent-Replayed"] = "true"
@@ -224,6 +227,21 @@ async def run_tests(
     await session.refresh(run)
     await start_run(session, state, client, run)
     return EvalRunPublic.model_validate(run)
+
+
+async def refuse_under_remediation(session: AsyncSession, server_id: uuid.UUID) -> None:
+    """An evaluation is not scheduled on a server a remediation run is working on (its result would
+    judge a revision in the middle of being repaired)."""
+    active = await session.scalar(
+        select(RemediationRun.id).where(
+            RemediationRun.server_id == server_id, RemediationRun.status.in_(REMEDIATION_ACTIVE)
+        )
+    )
+    if active is not None:
+        raise Conflict(
+            f"policy_hook:remediation_gate: remediation run {active} is active on this server; wait for it to "
+            "end or cancel it"
+        )
 
 
 @router.get(
