@@ -176,12 +176,10 @@ class RemediationActivities:
             return await self._open_previous(data)
         if kind == "rotate_registry_credentials":
             if self.refresh_credentials is None or not self.settings.registry_auth_refresher:
-                return StepResult(False, EXIT_STEP_FAILED, "step_failed:rotate_registry_credentials:no-refresher",
-                                  "REGISTRY_AUTH_REFRESHER is not set on this installation")  # fmt: skip
+                return failed("rotate_registry_credentials:no-refresher", "REGISTRY_AUTH_REFRESHER is not set here")
             problem = await self.refresh_credentials()
             if problem is not None:
-                return StepResult(False, EXIT_STEP_FAILED, "step_failed:rotate_registry_credentials:refresher",
-                                  problem[:500])  # fmt: skip
+                return failed("rotate_registry_credentials:refresher", problem[:500])
             return StepResult(True, detail="registry credentials refreshed")
         if kind == "resources":
             return await self._resources(data, ResourcesStep.model_validate(data.step))
@@ -204,11 +202,14 @@ class RemediationActivities:
                 else None
             )
         if active is None or not active.instance:
-            return StepResult(
-                False, EXIT_STEP_FAILED, "step_failed:restart:not-serving", "the server serves no revision"
-            )
+            return failed("restart:not-serving", "the server serves no revision")
         record = InstanceRecord(
-            **{k: v for k, v in active.instance.items() if k in InstanceRecord.__dataclass_fields__}
+            runtime=active.instance.get("runtime", ""),
+            ref=active.instance.get("ref", ""),
+            deployment_id=str(active.id),
+            server_id=str(active.server_id),
+            url=active.instance.get("url", ""),
+            host_queue=active.instance.get("host_queue", ""),
         )
         return StepResult(True, detail=f"restarting revision {active.seq}", instance=record)
 
@@ -216,7 +217,7 @@ class RemediationActivities:
         async with self.sessionmaker() as session, session.begin():
             server = await session.get(Server, uuid.UUID(data.server_id), with_for_update=True)
             if server is None:
-                return StepResult(False, EXIT_STEP_FAILED, "step_failed:redeploy_previous:gone", "the server is gone")
+                return failed("redeploy_previous:gone", "the server is gone")
             earlier = select(Deployment).where(
                 Deployment.server_id == server.id, Deployment.status.in_(SERVED), Deployment.upstream_url.is_not(None)
             )
@@ -226,15 +227,14 @@ class RemediationActivities:
                 )
             target = await session.scalar(earlier.order_by(Deployment.seq.desc()).limit(1))
             if target is None:
-                return StepResult(False, EXIT_STEP_FAILED, "step_failed:redeploy_previous:no-previous-revision",
-                                  "no earlier revision of this server has served")  # fmt: skip
+                return failed("redeploy_previous:no-previous-revision", "no earlier revision of this server has served")
             source = dict(target.spec["source"])
             if source.get("type") == "git" and target.revision:
                 source["ref"] = target.revision
             try:
                 spec, runtime = current_spec(server, self.settings.container_runtime, source=source)
             except DomainError as exc:
-                return StepResult(False, EXIT_STEP_FAILED, "step_failed:redeploy_previous:refused", str(exc))
+                return failed("redeploy_previous:refused", str(exc))
             spec["env"] = target.spec.get("env") or {}
             opened = await open_deployment(
                 session,
@@ -260,7 +260,7 @@ class RemediationActivities:
         async with self.sessionmaker() as session, session.begin():
             server = await session.get(Server, uuid.UUID(data.server_id), with_for_update=True)
             if server is None:
-                return StepResult(False, EXIT_STEP_FAILED, "step_failed:resources:gone", "the server is gone")
+                return failed("resources:gone", "the server is gone")
             owner = await session.get(User, server.owner_id)
             if owner is None or owner.role != "admin":
                 cpu_over = step.cpu is not None and step.cpu > self.settings.max_cpu_limit
@@ -285,9 +285,7 @@ class RemediationActivities:
         try:
             check_git_url_resolves_public(url, self.settings.remediation_allow_private_urls)
         except GitUrlRejected as exc:
-            return StepResult(
-                False, EXIT_STEP_FAILED, "step_failed:http:url-refused", str(exc).replace("repository", "endpoint")
-            )
+            return failed("http:url-refused", str(exc).replace("repository", "endpoint"))
         headers = {"Idempotency-Key": f"remediation-{data.run_id}-{data.index}", "User-Agent": "mcphost-remediation"}
         body = {"run_id": data.run_id, "server_id": data.server_id, "step": step.name}
         try:
@@ -295,12 +293,10 @@ class RemediationActivities:
                 response = await http.request(step.method, url, headers=headers,
                                               json=body if step.method != "GET" else None)  # fmt: skip
         except httpx.HTTPError as exc:
-            return StepResult(
-                False, EXIT_STEP_FAILED, "step_failed:http:unreachable", f"{type(exc).__name__}: {exc}"[:500]
-            )
+            return failed("http:unreachable", f"{type(exc).__name__}: {exc}"[:500])
         detail = f"{step.method} {url} -> {response.status_code}: {response.text[:2000]}"
         if response.status_code not in step.expect_status:
-            return StepResult(False, EXIT_STEP_FAILED, f"step_failed:http:status-{response.status_code}", detail)
+            return failed(f"http:status-{response.status_code}", detail)
         return StepResult(True, detail=detail)
 
     @activity.defn(name="remediation_trigger")

@@ -318,7 +318,8 @@ def _check_version(run: RemediationRun, if_match: str) -> None:
 
 
 async def _refused(session: AsyncSession, run: RemediationRun, user: User, what: str, error: Exception) -> None:
-    run_id = run.id
+    """A refused change is never in the workflow's history; the run's artifacts keep it."""
+    run_id, email = run.id, user.email  # read before the rollback expires them
     await session.rollback()
     async with session.begin():
         session.add(
@@ -326,8 +327,8 @@ async def _refused(session: AsyncSession, run: RemediationRun, user: User, what:
                 run_id=run_id,
                 key=f"{run_id}:refused:{uuid.uuid4()}",
                 kind="refused",
-                content=f"{what} by {user.email} refused: {error}",
-            )  # fmt: skip
+                content=f"{what} by {email} refused: {error}",
+            )
         )
 
 
@@ -415,6 +416,7 @@ async def cancel(
     if user.role != "admin" and owner != user.id:
         raise NotFound(f"remediation run {run_id} not found")
     expected = _version(if_match)
+    server_id, workflow_id = run.server_id, run.workflow_id  # read before the rollback expires them
     await session.rollback()
     async with session.begin():
         changed = await session.execute(
@@ -433,9 +435,9 @@ async def cancel(
             if now.status not in ACTIVE:
                 raise Conflict(f"the run has ended ({now.status})")
             raise Conflict(f"the run changed (version {now.version}, you sent {if_match.strip()}): read it again")
-        await notify_run(session, run_id, run.server_id)
+        await notify_run(session, run_id, server_id)
     try:
-        await client.get_workflow_handle(run.workflow_id).signal("cancel")
+        await client.get_workflow_handle(workflow_id).signal("cancel")
     except RPCError as exc:
         if exc.status != RPCStatusCode.NOT_FOUND:
             raise Unavailable(f"could not reach the remediation workflow: {exc.message}") from None

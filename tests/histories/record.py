@@ -3,7 +3,7 @@
 Run when a workflow changes on purpose (behind `workflow.patched()`), to add histories of the new
 code next to the old ones; never delete old histories while workers might still replay them.
 
-    .venv/bin/python tests/histories/record.py TAG [evaluation|promotion]
+    .venv/bin/python tests/histories/record.py TAG [evaluation|promotion|remediation]
 
 Starts the same real components as the integration tests (Temporal dev server, Postgres, podman,
 a registry, a git server), runs a package deployment, a git deployment with build and push, a stop
@@ -292,6 +292,76 @@ async def record_promotions(tag: str) -> None:
             print(f"recorded {targets[name].name}: {workflow_id} ({len(history.events)} events)")
 
 
+async def record_remediation(tag: str) -> None:
+    """A remediation run (an approval with a refused and an accepted vote; notify, restart, redeploy of
+    the previous revision, a wait), and a supervisor that turns degraded and starts the bound playbook."""
+    names = ("remediation", "supervise_degraded")
+    targets = {name: HERE / f"{name}_{tag}.json" for name in names}
+    taken = [path.name for path in targets.values() if path.exists()]
+    if taken:
+        raise SystemExit(f"already recorded: {', '.join(taken)}; choose another TAG")
+    overrides = {
+        "supervisor_interval_seconds": 0.5,
+        "supervisor_failure_threshold": 2,
+        "supervisor_window_seconds": 600,
+    }
+    async with build_platform(**overrides) as parts:
+        temporal = parts.env.client
+        client, _ = await parts.stack.user()
+        approver, approver_user = await parts.stack.user()
+        async with client, approver:
+            server = (await client.post("/api/servers", json={"name": "rec-remedy", "source": TIME})).json()
+            first = await deploy(client, server["id"])
+            await client.patch(f"/api/servers/{server['id']}", json={"env": {"REVISION": "2"}})
+            second = await deploy(client, server["id"])
+            assert first["status"] == second["status"] == "running", (first, second)
+            steps = [
+                {"name": "tell", "kind": "notify", "message": "recording"},
+                {"name": "restart", "kind": "restart"},
+                {"name": "back", "kind": "redeploy_previous"},
+                {"name": "pause", "kind": "wait", "seconds": 1},
+            ]
+            approval = {"name": "ok", "kind": "approval", "users": [approver_user["email"]]}
+            base = "/api/trust/remediation"
+            playbook = (
+                await client.post(f"{base}/playbooks", json={"name": "rec", "steps": steps, "approval": approval})
+            ).json()
+            run = (
+                await client.post(f"{base}/playbooks/{playbook['id']}/runs", json={"server_id": server["id"]})
+            ).json()
+            match = {"If-Match": f'"{run["version"]}"'}
+            assert (await client.post(f"{base}/runs/{run['id']}/approve", json={}, headers=match)).status_code == 403
+            assert (await approver.post(f"{base}/runs/{run['id']}/approve", json={}, headers=match)).status_code == 200
+            await temporal.get_workflow_handle(run["workflow_id"]).result()
+
+            # Degraded after two crashes: the supervisor starts the bound playbook.
+            simple = (
+                await client.post(
+                    f"{base}/playbooks",
+                    json={"name": "rec-auto", "steps": [{"name": "t", "kind": "notify", "message": "x"}]},
+                )
+            ).json()
+            watched = (await client.post("/api/servers", json={"name": "rec-degraded", "source": TIME})).json()
+            assert (await client.put(f"{base}/playbooks/{simple['id']}/servers/{watched['id']}")).status_code == 204
+            serving = await deploy(client, watched["id"])
+            for _ in range(2):
+                await crash_and_wait_for_restart(client, parts.stack.settings.state_dir, watched["id"])
+            for _ in range(600):
+                runs = (await client.get(f"{base}/runs", params={"server_id": watched["id"]})).json()["data"]
+                if runs and runs[0]["status"] == "succeeded":
+                    break
+                await asyncio.sleep(0.2)
+            else:
+                raise SystemExit("the degraded server's playbook did not run")
+            assert (await client.post(f"/api/servers/{watched['id']}/stop")).status_code == 202
+            await temporal.get_workflow_handle(f"supervise-{serving['id']}").result()
+        recorded = {"remediation": run["workflow_id"], "supervise_degraded": f"supervise-{serving['id']}"}
+        for name, workflow_id in recorded.items():
+            history = await temporal.get_workflow_handle(workflow_id).fetch_history()
+            targets[name].write_text(history.to_json())
+            print(f"recorded {targets[name].name}: {workflow_id} ({len(history.events)} events)")
+
+
 if __name__ == "__main__":
     if len(sys.argv) not in (2, 3) or not sys.argv[1].replace("-", "").replace("_", "").isalnum():
         raise SystemExit(__doc__)
@@ -299,6 +369,8 @@ if __name__ == "__main__":
         asyncio.run(record_evaluations(sys.argv[1]))
     elif sys.argv[2:] == ["promotion"]:
         asyncio.run(record_promotions(sys.argv[1]))
+    elif sys.argv[2:] == ["remediation"]:
+        asyncio.run(record_remediation(sys.argv[1]))
     elif len(sys.argv) == 2:
         asyncio.run(main(sys.argv[1]))
     else:

@@ -233,6 +233,13 @@ async def test_a_guest_that_does_not_attest_is_replaced_by_docker(
     async with owner:
         server = await create_server(owner, docker_engine.ensure_echo_image())
         sid = server["id"]
+        playbook = await owner.post(
+            "/api/trust/remediation/playbooks",
+            json={"name": "on-untrusted", "steps": [{"name": "tell", "kind": "notify", "message": "guest untrusted"}]},
+        )
+        assert playbook.status_code == 201, playbook.text
+        bound = await owner.put(f"/api/trust/remediation/playbooks/{playbook.json()['id']}/servers/{sid}")
+        assert bound.status_code == 204
         guests.mode = mode
         try:
             done = await deploy(owner, sid)
@@ -253,6 +260,10 @@ async def test_a_guest_that_does_not_attest_is_replaced_by_docker(
         assert f"mcp-{done['id']}" not in domains()  # the untrusted guest is gone
         logs = (await owner.get(f"/api/servers/{sid}/logs")).text
         assert "did not attest" in logs and "running on docker instead" in logs
+        # The guest's untrusted posture started the playbook bound to the server.
+        runs = (await owner.get("/api/trust/remediation/runs", params={"server_id": sid})).json()["data"]
+        assert [r["trigger"] for r in runs] == ["untrusted"]
+        await until(lambda: _succeeded(owner, runs[0]["id"]), "the remediation run's end")
         assert (await owner.delete(f"/api/servers/{sid}")).status_code == 202
 
 
@@ -289,6 +300,11 @@ def on_docker(engine: Podman, deployment_id: str) -> bool:
         return bool(client.containers.list(filters={"label": f"io.mcphost.deployment={deployment_id}"}))
     finally:
         client.close()
+
+
+async def _succeeded(client: httpx.AsyncClient, run_id: str) -> bool:
+    run = (await client.get(f"/api/trust/remediation/runs/{run_id}")).json()
+    return bool(run["status"] == "succeeded")
 
 
 async def _has(seen: list[dict[str, Any]], server_id: str) -> bool:

@@ -110,3 +110,15 @@ async def test_recorded_history_replays(path: Path) -> None:
     history = WorkflowHistory.from_json(path.stem, path.read_text())
     result = await Replayer(workflows=WORKFLOWS).replay_workflow(history, raise_on_replay_failure=False)
     assert result.replay_failure is None, result.replay_failure
+
+
+def test_the_remediation_histories_hold_every_kind_of_step_and_the_trigger() -> None:
+    run = _scheduled("remediation_remediation.json")
+    assert {"remediation_step", "supervise_restart", "remediation_record"} <= set(run)
+    events = json.loads((HISTORIES[0].parent / "remediation_remediation.json").read_text())["events"]
+    assert any("startChildWorkflowExecutionInitiatedEventAttributes" in e for e in events)  # redeploy_previous
+    assert any("timerStartedEventAttributes" in e for e in events)  # the wait step
+    updates = [e for e in events if "workflowExecutionUpdateAcceptedEventAttributes" in e]
+    assert len(updates) == 1  # the refused vote never entered history
+    assert "remediation_trigger" in _scheduled("supervise_degraded_remediation.json")
+    assert "remediation-trigger" in _patches(HISTORIES[0].parent / "supervise_degraded_remediation.json")
