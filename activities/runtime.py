@@ -22,6 +22,7 @@ from activities.records import RETIRED, InstanceRecord
 from activities.vm import VmGuests
 from core.crypto import EnvCipher, SecretsKeyError
 from core.models import Deployment, PolicyDecision, Server, ServerLog, ServerSecret, ServerSecretEvent, User
+from core.policy import FALLBACK_ORDER
 from core.secretstore import SecretStore, SecretStoreError
 from core.settings import Settings
 from core.sources import GitSource, ImageSource, parse_source
@@ -335,13 +336,15 @@ class RuntimeActivities:
             deployment = await session.get(Deployment, uuid.UUID(deployment_id))
         if deployment is None:
             return
-        executor = self.executors.get(deployment.runtime or "process")
-        if executor is None:
-            return  # that runtime is not enabled here, so nothing of it can be running here either
+        # A VM revision whose guest did not attest runs on its fallback: look there too. (A kubernetes
+        # revision's docker fallback lists its instances itself.) A runtime not enabled here can hold nothing.
+        runtime = deployment.runtime or "process"
+        names = [runtime, *(FALLBACK_ORDER if runtime == "virtual-machine" else ())]
         try:
-            for instance in await executor.instances(str(deployment.server_id)):
-                if instance.deployment_id == deployment_id:
-                    await heartbeating(executor.remove(instance), "removing")
+            for executor in [self.executors[n] for n in names if n in self.executors]:
+                for instance in await executor.instances(str(deployment.server_id)):
+                    if instance.deployment_id == deployment_id:
+                        await heartbeating(executor.remove(instance), "removing")
         except RuntimeFailure as exc:
             raise as_application_error(exc) from None
 

@@ -100,9 +100,12 @@ class SupervisionActivities:
         failed = from_record(data.instance)
         executor, spec = await self.runtime.launch_spec(data.instance.deployment_id, with_secrets=True)
         try:
-            for instance in await executor.instances(failed.server_id):
+            # The failed instance is removed where it runs: a revision asked for on one runtime may run on
+            # its fallback (a kubernetes or VM revision on docker).
+            holder = self.runtime.executors.get(failed.runtime, executor)
+            for instance in await holder.instances(failed.server_id):
                 if instance.deployment_id == failed.deployment_id and instance.ref == failed.ref:
-                    await heartbeating(executor.remove(instance), "removing the failed instance")
+                    await heartbeating(holder.remove(instance), "removing the failed instance")
             fresh = await heartbeating(self.runtime.start_instance(executor, spec, fresh=True), "launching")
         except RuntimeFailure as exc:
             raise as_application_error(exc) from None
