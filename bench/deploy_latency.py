@@ -8,7 +8,9 @@ Method (fixed): one real Temporal dev server, Postgres, the API and an in-proces
   (b) baseline: the same launch + MCP health check called directly on the runtime (no API, no Temporal),
       without the sandbox;
   (c) sandboxed baseline: (b) with the process sandbox (bubblewrap + slirp4netns + cgroup limits) on,
-      so (c) - (b) is what the sandbox adds to a server's start-up (launch + first MCP answer).
+      so (c) - (b) is what the sandbox adds to a server's start-up (launch + first MCP answer);
+  (d) (c) with the stdio bridge's prestart off (`--no-prestart`: the server starts only when the first
+      session opens, after the bridge's own start-up), so (d) - (c) is what the prestart saves.
 Reports p50/p95 of the total, of the time until the new revision serves (deployment created ->
 switch_route done, database clock), of the orchestration overhead (total minus launch and health-check
 time, and minus retire-previous time where `running` waited for it), and the ratio platform/baseline.
@@ -166,21 +168,27 @@ async def main(runs: int) -> None:
         server = (await client.post("/api/servers", json={"name": "bench-time", "source": SOURCE})).json()
         executor = ProcessExecutor(state / "process")
         sandboxed = ProcessExecutor(state / "process", sandbox_mode="required", installer_uid=265536)
+        serial = ProcessExecutor(
+            state / "process", sandbox_mode="required", installer_uid=265536, bridge_prestart=False
+        )
         if not sandboxed.sandboxed:
             raise SystemExit(sandboxed.support.describe() if sandboxed.support else "no sandbox")
         # Warm-up: installs the package (not timed) and warms every path.
         await platform_deploy(stack, client, server["id"])
         await direct_deploy(executor)
         await direct_deploy(sandboxed)
-        platform, direct, boxed = [], [], []
+        await direct_deploy(serial)
+        platform, direct, boxed, unprestarted = [], [], [], []
         for i in range(runs):
             platform.append(await platform_deploy(stack, client, server["id"]))
             direct.append(await direct_deploy(executor))
             boxed.append(await direct_deploy(sandboxed))
+            unprestarted.append(await direct_deploy(serial))
             print(
                 f"run {i + 1}/{runs}: platform {platform[-1]['total']:.3f}s "
                 f"(overhead {platform[-1]['overhead']:.3f}s), direct {direct[-1]['total']:.3f}s, "
-                f"direct sandboxed {boxed[-1]['total']:.3f}s",
+                f"direct sandboxed {boxed[-1]['total']:.3f}s, "
+                f"direct sandboxed without prestart {unprestarted[-1]['total']:.3f}s",
                 flush=True,
             )
         # The last revision's process would outlive the benchmark (servers outlive the platform by design).
@@ -210,7 +218,13 @@ async def main(runs: int) -> None:
         "platform_retire_previous_s": summary([r["retire"] for r in platform]),
         "baseline_direct_total_s": summary([r["total"] for r in direct]),
         "baseline_direct_sandboxed_total_s": summary([r["total"] for r in boxed]),
+        "baseline_direct_sandboxed_no_prestart_total_s": summary([r["total"] for r in unprestarted]),
     }
+    result["prestart_saved_p50_s"] = round(
+        result["baseline_direct_sandboxed_no_prestart_total_s"]["p50"]
+        - result["baseline_direct_sandboxed_total_s"]["p50"],
+        4,
+    )
     result["sandbox_added_p50_s"] = round(
         result["baseline_direct_sandboxed_total_s"]["p50"] - result["baseline_direct_total_s"]["p50"], 4
     )
@@ -225,7 +239,8 @@ async def main(runs: int) -> None:
         f"orchestration overhead p50 {result['platform_overhead_s']['p50']:.3f}s "
         f"p95 {result['platform_overhead_s']['p95']:.3f}s; "
         f"platform/baseline (p50) = {result['ratio_p50_platform_over_baseline']}x; "
-        f"the sandbox adds {result['sandbox_added_p50_s'] * 1000:.0f} ms at p50 to launch + first MCP answer"
+        f"the sandbox adds {result['sandbox_added_p50_s'] * 1000:.0f} ms at p50 to launch + first MCP answer; "
+        f"the bridge's prestart saves {result['prestart_saved_p50_s'] * 1000:.0f} ms at p50"
     )
 
 

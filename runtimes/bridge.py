@@ -14,25 +14,11 @@ builds from PyPI packages, where it runs as `python bridge.py`.
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import os
 import shutil
+import socket
+import subprocess
 import sys
-import time
-from collections.abc import Awaitable, Callable, MutableMapping
-from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
-from typing import Any
-from uuid import uuid4
-
-import anyio
-import uvicorn
-from anyio.abc import TaskGroup
-from mcp.client.stdio import StdioServerParameters, stdio_client
-from mcp.server.streamable_http import StreamableHTTPServerTransport
-
-log = logging.getLogger("mcphost.bridge")
 
 # Where the bridge serves MCP when --path is not given (the platform passes a secret path this way); the
 # same name as runtimes.base.BRIDGE_PATH_ENV, repeated because this file must stand alone.
@@ -40,6 +26,110 @@ BRIDGE_PATH_ENV = "MCPHOST_BRIDGE_PATH"
 # Limits of the bridge, set by the platform (BRIDGE_MAX_SESSIONS, BRIDGE_IDLE_TIMEOUT_SECONDS).
 MAX_SESSIONS_ENV = "MCPHOST_BRIDGE_MAX_SESSIONS"
 IDLE_SECONDS_ENV = "MCPHOST_BRIDGE_IDLE_SECONDS"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m runtimes.bridge", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--path", default=os.environ.get(BRIDGE_PATH_ENV, "/mcp"))
+    parser.add_argument(
+        "--report-oom",
+        action="store_true",
+        help="say in the log when the memory limit of this container killed a child",
+    )
+    parser.add_argument(
+        "--max-sessions",
+        type=int,
+        default=int(os.environ.get(MAX_SESSIONS_ENV, "32")),
+        help="sessions (child processes) at once; more are refused with 503",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=float(os.environ.get(IDLE_SECONDS_ENV, "600")),
+        help="seconds without a request after which a session is ended and its child stopped",
+    )
+    parser.add_argument(
+        "--no-prestart",
+        action="store_true",
+        help="start each session's child only when the session opens (by default the first one is started "
+        "with the bridge, so the server's start-up overlaps the bridge's own)",
+    )
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- command [args...] of the stdio server")
+    return parser
+
+
+def child_env() -> dict[str, str]:
+    """What every child gets: the bridge's environment without the platform's markers (so only the bridge
+    counts as the instance)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("MCPHOST_")}
+
+
+def spawn_child(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A stdio server as the SDK's stdio client starts one: pipes for stdin/stdout, stderr to the log, its own
+    process group (so it can be stopped whole)."""
+    return subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+        start_new_session=True,
+        close_fds=True,
+    )
+
+
+def _prestart(argv: list[str]) -> tuple[subprocess.Popen[bytes] | None, socket.socket | None]:
+    try:
+        ns = _parser().parse_args(argv)
+    except SystemExit:
+        return None, None  # main() reports the usage error
+    command = ns.command[1:] if ns.command[:1] == ["--"] else ns.command
+    if not command or shutil.which(command[0]) is None:
+        return None, None
+    listener = None
+    try:
+        # Listening at once: a client that connects while the bridge is still starting waits in the
+        # backlog instead of being refused and retrying.
+        listener = socket.create_server((ns.host, ns.port), backlog=128)
+    except OSError:
+        pass  # uvicorn binds it below and reports why it cannot
+    child = None
+    if not ns.no_prestart:
+        try:
+            child = spawn_child(command, child_env())
+        except OSError:
+            pass
+    return child, listener
+
+
+# The first session's child starts here, before the MCP SDK is imported below (most of the bridge's own
+# start-up, 0.7 s or more): the server's start overlaps it instead of following it. Only when run as a
+# program; importing this module starts nothing.
+_PRESTARTED, _LISTENER = _prestart(sys.argv[1:]) if __name__ == "__main__" else (None, None)
+
+import asyncio  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import signal  # noqa: E402
+import time  # noqa: E402
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping  # noqa: E402
+from contextlib import AsyncExitStack, asynccontextmanager  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from typing import Any  # noqa: E402
+from uuid import uuid4  # noqa: E402
+
+import anyio  # noqa: E402
+import mcp.types as mcp_types  # noqa: E402
+import uvicorn  # noqa: E402
+from anyio.abc import TaskGroup  # noqa: E402
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream  # noqa: E402
+from mcp.client.stdio import StdioServerParameters, stdio_client  # noqa: E402
+from mcp.server.streamable_http import StreamableHTTPServerTransport  # noqa: E402
+from mcp.shared.message import SessionMessage  # noqa: E402
+
+log = logging.getLogger("mcphost.bridge")
+
 # The memory cgroup of a container, as its processes see it (cgroup v2, then v1).
 _OOM_COUNTERS = (("/sys/fs/cgroup/memory.events", "oom_kill"), ("/sys/fs/cgroup/memory/memory.oom_control", "oom_kill"))
 _MEMORY_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
@@ -51,6 +141,107 @@ Send = Callable[[Message], Awaitable[None]]
 
 MAX_BODY = 4 * 1024 * 1024
 MAX_EARLY_EXITS = 3
+# The longest line (one JSON-RPC message) read from a prestarted child.
+MAX_LINE = 64 * 1024 * 1024
+# The SDK's stdio shutdown: stdin closed, then this long to exit, then SIGTERM to the group, then SIGKILL.
+_EXIT_GRACE = 2.0
+
+
+def _group_signal(proc: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)  # its own session: the group id is its pid
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+async def _exited(proc: subprocess.Popen[bytes], within: float) -> bool:
+    deadline = time.monotonic() + within
+    while proc.poll() is None:
+        if time.monotonic() >= deadline:
+            return False
+        await anyio.sleep(0.01)
+    return True
+
+
+async def stop_child(proc: subprocess.Popen[bytes]) -> None:
+    """End a child as the SDK's stdio client does: stdin closed, a grace period, then the whole group."""
+    if proc.stdin is not None and not proc.stdin.closed:
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+    if not await _exited(proc, _EXIT_GRACE):
+        _group_signal(proc, signal.SIGTERM)
+        if not await _exited(proc, _EXIT_GRACE):
+            _group_signal(proc, signal.SIGKILL)
+            await _exited(proc, _EXIT_GRACE)
+    # Descendants left in the group (the child gone first) are stopped too.
+    _group_signal(proc, signal.SIGKILL)
+
+
+@asynccontextmanager
+async def adopted_stdio(
+    proc: subprocess.Popen[bytes],
+) -> AsyncIterator[
+    tuple[MemoryObjectReceiveStream[SessionMessage | Exception], MemoryObjectSendStream[SessionMessage]]
+]:
+    """The SDK's stdio client transport over a child that is already running (the prestarted one): the
+    same message streams, the same newline-delimited JSON-RPC, the same shutdown."""
+    assert proc.stdin is not None and proc.stdout is not None
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=MAX_LINE)
+    read_transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), proc.stdout)
+    write_transport, write_protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, proc.stdin)
+    writer = asyncio.StreamWriter(write_transport, write_protocol, None, loop)
+    to_session, from_child = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+    to_child, from_session = anyio.create_memory_object_stream[SessionMessage](0)
+
+    async def child_to_session() -> None:
+        async with to_session:
+            while True:
+                try:
+                    line = await reader.readline()
+                except (ValueError, OSError) as exc:  # a line past MAX_LINE, or the pipe gone
+                    log.warning("reading the server's output failed: %s", exc)
+                    return
+                if not line:
+                    return
+                if not line.strip():
+                    continue
+                try:
+                    item: SessionMessage | Exception = SessionMessage(
+                        mcp_types.jsonrpc_message_adapter.validate_json(line, by_name=False)
+                    )
+                except ValueError as exc:
+                    item = exc
+                try:
+                    await to_session.send(item)
+                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    return
+
+    async def session_to_child() -> None:
+        try:
+            async with from_session:
+                async for message in from_session:
+                    data = message.message.model_dump_json(by_alias=True, exclude_unset=True)
+                    writer.write(data.encode() + b"\n")
+                    await writer.drain()
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+            await to_session.aclose()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(child_to_session)
+        tg.start_soon(session_to_child)
+        try:
+            yield from_child, to_child
+        finally:
+            with anyio.CancelScope(shield=True):
+                from_child.close()
+                to_child.close()
+                write_transport.close()
+                await stop_child(proc)
+                read_transport.close()
+            tg.cancel_scope.cancel()
 
 
 def oom_kills(counters: tuple[tuple[str, str], ...] = _OOM_COUNTERS) -> int | None:
@@ -113,8 +304,12 @@ class StdioBridge:
         report_oom: bool = False,
         max_sessions: int = 32,
         idle_timeout: float = 600.0,
+        prestarted: subprocess.Popen[bytes] | None = None,
     ) -> None:
         self.params = StdioServerParameters(command=command, args=args, env=env)
+        # A child started before the bridge was ready, waiting for the first session (see _PRESTARTED).
+        self.prestarted = prestarted
+        self._prestarted_at = time.monotonic()
         # In a container, a child killed at the memory limit leaves the container (and this bridge) running,
         # so nothing else would tell the server's owner why their session died.
         self.oom_seen = oom_kills() if report_oom else None
@@ -206,6 +401,27 @@ class StdioBridge:
         while True:
             await anyio.sleep(max(0.2, min(self.idle_timeout / 4, 10.0)))
             self.reap_idle()
+            spare = self.prestarted
+            if spare is not None and time.monotonic() - self._prestarted_at > self.idle_timeout:
+                # Nobody came for it: it goes the way of an idle session.
+                self.prestarted = None
+                log.info("the prestarted server was not used for %.0f s; stopping it", self.idle_timeout)
+                await stop_child(spare)
+
+    def prestart(self) -> None:
+        """Start the first session's child now, so the server's start-up overlaps whatever comes first."""
+        if self.prestarted is None:
+            self.prestarted = spawn_child([self.params.command, *self.params.args], self.params.env or child_env())
+            self._prestarted_at = time.monotonic()
+
+    def _take_prestarted(self) -> subprocess.Popen[bytes] | None:
+        spare, self.prestarted = self.prestarted, None
+        if spare is not None and spare.poll() is not None:
+            # It died waiting (its output is in the log above); the session starts its own, which will
+            # say the same and be counted as an early exit.
+            log.warning("the prestarted server exited with code %s before its first session", spare.returncode)
+            return None
+        return spare
 
     async def _buffer(self, receive: Receive) -> tuple[bytes | None, Receive]:
         chunks: list[bytes] = []
@@ -258,9 +474,10 @@ class StdioBridge:
         try:
             async with AsyncExitStack() as stack:
                 http_read, http_write = await stack.enter_async_context(session.transport.connect())
+                spare = self._take_prestarted()
                 try:
                     child_read, child_write = await stack.enter_async_context(
-                        stdio_client(self.params, errlog=sys.stderr)
+                        adopted_stdio(spare) if spare is not None else stdio_client(self.params, errlog=sys.stderr)
                     )
                 except OSError as exc:
                     session.failed = f"could not start {self.params.command}: {exc}"
@@ -326,33 +543,18 @@ class StdioBridge:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             tg.start_soon(self._reaper)
-            await server.serve(sockets=sockets)
+            try:
+                await server.serve(sockets=sockets)
+            finally:
+                spare, self.prestarted = self.prestarted, None
+                if spare is not None:
+                    with anyio.CancelScope(shield=True):
+                        await stop_child(spare)
             tg.cancel_scope.cancel()
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m runtimes.bridge", description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--path", default=os.environ.get(BRIDGE_PATH_ENV, "/mcp"))
-    parser.add_argument(
-        "--report-oom",
-        action="store_true",
-        help="say in the log when the memory limit of this container killed a child",
-    )
-    parser.add_argument(
-        "--max-sessions",
-        type=int,
-        default=int(os.environ.get(MAX_SESSIONS_ENV, "32")),
-        help="sessions (child processes) at once; more are refused with 503",
-    )
-    parser.add_argument(
-        "--idle-timeout",
-        type=float,
-        default=float(os.environ.get(IDLE_SECONDS_ENV, "600")),
-        help="seconds without a request after which a session is ended and its child stopped",
-    )
-    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- command [args...] of the stdio server")
+    parser = _parser()
     ns = parser.parse_args(argv)
     command = ns.command[1:] if ns.command[:1] == ["--"] else ns.command
     if not command:
@@ -361,8 +563,7 @@ def main(argv: list[str] | None = None) -> None:
     if shutil.which(command[0]) is None:
         log.error("command not found: %s", command[0])
         raise SystemExit(127)
-    # Markers stay with the bridge so only the bridge counts as the instance.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MCPHOST_")}
+    env = child_env()
     bridge = StdioBridge(
         command[0],
         command[1:],
@@ -371,9 +572,11 @@ def main(argv: list[str] | None = None) -> None:
         report_oom=ns.report_oom,
         max_sessions=ns.max_sessions,
         idle_timeout=ns.idle_timeout,
+        prestarted=_PRESTARTED if argv is None else None,
     )
     # uvicorn turns SIGTERM/SIGINT into a graceful exit; sessions then close and stop their children.
-    anyio.run(bridge.serve, ns.host, ns.port)
+    listener = _LISTENER if argv is None else None
+    anyio.run(bridge.serve, ns.host, ns.port, [listener] if listener is not None else None)
     if bridge.gave_up:
         raise SystemExit(3)
 

@@ -100,8 +100,11 @@ class ProcessExecutor:
         hidden: tuple[Path, ...] = (),
         bridge_max_sessions: int = 32,
         bridge_idle_seconds: float = 600.0,
+        bridge_prestart: bool = True,
     ) -> None:
         self.state_dir = state_dir
+        # The bridge starts the first session's server with itself (the health check's session takes it).
+        self.bridge_prestart = bridge_prestart
         self.bridge_max_sessions = bridge_max_sessions
         self.bridge_idle_seconds = bridge_idle_seconds
         self.envs_dir = state_dir / "envs"
@@ -420,7 +423,8 @@ class ProcessExecutor:
         bridge_env = {}
         if source.transport == "stdio":
             # The path goes in the environment: a command line is readable by every local user.
-            argv = [sys.executable, "-m", "runtimes.bridge", "--port", str(port), "--", *argv]
+            prestart = [] if self.bridge_prestart else ["--no-prestart"]
+            argv = [sys.executable, "-m", "runtimes.bridge", "--port", str(port), *prestart, "--", *argv]
             bridge_env = {
                 BRIDGE_PATH_ENV: path,
                 "MCPHOST_BRIDGE_MAX_SESSIONS": str(self.bridge_max_sessions),

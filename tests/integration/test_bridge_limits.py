@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import psutil
@@ -20,6 +22,7 @@ INIT = {
     "method": "initialize",
     "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
 }
+ROOT = Path(__file__).resolve().parents[2]
 HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 
 
@@ -79,3 +82,96 @@ async def test_sessions_are_capped_and_idle_ones_reaped() -> None:
     while children():
         assert time.monotonic() < deadline, "children left after the bridge stopped"
         await asyncio.sleep(0.1)
+
+
+def _bridge_program(port: int, *extra: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "runtimes.bridge", "--port", str(port), *extra, "--", sys.executable, str(SOURCE)],
+        cwd=ROOT,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _server_children(bridge: subprocess.Popen[bytes]) -> list[int]:
+    try:
+        found = psutil.Process(bridge.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    return sorted(p.pid for p in found if str(SOURCE) in " ".join(p.cmdline()))
+
+
+async def _wait(condition, what: str, timeout: float = 20) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.05)
+
+
+async def test_the_first_session_adopts_the_child_started_with_the_bridge() -> None:
+    """Run as a program, the bridge starts the first session's server before its own imports, and that
+    session uses it (no second child); a server nobody asks for is stopped after the idle timeout, and none
+    outlives the bridge. With --no-prestart nothing runs before a session opens."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/mcp"
+    bridge = _bridge_program(port)
+    try:
+        await _wait(lambda: len(_server_children(bridge)) == 1, "no server was started with the bridge")
+        spare = _server_children(bridge)
+        async with httpx.AsyncClient(timeout=30) as http:
+            # Listening at once: no connection is refused while the bridge is still importing.
+            opened = await http.post(url, json=INIT, headers=HEADERS)
+            assert opened.status_code == 200, opened.text
+            assert "serverInfo" in opened.text, opened.text
+            assert _server_children(bridge) == spare  # the session runs on the prestarted child
+            session = {
+                **HEADERS,
+                "mcp-session-id": opened.headers["mcp-session-id"],
+                "mcp-protocol-version": "2025-11-25",
+            }
+            call = {
+                "jsonrpc": "2.0",
+                "id": 2,
+                "method": "tools/call",
+                "params": {"name": "echo", "arguments": {"text": "hi"}},
+            }
+            answered = await http.post(url, json=call, headers=session)
+            assert answered.status_code == 200 and "echo: hi" in answered.text, answered.text
+            assert (await http.delete(url, headers=session)).status_code in (200, 204)
+            await _wait(lambda: not _server_children(bridge), "the session's child outlived its session")
+            # The next session starts its own child.
+            again = await http.post(url, json=INIT, headers=HEADERS)
+            assert again.status_code == 200
+            assert len(_server_children(bridge)) == 1 and _server_children(bridge) != spare
+        running = _server_children(bridge)
+    finally:
+        bridge.terminate()
+        bridge.wait(30)
+    await _wait(lambda: not any(psutil.pid_exists(pid) for pid in running), "a server outlived the bridge")
+
+    # Nobody comes: the prestarted server goes the way of an idle session; and without prestart nothing runs.
+    for extra, expect_spare in ((["--idle-timeout", "1"], True), (["--no-prestart"], False)):
+        bridge = _bridge_program(port, *extra)
+        try:
+            if expect_spare:
+                await _wait(lambda b=bridge: len(_server_children(b)) == 1, "no server was started with the bridge")
+                await _wait(lambda b=bridge: not _server_children(b), "the unused prestarted server was never stopped")
+            else:
+                async with httpx.AsyncClient(timeout=30) as http:
+                    await _wait_listening(http, url)
+                assert _server_children(bridge) == []
+        finally:
+            bridge.terminate()
+            bridge.wait(30)
+
+
+async def _wait_listening(http: httpx.AsyncClient, url: str) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            await http.get(url)
+            return
+        except httpx.TransportError:
+            assert time.monotonic() < deadline, "the bridge never listened"
+            await asyncio.sleep(0.05)
