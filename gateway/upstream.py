@@ -52,13 +52,15 @@ class _Connection(asyncio.Protocol):
         self.key = key
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        # Looked up once: asyncio.get_running_loop() costs a system call (getpid) on every call.
+        self.loop = asyncio.get_running_loop()
         self._reset()
 
     def _reset(self) -> None:
         self.parser = httptools.HttpResponseParser(self)
         self.headers: list[tuple[bytes, bytes]] = []
         self.header_bytes = 0
-        self.head: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.head: asyncio.Future[None] = self.loop.create_future()
         self.chunks: deque[bytes] = deque()
         self.buffered = 0
         self.done = False
@@ -158,7 +160,7 @@ class UpstreamResponse:
                 return None
             if conn.error is not None:
                 raise conn.error
-            wakeup = conn.wakeup = asyncio.get_running_loop().create_future()
+            wakeup = conn.wakeup = conn.loop.create_future()
             if timeout is None:
                 await wakeup
                 continue
@@ -270,9 +272,7 @@ class UpstreamPool:
             conn.transport.write(data)
             # A timer handle, not asyncio.timeout(): the same deadline for a fraction of the bookkeeping.
             timer = (
-                None
-                if read_timeout is None
-                else asyncio.get_running_loop().call_later(read_timeout, conn.head_timed_out, read_timeout)
+                None if read_timeout is None else conn.loop.call_later(read_timeout, conn.head_timed_out, read_timeout)
             )
             try:
                 await conn.head

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from gateway.limits import Slots, TokenBuckets
-from gateway.proxy import SseToolFilter, describe, filter_tools
+from gateway.proxy import SseToolFilter, _from_headers, describe, filter_tools
 from gateway.redact import REDACTED, excerpt, redact, response_message
 
 
@@ -54,6 +54,16 @@ def test_describe_reads_method_tool_and_id_only() -> None:
     assert batch.batch and batch.names == ("x", "y")
     for junk in (b"", b"not json", b"[1,2]", b'"text"', b"{bad"):
         assert describe(junk).method is None
+
+
+def test_a_2026_request_is_described_by_its_headers_and_its_id_read_only_when_asked() -> None:
+    body = b'{"jsonrpc":"2.0","id":"r-9","method":"tools/call","params":{"name":"add"}}'
+    call = _from_headers(b"tools/call", b"add", body)
+    assert (call.method, call.tool, call.names, call.arguments) == ("tools/call", "add", ("add",), None)
+    assert call.unread is body  # nothing parsed yet
+    assert call.id == "r-9" and call.unread is None
+    assert _from_headers(b"tools/list", b"ignored", b"{}").tool is None
+    assert _from_headers(b"ping", None, b"not json").id is None
 
 
 def test_tools_are_filtered_in_json_and_sse_answers() -> None:
