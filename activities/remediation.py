@@ -285,7 +285,13 @@ class RemediationActivities:
         try:
             check_git_url_resolves_public(url, self.settings.remediation_allow_private_urls)
         except GitUrlRejected as exc:
-            return failed("http:url-refused", str(exc).replace("repository", "endpoint"))
+            # The git policy's words, minus its advice: what opens this door is a setting of its own.
+            why = str(exc).split(";")[0].replace("repositories", "endpoints").replace("repository", "endpoint")
+            return failed(
+                "http:url-refused",
+                f"{why}; remediation calls go to public https:// endpoints only "
+                "(operators can allow others with REMEDIATION_ALLOW_PRIVATE_URLS=true)",
+            )
         headers = {"Idempotency-Key": f"remediation-{data.run_id}-{data.index}", "User-Agent": "mcphost-remediation"}
         body = {"run_id": data.run_id, "server_id": data.server_id, "step": step.name}
         try:

@@ -1462,16 +1462,7 @@ def promote_create_track(
     ),
 ) -> None:
     """Create a track from its stages (in order), e.g. --stages @stages.json."""
-    try:
-        raw = Path(stages[1:]).read_text() if stages.startswith("@") else stages
-    except OSError as exc:
-        err.print(f"[red]cannot read {stages[1:]}:[/] {exc.strerror}")
-        raise typer.Exit(2) from None
-    try:
-        parsed = json.loads(raw)
-    except ValueError as exc:
-        err.print(f"[red]--stages is not JSON:[/] {exc}")
-        raise typer.Exit(2) from None
+    parsed = _json_arg(stages, "--stages")
     track = Api().request("POST", "/api/promotions/tracks", json={"name": name, "stages": parsed})
     console.print(
         f"track {track['id']} [bold]{escape(track['name'])}[/]: " + " -> ".join(s["name"] for s in track["stages"])

@@ -51,6 +51,9 @@ with workflow.unsafe.imports_passed_through():
 
 # How often a queued promotion looks again whether its turn has come, should a wake-up be missed.
 QUEUE_RECHECK = timedelta(seconds=30)
+# `awaiting_approval` is recorded once the governance run's workflow has started, so an approval sent as
+# soon as the promotion says it waits for one finds the run to vote on.
+GOVERNANCE_STARTED_PATCH = "promotion-governance-started-first"
 
 
 @dataclass
@@ -172,14 +175,29 @@ class PromotionWorkflow:
         opened: ChildStart = await self._call(PromotionActivities.open_promotion_governance, plan.promotion_id)
         if opened.error:
             raise Ended("failed", f"governance: {opened.error}")
-        await self._record(status="awaiting_approval", step="governance", reason=f"governance run {opened.record_id}")
-        result: GovernanceState = await workflow.execute_child_workflow(
-            "GovernanceRunWorkflow",
-            GovernanceInput(run_id=opened.record_id, requester_id=opened.requester_id, steps=opened.steps),
-            id=opened.workflow_id,
-            result_type=GovernanceState,
-            search_attributes=self._attributes(plan, "governance", opened.server_id),
-        )
+        waiting = f"governance run {opened.record_id}"
+        governance = GovernanceInput(run_id=opened.record_id, requester_id=opened.requester_id, steps=opened.steps)
+        attributes = self._attributes(plan, "governance", opened.server_id)
+        result: GovernanceState
+        if workflow.patched(GOVERNANCE_STARTED_PATCH):
+            handle = await workflow.start_child_workflow(
+                "GovernanceRunWorkflow",
+                governance,
+                id=opened.workflow_id,
+                result_type=GovernanceState,
+                search_attributes=attributes,
+            )
+            await self._record(status="awaiting_approval", step="governance", reason=waiting)
+            result = await handle
+        else:
+            await self._record(status="awaiting_approval", step="governance", reason=waiting)
+            result = await workflow.execute_child_workflow(
+                "GovernanceRunWorkflow",
+                governance,
+                id=opened.workflow_id,
+                result_type=GovernanceState,
+                search_attributes=attributes,
+            )
         if result.status != "approved":
             raise Ended("rejected", f"governance {result.status}: {result.reason}")
 

@@ -314,8 +314,11 @@ async def cast_vote(
                 f"your {action} is queued: no worker has taken it yet; it is applied when one does"
             ) from None
         except RPCError as exc:
-            if exc.status == RPCStatusCode.NOT_FOUND or "already completed" in exc.message:
+            if "already completed" in exc.message:
                 refused = Conflict("the governance run has ended")
+            elif exc.status == RPCStatusCode.NOT_FOUND:
+                # Its record is `running` but its workflow is not there: it is being started.
+                refused = Conflict("the governance run is starting and cannot take votes yet; vote again in a moment")
             else:
                 raise Unavailable(f"could not reach the governance workflow: {exc.message}") from None
     if refused is not None:

@@ -26,8 +26,15 @@ ROOT = Path(__file__).resolve().parents[2]
 HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 
 
+def _runs_source(process: psutil.Process) -> bool:
+    try:
+        return str(SOURCE) in " ".join(process.cmdline())
+    except psutil.Error:  # gone, or a zombie not reaped yet: not a running server either way
+        return False
+
+
 def children() -> list[psutil.Process]:
-    return [p for p in psutil.Process().children(recursive=True) if str(SOURCE) in " ".join(p.cmdline())]
+    return [p for p in psutil.Process().children(recursive=True) if _runs_source(p)]
 
 
 async def test_sessions_are_capped_and_idle_ones_reaped() -> None:
@@ -97,7 +104,7 @@ def _server_children(bridge: subprocess.Popen[bytes]) -> list[int]:
         found = psutil.Process(bridge.pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return []
-    return sorted(p.pid for p in found if str(SOURCE) in " ".join(p.cmdline()))
+    return sorted(p.pid for p in found if _runs_source(p))
 
 
 async def _wait(condition, what: str, timeout: float = 20) -> None:  # type: ignore[no-untyped-def]

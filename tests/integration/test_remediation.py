@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,7 +21,7 @@ import pytest
 from tests.integration.test_lifecycle import create_time_server, current_time
 from tests.integration.test_supervisor import kill_instance, running_count
 from tests.support.cli import Cli
-from tests.support.stack import Stack, WorkerProcess, deploy, make_settings, running
+from tests.support.stack import Stack, WorkerProcess, deploy, make_settings, running, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 BASE = "/api/trust/remediation"
@@ -74,16 +73,6 @@ def hook() -> Iterator[Hook]:
     endpoint = Hook()
     yield endpoint
     endpoint.close()
-
-
-async def wait_for(probe: Any, what: str, timeout: float = 120) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await probe()
-        if value:
-            return value
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def make_playbook(client: httpx.AsyncClient, **body: Any) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from temporalio.service import RPCError
 from runtimes.process import ProcessExecutor
 from tests.integration.test_lifecycle import create_time_server, current_time
 from tests.support.sse import EventStream
-from tests.support.stack import Stack, WorkerProcess, deploy, make_settings, running
+from tests.support.stack import Stack, WorkerProcess, deploy, make_settings, running, wait_for
 from workflows.supervisor import SupervisorWorkflow
 
 
@@ -25,16 +25,6 @@ async def events(client: httpx.AsyncClient, sid: str, names: str) -> list[dict[s
     response = await client.get(f"/api/servers/{sid}/metrics", params={"event": names})
     assert response.status_code == 200, response.text
     return list(response.json()["data"])
-
-
-async def wait_for(probe: Any, what: str, timeout: float = 120) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await probe()
-        if value:
-            return value
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def answers(handle: Any) -> Any:

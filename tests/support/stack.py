@@ -207,6 +207,17 @@ async def running(settings: Settings, worker_interceptors: list[Any] | None = No
         await platform.stop()
 
 
+async def wait_for(probe: Any, what: str, timeout: float = 120) -> Any:
+    """Poll an async probe until it returns something true (which is returned); fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = await probe()
+        if value:
+            return value
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 async def wait_deployment(client: httpx.AsyncClient, deployment_id: str, timeout: float = 180) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -12,7 +12,6 @@ import base64
 import hashlib
 import json
 import threading
-import time
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -209,14 +208,3 @@ class GuestPlayer:
                 pass
 
         return Agent
-
-
-def wait_for(condition: Any, what: str, bound: float = 60) -> Any:
-    deadline = time.monotonic() + bound
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still not so after {bound} s: {what}")
-        time.sleep(0.1)
