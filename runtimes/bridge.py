@@ -408,12 +408,6 @@ class StdioBridge:
                 log.info("the prestarted server was not used for %.0f s; stopping it", self.idle_timeout)
                 await stop_child(spare)
 
-    def prestart(self) -> None:
-        """Start the first session's child now, so the server's start-up overlaps whatever comes first."""
-        if self.prestarted is None:
-            self.prestarted = spawn_child([self.params.command, *self.params.args], self.params.env or child_env())
-            self._prestarted_at = time.monotonic()
-
     def _take_prestarted(self) -> subprocess.Popen[bytes] | None:
         spare, self.prestarted = self.prestarted, None
         if spare is not None and spare.poll() is not None:
