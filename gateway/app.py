@@ -6,21 +6,27 @@ keys, metering) with it and follow its changes by Postgres NOTIFY.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from core.db import make_engine, make_sessionmaker
 from core.settings import Settings
+from gateway import metrics
 from gateway.asgi import WithGateway
 from gateway.state import GatewayState
 
+log = logging.getLogger("mcphost.gateway")
+
 
 def metrics_response() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 def create_gateway_app(settings: Settings) -> WithGateway:
@@ -48,3 +54,28 @@ def create_gateway_app(settings: Settings) -> WithGateway:
         return metrics_response()
 
     return WithGateway(app)
+
+
+async def serve_gateway(settings: Settings, host: str, port: int, *, grace: float = 30.0) -> None:
+    """Run the gateway on its own HTTP server (gateway.server) until SIGTERM or SIGINT, then drain."""
+    from gateway.server import GatewayServer
+
+    engine = make_engine(settings.database_url)
+    state = GatewayState(settings, make_sessionmaker(engine))
+    await state.start()
+    try:
+        server = GatewayServer(
+            state.gateway, health=lambda: {"status": "ok", "routes_listening": state.routes.listening}
+        )
+        bound = await server.listen(host, port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        log.info("MCP gateway listening on http://%s:%d (/mcp/<slug>, /healthz, /metrics)", host, bound)
+        await stop.wait()
+        log.info("shutting down: letting requests in flight finish (up to %g s)", grace)
+        await server.shutdown(grace)
+    finally:
+        await state.stop()
+        await engine.dispose()

@@ -1,9 +1,11 @@
 """Invocation traces and per-minute usage, written off the request path.
 
-The gateway hands each finished request to `Meter.record` (a deque append and a few Prometheus
-increments); a background task writes what gathered every half second in one transaction: one row per
-invocation, and usage counters added per server, key, method, tool and minute. Old rows are deleted
-past their retention. When the writer falls behind, records are dropped and counted, never waited for.
+The gateway hands each finished request to `Meter.record` (two list appends); its Prometheus metrics are
+counted in batches, every half second and before every scrape of `/metrics`, so they are exact when
+read and cost the request nothing. A background task writes what gathered every half second in one
+transaction: one row per invocation, and usage counters added per server, key, method, tool and
+minute. Old rows are deleted past their retention. When the writer falls behind, records are dropped
+and counted, never waited for.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ class Meter:
         self.capacity = capacity
         self.interval = interval
         self._pending: deque[Invocation] = deque()
+        self._unpublished: list[Invocation] = []
         self._task: asyncio.Task[None] | None = None
         self._last_prune = 0.0
         # Other writers that ride the same flush (the session pins' last-seen times).
@@ -75,13 +78,10 @@ class Meter:
         self.written = 0
 
     def record(self, inv: Invocation) -> None:
-        method = metrics.method_label(inv.method)
-        metrics.requests(method, inv.outcome).inc()
-        metrics.duration(method).observe(inv.duration_ms / 1000)
-        metrics.REQUEST_BYTES.observe(inv.request_bytes)
-        metrics.RESPONSE_BYTES.observe(inv.response_bytes)
-        if inv.outcome in metrics.LIMIT_OUTCOMES:
-            metrics.LIMITED.labels(inv.outcome).inc()
+        # Prometheus is told in batches (each flush, and before every scrape), not on the request's path.
+        self._unpublished.append(inv)
+        if len(self._unpublished) >= self.capacity:
+            self.publish()
         if inv.server_id is None or self.sessionmaker is None:
             return
         if len(self._pending) >= self.capacity:
@@ -89,12 +89,29 @@ class Meter:
             return
         self._pending.append(inv)
 
+    def publish(self) -> None:
+        """Count what was recorded since the last call into the Prometheus metrics."""
+        batch, self._unpublished = self._unpublished, []
+        counts: dict[tuple[str, str], int] = {}
+        for inv in batch:
+            method = metrics.method_label(inv.method)
+            counts[(method, inv.outcome)] = counts.get((method, inv.outcome), 0) + 1
+            metrics.duration(method).observe(inv.duration_ms / 1000)
+            metrics.REQUEST_BYTES.observe(inv.request_bytes)
+            metrics.RESPONSE_BYTES.observe(inv.response_bytes)
+        for (method, outcome), count in counts.items():
+            metrics.requests(method, outcome).inc(count)
+            if outcome in metrics.LIMIT_OUTCOMES:
+                metrics.LIMITED.labels(outcome).inc(count)
+
     def start(self) -> None:
+        metrics.BEFORE_SCRAPE.add(self.publish)
         self._task = asyncio.create_task(self._run(), name="gateway-meter")
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
+            self.publish()
             await self.flush()
 
     async def flush(self) -> None:
@@ -202,6 +219,8 @@ class Meter:
         )
 
     async def stop(self) -> None:
+        metrics.BEFORE_SCRAPE.discard(self.publish)
+        self.publish()
         if self._task is not None:
             self._task.cancel()
             try:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from collections.abc import Callable
+
+from prometheus_client import Counter, Gauge, Histogram, generate_latest
 
 # JSON-RPC methods MCP defines; anything else is counted as "other" so labels stay bounded.
 KNOWN_METHODS = frozenset(
@@ -67,6 +69,16 @@ LIMIT_OUTCOMES = frozenset(
         "forbidden_tool",
     }
 )
+
+
+# Called before every render of /metrics (the meters publishing what they batched), so a scrape is exact.
+BEFORE_SCRAPE: set[Callable[[], None]] = set()
+
+
+def render() -> bytes:
+    for publish in list(BEFORE_SCRAPE):
+        publish()
+    return generate_latest()
 
 
 def method_label(method: str | None) -> str:

@@ -22,7 +22,6 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from gateway import metrics
 from gateway.limits import Slots, TokenBuckets
 from gateway.metering import Invocation, Meter
 from gateway.routes import KeyGrant, Route, RouteTable
@@ -207,6 +206,7 @@ class Gateway:
         self.buckets = TokenBuckets(key_rate, key_burst)
         self.max_request_bytes = max_request_bytes
         self.max_response_bytes = max_response_bytes
+        self.in_flight = 0  # requests being forwarded now (the in-flight gauge reads it)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -367,11 +367,11 @@ class Gateway:
                 [(b"retry-after", b"1")],
                 request_id=call.id,
             )
-        metrics.IN_FLIGHT.inc()
+        self.in_flight += 1
         try:
             await self._forward(scope, receive, send, inv, route, grant, call, method, body, forward, session_id)
         finally:
-            metrics.IN_FLIGHT.dec()
+            self.in_flight -= 1
             self.server_slots.release(route.server_id)
             self.key_slots.release(slot_key)
 

@@ -45,6 +45,7 @@ class GatewayState:
             max_response_bytes=settings.gateway_max_response_bytes,
         )
         metrics.ROUTES_CACHED.set_function(lambda: len(self.routes))
+        metrics.IN_FLIGHT.set_function(lambda: self.gateway.in_flight)
 
     async def start(self) -> None:
         await self.routes.start()

@@ -1,0 +1,502 @@
+"""The HTTP/1.1 server of `mcphost gateway`: the gateway's own, lean, in front of the same ASGI handler.
+
+A general ASGI server spends, per request, about as much CPU as the gateway's whole handler: scope and
+state dicts, an event and a response-cycle object, header validation by regular expression, and two
+socket writes per answer (the head, then the body). This server does only what the gateway needs:
+
+- requests parsed by httptools (the parser uvicorn uses), headers lower-cased and kept as bytes;
+- each request runs as one task with ASGI `receive`/`send`, so `gateway.proxy.Gateway` is the same code
+  under both servers; `/healthz` and `/metrics` are answered in place;
+- an answer's head is held until its first body bytes and written with them in one call (a stream's
+  head still leaves in the same loop iteration it was sent);
+- bodies streamed both ways with backpressure: reading pauses while a request body waits unread, and a
+  stream's `send` waits while the client is slow to take what was written;
+- a client that goes away is seen at once (`http.disconnect`), pipelined requests are answered in order,
+  idle keep-alive connections are closed after `keep_alive` seconds, oversized or malformed heads get
+  431/400 and the connection is closed;
+- on shutdown it stops accepting, lets requests in flight finish (up to a grace period), then closes.
+
+`mcphost up` and `mcphost api` keep uvicorn, which serves the API and the gateway on one port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+from collections import deque
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import Any
+
+import httptools
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from gateway import metrics
+from gateway.proxy import PREFIX, Gateway, Message
+
+log = logging.getLogger("mcphost.gateway.server")
+
+MAX_HEAD_BYTES = 64 * 1024  # request line and headers together
+BODY_HIGH_WATER = 256 * 1024  # unread request body bytes past which reading from the client pauses
+
+
+def _status_line(status: int) -> bytes:
+    try:
+        phrase = HTTPStatus(status).phrase.encode()
+    except ValueError:
+        phrase = b""
+    return b"HTTP/1.1 %d %s\r\n" % (status, phrase)
+
+
+STATUS_LINES = {status: _status_line(status) for status in range(100, 600)}
+
+
+class _Exchange:
+    """One request and its answer on a connection."""
+
+    __slots__ = (
+        "conn",
+        "method",
+        "path",
+        "query",
+        "headers",
+        "keep_alive",
+        "http10",
+        "body",
+        "body_size",
+        "complete",
+        "delivered",
+        "waiter",
+        "expect_continue",
+        "started",
+        "finished",
+        "chunked",
+        "head",
+        "task",
+    )
+
+    def __init__(self, conn: GatewayProtocol, headers: list[tuple[bytes, bytes]]) -> None:
+        self.conn = conn
+        self.method = ""
+        self.path = ""
+        self.query = b""
+        self.headers = headers
+        self.keep_alive = True
+        self.http10 = False
+        self.body: deque[bytes] = deque()
+        self.body_size = 0
+        self.complete = False  # the whole request body has arrived
+        self.delivered = False  # ... and was handed to the handler
+        self.waiter: asyncio.Future[None] | None = None
+        self.expect_continue = False
+        self.started = False  # the answer's head was sent (or is held)
+        self.finished = False  # the answer is complete
+        self.chunked = False
+        self.head: bytes | None = None  # the answer's head, held until its first body bytes
+        self.task: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    # -- ASGI
+    async def receive(self) -> Message:
+        conn = self.conn
+        while not conn.gone and not self.delivered:
+            if self.body or self.complete:
+                data = self.body[0] if len(self.body) == 1 else b"".join(self.body)
+                self.body.clear()
+                self.body_size = 0
+                if not self.complete:
+                    conn.resume_reading()
+                if data or self.complete:
+                    self.delivered = self.complete
+                    return {"type": "http.request", "body": data, "more_body": not self.complete}
+            if self.expect_continue:
+                self.expect_continue = False
+                conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            await self._wait()
+        # The whole body was handed out: the next message is the client leaving.
+        while not conn.gone:
+            await self._wait()
+        return {"type": "http.disconnect"}
+
+    async def _wait(self) -> None:
+        self.waiter = self.conn.loop.create_future()
+        try:
+            await self.waiter
+        finally:
+            self.waiter = None
+
+    async def send(self, message: Message) -> None:
+        conn = self.conn
+        if conn.gone or self.finished:
+            return
+        kind = message["type"]
+        if kind == "http.response.start":
+            if self.started:
+                raise RuntimeError("the response was already started")
+            self.started = True
+            status = int(message["status"])
+            parts = [STATUS_LINES.get(status) or _status_line(status)]
+            length = False
+            for name, value in message.get("headers", ()):
+                if name == b"content-length":
+                    length = True
+                parts += [name, b": ", value, b"\r\n"]
+            if not length and self.method != "HEAD" and status not in (204, 304) and status >= 200:
+                if self.http10:
+                    self.keep_alive = False  # no chunked encoding in HTTP/1.0: the end is the connection's
+                else:
+                    self.chunked = True
+                    parts.append(b"transfer-encoding: chunked\r\n")
+            if not self.keep_alive:
+                parts.append(b"connection: close\r\n")
+            parts.append(b"\r\n")
+            self.head = b"".join(parts)
+            # Written with the first body bytes when they follow at once, else at the end of this iteration.
+            conn.loop.call_soon(self._flush_head)
+            return
+        if kind != "http.response.body":
+            raise RuntimeError(f"unexpected ASGI message {kind!r}")
+        if not self.started:
+            raise RuntimeError("the response body was sent before its start")
+        body: bytes = message.get("body", b"")
+        more = bool(message.get("more_body", False))
+        if self.method == "HEAD":
+            body = b""
+        if self.chunked:
+            out = b"%x\r\n%b\r\n" % (len(body), body) if body else b""
+            if not more:
+                out += b"0\r\n\r\n"
+        else:
+            out = body
+        if self.head is not None:
+            out, self.head = self.head + out, None
+        if out:
+            conn.write(out)
+        if not more:
+            self.finished = True
+            self.wake()
+            conn.exchange_done(self)
+        elif conn.paused_writing:
+            await conn.drained()
+
+    def _flush_head(self) -> None:
+        if self.head is not None and not self.conn.gone:
+            head, self.head = self.head, None
+            self.conn.write(head)
+
+
+Handler = Callable[[Any, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
+
+
+class GatewayProtocol(asyncio.Protocol):
+    """One client connection."""
+
+    def __init__(self, server: GatewayServer) -> None:
+        self.server = server
+        self.loop = server.loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.gone = False
+        self.paused_reading = False
+        self.paused_writing = False
+        self._drain: asyncio.Future[None] | None = None
+        self.current: _Exchange | None = None  # the exchange being answered
+        self.pending: deque[_Exchange] = deque()  # pipelined exchanges, in order
+        self.reading: _Exchange | None = None  # the exchange whose request is being parsed
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
+        self._idle: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # a TCP transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except (OSError, AttributeError, TypeError):
+                pass
+        self.server.connections.add(self)
+        self._arm_idle()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.gone = True
+        self.server.connections.discard(self)
+        self._disarm_idle()
+        for exchange in (self.current, self.reading, *self.pending):
+            if exchange is not None:
+                exchange.wake()
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse(400, "protocol upgrades are not served here")
+        except httptools.HttpParserError:
+            self._refuse(400, "invalid HTTP request")
+        except _HeadTooLarge:
+            self._refuse(431, f"request head larger than {MAX_HEAD_BYTES} bytes")
+
+    def eof_received(self) -> bool | None:
+        # The client half-closed: answer what was asked, then close (returning None closes at once when idle).
+        if self.current is None and not self.pending:
+            return None
+        return True
+
+    def pause_writing(self) -> None:
+        self.paused_writing = True
+
+    def resume_writing(self) -> None:
+        self.paused_writing = False
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    # -- httptools callbacks
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._head_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._count(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value))
+        self._headers.append((name.lower(), value.rstrip(b" \t")))
+
+    def on_headers_complete(self) -> None:
+        # The idle timer, armed while the connection waits for a request, also bounds how long its head may
+        # take to arrive (a client dripping header bytes holds the connection no longer than an idle one).
+        self._disarm_idle()
+        exchange = _Exchange(self, self._headers)
+        exchange.method = self.parser.get_method().decode("ascii", "replace")
+        url = httptools.parse_url(self._url)
+        exchange.path = url.path.decode("latin-1")
+        exchange.query = url.query or b""
+        exchange.http10 = self.parser.get_http_version() == "1.0"
+        exchange.keep_alive = self.parser.should_keep_alive()
+        exchange.expect_continue = any(n == b"expect" and v.lower() == b"100-continue" for n, v in self._headers)
+        self.reading = exchange
+        if self.current is None:
+            self._start(exchange)
+        else:
+            self.pending.append(exchange)
+
+    def on_body(self, body: bytes) -> None:
+        exchange = self.reading
+        if exchange is None:
+            return
+        exchange.body.append(body)
+        exchange.body_size += len(body)
+        if exchange.body_size > BODY_HIGH_WATER:
+            self._pause_reading()
+        exchange.wake()
+
+    def on_message_complete(self) -> None:
+        exchange = self.reading
+        if exchange is None:
+            return
+        exchange.complete = True
+        exchange.wake()
+        self.reading = None
+        if self.pending:
+            self._pause_reading()  # pipelined requests wait their turn without reading more
+
+    # -- exchanges
+    def _start(self, exchange: _Exchange) -> None:
+        self.current = exchange
+        exchange.task = self.loop.create_task(self._run(exchange))
+        self.server.tasks.add(exchange.task)
+        exchange.task.add_done_callback(self.server.tasks.discard)
+
+    async def _run(self, exchange: _Exchange) -> None:
+        try:
+            await self.server.dispatch(exchange)
+        except Exception:
+            log.exception("gateway request %s %s failed", exchange.method, exchange.path)
+            if not exchange.started and not self.gone:
+                body = json.dumps(
+                    {"jsonrpc": "2.0", "id": None, "error": {"code": -32603, "message": "internal gateway error"}}
+                ).encode()
+                exchange.keep_alive = False
+                await exchange.send(_start(500, body))
+                await exchange.send({"type": "http.response.body", "body": body})
+                return
+        if not exchange.finished and not self.gone:
+            # The handler returned without finishing its answer: the client cannot tell where it ends.
+            self.close()
+
+    def exchange_done(self, exchange: _Exchange) -> None:
+        if exchange is not self.current:
+            return
+        self.current = None
+        if not exchange.keep_alive or not exchange.complete:
+            # A body the handler did not read (an early refusal) cannot be skipped reliably: close.
+            self.close()
+            return
+        if self.pending:
+            self._resume_reading()
+            self._start(self.pending.popleft())
+            return
+        self._resume_reading()
+        if self.reading is None:
+            if self.server.closing:
+                self.close()
+            else:
+                self._arm_idle()
+
+    # -- transport helpers
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.gone:
+            self.transport.write(data)
+
+    async def drained(self) -> None:
+        if not self.paused_writing or self.gone:
+            return
+        self._drain = self.loop.create_future()
+        await self._drain
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def resume_reading(self) -> None:
+        if not self.pending:
+            self._resume_reading()
+
+    def _pause_reading(self) -> None:
+        if not self.paused_reading and self.transport is not None:
+            self.paused_reading = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self.paused_reading and self.transport is not None and not self.gone:
+            self.paused_reading = False
+            self.transport.resume_reading()
+
+    def _count(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise _HeadTooLarge
+
+    def _refuse(self, status: int, message: str) -> None:
+        body = json.dumps({"error": message}).encode()
+        self.write(
+            STATUS_LINES[status]
+            + b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+            + body
+        )
+        self.close()
+
+    def _arm_idle(self) -> None:
+        self._disarm_idle()
+        self._idle = self.loop.call_later(self.server.keep_alive, self.close)
+
+    def _disarm_idle(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+
+    def shutdown(self) -> None:
+        """Close now if idle; else after the answer under way."""
+        if self.current is None and self.reading is None:
+            self.close()
+
+
+class _HeadTooLarge(Exception):
+    pass
+
+
+def _start(status: int, body: bytes, content_type: bytes = b"application/json") -> Message:
+    return {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())],
+    }
+
+
+class GatewayServer:
+    """Serves `gateway` (the `/mcp/` handler) and the process's `/healthz` and `/metrics`."""
+
+    def __init__(
+        self,
+        gateway: Gateway | Handler,
+        *,
+        health: Callable[[], dict[str, Any]] | None = None,
+        keep_alive: float = 5.0,
+    ) -> None:
+        self.gateway = gateway
+        self.health = health or (lambda: {"status": "ok"})
+        self.keep_alive = keep_alive
+        self.loop = asyncio.get_running_loop()
+        self.connections: set[GatewayProtocol] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.closing = False
+        self._servers: list[asyncio.Server] = []
+
+    async def listen(self, host: str | None = None, port: int = 0, *, sock: socket.socket | None = None) -> int:
+        """Start accepting on host:port (or an already bound socket); returns the port."""
+        if sock is not None:
+            server = await self.loop.create_server(lambda: GatewayProtocol(self), sock=sock, backlog=1024)
+        else:
+            server = await self.loop.create_server(lambda: GatewayProtocol(self), host, port, backlog=1024)
+        self._servers.append(server)
+        return int(server.sockets[0].getsockname()[1])
+
+    async def dispatch(self, exchange: _Exchange) -> None:
+        path = exchange.path
+        if path.startswith(PREFIX):
+            scope = {
+                "type": "http",
+                "method": exchange.method,
+                "path": path,
+                "query_string": exchange.query,
+                "headers": exchange.headers,
+            }
+            await self.gateway(scope, exchange.receive, exchange.send)
+            return
+        if path == "/healthz" and exchange.method == "GET":
+            body = json.dumps(self.health()).encode()
+            status, kind = 200, b"application/json"
+        elif path == "/metrics" and exchange.method == "GET":
+            body = metrics.render()
+            status, kind = 200, CONTENT_TYPE_LATEST.encode()
+        else:
+            body = json.dumps({"detail": f"nothing at {path}; MCP servers are at {PREFIX}<slug>"}).encode()
+            status, kind = 404, b"application/json"
+        await _drain_request(exchange)
+        await exchange.send(_start(status, body, kind))
+        await exchange.send({"type": "http.response.body", "body": body})
+
+    async def shutdown(self, grace: float = 30.0) -> None:
+        """Stop accepting; let requests in flight finish for up to `grace` seconds; close everything."""
+        self.closing = True
+        for server in self._servers:
+            server.close()
+        for conn in list(self.connections):
+            conn.shutdown()
+        if self.tasks:
+            _, late = await asyncio.wait(set(self.tasks), timeout=grace)
+            for task in late:
+                task.cancel()
+        for conn in list(self.connections):
+            conn.close()
+        for server in self._servers:
+            await server.wait_closed()
+
+
+async def _drain_request(exchange: _Exchange) -> None:
+    """Read (and drop) a request body, so the connection can carry the next request."""
+    while not exchange.complete and not exchange.conn.gone:
+        message = await exchange.receive()
+        if message["type"] == "http.disconnect" or not message.get("more_body"):
+            return
