@@ -11,6 +11,7 @@ and counted, never waited for.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
@@ -18,9 +19,9 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, insert
+from sqlalchemy import Table, delete
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -29,6 +30,23 @@ from gateway import metrics
 from gateway.redact import excerpt, response_message
 
 log = logging.getLogger("mcphost.gateway.metering")
+
+# The invocation columns a batch writes, in the order of Meter._row.
+COLUMNS = (
+    "server_id",
+    "key_name",
+    "http_method",
+    "method",
+    "tool",
+    "status",
+    "outcome",
+    "duration_ms",
+    "request_bytes",
+    "response_bytes",
+    "arguments",
+    "result",
+    "created_at",
+)
 
 
 @dataclass(slots=True)
@@ -50,6 +68,24 @@ class Invocation:
 
     def __post_init__(self) -> None:
         self.at = time.time()
+
+
+@functools.cache
+def _usage_upsert() -> Any:
+    table = cast(Table, GatewayUsage.__table__)
+    stmt = pg_insert(table)
+    excluded = stmt.excluded
+    usage = table.c
+    return stmt.on_conflict_do_update(
+        constraint="uq_gateway_usage_bucket",
+        set_={
+            "calls": usage.calls + excluded.calls,
+            "errors": usage.errors + excluded.errors,
+            "request_bytes": usage.request_bytes + excluded.request_bytes,
+            "response_bytes": usage.response_bytes + excluded.response_bytes,
+            "duration_ms": usage.duration_ms + excluded.duration_ms,
+        },
+    )
 
 
 class Meter:
@@ -126,7 +162,12 @@ class Meter:
         try:
             async with self.sessionmaker() as session, session.begin():
                 if batch:
-                    await session.execute(insert(GatewayInvocation), [self._row(i) for i in batch])
+                    # COPY, in the batch's transaction: a tenth of the CPU of an INSERT built row by row.
+                    driver = (await (await session.connection()).get_raw_connection()).driver_connection
+                    assert driver is not None  # an asyncpg connection
+                    await driver.copy_records_to_table(
+                        GatewayInvocation.__tablename__, records=[self._row(i) for i in batch], columns=COLUMNS
+                    )
                     await self._add_usage(session, batch)
                 for extra in self.also_flush:
                     await extra(session)
@@ -149,7 +190,7 @@ class Meter:
             # A server deleted meanwhile fails its rows' foreign key; metering is best effort.
             log.warning("could not write %d gateway invocations", len(batch), exc_info=True)
 
-    def _row(self, inv: Invocation) -> dict[str, Any]:
+    def _row(self, inv: Invocation) -> tuple[Any, ...]:
         arguments = result = None
         if inv.trace:
             if inv.arguments is not None:
@@ -161,21 +202,21 @@ class Meter:
                         message.get("result", message.get("error")) if isinstance(message, dict) else message,
                         self.trace_max_bytes,
                     )
-        return {
-            "server_id": inv.server_id,
-            "key_name": inv.key_name,
-            "http_method": inv.http_method,
-            "method": (inv.method or "")[:100] or None,
-            "tool": (inv.tool or "")[:200] or None,
-            "status": inv.status,
-            "outcome": inv.outcome,
-            "duration_ms": round(inv.duration_ms, 3),
-            "request_bytes": inv.request_bytes,
-            "response_bytes": inv.response_bytes,
-            "arguments": arguments,
-            "result": result,
-            "created_at": datetime.fromtimestamp(inv.at, UTC),
-        }
+        return (
+            inv.server_id,
+            inv.key_name,
+            inv.http_method,
+            (inv.method or "")[:100] or None,
+            (inv.tool or "")[:200] or None,
+            inv.status,
+            inv.outcome,
+            round(inv.duration_ms, 3),
+            inv.request_bytes,
+            inv.response_bytes,
+            arguments,
+            result,
+            datetime.fromtimestamp(inv.at, UTC),
+        )
 
     async def _add_usage(self, session: AsyncSession, batch: list[Invocation]) -> None:
         buckets: dict[tuple[Any, ...], list[float]] = {}
@@ -203,20 +244,8 @@ class Meter:
             }
             for k, v in sorted(buckets.items(), key=lambda item: (str(item[0][0]), item[0][1:]))
         ]
-        stmt = pg_insert(GatewayUsage).values(rows)
-        excluded = stmt.excluded
-        await session.execute(
-            stmt.on_conflict_do_update(
-                constraint="uq_gateway_usage_bucket",
-                set_={
-                    "calls": GatewayUsage.calls + excluded.calls,
-                    "errors": GatewayUsage.errors + excluded.errors,
-                    "request_bytes": GatewayUsage.request_bytes + excluded.request_bytes,
-                    "response_bytes": GatewayUsage.response_bytes + excluded.response_bytes,
-                    "duration_ms": GatewayUsage.duration_ms + excluded.duration_ms,
-                },
-            )
-        )
+        # One statement, compiled once and cached, run for every bucket (in a fixed order: no deadlocks).
+        await (await session.connection()).execute(_usage_upsert(), rows)
 
     async def stop(self) -> None:
         metrics.BEFORE_SCRAPE.discard(self.publish)

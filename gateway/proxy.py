@@ -427,9 +427,12 @@ class Gateway:
         # An idle GET stream is kept, with keep-alives; a request waits at most the read timeout.
         read_timeout = None if method == "GET" else read_limit
 
-        task = asyncio.current_task()
+        # With the loop given, current_task() skips looking the running loop up (a getpid system call).
+        task = asyncio.current_task(upstream_loop := self.upstream.loop) or asyncio.current_task()
         assert task is not None
         loop = task.get_loop()
+        if loop is not upstream_loop:
+            self.upstream.loop = loop
         gone = False
         watcher: asyncio.Task[None] | None = None
 
@@ -558,7 +561,7 @@ class Gateway:
     ) -> None:
         await send({"type": "http.response.start", "status": upstream.status_code, "headers": headers})
         tool_filter = SseToolFilter(grant.tools) if grant.tools is not None and method == "POST" else None
-        loop = asyncio.get_running_loop()
+        loop = upstream.loop
         last_data = loop.time()
         at_boundary = True  # only between events may a keep-alive comment go in
         traced = bytearray() if inv.trace and call.method == "tools/call" and method == "POST" else None
@@ -600,6 +603,12 @@ class Gateway:
                     traced += item
                 out = tool_filter.feed(item) if tool_filter is not None else item
                 at_boundary = item.endswith(b"\n\n") or item.endswith(b"\r\n\r\n")
+                if upstream.finished:
+                    # The server's answer is complete (a POST's single event, usually): the end goes with it.
+                    out += tool_filter.flush() if tool_filter is not None else b""
+                    inv.response_bytes += len(out)
+                    await _send_body(send, out, more=False)
+                    return
                 inv.response_bytes += len(out)
                 if out:
                     await _send_body(send, out)

@@ -11,9 +11,11 @@ socket writes per answer (the head, then the body). This server does only what t
   head still leaves in the same loop iteration it was sent);
 - bodies streamed both ways with backpressure: reading pauses while a request body waits unread, and a
   stream's `send` waits while the client is slow to take what was written;
-- a client that goes away is seen at once (`http.disconnect`), pipelined requests are answered in order,
-  idle keep-alive connections are closed after `keep_alive` seconds, oversized or malformed heads get
-  431/400 and the connection is closed;
+- a client that goes away (or closes its sending side) is seen at once (`http.disconnect`); pipelined
+  requests are answered in order; idle keep-alive connections are closed after `keep_alive` seconds (a
+  head must arrive within that too); oversized or malformed heads get 431/400 and the connection is
+  closed; an answer given before its request's body arrived says `connection: close`, and the rest of
+  the body is read and dropped first, so the client, still sending, reads it rather than a reset;
 - on shutdown it stops accepting, lets requests in flight finish (up to a grace period), then closes.
 
 `mcphost up` and `mcphost api` keep uvicorn, which serves the API and the gateway on one port.
@@ -40,6 +42,7 @@ log = logging.getLogger("mcphost.gateway.server")
 
 MAX_HEAD_BYTES = 64 * 1024  # request line and headers together
 BODY_HIGH_WATER = 256 * 1024  # unread request body bytes past which reading from the client pauses
+DISCARD_LIMIT = 64 * 1024 * 1024  # body bytes of an already answered request read and dropped before closing
 
 
 def _status_line(status: int) -> bytes:
@@ -152,6 +155,9 @@ class _Exchange:
                 else:
                     self.chunked = True
                     parts.append(b"transfer-encoding: chunked\r\n")
+            if not self.complete:
+                # Answered before the request's body arrived (a refusal): the connection ends with this answer.
+                self.keep_alive = False
             if not self.keep_alive:
                 parts.append(b"connection: close\r\n")
             parts.append(b"\r\n")
@@ -212,6 +218,8 @@ class GatewayProtocol(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
         self._idle: asyncio.TimerHandle | None = None
+        self.discarding: _Exchange | None = None  # answered early; the rest of its body is dropped as it comes
+        self.discarded = 0
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -246,10 +254,9 @@ class GatewayProtocol(asyncio.Protocol):
             self._refuse(431, f"request head larger than {MAX_HEAD_BYTES} bytes")
 
     def eof_received(self) -> bool | None:
-        # The client half-closed: answer what was asked, then close (returning None closes at once when idle).
-        if self.current is None and not self.pending:
-            return None
-        return True
+        # The client closed its side: it is gone (as under uvicorn), and whatever it asked is abandoned at once,
+        # upstream connections included. Returning None lets the transport close, which calls connection_lost.
+        return None
 
     def pause_writing(self) -> None:
         self.paused_writing = True
@@ -295,6 +302,11 @@ class GatewayProtocol(asyncio.Protocol):
         exchange = self.reading
         if exchange is None:
             return
+        if exchange is self.discarding:
+            self.discarded += len(body)
+            if self.discarded > DISCARD_LIMIT:
+                self.close()
+            return
         exchange.body.append(body)
         exchange.body_size += len(body)
         if exchange.body_size > BODY_HIGH_WATER:
@@ -304,6 +316,10 @@ class GatewayProtocol(asyncio.Protocol):
     def on_message_complete(self) -> None:
         exchange = self.reading
         if exchange is None:
+            return
+        if exchange is self.discarding:
+            self.reading = self.discarding = None
+            self.close()
             return
         exchange.complete = True
         exchange.wake()
@@ -339,8 +355,17 @@ class GatewayProtocol(asyncio.Protocol):
         if exchange is not self.current:
             return
         self.current = None
-        if not exchange.keep_alive or not exchange.complete:
-            # A body the handler did not read (an early refusal) cannot be skipped reliably: close.
+        if not exchange.complete:
+            # Answered before its body arrived (a refusal, say 413): the rest of the body is read and dropped,
+            # then the connection closes. Closing at once would reset it, and the client, still sending, would
+            # never read the answer.
+            self.discarding = exchange
+            self.discarded = 0
+            exchange.body.clear()
+            self._resume_reading()
+            self._arm_idle()
+            return
+        if not exchange.keep_alive:
             self.close()
             return
         if self.pending:

@@ -79,11 +79,15 @@ def server() -> Iterator[DirectServer]:
     direct.stop()
 
 
-@pytest.fixture
-async def through_gateway(stack: Stack, server: DirectServer) -> AsyncIterator[tuple[Hosted, KeyProxy]]:
+@pytest.fixture(params=["uvicorn", "lean"])
+async def through_gateway(
+    request: pytest.FixtureRequest, stack: Stack, server: DirectServer
+) -> AsyncIterator[tuple[Hosted, KeyProxy]]:
+    """The gateway under uvicorn (`mcphost up`) and on its own server (`mcphost gateway`)."""
+    front = stack.base_url if request.param == "uvicorn" else await stack.lean_gateway()
     owner, _ = await stack.user()
     async with owner:
-        hosted = await host(stack, owner, server)
+        hosted = await host(stack, owner, server, front)
         proxy = await KeyProxy(hosted.url, hosted.key).start()
         gateway = stack.state.gateway.gateway
         saved = gateway.allowed_origins

@@ -116,11 +116,18 @@ async def attach(stack: Stack, server_id: str, upstream_url: str) -> None:
 
 
 class Hosted:
-    def __init__(self, stack: Stack, owner: httpx.AsyncClient, server: dict[str, Any], upstream: DirectServer) -> None:
+    def __init__(
+        self,
+        stack: Stack,
+        owner: httpx.AsyncClient,
+        server: dict[str, Any],
+        upstream: DirectServer,
+        front: str | None = None,
+    ) -> None:
         self.stack, self.owner, self.server, self.upstream = stack, owner, server, upstream
         self.id: str = server["id"]
         self.key: str = server["api_key"]
-        self.url = f"{stack.base_url}/mcp/{server['slug']}"
+        self.url = f"{front or stack.base_url}/mcp/{server['slug']}"
 
     def headers(self, key: str | None = None, **extra: str) -> dict[str, str]:
         return {"authorization": f"Bearer {key or self.key}", **extra}
@@ -132,13 +139,16 @@ class Hosted:
         return await http.post(self.url, json=body, headers={**headers, **self.headers(key)})
 
 
-async def host(stack: Stack, owner: httpx.AsyncClient, upstream: DirectServer, **gateway: Any) -> Hosted:
+async def host(
+    stack: Stack, owner: httpx.AsyncClient, upstream: DirectServer, front: str | None = None, **gateway: Any
+) -> Hosted:
+    """A server record serving `upstream`, called through `front` (a base URL; default: the API's)."""
     slug = f"gw-{uuid.uuid4().hex[:10]}"
     source = {"type": "package", "registry": "pypi", "package": "mcphost-everything"}
     created = await owner.post("/api/servers", json={"name": slug, "slug": slug, "source": source, "gateway": gateway})
     assert created.status_code == 201, created.text
     await attach(stack, created.json()["id"], upstream.url)
-    return Hosted(stack, owner, created.json(), upstream)
+    return Hosted(stack, owner, created.json(), upstream, front)
 
 
 @pytest.fixture(scope="module")
@@ -155,11 +165,18 @@ def json_upstream() -> Iterator[DirectServer]:
     server.stop()
 
 
+@pytest.fixture(params=["uvicorn", "lean"])
+async def front(request: pytest.FixtureRequest, stack: Stack) -> str:
+    """Where clients reach the gateway: uvicorn beside the API (`mcphost up`), or the gateway's own server
+    (`mcphost gateway`). Every test taking it runs through both."""
+    return stack.base_url if request.param == "uvicorn" else await stack.lean_gateway()
+
+
 @pytest.fixture
-async def hosted(stack: Stack, upstream: DirectServer) -> AsyncIterator[Hosted]:
+async def hosted(stack: Stack, upstream: DirectServer, front: str) -> AsyncIterator[Hosted]:
     owner, _ = await stack.user()
     async with owner:
-        yield await host(stack, owner, upstream)
+        yield await host(stack, owner, upstream, front)
 
 
 @pytest.fixture
@@ -252,12 +269,12 @@ async def test_a_forbidden_origin_never_reaches_the_server(
 
 
 async def test_a_hung_server_times_out_with_a_json_rpc_error(
-    stack: Stack, upstream: DirectServer, json_upstream: DirectServer, http: httpx.AsyncClient
+    stack: Stack, upstream: DirectServer, json_upstream: DirectServer, http: httpx.AsyncClient, front: str
 ) -> None:
     owner, _ = await stack.user()
     async with owner:
         for server in (upstream, json_upstream):  # an SSE answer and a JSON one
-            slow = await host(stack, owner, server, read_timeout_seconds=1.5)
+            slow = await host(stack, owner, server, front, read_timeout_seconds=1.5)
             started = time.monotonic()
             response = await slow.call(http, "sleep", {"seconds": 20})
             took = time.monotonic() - started
@@ -278,12 +295,12 @@ def upstream_connections(server: DirectServer) -> int:
     return count
 
 
-async def test_a_client_that_goes_away_frees_its_upstream_connection(stack: Stack) -> None:
+async def test_a_client_that_goes_away_frees_its_upstream_connection(stack: Stack, front: str) -> None:
     server = DirectServer().start()
     try:
         owner, _ = await stack.user()
         async with owner:
-            hosted = await host(stack, owner, server)
+            hosted = await host(stack, owner, server, front)
             baseline = upstream_connections(server)
             clients = [httpx.AsyncClient(timeout=60) for _ in range(4)]
             calls = [asyncio.create_task(hosted.call(c, "sleep", {"seconds": 60})) for c in clients]

@@ -113,6 +113,8 @@ class Stack:
     _server: uvicorn.Server | None = None
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _worker_stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _lean: Any = None  # gateway.server.GatewayServer, once a test asked for it
+    _lean_url: str = ""
 
     async def start(self) -> None:
         # The API's socket is bound here, before anything else can take the port between choosing it and
@@ -156,7 +158,23 @@ class Stack:
         app = cast(WithGateway, self._server.config.app)
         return cast(AppState, app.state.mcphost)
 
+    async def lean_gateway(self) -> str:
+        """Base URL of the gateway's own HTTP server (what `mcphost gateway` runs) in front of this process's
+        gateway: the same routes, keys, limits and metering as under uvicorn. Started on first use."""
+        if self._lean is None:
+            from gateway.server import GatewayServer
+
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", 0))
+            self._lean = GatewayServer(self.state.gateway.gateway)
+            port = await self._lean.listen(sock=sock)
+            self._lean_url = f"http://127.0.0.1:{port}"
+        return self._lean_url
+
     async def stop(self) -> None:
+        if self._lean is not None:
+            await self._lean.shutdown(grace=5)
         self._worker_stop.set()
         if self._server is not None:
             self._server.should_exit = True
