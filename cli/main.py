@@ -215,6 +215,9 @@ def gateway(
     use_uvicorn: bool = typer.Option(
         False, "--uvicorn", help="Serve through uvicorn instead of the gateway's own HTTP server"
     ),
+    fd: int | None = typer.Option(
+        None, "--fd", help="Serve on this already bound, listening socket (socket activation) instead of a port"
+    ),
 ) -> None:
     """Serve only the MCP gateway (/mcp/<slug>, /healthz, /metrics), to scale it apart from the API.
 
@@ -235,7 +238,13 @@ def gateway(
         from gateway.app import create_gateway_app
 
         uvicorn.run(
-            create_gateway_app(settings), host=host, port=port, log_level="info", proxy_headers=False, access_log=False
+            create_gateway_app(settings),
+            host=host,
+            port=port,
+            fd=fd,
+            log_level="info",
+            proxy_headers=False,
+            access_log=False,
         )
         return
     import asyncio
@@ -246,9 +255,9 @@ def gateway(
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvicorn[standard] brings it
-        asyncio.run(serve_gateway(settings, host, port))
+        asyncio.run(serve_gateway(settings, host, port, fd=fd))
     else:
-        uvloop.run(serve_gateway(settings, host, port))
+        uvloop.run(serve_gateway(settings, host, port, fd=fd))
 
 
 @app.command()

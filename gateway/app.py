@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -56,8 +57,11 @@ def create_gateway_app(settings: Settings) -> WithGateway:
     return WithGateway(app)
 
 
-async def serve_gateway(settings: Settings, host: str, port: int, *, grace: float = 30.0) -> None:
-    """Run the gateway on its own HTTP server (gateway.server) until SIGTERM or SIGINT, then drain."""
+async def serve_gateway(
+    settings: Settings, host: str, port: int, *, fd: int | None = None, grace: float = 30.0
+) -> None:
+    """Run the gateway on its own HTTP server (gateway.server) on host:port, or on the listening socket `fd`,
+    until SIGTERM or SIGINT; then let requests in flight finish for up to `grace` seconds."""
     from gateway.server import GatewayServer
 
     engine = make_engine(settings.database_url)
@@ -67,7 +71,12 @@ async def serve_gateway(settings: Settings, host: str, port: int, *, grace: floa
         server = GatewayServer(
             state.gateway, health=lambda: {"status": "ok", "routes_listening": state.routes.listening}
         )
-        bound = await server.listen(host, port)
+        if fd is not None:
+            listening = socket.socket(fileno=fd)
+            host = listening.getsockname()[0]
+            bound = await server.listen(sock=listening)
+        else:
+            bound = await server.listen(host, port)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

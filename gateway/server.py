@@ -249,9 +249,11 @@ class GatewayProtocol(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._refuse(400, "protocol upgrades are not served here")
         except httptools.HttpParserError:
-            self._refuse(400, "invalid HTTP request")
-        except _HeadTooLarge:
-            self._refuse(431, f"request head larger than {MAX_HEAD_BYTES} bytes")
+            # A callback's exception reaches here wrapped by the parser: the head-size check is one.
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._refuse(431, f"request head larger than {MAX_HEAD_BYTES} bytes")
+            else:
+                self._refuse(400, "invalid HTTP request")
 
     def eof_received(self) -> bool | None:
         # The client closed its side: it is gone (as under uvicorn), and whatever it asked is abandoned at once,
