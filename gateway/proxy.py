@@ -286,7 +286,7 @@ class Gateway:
                 "unauthorized",
                 [(b"www-authenticate", b"Bearer")],
             )
-        wait = self.buckets.take(grant.id or route.server_id)
+        wait = self.buckets.take(grant.key_hash)
         if wait > 0:
             retry = str(max(1, int(wait + 0.999))).encode()
             return await self._refuse(
@@ -345,8 +345,8 @@ class Gateway:
                 return await _send(send, status, headers, reply)
 
         server_limit = route.options.max_concurrency
-        slot_key = grant.id or route.server_id
-        if not self.server_slots.acquire(route.server_id, server_limit):
+        slot_key = grant.key_hash  # one per key; a str, whose hash is cached (a UUID's is not)
+        if not self.server_slots.acquire(route.slug, server_limit):
             return await self._refuse(
                 send,
                 inv,
@@ -357,7 +357,7 @@ class Gateway:
                 request_id=call.id,
             )
         if not self.key_slots.acquire(slot_key):
-            self.server_slots.release(route.server_id)
+            self.server_slots.release(route.slug)
             return await self._refuse(
                 send,
                 inv,
@@ -372,7 +372,7 @@ class Gateway:
             await self._forward(scope, receive, send, inv, route, grant, call, method, body, forward, session_id)
         finally:
             self.in_flight -= 1
-            self.server_slots.release(route.server_id)
+            self.server_slots.release(route.slug)
             self.key_slots.release(slot_key)
 
     def _grant(self, route: Route, key: bytes | None) -> KeyGrant | None:
@@ -476,11 +476,7 @@ class Gateway:
                 inv.outcome = "upstream_error"
                 return await self._send_error(send, inv, 502, f"server '{route.slug}' did not answer: {exc}", call.id)
             inv.status = upstream.status_code
-            headers = [
-                (n, v)
-                for n, v in upstream.headers_raw
-                if n.lower() in FORWARD_RESPONSE or n.lower().startswith(b"mcp-")
-            ]
+            headers = [(n, v) for n, v in upstream.headers_raw if n in FORWARD_RESPONSE or n.startswith(b"mcp-")]
             new_session = upstream.header(b"mcp-session-id")
             if new_session and call.method == "initialize" and route.deployment_id is not None and pinned is None:
                 self.sessions.pin(new_session, route, upstream_url)

@@ -146,6 +146,10 @@ class _Exchange:
             parts = [STATUS_LINES.get(status) or _status_line(status)]
             length = False
             for name, value in message.get("headers", ()):
+                if b"\n" in value or b"\r" in value or b"\n" in name or b"\r" in name:
+                    # Headers relayed from a (hostile) server were parsed by httptools, which refuses line
+                    # breaks in them; this keeps any that slipped through from splitting the answer.
+                    continue
                 if name == b"content-length":
                     length = True
                 parts += [name, b": ", value, b"\r\n"]

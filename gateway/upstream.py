@@ -92,7 +92,7 @@ class _Connection(asyncio.Protocol):
             self._fail(UpstreamError(f"the server sent more than {MAX_HEADER_BYTES} bytes of headers"))
             self.close()
             return
-        self.headers.append((name, value))
+        self.headers.append((name.lower(), value))  # names lower-cased once, here; values untouched
 
     def on_headers_complete(self) -> None:
         if not self.head.done():
@@ -150,7 +150,7 @@ class UpstreamResponse:
 
     def header(self, name: bytes) -> bytes | None:
         for key, value in self.headers_raw:
-            if key.lower() == name:
+            if key == name:
                 return value
         return None
 

@@ -410,7 +410,7 @@ async def test_one_tenant_holding_streams_cannot_fail_another_tenants_calls(
             await asyncio.sleep(0)
 
             async def greedy_full() -> bool:
-                return gateway.server_slots.in_use(uuid.UUID(greedy.id)) == 4
+                return gateway.server_slots.in_use(greedy.server["slug"]) == 4
 
             await eventually(greedy_full)
             answers = [await other.call(http, "echo", {"text": f"other {i}"}) for i in range(10)]

@@ -400,3 +400,19 @@ async def test_shutdown_lets_requests_in_flight_finish_and_stops_accepting(serve
     finally:
         await client.aclose()
         await idle.aclose()
+
+
+async def test_a_header_with_a_line_break_cannot_split_the_answer(serve: Any) -> None:
+    async def injects(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await answer(send, 200, b"{}", (b"x-note", b"fine\r\nx-injected: 1"), (b"x-kept", b"yes"))
+
+    port = await serve(injects)
+    client = await Raw.connect(port)
+    try:
+        client.send(request("POST", "/mcp/x", b"{}"))
+        status, headers, body, _ = await client.response()
+        assert status == 200 and body == b"{}" and headers[b"x-kept"] == b"yes"
+        assert b"x-injected" not in headers and b"x-note" not in headers
+    finally:
+        await client.aclose()
