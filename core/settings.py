@@ -149,6 +149,15 @@ class Settings(BaseSettings):
         gt=0,
         description="A session with no request and no open stream for this long no longer holds a drain open.",
     )
+    gateway_client_idle_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="mcphost gateway: how long a client connection may wait for its next request (or its head).",
+    )
+    gateway_shutdown_grace_seconds: float = Field(
+        default=30.0, ge=0, le=3600, description="mcphost gateway: how long SIGTERM lets requests in flight finish."
+    )
     gateway_invocation_retention_days: float = Field(default=7.0, gt=0)
     gateway_usage_retention_days: float = Field(default=90.0, gt=0)
     gateway_trace_max_bytes: int = Field(

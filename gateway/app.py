@@ -57,11 +57,10 @@ def create_gateway_app(settings: Settings) -> WithGateway:
     return WithGateway(app)
 
 
-async def serve_gateway(
-    settings: Settings, host: str, port: int, *, fd: int | None = None, grace: float = 30.0
-) -> None:
+async def serve_gateway(settings: Settings, host: str, port: int, *, fd: int | None = None) -> None:
     """Run the gateway on its own HTTP server (gateway.server) on host:port, or on the listening socket `fd`,
-    until SIGTERM or SIGINT; then let requests in flight finish for up to `grace` seconds."""
+    until SIGTERM or SIGINT; then let requests in flight finish (GATEWAY_SHUTDOWN_GRACE_SECONDS)."""
+    grace = settings.gateway_shutdown_grace_seconds
     from gateway.server import GatewayServer
 
     engine = make_engine(settings.database_url)
@@ -69,7 +68,9 @@ async def serve_gateway(
     await state.start()
     try:
         server = GatewayServer(
-            state.gateway, health=lambda: {"status": "ok", "routes_listening": state.routes.listening}
+            state.gateway,
+            health=lambda: {"status": "ok", "routes_listening": state.routes.listening},
+            keep_alive=settings.gateway_client_idle_seconds,
         )
         if fd is not None:
             listening = socket.socket(fileno=fd)
