@@ -165,11 +165,17 @@ def json_upstream() -> Iterator[DirectServer]:
     server.stop()
 
 
-@pytest.fixture(params=["uvicorn", "lean"])
+@pytest.fixture
 async def front(request: pytest.FixtureRequest, stack: Stack) -> str:
-    """Where clients reach the gateway: uvicorn beside the API (`mcphost up`), or the gateway's own server
-    (`mcphost gateway`). Every test taking it runs through both."""
-    return stack.base_url if request.param == "uvicorn" else await stack.lean_gateway()
+    """Where clients reach the gateway: uvicorn beside the API (`mcphost up`, the default), or the
+    gateway's own server (`mcphost gateway`). Tests of HTTP transport run through both (BOTH_FRONTS)."""
+    kind = getattr(request, "param", "uvicorn")
+    return stack.base_url if kind == "uvicorn" else await stack.lean_gateway()
+
+
+# What an HTTP server in front of the handler could get wrong runs through both; the handler's own
+# logic (keys, limits, metering) is the same code under both and runs once.
+BOTH_FRONTS = pytest.mark.parametrize("front", ["uvicorn", "lean"], indirect=True)
 
 
 @pytest.fixture
@@ -185,6 +191,7 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
+@BOTH_FRONTS
 async def test_mcp_headers_pass_byte_exact_and_credentials_never(hosted: Hosted, http: httpx.AsyncClient) -> None:
     headers, body = modern_call("request_headers", {})
     odd = "=?base64?" + "w6nDoA==" + "?="  # an encoded non-ASCII value, as 2026-07-28 clients send them
@@ -214,6 +221,7 @@ async def test_mcp_headers_pass_byte_exact_and_credentials_never(hosted: Hosted,
         assert never not in seen, (never, seen)
 
 
+@BOTH_FRONTS
 async def test_status_codes_and_allow_come_from_the_server(hosted: Hosted, http: httpx.AsyncClient) -> None:
     # A stateless (2026-07-28) GET is 405 from the server, with its Allow; the gateway keeps both.
     got = await http.get(hosted.url, headers={**hosted.headers(), "mcp-protocol-version": MODERN, "accept": ACCEPT})
@@ -228,6 +236,7 @@ async def test_status_codes_and_allow_come_from_the_server(hosted: Hosted, http:
     assert put.status_code == 405 and put.headers["allow"] == "GET, POST, DELETE"
 
 
+@BOTH_FRONTS
 async def test_session_era_clients_work_end_to_end(hosted: Hosted) -> None:
     """The official client, handshake era: initialize, session id, GET stream, DELETE at the end."""
     async with httpx2.AsyncClient(headers=hosted.headers(), timeout=30) as h:
@@ -295,6 +304,7 @@ def upstream_connections(server: DirectServer) -> int:
     return count
 
 
+@BOTH_FRONTS
 async def test_a_client_that_goes_away_frees_its_upstream_connection(stack: Stack, front: str) -> None:
     server = DirectServer().start()
     try:
@@ -323,6 +333,7 @@ async def test_a_client_that_goes_away_frees_its_upstream_connection(stack: Stac
         server.stop()
 
 
+@BOTH_FRONTS
 async def test_idle_streams_get_keep_alives_and_are_not_cut(stack: Stack, hosted: Hosted) -> None:
     gateway = stack.state.gateway.gateway
     saved = gateway.keepalive
@@ -425,6 +436,7 @@ async def test_one_tenant_holding_streams_cannot_fail_another_tenants_calls(
                 await c.aclose()
 
 
+@BOTH_FRONTS
 async def test_size_caps(stack: Stack, hosted: Hosted, http: httpx.AsyncClient) -> None:
     gateway = stack.state.gateway.gateway
     headers, body = modern_call("echo", {"text": "x" * (gateway.max_request_bytes + 10)})
