@@ -20,11 +20,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.limits import Slots, TokenBuckets
 from gateway.metering import Invocation, Meter
-from gateway.routes import KeyGrant, Route, RouteTable
+from gateway.routes import KeyGrant, Miss, Route, RouteTable
 from gateway.sessions import SessionPins
 from gateway.upstream import (
     ConnectTimeout,
@@ -56,8 +56,95 @@ JSON_TYPE = (b"content-type", b"application/json")
 WATCH_AFTER = 0.02  # seconds a forwarded request runs before the gateway watches for the client leaving
 
 
-class _Disconnected(Exception):
+class Disconnected(Exception):
     """The client went away."""
+
+
+class Channel(Protocol):
+    """How the handler reads its request's body and answers: `AsgiChannel` under any ASGI server, or the
+    exchange of the gateway's own server (gateway.server), which does the same without ASGI messages."""
+
+    async def read_body(self, limit: int) -> bytes | None:
+        """The whole request body; None once it is larger than `limit`. Raises Disconnected."""
+        ...
+
+    async def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        """A whole answer (its headers carry its content-length)."""
+        ...
+
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        """The head of a streamed answer."""
+        ...
+
+    async def body(self, data: bytes, more: bool = True) -> None:
+        """Bytes of a streamed answer; `more=False` ends it."""
+        ...
+
+    def watch(self, on_gone: Callable[[], None]) -> None:
+        """Call `on_gone` if the client goes away, until `unwatch`."""
+        ...
+
+    def unwatch(self) -> None: ...
+
+
+class AsgiChannel:
+    """`Channel` over ASGI receive/send."""
+
+    __slots__ = ("receive", "send", "_timer", "_watcher")
+
+    def __init__(self, receive: Receive, send: Send) -> None:
+        self.receive = receive
+        self.send = send
+        self._timer: asyncio.TimerHandle | None = None
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def read_body(self, limit: int) -> bytes | None:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise Disconnected
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    return None
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+        await self.send({"type": "http.response.body", "body": body})
+
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+
+    async def body(self, data: bytes, more: bool = True) -> None:
+        await self.send({"type": "http.response.body", "body": data, "more_body": more})
+
+    def watch(self, on_gone: Callable[[], None]) -> None:
+        # Most answers come back within milliseconds: a client gone by then costs one wasted answer at most,
+        # so the watcher (a task of its own, reading ASGI messages) starts only once the request has taken
+        # longer than that.
+        self._timer = asyncio.get_running_loop().call_later(WATCH_AFTER, self._start_watching, on_gone)
+
+    def _start_watching(self, on_gone: Callable[[], None]) -> None:
+        self._watcher = asyncio.get_running_loop().create_task(self._watch(on_gone))
+
+    async def _watch(self, on_gone: Callable[[], None]) -> None:
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                on_gone()
+                return
+
+    def unwatch(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._watcher is not None:
+            self._watcher.cancel()
 
 
 @dataclass(slots=True)
@@ -209,22 +296,37 @@ class Gateway:
         self.in_flight = 0  # requests being forwarded now (the in-flight gauge reads it)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ASGI application (under uvicorn)."""
+        channel = AsgiChannel(receive, send)
+        await self.handle(scope["method"], scope["path"], scope.get("query_string", b""), scope["headers"], channel)
+
+    async def handle(
+        self, method: str, path: str, query: bytes, headers: list[tuple[bytes, bytes]], out: Channel
+    ) -> None:
+        """One request to `path` (under PREFIX), answered through `out`."""
         started = time.perf_counter()
-        inv = Invocation(http_method=scope["method"])
+        inv = Invocation(http_method=method)
         try:
-            await self._handle(scope, receive, send, inv)
-        except _Disconnected:
+            await self._handle(method, path, query, headers, out, inv)
+        except Disconnected:
             inv.outcome = "client_gone"
         finally:
             inv.duration_ms = (time.perf_counter() - started) * 1000
             self.meter.record(inv)
 
-    async def _handle(self, scope: Scope, receive: Receive, send: Send, inv: Invocation) -> None:
-        slug = scope["path"][len(PREFIX) :]
-        method: str = scope["method"]
+    async def _handle(
+        self,
+        method: str,
+        path: str,
+        query: bytes,
+        headers: list[tuple[bytes, bytes]],
+        out: Channel,
+        inv: Invocation,
+    ) -> None:
+        slug = path[len(PREFIX) :]
         origin = key = content_length = session_id = rpc_method = rpc_name = None
         forward: list[tuple[bytes, bytes]] = []
-        for name, value in scope["headers"]:
+        for name, value in headers:
             if name.startswith(b"mcp-"):
                 forward.append((name, value))
                 if name == b"mcp-session-id":
@@ -246,30 +348,30 @@ class Gateway:
             elif name == b"content-length":
                 content_length = value
 
-        query = scope.get("query_string", b"")
         if query and any(f"{n}=".encode() in query for n in KEY_QUERY_NAMES):
             return await self._refuse(
-                send, inv, 400, "send the API key in the Authorization or X-API-Key header, never in the URL", "refused"
+                out, inv, 400, "send the API key in the Authorization or X-API-Key header, never in the URL", "refused"
             )
         if origin is not None and origin.rstrip(b"/").lower() not in self.allowed_origins:
             return await self._refuse(
-                send, inv, 403, "this Origin may not call the gateway (GATEWAY_ALLOWED_ORIGINS)", "origin"
+                out, inv, 403, "this Origin may not call the gateway (GATEWAY_ALLOWED_ORIGINS)", "origin"
             )
         if method not in ("GET", "POST", "DELETE"):
-            status, headers, body = _reply(
+            status, reply_headers, body = _reply(
                 405, rpc_error_body(f"method {method} is not allowed here"), [(b"allow", ALLOWED_METHODS)]
             )
             inv.status, inv.outcome = 405, "refused"
-            return await _send(send, status, headers, body)
+            return await out.respond(status, reply_headers, body)
 
-        route = await self.routes.lookup(slug) if "/" not in slug else None
+        cached = self.routes.cached(slug)
+        route = cached if not isinstance(cached, Miss) else await self.routes.lookup(slug) if "/" not in slug else None
         if route is None:
-            return await self._refuse(send, inv, 404, f"no MCP server at /mcp/{slug}", "not_found")
+            return await self._refuse(out, inv, 404, f"no MCP server at /mcp/{slug}", "not_found")
         inv.server_id = route.server_id
         grant = self._grant(route, key)
         if grant is None:
             return await self._refuse(
-                send,
+                out,
                 inv,
                 401,
                 "missing or invalid API key for this server",
@@ -279,7 +381,7 @@ class Gateway:
         inv.key_name = grant.name
         if grant.expires_at is not None and grant.expires_at <= time.time():
             return await self._refuse(
-                send,
+                out,
                 inv,
                 401,
                 f"API key {grant.name!r} has expired",
@@ -290,7 +392,7 @@ class Gateway:
         if wait > 0:
             retry = str(max(1, int(wait + 0.999))).encode()
             return await self._refuse(
-                send,
+                out,
                 inv,
                 429,
                 f"rate limit of key {grant.name!r} reached; retry later",
@@ -299,19 +401,19 @@ class Gateway:
             )
         if not route.upstream_url:
             return await self._refuse(
-                send, inv, 503, f"server '{slug}' is not running ({route.status}); deploy it first", "not_running"
+                out, inv, 503, f"server '{slug}' is not running ({route.status}); deploy it first", "not_running"
             )
 
         body = b""
         if method == "POST":
             if content_length is not None and content_length.isdigit() and int(content_length) > self.max_request_bytes:
                 return await self._refuse(
-                    send, inv, 413, f"request body larger than {self.max_request_bytes} bytes", "too_large"
+                    out, inv, 413, f"request body larger than {self.max_request_bytes} bytes", "too_large"
                 )
-            read = await self._read_body(receive)
+            read = await out.read_body(self.max_request_bytes)
             if read is None:
                 return await self._refuse(
-                    send, inv, 413, f"request body larger than {self.max_request_bytes} bytes", "too_large"
+                    out, inv, 413, f"request body larger than {self.max_request_bytes} bytes", "too_large"
                 )
             body = read
         inv.request_bytes = len(body)
@@ -328,7 +430,7 @@ class Gateway:
         if grant.tools is not None:
             if call.batch and call.names:
                 return await self._refuse(
-                    send,
+                    out,
                     inv,
                     400,
                     "batched tools/call is not allowed with a key that has a tool allowlist",
@@ -341,14 +443,14 @@ class Gateway:
                 err = rpc_error_body(
                     f"tool {refused!r} is not allowed for key {grant.name!r}", code=-32602, request_id=call.id
                 )
-                status, headers, reply = _reply(200, err)
-                return await _send(send, status, headers, reply)
+                status, reply_headers, reply = _reply(200, err)
+                return await out.respond(status, reply_headers, reply)
 
         server_limit = route.options.max_concurrency
         slot_key = grant.key_hash  # one per key; a str, whose hash is cached (a UUID's is not)
         if not self.server_slots.acquire(route.slug, server_limit):
             return await self._refuse(
-                send,
+                out,
                 inv,
                 429,
                 f"too many requests in flight to '{slug}'; retry shortly",
@@ -359,7 +461,7 @@ class Gateway:
         if not self.key_slots.acquire(slot_key):
             self.server_slots.release(route.slug)
             return await self._refuse(
-                send,
+                out,
                 inv,
                 429,
                 f"too many requests in flight with key {grant.name!r}; retry shortly",
@@ -369,7 +471,7 @@ class Gateway:
             )
         self.in_flight += 1
         try:
-            await self._forward(scope, receive, send, inv, route, grant, call, method, body, forward, session_id)
+            await self._forward(out, inv, route, grant, call, method, body, forward, session_id)
         finally:
             self.in_flight -= 1
             self.server_slots.release(route.slug)
@@ -385,27 +487,9 @@ class Gateway:
             return None
         return grant
 
-    async def _read_body(self, receive: Receive) -> bytes | None:
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _Disconnected
-            chunk = message.get("body", b"")
-            if chunk:
-                size += len(chunk)
-                if size > self.max_request_bytes:
-                    return None
-                chunks.append(chunk)
-            if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
     async def _forward(
         self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
+        out: Channel,
         inv: Invocation,
         route: Route,
         grant: KeyGrant,
@@ -434,24 +518,13 @@ class Gateway:
         if loop is not upstream_loop:
             self.upstream.loop = loop
         gone = False
-        watcher: asyncio.Task[None] | None = None
 
-        async def watch() -> None:
+        def on_gone() -> None:
             nonlocal gone
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    gone = True
-                    task.cancel()
-                    return
+            gone = True
+            task.cancel()
 
-        def start_watching() -> None:
-            nonlocal watcher
-            watcher = loop.create_task(watch())
-
-        # Most answers come back within milliseconds: a client gone by then costs one wasted answer at most,
-        # so the watcher (a task of its own) starts only once the request has taken longer than that.
-        timer = loop.call_later(WATCH_AFTER, start_watching)
+        out.watch(on_gone)
         upstream: UpstreamResponse | None = None
         try:
             try:
@@ -463,7 +536,7 @@ class Gateway:
                 limit = connect if phase == "connect to" else read_limit
                 inv.outcome = "timeout"
                 return await self._send_error(
-                    send, inv, 504, f"no {phase} server '{route.slug}' within {limit:g} s", call.id
+                    out, inv, 504, f"no {phase} server '{route.slug}' within {limit:g} s", call.id
                 )
             except UpstreamError as exc:
                 if pinned is not None:
@@ -471,10 +544,10 @@ class Gateway:
                     self.sessions.forget(session_id)
                     inv.outcome = "session_gone"
                     return await self._send_error(
-                        send, inv, 404, "session ended with its revision; start a new session", call.id
+                        out, inv, 404, "session ended with its revision; start a new session", call.id
                     )
                 inv.outcome = "upstream_error"
-                return await self._send_error(send, inv, 502, f"server '{route.slug}' did not answer: {exc}", call.id)
+                return await self._send_error(out, inv, 502, f"server '{route.slug}' did not answer: {exc}", call.id)
             inv.status = upstream.status_code
             headers = [(n, v) for n, v in upstream.headers_raw if n in FORWARD_RESPONSE or n.startswith(b"mcp-")]
             new_session = upstream.header(b"mcp-session-id")
@@ -487,14 +560,14 @@ class Gateway:
                 if session_id is not None:
                     self.sessions.touch(session_id, streaming=True)
                 try:
-                    await self._relay_stream(send, inv, upstream, headers, grant, call, method, read_limit)
+                    await self._relay_stream(out, inv, upstream, headers, grant, call, method, read_limit)
                 finally:
                     if session_id is not None:
                         self.sessions.touch(session_id, streaming=False)
             else:
                 if session_id is not None:
                     self.sessions.touch(session_id)
-                await self._relay_whole(send, inv, upstream, headers, grant, call, route)
+                await self._relay_whole(out, inv, upstream, headers, grant, call, route)
             if inv.outcome == "ok" and upstream.status_code >= 400:
                 inv.outcome = "error"
         except asyncio.CancelledError:
@@ -502,18 +575,16 @@ class Gateway:
                 raise
             task.uncancel()
             inv.outcome = "client_gone"
-        except _Disconnected:
+        except Disconnected:
             inv.outcome = "client_gone"
         finally:
-            timer.cancel()
-            if watcher is not None:
-                watcher.cancel()
+            out.unwatch()
             if upstream is not None:
                 upstream.close()
 
     async def _relay_whole(
         self,
-        send: Send,
+        out: Channel,
         inv: Invocation,
         upstream: UpstreamResponse,
         headers: list[tuple[bytes, bytes]],
@@ -521,17 +592,24 @@ class Gateway:
         call: Call,
         route: Route,
     ) -> None:
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in upstream.iter_chunks():
-            size += len(chunk)
-            if size > self.max_response_bytes:
-                inv.outcome = "response_too_large"
-                return await self._send_error(
-                    send, inv, 502, f"server's response is larger than {self.max_response_bytes} bytes", call.id
-                )
-            chunks.append(chunk)
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        data = upstream.whole()  # usually the answer is all there already
+        if data is None:
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in upstream.iter_chunks():
+                size += len(chunk)
+                if size > self.max_response_bytes:
+                    inv.outcome = "response_too_large"
+                    return await self._send_error(
+                        out, inv, 502, f"server's response is larger than {self.max_response_bytes} bytes", call.id
+                    )
+                chunks.append(chunk)
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        elif len(data) > self.max_response_bytes:
+            inv.outcome = "response_too_large"
+            return await self._send_error(
+                out, inv, 502, f"server's response is larger than {self.max_response_bytes} bytes", call.id
+            )
         if grant.tools is not None and call.method == "tools/list" and data:
             try:
                 data = json.dumps(filter_tools(json.loads(data), grant.tools), separators=(",", ":")).encode()
@@ -541,12 +619,11 @@ class Gateway:
             inv.result = data
         headers.append((b"content-length", str(len(data)).encode()))
         inv.response_bytes = len(data)
-        await send({"type": "http.response.start", "status": upstream.status_code, "headers": headers})
-        await send({"type": "http.response.body", "body": data})
+        await out.respond(upstream.status_code, headers, data)
 
     async def _relay_stream(
         self,
-        send: Send,
+        out: Channel,
         inv: Invocation,
         upstream: UpstreamResponse,
         headers: list[tuple[bytes, bytes]],
@@ -555,7 +632,7 @@ class Gateway:
         method: str,
         read_limit: float,
     ) -> None:
-        await send({"type": "http.response.start", "status": upstream.status_code, "headers": headers})
+        await out.start(upstream.status_code, headers)
         tool_filter = SseToolFilter(grant.tools) if grant.tools is not None and method == "POST" else None
         loop = upstream.loop
         last_data = loop.time()
@@ -572,49 +649,49 @@ class Gateway:
                 if isinstance(item, TimedOut):
                     if method == "POST" and loop.time() - last_data >= read_limit:
                         inv.outcome = "timeout"
-                        await _send_body(
-                            send, _sse_error(f"no answer from the server within {read_limit:g} s", call.id), more=False
+                        await out.body(
+                            _sse_error(f"no answer from the server within {read_limit:g} s", call.id), more=False
                         )
                         return
                     if at_boundary:
-                        await _send_body(send, b": keep-alive\n\n")
+                        await out.body(b": keep-alive\n\n")
                     continue
                 if item is None:
                     tail = tool_filter.flush() if tool_filter is not None else b""
-                    await _send_body(send, tail, more=False)
+                    await out.body(tail, more=False)
                     return
                 if isinstance(item, UpstreamError):
                     inv.outcome = "upstream_error"
                     message = f"the server's stream broke: {item}"
-                    await _send_body(send, (b"" if at_boundary else b"\n\n") + _sse_error(message, call.id), more=False)
+                    await out.body((b"" if at_boundary else b"\n\n") + _sse_error(message, call.id), more=False)
                     return
                 last_data = loop.time()
                 size += len(item)
                 if method == "POST" and size > self.max_response_bytes:
                     inv.outcome = "response_too_large"
                     message = f"the server's response is larger than {self.max_response_bytes} bytes; cut"
-                    await _send_body(send, (b"" if at_boundary else b"\n\n") + _sse_error(message, call.id), more=False)
+                    await out.body((b"" if at_boundary else b"\n\n") + _sse_error(message, call.id), more=False)
                     return
                 if traced is not None and len(traced) < 65536:
                     traced += item
-                out = tool_filter.feed(item) if tool_filter is not None else item
+                data = tool_filter.feed(item) if tool_filter is not None else item
                 at_boundary = item.endswith(b"\n\n") or item.endswith(b"\r\n\r\n")
                 if upstream.finished:
                     # The server's answer is complete (a POST's single event, usually): the end goes with it.
-                    out += tool_filter.flush() if tool_filter is not None else b""
-                    inv.response_bytes += len(out)
-                    await _send_body(send, out, more=False)
+                    data += tool_filter.flush() if tool_filter is not None else b""
+                    inv.response_bytes += len(data)
+                    await out.body(data, more=False)
                     return
-                inv.response_bytes += len(out)
-                if out:
-                    await _send_body(send, out)
+                inv.response_bytes += len(data)
+                if data:
+                    await out.body(data)
         finally:
             if traced is not None:
                 inv.result = bytes(traced)
 
     async def _refuse(
         self,
-        send: Send,
+        out: Channel,
         inv: Invocation,
         status: int,
         message: str,
@@ -625,24 +702,15 @@ class Gateway:
         inv.status, inv.outcome = status, outcome
         status, all_headers, body = _reply(status, rpc_error_body(message, request_id=request_id), headers)
         inv.response_bytes = len(body)
-        await _send(send, status, all_headers, body)
+        await out.respond(status, all_headers, body)
 
-    async def _send_error(self, send: Send, inv: Invocation, status: int, message: str, request_id: Any) -> None:
+    async def _send_error(self, out: Channel, inv: Invocation, status: int, message: str, request_id: Any) -> None:
         inv.status = status
         code = -32001 if status < 500 else -32000
         status, headers, body = _reply(status, rpc_error_body(message, code=code, request_id=request_id))
         inv.response_bytes = len(body)
-        await _send(send, status, headers, body)
+        await out.respond(status, headers, body)
 
 
 def _sse_error(message: str, request_id: Any) -> bytes:
     return b"event: message\ndata: " + rpc_error_body(message, code=-32000, request_id=request_id) + b"\n\n"
-
-
-async def _send(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def _send_body(send: Send, body: bytes, *, more: bool = True) -> None:
-    await send({"type": "http.response.body", "body": body, "more_body": more})

@@ -50,6 +50,13 @@ class Route:
     options: GatewayOptions = field(default_factory=GatewayOptions)
 
 
+class Miss:
+    """What `RouteTable.cached` returns when the cache cannot answer."""
+
+
+MISS = Miss()
+
+
 def _epoch(value: datetime | None) -> float | None:
     return value.timestamp() if value is not None else None
 
@@ -84,6 +91,16 @@ class RouteTable:
 
     def __len__(self) -> int:
         return len(self._cache)
+
+    def cached(self, slug: str) -> Route | None | Miss:
+        """The route of `slug` if the cache holds it fresh, else MISS (then `lookup` asks the database); no
+        coroutine on the request path for a hit."""
+        cached = self._cache.get(slug)
+        if cached is not None and time.monotonic() - cached[0] < (self.ttl if self._listener.connected else 2.0):
+            self.hits += 1
+            self._cache.move_to_end(slug)
+            return cached[1]
+        return MISS
 
     async def lookup(self, slug: str) -> Route | None:
         cached = self._cache.get(slug)

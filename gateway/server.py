@@ -28,7 +28,7 @@ import json
 import logging
 import socket
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from http import HTTPStatus
 from typing import Any
 
@@ -36,7 +36,7 @@ import httptools
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway import metrics
-from gateway.proxy import PREFIX, Gateway, Message
+from gateway.proxy import PREFIX, Disconnected, Gateway, Message
 
 log = logging.getLogger("mcphost.gateway.server")
 
@@ -67,7 +67,7 @@ class _Exchange:
         "headers",
         "keep_alive",
         "http10",
-        "body",
+        "unread",
         "body_size",
         "complete",
         "delivered",
@@ -78,6 +78,7 @@ class _Exchange:
         "chunked",
         "head",
         "task",
+        "on_gone",
     )
 
     def __init__(self, conn: GatewayProtocol, headers: list[tuple[bytes, bytes]]) -> None:
@@ -88,7 +89,7 @@ class _Exchange:
         self.headers = headers
         self.keep_alive = True
         self.http10 = False
-        self.body: deque[bytes] = deque()
+        self.unread: deque[bytes] = deque()
         self.body_size = 0
         self.complete = False  # the whole request body has arrived
         self.delivered = False  # ... and was handed to the handler
@@ -99,6 +100,7 @@ class _Exchange:
         self.chunked = False
         self.head: bytes | None = None  # the answer's head, held until its first body bytes
         self.task: asyncio.Task[None] | None = None
+        self.on_gone: Callable[[], None] | None = None  # told when the client goes away (Channel.watch)
 
     def wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():
@@ -108,9 +110,9 @@ class _Exchange:
     async def receive(self) -> Message:
         conn = self.conn
         while not conn.gone and not self.delivered:
-            if self.body or self.complete:
-                data = self.body[0] if len(self.body) == 1 else b"".join(self.body)
-                self.body.clear()
+            if self.unread or self.complete:
+                data = self.unread[0] if len(self.unread) == 1 else b"".join(self.unread)
+                self.unread.clear()
                 self.body_size = 0
                 if not self.complete:
                     conn.resume_reading()
@@ -134,47 +136,107 @@ class _Exchange:
             self.waiter = None
 
     async def send(self, message: Message) -> None:
-        conn = self.conn
-        if conn.gone or self.finished:
-            return
         kind = message["type"]
         if kind == "http.response.start":
-            if self.started:
-                raise RuntimeError("the response was already started")
-            self.started = True
-            status = int(message["status"])
-            parts = [STATUS_LINES.get(status) or _status_line(status)]
-            length = False
-            for name, value in message.get("headers", ()):
-                if b"\n" in value or b"\r" in value or b"\n" in name or b"\r" in name:
-                    # Headers relayed from a (hostile) server were parsed by httptools, which refuses line
-                    # breaks in them; this keeps any that slipped through from splitting the answer.
-                    continue
-                if name == b"content-length":
-                    length = True
-                parts += [name, b": ", value, b"\r\n"]
-            if not length and self.method != "HEAD" and status not in (204, 304) and status >= 200:
-                if self.http10:
-                    self.keep_alive = False  # no chunked encoding in HTTP/1.0: the end is the connection's
-                else:
-                    self.chunked = True
-                    parts.append(b"transfer-encoding: chunked\r\n")
-            if not self.complete:
-                # Answered before the request's body arrived (a refusal): the connection ends with this answer.
-                self.keep_alive = False
-            if not self.keep_alive:
-                parts.append(b"connection: close\r\n")
-            parts.append(b"\r\n")
-            self.head = b"".join(parts)
-            # Written with the first body bytes when they follow at once, else at the end of this iteration.
-            conn.loop.call_soon(self._flush_head)
+            self.begin(int(message["status"]), message.get("headers", ()))
             return
         if kind != "http.response.body":
             raise RuntimeError(f"unexpected ASGI message {kind!r}")
+        more = bool(message.get("more_body", False))
+        self.write_body(message.get("body", b""), more)
+        if more and self.conn.paused_writing:
+            await self.conn.drained()
+
+    # -- the gateway's Channel (gateway.proxy): the same as ASGI without building and reading messages
+    async def read_body(self, limit: int) -> bytes | None:
+        conn = self.conn
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            if conn.gone:
+                raise Disconnected
+            body = self.unread
+            if body:
+                size += self.body_size
+                if size > limit:
+                    return None
+                chunks.extend(body)
+                body.clear()
+                self.body_size = 0
+                if not self.complete:
+                    conn.resume_reading()
+            if self.complete:
+                self.delivered = True
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            if self.expect_continue:
+                self.expect_continue = False
+                conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            await self._wait()
+
+    async def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        self.begin(status, headers)
+        self.write_body(body, False)
+
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.begin(status, headers)
+
+    async def body(self, data: bytes, more: bool = True) -> None:
+        self.write_body(data, more)
+        if more and self.conn.paused_writing:
+            await self.conn.drained()
+
+    def watch(self, on_gone: Callable[[], None]) -> None:
+        if self.conn.gone:
+            on_gone()
+        else:
+            self.on_gone = on_gone
+
+    def unwatch(self) -> None:
+        self.on_gone = None
+
+    # -- the answer
+    def begin(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        conn = self.conn
+        if conn.gone or self.finished:
+            return
+        if self.started:
+            raise RuntimeError("the response was already started")
+        self.started = True
+        parts = [STATUS_LINES.get(status) or _status_line(status)]
+        length = False
+        for name, value in headers:
+            if b"\n" in value or b"\r" in value or b"\n" in name or b"\r" in name:
+                # Headers relayed from a (hostile) server were parsed by httptools, which refuses line
+                # breaks in them; this keeps any that slipped through from splitting the answer.
+                continue
+            if name == b"content-length":
+                length = True
+            parts += [name, b": ", value, b"\r\n"]
+        if not length and self.method != "HEAD" and status not in (204, 304) and status >= 200:
+            if self.http10:
+                self.keep_alive = False  # no chunked encoding in HTTP/1.0: the end is the connection's
+            else:
+                self.chunked = True
+                parts.append(b"transfer-encoding: chunked\r\n")
+        if not self.complete:
+            # Answered before the request's body arrived (a refusal): the connection ends with this answer.
+            self.keep_alive = False
+        if not self.keep_alive:
+            parts.append(b"connection: close\r\n")
+        parts.append(b"\r\n")
+        self.head = b"".join(parts)
+        if not length:
+            # A stream's head: written with its first bytes when they follow at once, else at the end of
+            # this iteration, so the client sees the stream open before its first event. A head with a
+            # length (a whole answer) leaves with its body.
+            conn.loop.call_soon(self._flush_head)
+
+    def write_body(self, body: bytes, more: bool) -> None:
+        conn = self.conn
+        if conn.gone or self.finished:
+            return
         if not self.started:
             raise RuntimeError("the response body was sent before its start")
-        body: bytes = message.get("body", b"")
-        more = bool(message.get("more_body", False))
         if self.method == "HEAD":
             body = b""
         if self.chunked:
@@ -191,8 +253,6 @@ class _Exchange:
             self.finished = True
             self.wake()
             conn.exchange_done(self)
-        elif conn.paused_writing:
-            await conn.drained()
 
     def _flush_head(self) -> None:
         if self.head is not None and not self.conn.gone:
@@ -245,6 +305,8 @@ class GatewayProtocol(asyncio.Protocol):
         for exchange in (self.current, self.reading, *self.pending):
             if exchange is not None:
                 exchange.wake()
+                if exchange.on_gone is not None:
+                    exchange.on_gone()
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
 
@@ -284,7 +346,9 @@ class GatewayProtocol(asyncio.Protocol):
         self._count(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count(len(name) + len(value))
+        self._head_bytes += len(name) + len(value)
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise _HeadTooLarge
         name = name.lower()
         value = value.rstrip(b" \t")
         if name == b"expect" and value.lower() == b"100-continue":
@@ -321,7 +385,7 @@ class GatewayProtocol(asyncio.Protocol):
             if self.discarded > DISCARD_LIMIT:
                 self.close()
             return
-        exchange.body.append(body)
+        exchange.unread.append(body)
         exchange.body_size += len(body)
         if exchange.body_size > BODY_HIGH_WATER:
             self._pause_reading()
@@ -375,7 +439,7 @@ class GatewayProtocol(asyncio.Protocol):
             # never read the answer.
             self.discarding = exchange
             self.discarded = 0
-            exchange.body.clear()
+            exchange.unread.clear()
             self._resume_reading()
             self._arm_idle()
             return
@@ -473,6 +537,8 @@ class GatewayServer:
         keep_alive: float = 5.0,
     ) -> None:
         self.gateway = gateway
+        # The gateway's handler is called directly, its exchange as the Channel; any other ASGI app via ASGI.
+        self.native = gateway if isinstance(gateway, Gateway) else None
         self.health = health or (lambda: {"status": "ok"})
         self.keep_alive = keep_alive
         self.loop = asyncio.get_running_loop()
@@ -506,6 +572,9 @@ class GatewayServer:
     async def dispatch(self, exchange: _Exchange) -> None:
         path = exchange.path
         if path.startswith(PREFIX):
+            if self.native is not None:
+                await self.native.handle(exchange.method, path, exchange.query, exchange.headers, exchange)
+                return
             scope = {
                 "type": "http",
                 "method": exchange.method,

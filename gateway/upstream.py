@@ -148,6 +148,19 @@ class UpstreamResponse:
         """The whole body arrived and was handed out."""
         return self._conn.done and not self._conn.chunks
 
+    def whole(self) -> bytes | None:
+        """The whole body, taken at once, if all of it has arrived; else None (read it with next_chunk)."""
+        conn = self._conn
+        if not conn.done:
+            return None
+        chunks = conn.chunks
+        data = b"" if not chunks else chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        if conn.buffered > HIGH_WATER and conn.transport is not None and not conn.closed:
+            conn.transport.resume_reading()
+        conn.buffered = 0
+        return data
+
     def header(self, name: bytes) -> bytes | None:
         for key, value in self.headers_raw:
             if key == name:
