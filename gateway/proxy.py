@@ -13,6 +13,7 @@ or the read timeout, and closed upstream the moment the client goes away.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import json
@@ -84,6 +85,13 @@ class Channel(Protocol):
         """Call `on_gone` if the client goes away, until `unwatch`."""
         ...
 
+    # Whether `respond_now` can answer outside the request's task (from another protocol's callback).
+    immediate: bool
+
+    def respond_now(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        """`respond`, done at once (only when `immediate`)."""
+        ...
+
     def unwatch(self) -> None: ...
 
 
@@ -91,6 +99,7 @@ class AsgiChannel:
     """`Channel` over ASGI receive/send."""
 
     __slots__ = ("receive", "send", "_timer", "_watcher")
+    immediate = False  # an ASGI send is a coroutine: it cannot answer from a callback
 
     def __init__(self, receive: Receive, send: Send) -> None:
         self.receive = receive
@@ -120,6 +129,9 @@ class AsgiChannel:
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         await self.send({"type": "http.response.start", "status": status, "headers": headers})
+
+    def respond_now(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        raise RuntimeError("an ASGI channel answers only from its task")
 
     async def body(self, data: bytes, more: bool = True) -> None:
         await self.send({"type": "http.response.body", "body": data, "more_body": more})
@@ -525,11 +537,22 @@ class Gateway:
             task.cancel()
 
         out.watch(on_gone)
+        splice = None
+        if out.immediate and method != "GET" and grant.tools is None and not inv.trace:
+            # The answer needs no rewriting: it goes to the client from the upstream connection's callback the
+            # moment it is complete, and this task does the bookkeeping after (off the call's critical path).
+            splice = functools.partial(self._splice, out, inv)
         upstream: UpstreamResponse | None = None
         try:
             try:
                 upstream = await self.upstream.request(
-                    method, upstream_url, forward, body, connect_timeout=connect, read_timeout=read_timeout
+                    method,
+                    upstream_url,
+                    forward,
+                    body,
+                    connect_timeout=connect,
+                    read_timeout=read_timeout,
+                    on_complete=splice,
                 )
             except (ConnectTimeout, ReadTimeout) as exc:
                 phase = "connect to" if isinstance(exc, ConnectTimeout) else "answer from"
@@ -549,25 +572,29 @@ class Gateway:
                 inv.outcome = "upstream_error"
                 return await self._send_error(out, inv, 502, f"server '{route.slug}' did not answer: {exc}", call.id)
             inv.status = upstream.status_code
-            headers = [(n, v) for n, v in upstream.headers_raw if n in FORWARD_RESPONSE or n.startswith(b"mcp-")]
             new_session = upstream.header(b"mcp-session-id")
             if new_session and call.method == "initialize" and route.deployment_id is not None and pinned is None:
                 self.sessions.pin(new_session, route, upstream_url)
             elif method == "DELETE" and session_id is not None and upstream.status_code < 300:
                 self.sessions.end(session_id)
             content_type = upstream.header(b"content-type") or b""
-            if content_type.startswith(b"text/event-stream"):
+            if upstream.spliced:
+                if session_id is not None:
+                    self.sessions.touch(session_id)
+            elif content_type.startswith(b"text/event-stream"):
                 if session_id is not None:
                     self.sessions.touch(session_id, streaming=True)
                 try:
-                    await self._relay_stream(out, inv, upstream, headers, grant, call, method, read_limit)
+                    await self._relay_stream(
+                        out, inv, upstream, _response_headers(upstream), grant, call, method, read_limit
+                    )
                 finally:
                     if session_id is not None:
                         self.sessions.touch(session_id, streaming=False)
             else:
                 if session_id is not None:
                     self.sessions.touch(session_id)
-                await self._relay_whole(out, inv, upstream, headers, grant, call, route)
+                await self._relay_whole(out, inv, upstream, _response_headers(upstream), grant, call, route)
             if inv.outcome == "ok" and upstream.status_code >= 400:
                 inv.outcome = "error"
         except asyncio.CancelledError:
@@ -581,6 +608,19 @@ class Gateway:
             out.unwatch()
             if upstream is not None:
                 upstream.close()
+
+    def _splice(self, out: Channel, inv: Invocation, upstream: UpstreamResponse) -> bool:
+        """Answer the client with the server's complete answer, as `_relay_whole` or `_relay_stream` would,
+        from the upstream connection's callback; False (the task relays it) when it is over the size cap."""
+        if upstream.buffered > self.max_response_bytes:
+            return False
+        headers = _response_headers(upstream)
+        data = upstream.whole() or b""
+        if not (upstream.header(b"content-type") or b"").startswith(b"text/event-stream"):
+            headers.append((b"content-length", str(len(data)).encode()))
+        inv.response_bytes = len(data)
+        out.respond_now(upstream.status_code, headers, data)
+        return True
 
     async def _relay_whole(
         self,
@@ -710,6 +750,11 @@ class Gateway:
         status, headers, body = _reply(status, rpc_error_body(message, code=code, request_id=request_id))
         inv.response_bytes = len(body)
         await out.respond(status, headers, body)
+
+
+def _response_headers(upstream: UpstreamResponse) -> list[tuple[bytes, bytes]]:
+    """What of the server's answer headers the client gets: what MCP defines, nothing else."""
+    return [(n, v) for n, v in upstream.headers_raw if n in FORWARD_RESPONSE or n.startswith(b"mcp-")]
 
 
 def _sse_error(message: str, request_id: Any) -> bytes:

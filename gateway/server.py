@@ -173,7 +173,13 @@ class _Exchange:
                 conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             await self._wait()
 
+    immediate = True
+
     async def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        self.begin(status, headers)
+        self.write_body(body, False)
+
+    def respond_now(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         self.begin(status, headers)
         self.write_body(body, False)
 

@@ -10,13 +10,16 @@ timeouts, and a connection closed at once when the request is abandoned.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 import httptools
+
+log = logging.getLogger("mcphost.gateway.upstream")
 
 HIGH_WATER = 1024 * 1024  # buffered response bytes past which reading from the server pauses
 MAX_HEADER_BYTES = 64 * 1024  # a server (hosted, untrusted) may not make the gateway hold more headers than this
@@ -68,6 +71,11 @@ class _Connection(asyncio.Protocol):
         self.error: BaseException | None = None
         self.wakeup: asyncio.Future[Any] | None = None
         self.received = 0
+        # Called with the connection when the whole answer has arrived, before the waiting request resumes; it
+        # returns True when it took the answer (then `spliced`), so the client can have it with no task wakeup.
+        self.on_complete: Callable[[UpstreamResponse], bool] | None = None
+        self.spliced = False
+        self.response: UpstreamResponse | None = None
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -108,16 +116,25 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         self.done = True
         self.keep_alive = self.parser.should_keep_alive()
+        if self.on_complete is not None:
+            take, self.on_complete = self.on_complete, None
+            self.response = UpstreamResponse(self, self.parser.get_status_code())
+            try:
+                self.spliced = take(self.response)
+            except Exception:  # never into the parser: the request then reads the answer as usual
+                log.exception("handing on a complete answer failed")
         self._wake()
 
     def _fail(self, exc: BaseException) -> None:
         self.error = exc
+        self.on_complete = None
         if not self.head.done():
             self.head.set_exception(exc)
             self.head.exception()  # retrieved by whoever awaits it; never "never retrieved"
         self._wake()
 
     def head_timed_out(self, seconds: float) -> None:
+        self.on_complete = None  # the request is answered with a timeout: nothing may answer it again
         if not self.head.done():
             self.head.set_exception(ReadTimeout(f"no answer within {seconds:g} s"))
             self.head.exception()  # retrieved: whoever awaits it still gets it
@@ -142,6 +159,16 @@ class UpstreamResponse:
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
         return self._conn.loop
+
+    @property
+    def buffered(self) -> int:
+        """Body bytes arrived and not handed out yet."""
+        return self._conn.buffered
+
+    @property
+    def spliced(self) -> bool:
+        """The answer was taken whole by the request's `on_complete` as it arrived."""
+        return self._conn.spliced
 
     @property
     def finished(self) -> bool:
@@ -277,6 +304,7 @@ class UpstreamPool:
         *,
         connect_timeout: float,
         read_timeout: float | None,
+        on_complete: Callable[[UpstreamResponse], bool] | None = None,
     ) -> UpstreamResponse:
         key, host, path = self._target(url)
         lines = [method.encode(), b" ", path, b" HTTP/1.1\r\nhost: ", host, b"\r\n"]
@@ -292,6 +320,7 @@ class UpstreamPool:
             if conn is None:
                 conn = await self._connect(key, connect_timeout)
             conn._reset()
+            conn.on_complete = on_complete
             assert conn.transport is not None
             conn.transport.write(data)
             # A timer handle, not asyncio.timeout(): the same deadline for a fraction of the bookkeeping.
@@ -316,7 +345,10 @@ class UpstreamPool:
             finally:
                 if timer is not None:
                     timer.cancel()
-            return UpstreamResponse(conn, conn.parser.get_status_code())
+                # From here the request reads the answer itself: whatever did not arrive with its head is no
+                # longer handed to on_complete.
+                conn.on_complete = None
+            return conn.response or UpstreamResponse(conn, conn.parser.get_status_code())
         raise UpstreamError("the server closed the connection")  # pragma: no cover - loop always returns
 
     async def aclose(self) -> None:

@@ -9,8 +9,8 @@ table, keys, limits, pooled client. Deploying through the workflow is covered in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -149,6 +149,28 @@ async def host(
     assert created.status_code == 201, created.text
     await attach(stack, created.json()["id"], upstream.url)
     return Hosted(stack, owner, created.json(), upstream, front)
+
+
+@contextlib.asynccontextmanager
+async def raw_upstream(
+    stack: Stack,
+    handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+    front: str | None = None,
+) -> AsyncIterator[Hosted]:
+    """A server record whose upstream is `handler`, a hand-written HTTP server of the test's own."""
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    owner, _ = await stack.user()
+    try:
+        async with owner:
+            slug = f"gw-{uuid.uuid4().hex[:10]}"
+            source = {"type": "package", "registry": "pypi", "package": "mcphost-everything"}
+            created = await owner.post("/api/servers", json={"name": slug, "slug": slug, "source": source})
+            port = server.sockets[0].getsockname()[1]
+            await attach(stack, created.json()["id"], f"http://127.0.0.1:{port}/mcp")
+            yield Hosted(stack, owner, created.json(), DirectServer(), front)
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 @pytest.fixture(scope="module")
@@ -630,24 +652,39 @@ async def test_a_server_flooding_headers_is_cut_off(
         await writer.drain()
         writer.close()
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    server = await asyncio.start_server(flood, sock=sock)
-    owner, _ = await stack.user()
-    try:
-        async with owner:
-            slug = f"gw-{uuid.uuid4().hex[:10]}"
-            source = {"type": "package", "registry": "pypi", "package": "mcphost-everything"}
-            created = await owner.post("/api/servers", json={"name": slug, "slug": slug, "source": source})
-            port = sock.getsockname()[1]
-            await attach(stack, created.json()["id"], f"http://127.0.0.1:{port}/mcp")
-            hosted = Hosted(stack, owner, created.json(), DirectServer())
-            cut = await hosted.call(http, "echo", {"text": "x"})
-            assert cut.status_code == 502 and "more than 65536 bytes of headers" in cut.text, cut.text
-            # The control: without the cap the same answer is taken in whole.
-            monkeypatch.setattr(gateway.upstream, "MAX_HEADER_BYTES", 10**9)
-            taken = await hosted.call(http, "echo", {"text": "x"})
-            assert taken.status_code == 200 and taken.text == "{}"
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with raw_upstream(stack, flood) as hosted:
+        cut = await hosted.call(http, "echo", {"text": "x"})
+        assert cut.status_code == 502 and "more than 65536 bytes of headers" in cut.text, cut.text
+        # The control: without the cap the same answer is taken in whole.
+        monkeypatch.setattr(gateway.upstream, "MAX_HEADER_BYTES", 10**9)
+        taken = await hosted.call(http, "echo", {"text": "x"})
+        assert taken.status_code == 200 and taken.text == "{}"
+
+
+@pytest.mark.parametrize("front", ["lean"], indirect=True)
+async def test_an_answer_whose_body_comes_after_its_head_arrives_whole(
+    stack: Stack, http: httpx.AsyncClient, front: str
+) -> None:
+    """The gateway's own server hands an answer that arrives complete straight to the client from the upstream
+    connection. One whose body comes later, after the request began relaying it, must still arrive whole."""
+    release = asyncio.Event()
+    event = b'event: message\ndata: {"jsonrpc":"2.0","id":1,"result":{"content":[],"isError":false}}\n\n'
+
+    async def staged(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.startswith(b"content-length"))
+        await reader.readexactly(length)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        await writer.drain()
+        await release.wait()  # the client has the head: the gateway's task is relaying this answer
+        writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(event), event))
+        await writer.drain()
+        writer.close()
+
+    async with raw_upstream(stack, staged, front) as hosted:
+        headers, body = modern_call("echo", {"text": "x"})
+        async with http.stream("POST", hosted.url, json=body, headers={**headers, **hosted.headers()}) as answer:
+            assert answer.status_code == 200
+            assert answer.headers["content-type"] == "text/event-stream"
+            release.set()
+            assert await answer.aread() == event
