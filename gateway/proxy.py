@@ -1,4 +1,6 @@
-"""The MCP data plane: a pure ASGI handler for `/mcp/{slug}` that forwards streamable-HTTP MCP traffic.
+"""The MCP data plane: the handler for `/mcp/{slug}` that forwards streamable-HTTP MCP traffic, a pure ASGI
+app under any ASGI server, called directly by the gateway's own server (gateway.server) with the request's
+exchange as its `Channel`.
 
 What it does to a request, in order: refuse keys in the URL (400), refuse a browser Origin that is not
 allowed (403), find the route (404), check the key (401) and its expiry, its rate (429) and its tool

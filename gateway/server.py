@@ -1,14 +1,19 @@
-"""The HTTP/1.1 server of `mcphost gateway`: the gateway's own, lean, in front of the same ASGI handler.
+"""The HTTP/1.1 server of `mcphost gateway`: the gateway's own, lean, in front of the same handler.
 
 A general ASGI server spends, per request, about as much CPU as the gateway's whole handler: scope and
 state dicts, an event and a response-cycle object, header validation by regular expression, and two
 socket writes per answer (the head, then the body). This server does only what the gateway needs:
 
 - requests parsed by httptools (the parser uvicorn uses), headers lower-cased and kept as bytes;
-- each request runs as one task with ASGI `receive`/`send`, so `gateway.proxy.Gateway` is the same code
-  under both servers; `/healthz` and `/metrics` are answered in place;
+- each request runs as one task; `gateway.proxy.Gateway` is the same code under both servers: under
+  uvicorn it answers through ASGI messages, here the request's exchange is its `Channel` and is called
+  directly (no message dicts, and a client leaving is told to the request at once, with no watcher);
+  any other handler gets ASGI `receive`/`send`; `/healthz` and `/metrics` are answered in place;
+- a complete upstream answer the gateway passes on unchanged is written to the client from the upstream
+  connection's callback (`Channel.respond_now`), before the request's task even resumes;
 - an answer's head is held until its first body bytes and written with them in one call (a stream's
-  head still leaves in the same loop iteration it was sent);
+  head still leaves in the same loop iteration it was sent; a head with a content-length leaves with
+  its body);
 - bodies streamed both ways with backpressure: reading pauses while a request body waits unread, and a
   stream's `send` waits while the client is slow to take what was written;
 - a client that goes away (or closes its sending side) is seen at once (`http.disconnect`); pipelined
