@@ -535,8 +535,9 @@ class Gateway:
 
         def on_gone() -> None:
             nonlocal gone
-            gone = True
-            task.cancel()
+            if not gone:  # told once: the task is cancelled (and uncancelled) once
+                gone = True
+                task.cancel()
 
         out.watch(on_gone)
         splice = None
