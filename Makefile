@@ -59,6 +59,7 @@ bench: install system-deps
 	$(BIN)/python bench/recovery.py
 	$(BIN)/python bench/build_push.py
 	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/gateway_cpu.py
 
 clean:
 	rm -rf $(VENV) .mcphost build *.egg-info
