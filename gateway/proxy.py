@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import hmac
 import json
 import logging
@@ -25,6 +24,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from core.security import sha256_hex
 from gateway.limits import Slots, TokenBuckets
 from gateway.metering import Invocation, Meter
 from gateway.routes import KeyGrant, Miss, Route, RouteTable
@@ -494,7 +494,7 @@ class Gateway:
     def _grant(self, route: Route, key: bytes | None) -> KeyGrant | None:
         if not key or not key.isascii():
             return None
-        digest = hashlib.sha256(key).hexdigest()
+        digest = sha256_hex(key)
         grant = route.keys.get(digest)
         # The dict finds the candidate by the key's hash; the comparison that admits it is constant-time.
         if grant is None or not hmac.compare_digest(digest, grant.key_hash):
@@ -642,13 +642,12 @@ class Gateway:
             async for chunk in upstream.iter_chunks():
                 size += len(chunk)
                 if size > self.max_response_bytes:
-                    inv.outcome = "response_too_large"
-                    return await self._send_error(
-                        out, inv, 502, f"server's response is larger than {self.max_response_bytes} bytes", call.id
-                    )
+                    break
                 chunks.append(chunk)
             data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        elif len(data) > self.max_response_bytes:
+        else:
+            size = len(data)
+        if size > self.max_response_bytes:
             inv.outcome = "response_too_large"
             return await self._send_error(
                 out, inv, 502, f"server's response is larger than {self.max_response_bytes} bytes", call.id

@@ -103,13 +103,9 @@ class RouteTable:
         return MISS
 
     async def lookup(self, slug: str) -> Route | None:
-        cached = self._cache.get(slug)
-        if cached is not None:
-            ttl = self.ttl if self._listener.connected else 2.0
-            if time.monotonic() - cached[0] < ttl:
-                self.hits += 1
-                self._cache.move_to_end(slug)
-                return cached[1]
+        cached = self.cached(slug)
+        if not isinstance(cached, Miss):
+            return cached
         self.misses += 1
         if not SLUG.fullmatch(slug):
             return None  # no server can have this slug: not worth a query, nor a cache slot

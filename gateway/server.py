@@ -181,8 +181,7 @@ class _Exchange:
     immediate = True
 
     async def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-        self.begin(status, headers)
-        self.write_body(body, False)
+        self.respond_now(status, headers, body)
 
     def respond_now(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         self.begin(status, headers)

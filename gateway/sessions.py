@@ -9,7 +9,6 @@ them too, and so the deploy workflow can see which sessions are still in use.
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.models import GatewaySession
+from core.security import sha256_hex
 from gateway.routes import Route
 
 
@@ -30,7 +30,7 @@ class Pin:
 
 
 def session_hash(session_id: bytes) -> str:
-    return hashlib.sha256(session_id).hexdigest()
+    return sha256_hex(session_id)
 
 
 class SessionPins:

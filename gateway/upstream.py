@@ -121,7 +121,7 @@ class _Connection(asyncio.Protocol):
             self.response = UpstreamResponse(self, self.parser.get_status_code())
             try:
                 self.spliced = take(self.response)
-            except Exception:  # never into the parser: the request then reads the answer as usual
+            except Exception:  # never into the parser; the request's task then finds the answer taken, or not
                 log.exception("handing on a complete answer failed")
         self._wake()
 

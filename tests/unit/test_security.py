@@ -59,3 +59,13 @@ def test_hmac_signatures() -> None:
     assert security.verify_signature("key", b"body", signature)
     assert not security.verify_signature("key", b"body!", signature)
     assert not security.verify_signature("other", b"body", signature)
+
+
+@pytest.mark.parametrize("data", [b"", b"mcph_s_" + b"k" * 43, bytes(range(256)) * 9])
+def test_sha256_hex_is_sha256(data: bytes) -> None:
+    # The gateway hashes keys and session ids with CPython's own SHA-256: the same digests as OpenSSL's, which
+    # the stored key hashes were made with.
+    import hashlib
+
+    assert security.sha256_hex(data) == hashlib.sha256(data).hexdigest()
+    assert security.hash_token("mcph_s_ä") == hashlib.sha256("mcph_s_ä".encode()).hexdigest()
