@@ -110,6 +110,24 @@ async def seed(database_url: str, upstream: str) -> tuple[str, str]:
     return slug, key
 
 
+def method_of(doc: str | None) -> str:
+    """The "Method (fixed): ..." paragraph of a benchmark's docstring, on one line."""
+    return (doc or "").split("Method (fixed): ", 1)[1].split("\n\n", 1)[0].replace("\n", " ")
+
+
+def write_results(name: str, payload: dict[str, Any]) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / name
+    out.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+def cpu_per_call(before: Any, after: Any, got: dict[str, Any], sessions: int) -> float:
+    """Milliseconds of a process's CPU (user and system) per call of a `measure` run."""
+    used = (after.user + after.system) - (before.user + before.system)
+    return 1000 * used / max(1, len(got["latencies"]) + sessions)
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -304,7 +322,11 @@ class HttpxSession:
 CLIENTS: dict[str, Any] = {"raw": RawSession, "httpx": HttpxSession}
 
 
-async def measure(client: str, url: str, era: str, key: str | None, sessions: int, seconds: float) -> dict[str, Any]:
+async def measure(
+    client: str, url: str, era: str, key: str | None, sessions: int, seconds: float, gap: float = 0.0
+) -> dict[str, Any]:
+    """Calls for `seconds`; with `gap`, each session then keeps its core busy for that many seconds before its
+    next call (as a proxy in front of the server would), outside the latency measured."""
     clients = [CLIENTS[client](url, era, key) for _ in range(sessions)]
     await asyncio.gather(*(c.open() for c in clients))
     for c in clients:  # warm every connection
@@ -316,13 +338,58 @@ async def measure(client: str, url: str, era: str, key: str | None, sessions: in
         while time.perf_counter() < stop_at:
             started = time.perf_counter()
             await client.call()
-            latencies.append(time.perf_counter() - started)
+            ended = time.perf_counter()
+            latencies.append(ended - started)
+            while gap and time.perf_counter() - ended < gap:
+                pass
 
     started = time.perf_counter()
     await asyncio.gather(*(loop(c) for c in clients))
     elapsed = time.perf_counter() - started
     await asyncio.gather(*(c.close() for c in clients))
     return {"latencies": latencies, "rps": len(latencies) / elapsed}
+
+
+async def idle_gap(rounds: int, seconds: float, gap_us: float) -> None:
+    """The server alone, one raw session, its calls back to back and `gap_us` apart, alternating: how much of
+    a proxy's cost at one session is the server's own, once its calls no longer follow each other at once."""
+    server = DirectServer().start()
+    try:
+        assert server.proc is not None
+        served = psutil.Process(server.proc.pid)
+        cells = []
+        for era in (MODERN, LEGACY):
+            runs: dict[float, dict[str, list[Any]]] = {0.0: {"lat": [], "rps": [], "cpu": []}}
+            runs[gap_us] = {"lat": [], "rps": [], "cpu": []}
+            for r in range(rounds):
+                for gap in (0.0, gap_us) if r % 2 == 0 else (gap_us, 0.0):
+                    before = served.cpu_times()
+                    got = await measure("raw", server.url, era, None, 1, seconds, gap / 1e6)
+                    runs[gap]["cpu"].append(cpu_per_call(before, served.cpu_times(), got, 1))
+                    runs[gap]["lat"].extend(got["latencies"])
+                    runs[gap]["rps"].append(got["rps"])
+            cell: dict[str, Any] = {
+                "era": era,
+                **{
+                    f"gap_{gap:g}_us": {
+                        "server_p50_ms": round(pct(run["lat"], 0.5) * 1000, 3),
+                        "calls_per_s": round(statistics.mean(run["rps"]), 1),
+                        "server_cpu_ms_per_call": round(statistics.median(run["cpu"]), 3),
+                    }
+                    for gap, run in runs.items()
+                },
+            }
+            cells.append(cell)
+            near, far = cell["gap_0_us"], cell[f"gap_{gap_us:g}_us"]
+            print(
+                f"{era}: calls back to back: server answers in {near['server_p50_ms']:.3f} ms (p50), its CPU "
+                f"{near['server_cpu_ms_per_call']:.3f} ms/call; {gap_us:g} µs apart: {far['server_p50_ms']:.3f} ms, "
+                f"{far['server_cpu_ms_per_call']:.3f} ms/call",
+                flush=True,
+            )
+        write_results("gateway_idle_gap.json", {"rounds": rounds, "seconds_per_round": seconds, "cells": cells})
+    finally:
+        server.stop()
 
 
 async def main(
@@ -341,6 +408,8 @@ async def main(
         through = f"{base}/mcp/{slug}"
         relay, relayed = start_relay(server.port)
         gateway_cpu = psutil.Process(gateway.pid)
+        assert server.proc is not None
+        server_cpu = psutil.Process(server.proc.pid)
         cells = []
         for client in clients:
             for sessions in session_counts:
@@ -349,18 +418,19 @@ async def main(
                     gated: dict[str, list[Any]] = {"lat": [], "rps": []}
                     bare: dict[str, list[Any]] = {"lat": [], "rps": []}
                     cpu_ms: list[float] = []
+                    served_ms: dict[str, list[float]] = {"direct": [], "gateway": [], "relay": []}
                     for r in range(rounds):
                         order = [("direct", server.url, None), ("gateway", through, key), ("relay", relayed, None)]
                         for label, url, k in order if r % 2 == 0 else reversed(order):
-                            before = gateway_cpu.cpu_times()
+                            before, served_before = gateway_cpu.cpu_times(), server_cpu.cpu_times()
                             got = await measure(client, url, era, k, sessions, seconds)
-                            after = gateway_cpu.cpu_times()
+                            after, served_after = gateway_cpu.cpu_times(), server_cpu.cpu_times()
+                            served_ms[label].append(cpu_per_call(served_before, served_after, got, sessions))
                             target = {"direct": direct, "gateway": gated, "relay": bare}[label]
                             target["lat"].extend(got["latencies"])
                             target["rps"].append(got["rps"])
                             if label == "gateway":
-                                used = (after.user + after.system) - (before.user + before.system)
-                                cpu_ms.append(1000 * used / max(1, len(got["latencies"]) + sessions))
+                                cpu_ms.append(cpu_per_call(before, after, got, sessions))
                     d50, d99 = pct(direct["lat"], 0.5), pct(direct["lat"], 0.99)
                     g50, g99 = pct(gated["lat"], 0.5), pct(gated["lat"], 0.99)
                     ratio = sum(gated["rps"]) / sum(direct["rps"])
@@ -374,6 +444,10 @@ async def main(
                         "gateway_ms": {"p50": round(g50 * 1000, 3), "p99": round(g99 * 1000, 3)},
                         "added_ms": {"p50": round((g50 - d50) * 1000, 3), "p99": round((g99 - d99) * 1000, 3)},
                         "gateway_cpu_ms_per_call": round(statistics.median(cpu_ms), 3),
+                        # The server's own CPU per call on each path: it grows when its calls come further apart.
+                        "server_cpu_ms_per_call": {
+                            path: round(statistics.median(values), 3) for path, values in served_ms.items()
+                        },
                         "throughput": {
                             "direct_rps": round(sum(direct["rps"]) / rounds, 1),
                             "gateway_rps": round(sum(gated["rps"]) / rounds, 1),
@@ -389,26 +463,20 @@ async def main(
                         f"added p50 {cell['added_ms']['p50']:.3f} ms, "
                         f"p99 {cell['added_ms']['p99']:.3f} ms; throughput {cell['throughput']['gateway_rps']:.0f} "
                         f"vs {cell['throughput']['direct_rps']:.0f} calls/s = {ratio:.2f}x direct (bare TCP relay "
-                        f"{relay_ratio:.2f}x); gateway CPU {cell['gateway_cpu_ms_per_call']:.2f} ms/call",
+                        f"{relay_ratio:.2f}x); gateway CPU {cell['gateway_cpu_ms_per_call']:.2f} ms/call; server CPU "
+                        f"{cell['server_cpu_ms_per_call']['direct']:.2f} ms/call direct, "
+                        f"{cell['server_cpu_ms_per_call']['gateway']:.2f} through the gateway",
                         flush=True,
                     )
-        RESULTS.mkdir(exist_ok=True)
-        out = RESULTS / ("gateway-uvicorn.json" if uvicorn else "gateway.json")
-        out.write_text(
-            json.dumps(
-                {
-                    "method": __doc__.split("Method (fixed): ", 1)[1].split("\n\n", 1)[0].replace("\n", " "),
-                    "gateway_server": "uvicorn" if uvicorn else "own",
-                    "rounds": rounds,
-                    "seconds_per_round": seconds,
-                    "cpus": os.cpu_count(),
-                    "cells": cells,
-                },
-                indent=2,
-            )
-            + "\n"
-        )
-        print(f"wrote {out}")
+        payload = {
+            "method": method_of(__doc__),
+            "gateway_server": "uvicorn" if uvicorn else "own",
+            "rounds": rounds,
+            "seconds_per_round": seconds,
+            "cpus": os.cpu_count(),
+            "cells": cells,
+        }
+        write_results("gateway-uvicorn.json" if uvicorn else "gateway.json", payload)
     finally:
         for proc in (gateway, relay):
             if proc is not None:
@@ -433,6 +501,15 @@ if __name__ == "__main__":
     parser.add_argument(
         "--uvicorn", action="store_true", help="run `mcphost gateway --uvicorn` (to compare with its own server)"
     )
+    parser.add_argument(
+        "--idle-gap-us",
+        type=float,
+        default=0.0,
+        help="instead: the server alone at one session, its calls back to back and this many µs apart",
+    )
     args = parser.parse_args()
+    if args.idle_gap_us:
+        asyncio.run(idle_gap(args.rounds, args.seconds, args.idle_gap_us))
+        raise SystemExit(0)
     with tempfile.TemporaryDirectory():
         asyncio.run(main(args.rounds, args.seconds, args.sessions, args.clients, args.uvicorn))

@@ -37,7 +37,7 @@ import uvicorn  # noqa: E402
 import uvloop  # noqa: E402
 from pydantic import SecretStr  # noqa: E402
 
-from bench.gateway import LEGACY, MODERN, RESULTS, RawSession, seed  # noqa: E402
+from bench.gateway import LEGACY, MODERN, RawSession, method_of, seed, write_results  # noqa: E402
 from core.db import make_engine, make_sessionmaker  # noqa: E402
 from core.migrate import upgrade_async  # noqa: E402
 from core.settings import Settings  # noqa: E402
@@ -174,12 +174,8 @@ async def main(rounds: int, calls: int) -> None:
                 f"client and server alone {client:.0f} µs (minimum of {rounds} rounds of {calls} calls)",
                 flush=True,
             )
-        RESULTS.mkdir(exist_ok=True)
-        out = RESULTS / "gateway_cpu.json"
-        method = (__doc__ or "").split("Method (fixed): ", 1)[1].split("\n\n", 1)[0].replace("\n", " ")
-        payload = {"method": method, "rounds": rounds, "calls": calls, "cpus": os.cpu_count(), "cells": cells}
-        out.write_text(json.dumps(payload, indent=2) + "\n")
-        print(f"wrote {out}")
+        payload = {"method": method_of(__doc__), "rounds": rounds, "calls": calls, "cells": cells}
+        write_results("gateway_cpu.json", {**payload, "cpus": os.cpu_count()})
     finally:
         if front is not None:
             front.should_exit = True
