@@ -17,6 +17,11 @@ beside it and the gateway process's CPU time per call. Results go to bench/resul
 (gateway-uvicorn.json with --uvicorn).
 
     .venv/bin/python bench/gateway.py [--rounds 5] [--seconds 2] [--sessions 1 8 32] [--clients raw httpx]
+
+With --idle-gap-us N it measures something else: the server alone at one raw session, its calls back to
+back and N µs apart (the client keeping its core busy meanwhile), alternating, with the server's own CPU
+per call (bench/results/gateway_idle_gap.json): how much slower the server itself gets when a proxy's time
+separates its calls.
 """
 
 from __future__ import annotations
