@@ -20,7 +20,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -33,6 +33,7 @@ from gateway.upstream import (
     ConnectTimeout,
     ReadTimeout,
     TimedOut,
+    UpstreamConnection,
     UpstreamError,
     UpstreamPool,
     UpstreamResponse,
@@ -96,6 +97,10 @@ class Channel(Protocol):
 
     def unwatch(self) -> None: ...
 
+    def adopt(self, answer: Coroutine[Any, Any, None]) -> None:
+        """Run `answer` as the task that finishes this request's answer (only when `immediate`)."""
+        ...
+
 
 class AsgiChannel:
     """`Channel` over ASGI receive/send."""
@@ -133,6 +138,10 @@ class AsgiChannel:
         await self.send({"type": "http.response.start", "status": status, "headers": headers})
 
     def respond_now(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        raise RuntimeError("an ASGI channel answers only from its task")
+
+    def adopt(self, answer: Coroutine[Any, Any, None]) -> None:
+        answer.close()
         raise RuntimeError("an ASGI channel answers only from its task")
 
     async def body(self, data: bytes, more: bool = True) -> None:
@@ -269,6 +278,39 @@ class SseToolFilter:
         return b"\n".join([*others, b"data: " + json.dumps(filtered, separators=(",", ":")).encode()])
 
 
+def _scan(
+    headers: list[tuple[bytes, bytes]],
+) -> tuple[
+    list[tuple[bytes, bytes]], bytes | None, bytes | None, bytes | None, bytes | None, bytes | None, bytes | None
+]:
+    """A request's headers, read once: what goes to the server (every `Mcp-*` one and FORWARD_REQUEST), then
+    Origin, the API key, Content-Length, Mcp-Session-Id, Mcp-Method and Mcp-Name."""
+    origin = key = content_length = session_id = rpc_method = rpc_name = None
+    forward: list[tuple[bytes, bytes]] = []
+    for name, value in headers:
+        if name.startswith(b"mcp-"):
+            forward.append((name, value))
+            if name == b"mcp-session-id":
+                session_id = value
+            elif name == b"mcp-method":
+                rpc_method = value
+            elif name == b"mcp-name":
+                rpc_name = value
+        elif name in FORWARD_REQUEST:
+            forward.append((name, value))
+            if name == b"origin":
+                origin = value
+        elif name == b"authorization":
+            scheme, _, token = value.partition(b" ")
+            if scheme.lower() == b"bearer" and token.strip():
+                key = key or token.strip()
+        elif name == b"x-api-key":
+            key = value.strip() or key
+        elif name == b"content-length":
+            content_length = value
+    return forward, origin, key, content_length, session_id, rpc_method, rpc_name
+
+
 def _reply(status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> tuple[int, list, bytes]:
     return status, [JSON_TYPE, (b"content-length", str(len(body)).encode()), *(headers or [])], body
 
@@ -308,6 +350,7 @@ class Gateway:
         self.max_request_bytes = max_request_bytes
         self.max_response_bytes = max_response_bytes
         self.in_flight = 0  # requests being forwarded now (the in-flight gauge reads it)
+        self.forwarded_now = 0  # requests forwarded with no task (forward_now)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI application (under uvicorn)."""
@@ -338,35 +381,13 @@ class Gateway:
         inv: Invocation,
     ) -> None:
         slug = path[len(PREFIX) :]
-        origin = key = content_length = session_id = rpc_method = rpc_name = None
-        forward: list[tuple[bytes, bytes]] = []
-        for name, value in headers:
-            if name.startswith(b"mcp-"):
-                forward.append((name, value))
-                if name == b"mcp-session-id":
-                    session_id = value
-                elif name == b"mcp-method":
-                    rpc_method = value
-                elif name == b"mcp-name":
-                    rpc_name = value
-            elif name in FORWARD_REQUEST:
-                forward.append((name, value))
-                if name == b"origin":
-                    origin = value
-            elif name == b"authorization":
-                scheme, _, token = value.partition(b" ")
-                if scheme.lower() == b"bearer" and token.strip():
-                    key = key or token.strip()
-            elif name == b"x-api-key":
-                key = value.strip() or key
-            elif name == b"content-length":
-                content_length = value
+        forward, origin, key, content_length, session_id, rpc_method, rpc_name = _scan(headers)
 
         if query and any(f"{n}=".encode() in query for n in KEY_QUERY_NAMES):
             return await self._refuse(
                 out, inv, 400, "send the API key in the Authorization or X-API-Key header, never in the URL", "refused"
             )
-        if origin is not None and origin.rstrip(b"/").lower() not in self.allowed_origins:
+        if origin is not None and not self._origin_allowed(origin):
             return await self._refuse(
                 out, inv, 403, "this Origin may not call the gateway (GATEWAY_ALLOWED_ORIGINS)", "origin"
             )
@@ -491,6 +512,84 @@ class Gateway:
             self.server_slots.release(route.slug)
             self.key_slots.release(slot_key)
 
+    def forward_now(
+        self, method: str, path: str, query: bytes, headers: list[tuple[bytes, bytes]], body: bytes, out: Channel
+    ) -> bool:
+        """Forward the most common request with no task and no await, from the callback that completed it: a
+        whole 2026-era POST (its method in Mcp-Method, no session) to a cached route, with a key that has no
+        tool allowlist, under every limit, sent on an idle pooled connection. Its answer goes back to the client
+        from the upstream connection's callback, and the books are kept there too. Anything else is False, with
+        nothing taken or sent: `handle` then takes the request from the start (and answers refusals itself).
+        The checks are the ones `_handle` makes, in the same order; an answer that cannot be passed on whole
+        (a stream, over the size cap, a timeout, a server that closed the connection) is handed to a task
+        running `_forward`, as if it had sent the request itself."""
+        started = time.perf_counter()
+        if method != "POST" or query or not out.immediate:
+            return False
+        forward, origin, key, _, session_id, rpc_method, rpc_name = _scan(headers)
+        if session_id is not None or rpc_method is None or rpc_method == b"initialize":
+            return False
+        if origin is not None and not self._origin_allowed(origin):
+            return False
+        route = self.routes.cached(path[len(PREFIX) :])
+        if route is None or isinstance(route, Miss) or not route.upstream_url or route.options.trace_payloads:
+            return False
+        grant = self._grant(route, key)
+        if grant is None or grant.tools is not None or len(body) > self.max_request_bytes:
+            return False
+        if grant.expires_at is not None and grant.expires_at <= time.time():
+            return False
+        conn = self.upstream.idle(route.upstream_url)
+        if conn is None:
+            return False
+        slot_key = grant.key_hash
+        if self.buckets.take(slot_key) > 0:  # a refused take takes nothing: `handle` refuses it the same
+            self.upstream.release(conn)
+            return False
+        if not self.server_slots.acquire(route.slug, route.options.max_concurrency):
+            self.upstream.release(conn)
+            return False
+        if not self.key_slots.acquire(slot_key):
+            self.server_slots.release(route.slug)
+            self.upstream.release(conn)
+            return False
+        inv = Invocation(http_method=method, server_id=route.server_id, key_name=grant.name)
+        call = _from_headers(rpc_method, rpc_name, body)
+        inv.method, inv.tool, inv.request_bytes = call.method, call.tool, len(body)
+        flight = _Flight(self, out, inv, route, grant, call, body, forward, conn, started)
+        self.in_flight += 1
+        self.forwarded_now += 1
+        read_timeout = route.options.read_timeout_seconds or self.read_timeout
+        self.upstream.send(
+            conn, method, route.upstream_url, forward, body, read_timeout=read_timeout, on_complete=flight.complete
+        )
+        out.watch(flight.gone)
+        conn.head.add_done_callback(flight.headed)
+        return True
+
+    async def _resume(self, flight: _Flight) -> None:
+        """The rest of a request `forward_now` sent, once its answer needs more than one callback."""
+        try:
+            await self._forward(
+                flight.out,
+                flight.inv,
+                flight.route,
+                flight.grant,
+                flight.call,
+                "POST",
+                flight.body,
+                flight.forward,
+                None,
+                sent=flight.conn,
+            )
+        except Disconnected:
+            flight.inv.outcome = "client_gone"
+        finally:
+            flight.end()
+
+    def _origin_allowed(self, origin: bytes) -> bool:
+        return origin.rstrip(b"/").lower() in self.allowed_origins
+
     def _grant(self, route: Route, key: bytes | None) -> KeyGrant | None:
         if not key or not key.isascii():
             return None
@@ -512,7 +611,10 @@ class Gateway:
         body: bytes,
         forward: list[tuple[bytes, bytes]],
         session_id: bytes | None,
+        sent: UpstreamConnection | None = None,
     ) -> None:
+        """Forward the request and relay the answer; with `sent`, the request already went out on that
+        connection (`forward_now`) and this takes over waiting for its answer."""
         assert route.upstream_url is not None
         upstream_url, pinned = route.upstream_url, None
         if session_id is not None:
@@ -556,6 +658,7 @@ class Gateway:
                     connect_timeout=connect,
                     read_timeout=read_timeout,
                     on_complete=splice,
+                    sent=sent,
                 )
             except (ConnectTimeout, ReadTimeout) as exc:
                 phase = "connect to" if isinstance(exc, ConnectTimeout) else "answer from"
@@ -752,6 +855,75 @@ class Gateway:
         status, headers, body = _reply(status, rpc_error_body(message, code=code, request_id=request_id))
         inv.response_bytes = len(body)
         await out.respond(status, headers, body)
+
+
+class _Flight:
+    """A request `Gateway.forward_now` sent, until its answer is passed on (or handed to a task)."""
+
+    __slots__ = ("gateway", "out", "inv", "route", "grant", "call", "body", "forward", "conn", "started", "state")
+
+    WAITING, DONE, HANDED = 0, 1, 2
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        out: Channel,
+        inv: Invocation,
+        route: Route,
+        grant: KeyGrant,
+        call: Call,
+        body: bytes,
+        forward: list[tuple[bytes, bytes]],
+        conn: UpstreamConnection,
+        started: float,
+    ) -> None:
+        self.gateway, self.out, self.inv, self.route, self.grant = gateway, out, inv, route, grant
+        self.call, self.body, self.forward, self.conn, self.started = call, body, forward, conn, started
+        self.state = self.WAITING
+
+    def complete(self, upstream: UpstreamResponse) -> bool:
+        """The whole answer arrived (the connection's on_complete): passed on as `_forward` would."""
+        if self.state != self.WAITING or not self.gateway._splice(self.out, self.inv, upstream):
+            return False  # over the size cap: `headed` hands it to a task, which answers as `_relay_whole` does
+        self.state = self.DONE
+        self.conn.stop_timer()
+        inv = self.inv
+        inv.status = upstream.status_code
+        if upstream.status_code >= 400:
+            inv.outcome = "error"
+        upstream.close()  # the connection goes back to the pool
+        self.end()
+        return True
+
+    def headed(self, _: asyncio.Future[None]) -> None:
+        """The answer's head arrived, or the request failed before it: unless `complete` took the whole answer
+        already, a task takes over, as if `_forward` had sent the request."""
+        if self.state != self.WAITING:
+            return
+        self.state = self.HANDED
+        self.conn.on_complete = None
+        self.out.unwatch()
+        self.out.adopt(self.gateway._resume(self))
+
+    def gone(self) -> None:
+        """The client went away while the server worked: the server's connection is closed at once."""
+        if self.state != self.WAITING:
+            return
+        self.state = self.DONE
+        self.conn.on_complete = None
+        self.conn.stop_timer()
+        self.conn.close()
+        self.inv.outcome = "client_gone"
+        self.end()
+
+    def end(self) -> None:
+        gateway, inv = self.gateway, self.inv
+        self.out.unwatch()
+        gateway.in_flight -= 1
+        gateway.server_slots.release(self.route.slug)
+        gateway.key_slots.release(self.grant.key_hash)
+        inv.duration_ms = (time.perf_counter() - self.started) * 1000
+        gateway.meter.record(inv)
 
 
 def _response_headers(upstream: UpstreamResponse) -> list[tuple[bytes, bytes]]:

@@ -5,12 +5,16 @@ state dicts, an event and a response-cycle object, header validation by regular 
 socket writes per answer (the head, then the body). This server does only what the gateway needs:
 
 - requests parsed by httptools (the parser uvicorn uses), headers lower-cased and kept as bytes;
-- each request runs as one task; `gateway.proxy.Gateway` is the same code under both servers: under
+- each request runs as one task (but see below); `gateway.proxy.Gateway` is the same code under both servers: under
   uvicorn it answers through ASGI messages, here the request's exchange is its `Channel` and is called
   directly (no message dicts, and a client leaving is told to the request at once, with no watcher);
   any other handler gets ASGI `receive`/`send`; `/healthz` and `/metrics` are answered in place;
 - a complete upstream answer the gateway passes on unchanged is written to the client from the upstream
   connection's callback (`Channel.respond_now`), before the request's task even resumes;
+- a `POST` to `/mcp/` is not given a task at once: once its body is in (a small one, by its
+  content-length, is waited for by the connection), `Gateway.forward_now` may forward it from this
+  connection's callback and answer it from the upstream one, with no task at all; a request it declines
+  gets its task then, and one it cannot finish alone is handed back to a task (`Channel.adopt`);
 - an answer's head is held until its first body bytes and written with them in one call (a stream's
   head still leaves in the same loop iteration it was sent; a head with a content-length leaves with
   its body);
@@ -21,7 +25,8 @@ socket writes per answer (the head, then the body). This server does only what t
   head must arrive within that too); oversized or malformed heads get 431/400 and the connection is
   closed; an answer given before its request's body arrived says `connection: close`, and the rest of
   the body is read and dropped first, so the client, still sending, reads it rather than a reset;
-- on shutdown it stops accepting, lets requests in flight finish (up to a grace period), then closes.
+- on shutdown it stops accepting, lets requests in flight finish, with or without a task (up to a grace
+  period), then closes.
 
 `mcphost up` and `mcphost api` keep uvicorn, which serves the API and the gateway on one port.
 """
@@ -33,7 +38,7 @@ import json
 import logging
 import socket
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from http import HTTPStatus
 from typing import Any
 
@@ -47,6 +52,7 @@ log = logging.getLogger("mcphost.gateway.server")
 
 MAX_HEAD_BYTES = 64 * 1024  # request line and headers together
 BODY_HIGH_WATER = 256 * 1024  # unread request body bytes past which reading from the client pauses
+EAGER_BODY = 64 * 1024  # a request body up to this size (by its content-length) is awaited before the handler runs
 DISCARD_LIMIT = 64 * 1024 * 1024  # body bytes of an already answered request read and dropped before closing
 
 
@@ -84,6 +90,7 @@ class _Exchange:
         "head",
         "task",
         "on_gone",
+        "length",
     )
 
     def __init__(self, conn: GatewayProtocol, headers: list[tuple[bytes, bytes]]) -> None:
@@ -106,6 +113,7 @@ class _Exchange:
         self.head: bytes | None = None  # the answer's head, held until its first body bytes
         self.task: asyncio.Task[None] | None = None
         self.on_gone: Callable[[], None] | None = None  # told when the client goes away (Channel.watch)
+        self.length = EAGER_BODY + 1  # the body's content-length, when it has one
 
     def wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():
@@ -204,6 +212,9 @@ class _Exchange:
     def unwatch(self) -> None:
         self.on_gone = None
 
+    def adopt(self, answer: Coroutine[Any, Any, None]) -> None:
+        self.conn._spawn(self, answer)
+
     # -- the answer
     def begin(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> None:
         conn = self.conn
@@ -293,8 +304,10 @@ class GatewayProtocol(asyncio.Protocol):
         self._head_bytes = 0
         self.idle_since: float | None = None  # when the connection began waiting for a request (None: busy)
         self._expect = False
+        self._length: bytes | None = None
         self.discarding: _Exchange | None = None  # answered early; the rest of its body is dropped as it comes
         self.discarded = 0
+        self.eager: _Exchange | None = None  # a request to try forwarding at once, once the data at hand is parsed
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -331,6 +344,15 @@ class GatewayProtocol(asyncio.Protocol):
                 self._refuse(431, f"request head larger than {MAX_HEAD_BYTES} bytes")
             else:
                 self._refuse(400, "invalid HTTP request")
+        exchange = self.eager
+        if exchange is not None:
+            # A small body that did not come with its head follows at once (clients write the two apart):
+            # it is waited for here rather than by a task, with no answer possible before it anyway.
+            if not exchange.complete and exchange.length <= EAGER_BODY and not exchange.expect_continue:
+                return
+            self.eager = None
+            if not (exchange.complete and self._forward_now(exchange)):
+                self._spawn(exchange)
 
     def eof_received(self) -> bool | None:
         # The client closed its side: it is gone (as under uvicorn), and whatever it asked is abandoned at once,
@@ -350,6 +372,7 @@ class GatewayProtocol(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._head_bytes = 0
+        self._length = None
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -361,7 +384,9 @@ class GatewayProtocol(asyncio.Protocol):
             raise _HeadTooLarge
         name = name.lower()
         value = value.rstrip(b" \t")
-        if name == b"expect" and value.lower() == b"100-continue":
+        if name == b"content-length":
+            self._length = value
+        elif name == b"expect" and value.lower() == b"100-continue":
             self._expect = True
         self._headers.append((name, value))
 
@@ -380,9 +405,11 @@ class GatewayProtocol(asyncio.Protocol):
         exchange.http10 = self.parser.get_http_version() == "1.0"
         exchange.keep_alive = self.parser.should_keep_alive()
         exchange.expect_continue, self._expect = self._expect, False
+        if self._length is not None and self._length.isdigit() and len(self._length) < 10:
+            exchange.length = int(self._length)
         self.reading = exchange
         if self.current is None:
-            self._start(exchange)
+            self._start(exchange, eager=True)
         else:
             self.pending.append(exchange)
 
@@ -416,15 +443,34 @@ class GatewayProtocol(asyncio.Protocol):
             self._pause_reading()  # pipelined requests wait their turn without reading more
 
     # -- exchanges
-    def _start(self, exchange: _Exchange) -> None:
+    def _start(self, exchange: _Exchange, *, eager: bool = False) -> None:
         self.current = exchange
-        exchange.task = self.loop.create_task(self._run(exchange))
+        if eager and exchange.method == "POST" and self.server.native is not None and exchange.path.startswith(PREFIX):
+            self.eager = exchange
+            return
+        self._spawn(exchange)
+
+    def _forward_now(self, exchange: _Exchange) -> bool:
+        native = self.server.native
+        if native is None or self.gone or self.transport is None or self.transport.is_closing():
+            return False
+        unread = exchange.unread
+        body = b"" if not unread else unread[0] if len(unread) == 1 else b"".join(unread)
+        if not native.forward_now(exchange.method, exchange.path, exchange.query, exchange.headers, body, exchange):
+            return False
+        unread.clear()
+        exchange.body_size = 0
+        exchange.delivered = True
+        return True
+
+    def _spawn(self, exchange: _Exchange, answer: Coroutine[Any, Any, None] | None = None) -> None:
+        exchange.task = self.loop.create_task(self._run(exchange, answer))
         self.server.tasks.add(exchange.task)
         exchange.task.add_done_callback(self.server.tasks.discard)
 
-    async def _run(self, exchange: _Exchange) -> None:
+    async def _run(self, exchange: _Exchange, answer: Coroutine[Any, Any, None] | None = None) -> None:
         try:
-            await self.server.dispatch(exchange)
+            await (answer if answer is not None else self.server.dispatch(exchange))
         except Exception:
             log.exception("gateway request %s %s failed", exchange.method, exchange.path)
             if not exchange.started and not self.gone:
@@ -617,10 +663,17 @@ class GatewayServer:
             server.close()
         for conn in list(self.connections):
             conn.shutdown()
-        if self.tasks:
-            _, late = await asyncio.wait(set(self.tasks), timeout=grace)
-            for task in late:
-                task.cancel()
+        deadline = self.loop.time() + grace
+        while self.loop.time() < deadline:
+            if self.tasks:
+                await asyncio.wait(set(self.tasks), timeout=deadline - self.loop.time())
+            elif any(conn.current is not None and not conn.gone for conn in self.connections):
+                # Answers under way with no task of their own (forwarded from a callback): looked at again shortly.
+                await asyncio.sleep(0.01)
+            else:
+                break
+        for task in list(self.tasks):
+            task.cancel()
         for conn in list(self.connections):
             conn.close()
         for server in self._servers:

@@ -49,7 +49,7 @@ def _expire(wakeup: asyncio.Future[Any]) -> None:
         wakeup.set_result(TIMED_OUT)
 
 
-class _Connection(asyncio.Protocol):
+class UpstreamConnection(asyncio.Protocol):
     def __init__(self, pool: UpstreamPool, key: tuple[str, int]) -> None:
         self.pool = pool
         self.key = key
@@ -57,6 +57,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         # Looked up once: asyncio.get_running_loop() costs a system call (getpid) on every call.
         self.loop = asyncio.get_running_loop()
+        self.timer: asyncio.TimerHandle | None = None  # the read timeout of the request under way
         self._reset()
 
     def _reset(self) -> None:
@@ -139,6 +140,24 @@ class _Connection(asyncio.Protocol):
             self.head.set_exception(ReadTimeout(f"no answer within {seconds:g} s"))
             self.head.exception()  # retrieved: whoever awaits it still gets it
 
+    def send(
+        self, data: bytes, read_timeout: float | None, on_complete: Callable[[UpstreamResponse], bool] | None
+    ) -> None:
+        """Write a request (one write) and wait up to `read_timeout` seconds for its answer's head."""
+        self.stop_timer()
+        self._reset()
+        self.on_complete = on_complete
+        assert self.transport is not None
+        self.transport.write(data)
+        # A timer handle, not asyncio.timeout(): the same deadline for a fraction of the bookkeeping.
+        if read_timeout is not None:
+            self.timer = self.loop.call_later(read_timeout, self.head_timed_out, read_timeout)
+
+    def stop_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
     def _wake(self) -> None:
         if self.wakeup is not None and not self.wakeup.done():
             self.wakeup.set_result(None)
@@ -149,8 +168,18 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
+def _encode(method: str, host: bytes, path: bytes, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
+    lines = [method.encode(), b" ", path, b" HTTP/1.1\r\nhost: ", host, b"\r\n"]
+    for name, value in headers:
+        lines += [name, b": ", value, b"\r\n"]
+    if body or method == "POST":
+        lines += [b"content-length: ", str(len(body)).encode(), b"\r\n"]
+    lines += [b"\r\n", body]
+    return b"".join(lines)
+
+
 class UpstreamResponse:
-    def __init__(self, connection: _Connection, status: int) -> None:
+    def __init__(self, connection: UpstreamConnection, status: int) -> None:
         self._conn = connection
         self.status_code = status
         self.headers_raw = connection.headers
@@ -245,7 +274,7 @@ class UpstreamResponse:
 class UpstreamPool:
     def __init__(self, *, max_idle_per_host: int = 64) -> None:
         self.max_idle_per_host = max_idle_per_host
-        self._idle: dict[tuple[str, int], list[_Connection]] = {}
+        self._idle: dict[tuple[str, int], list[UpstreamConnection]] = {}
         self._targets: dict[str, tuple[tuple[str, int], bytes, bytes]] = {}
         # The loop requests run on, learnt from the first; asyncio.current_task(loop) then costs no system call.
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -263,11 +292,11 @@ class UpstreamPool:
             target = self._targets[url] = ((parts.hostname, port), parts.netloc.encode(), path.encode())
         return target
 
-    async def _connect(self, key: tuple[str, int], timeout: float) -> _Connection:
+    async def _connect(self, key: tuple[str, int], timeout: float) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout):
-                _, conn = await loop.create_connection(lambda: _Connection(self, key), key[0], key[1])
+                _, conn = await loop.create_connection(lambda: UpstreamConnection(self, key), key[0], key[1])
         except TimeoutError:
             raise ConnectTimeout(f"no connection within {timeout:g} s") from None
         except OSError as exc:
@@ -280,20 +309,48 @@ class UpstreamPool:
                 pass
         return conn
 
-    def _release(self, conn: _Connection) -> None:
+    def _release(self, conn: UpstreamConnection) -> None:
         idle = self._idle.setdefault(conn.key, [])
         if len(idle) >= self.max_idle_per_host:
             conn.close()
             return
         idle.append(conn)
 
-    def _take_idle(self, key: tuple[str, int]) -> _Connection | None:
+    def _take_idle(self, key: tuple[str, int]) -> UpstreamConnection | None:
         idle = self._idle.get(key)
         while idle:
             conn = idle.pop()
             if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
                 return conn
         return None
+
+    def idle(self, url: str) -> UpstreamConnection | None:
+        """An idle pooled connection to `url`'s server, taken from the pool (give it back with `release`, or
+        send on it with `send`); None when there is none (or the URL is not one it can reach)."""
+        try:
+            return self._take_idle(self._target(url)[0])
+        except UpstreamError:
+            return None
+
+    def release(self, conn: UpstreamConnection) -> None:
+        self._release(conn)
+
+    def send(
+        self,
+        conn: UpstreamConnection,
+        method: str,
+        url: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        *,
+        read_timeout: float | None,
+        on_complete: Callable[[UpstreamResponse], bool],
+    ) -> None:
+        """Send the request on `conn` (from `idle`) at once, with no await. Its answer goes to `on_complete` if
+        it arrives whole; `request(..., sent=conn)` takes over waiting for it otherwise (and sends it again on a
+        fresh connection if this one turns out to have been closed by the server)."""
+        _, host, path = self._target(url)
+        conn.send(_encode(method, host, path, headers, body), read_timeout, on_complete)
 
     async def request(
         self,
@@ -305,28 +362,18 @@ class UpstreamPool:
         connect_timeout: float,
         read_timeout: float | None,
         on_complete: Callable[[UpstreamResponse], bool] | None = None,
+        sent: UpstreamConnection | None = None,
     ) -> UpstreamResponse:
         key, host, path = self._target(url)
-        lines = [method.encode(), b" ", path, b" HTTP/1.1\r\nhost: ", host, b"\r\n"]
-        for name, value in headers:
-            lines += [name, b": ", value, b"\r\n"]
-        if body or method == "POST":
-            lines += [b"content-length: ", str(len(body)).encode(), b"\r\n"]
-        lines += [b"\r\n", body]
-        data = b"".join(lines)
         for attempt in (0, 1):
-            conn = self._take_idle(key)
-            reused = conn is not None
+            conn = sent if attempt == 0 else None
+            reused = True
             if conn is None:
-                conn = await self._connect(key, connect_timeout)
-            conn._reset()
-            conn.on_complete = on_complete
-            assert conn.transport is not None
-            conn.transport.write(data)
-            # A timer handle, not asyncio.timeout(): the same deadline for a fraction of the bookkeeping.
-            timer = (
-                None if read_timeout is None else conn.loop.call_later(read_timeout, conn.head_timed_out, read_timeout)
-            )
+                conn = self._take_idle(key)
+                reused = conn is not None
+                if conn is None:
+                    conn = await self._connect(key, connect_timeout)
+                conn.send(_encode(method, host, path, headers, body), read_timeout, on_complete)
             try:
                 await conn.head
             except ReadTimeout:
@@ -343,8 +390,7 @@ class UpstreamPool:
                 conn.close()
                 raise
             finally:
-                if timer is not None:
-                    timer.cancel()
+                conn.stop_timer()
                 # From here the request reads the answer itself: whatever did not arrive with its head is no
                 # longer handed to on_complete.
                 conn.on_complete = None

@@ -156,6 +156,7 @@ async def raw_upstream(
     stack: Stack,
     handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
     front: str | None = None,
+    **gateway: Any,
 ) -> AsyncIterator[Hosted]:
     """A server record whose upstream is `handler`, a hand-written HTTP server of the test's own."""
     server = await asyncio.start_server(handler, "127.0.0.1", 0)
@@ -164,7 +165,9 @@ async def raw_upstream(
         async with owner:
             slug = f"gw-{uuid.uuid4().hex[:10]}"
             source = {"type": "package", "registry": "pypi", "package": "mcphost-everything"}
-            created = await owner.post("/api/servers", json={"name": slug, "slug": slug, "source": source})
+            created = await owner.post(
+                "/api/servers", json={"name": slug, "slug": slug, "source": source, "gateway": gateway}
+            )
             port = server.sockets[0].getsockname()[1]
             await attach(stack, created.json()["id"], f"http://127.0.0.1:{port}/mcp")
             yield Hosted(stack, owner, created.json(), DirectServer(), front)
@@ -688,3 +691,106 @@ async def test_an_answer_whose_body_comes_after_its_head_arrives_whole(
             assert answer.headers["content-type"] == "text/event-stream"
             release.set()
             assert await answer.aread() == event
+
+
+@pytest.mark.parametrize("front", ["lean"], indirect=True)
+async def test_calls_forwarded_from_callbacks_keep_every_guarantee(
+    stack: Stack, http: httpx.AsyncClient, front: str
+) -> None:
+    """On the gateway's own server a whole 2026-era call on a pooled connection is sent and answered from the
+    connections' callbacks, with no task. What that path cannot finish alone it hands to a task: an answer
+    streamed over time, one over the size cap, a server that does not answer in time; and a client that leaves
+    frees the server's connection at once. Each on a kept-alive connection, so each goes through that path."""
+    gateway = stack.state.gateway.gateway
+    hung_up = asyncio.Event()
+    result = b'{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"ok"}],"isError":false}}'
+
+    async def scripted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            fields = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:] if b": " in line)
+            await reader.readexactly(int(fields[b"content-length"]))
+            tool = fields[b"mcp-name"]
+            if tool == b"plain":
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                    % (len(result), result)
+                )
+            elif tool == b"big":
+                big = b'{"jsonrpc":"2.0","id":1,"result":"' + b"x" * 4096 + b'"}'
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                    % (len(big), big)
+                )
+            elif tool == b"stream":
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+                )
+                for part in (b": working\n\n", b"event: message\ndata: " + result + b"\n\n"):
+                    await writer.drain()
+                    await asyncio.sleep(0.05)  # the server's pace: the answer comes in pieces
+                    writer.write(b"%x\r\n%s\r\n" % (len(part), part))
+                writer.write(b"0\r\n\r\n")
+            else:  # "hang": no answer; the connection's end is what the test waits for
+                if await reader.read(1) == b"":
+                    hung_up.set()
+                return
+            await writer.drain()
+
+    async with raw_upstream(stack, scripted, front, read_timeout_seconds=1.0) as hosted:
+
+        async def call(tool: str) -> httpx.Response:
+            headers, body = modern_call(tool, {})
+            return await http.post(hosted.url, json=body, headers={**headers, **hosted.headers()})
+
+        assert text_of(rpc_result(await call("plain"))) == "ok"  # the first call opens the pooled connection
+        before = gateway.forwarded_now
+        for _ in range(3):
+            answer = await call("plain")
+            assert answer.status_code == 200 and text_of(rpc_result(answer)) == "ok"
+        assert gateway.forwarded_now == before + 3  # no task: sent and answered from the callbacks
+
+        streamed = await call("stream")
+        assert streamed.status_code == 200 and streamed.text.startswith(": working")
+        assert text_of(rpc_result(streamed)) == "ok"
+
+        saved = gateway.max_response_bytes
+        gateway.max_response_bytes = 1024
+        try:
+            too_big = await call("big")
+        finally:
+            gateway.max_response_bytes = saved
+        assert too_big.status_code == 502 and "larger than 1024 bytes" in too_big.json()["error"]["message"]
+
+        late = await call("hang")
+        assert late.status_code == 504 and "within 1 s" in late.json()["error"]["message"]
+        assert text_of(rpc_result(await call("plain"))) == "ok"  # and the next call still goes through
+        assert gateway.forwarded_now > before + 3
+
+        # A client that leaves mid-call: its upstream connection is closed at once, its slots given back.
+        hung_up.clear()
+        headers, body = modern_call("hang", {})
+        payload = json.dumps(body).encode()
+        port = int(front.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        lines = "".join(f"{k}: {v}\r\n" for k, v in {**headers, **hosted.headers()}.items())
+        path = hosted.url.split(front, 1)[1]
+        writer.write(
+            f"POST {path} HTTP/1.1\r\nhost: x\r\n{lines}content-length: {len(payload)}\r\n\r\n".encode() + payload
+        )
+        await writer.drain()
+
+        async def in_flight() -> bool:
+            return gateway.in_flight == 1
+
+        await eventually(in_flight)
+        writer.close()
+        await asyncio.wait_for(hung_up.wait(), 10)
+
+        async def released() -> bool:
+            return gateway.in_flight == 0 and len(gateway.server_slots) == 0 and len(gateway.key_slots) == 0
+
+        await eventually(released)
