@@ -516,8 +516,9 @@ class Gateway:
         self, method: str, path: str, query: bytes, headers: list[tuple[bytes, bytes]], body: bytes, out: Channel
     ) -> bool:
         """Forward the most common request with no task and no await, from the callback that completed it: a
-        whole 2026-era POST (its method in Mcp-Method, no session) to a cached route, with a key that has no
-        tool allowlist, under every limit, sent on an idle pooled connection. Its answer goes back to the client
+        whole POST (a 2026-era one, or one in a session while no revision of the server drains; not an
+        `initialize`) to a cached route, with a key that has no tool allowlist, under every limit, sent on an
+        idle pooled connection. Its answer goes back to the client
         from the upstream connection's callback, and the books are kept there too. Anything else is False, with
         nothing taken or sent: `handle` then takes the request from the start (and answers refusals itself).
         The checks are the ones `_handle` makes, in the same order; an answer that cannot be passed on whole
@@ -527,18 +528,21 @@ class Gateway:
         if method != "POST" or query or not out.immediate:
             return False
         forward, origin, key, _, session_id, rpc_method, rpc_name = _scan(headers)
-        if session_id is not None or rpc_method is None or rpc_method == b"initialize":
-            return False
         if origin is not None and not self._origin_allowed(origin):
             return False
         route = self.routes.cached(path[len(PREFIX) :])
         if route is None or isinstance(route, Miss) or not route.upstream_url or route.options.trace_payloads:
             return False
+        if session_id is not None and route.draining:
+            return False  # the session may be pinned to an older revision: a lookup that may need the database
         grant = self._grant(route, key)
         if grant is None or grant.tools is not None or len(body) > self.max_request_bytes:
             return False
         if grant.expires_at is not None and grant.expires_at <= time.time():
             return False
+        call = _from_headers(rpc_method, rpc_name, body) if rpc_method is not None else describe(body)
+        if call.method == "initialize":
+            return False  # its answer opens a session, which the gateway pins
         conn = self.upstream.idle(route.upstream_url)
         if conn is None:
             return False
@@ -554,9 +558,8 @@ class Gateway:
             self.upstream.release(conn)
             return False
         inv = Invocation(http_method=method, server_id=route.server_id, key_name=grant.name)
-        call = _from_headers(rpc_method, rpc_name, body)
-        inv.method, inv.tool, inv.request_bytes = call.method, call.tool, len(body)
-        flight = _Flight(self, out, inv, route, grant, call, body, forward, conn, started)
+        inv.method, inv.tool, inv.request_bytes = call.method or (None if body else method), call.tool, len(body)
+        flight = _Flight(self, out, inv, route, grant, call, body, forward, session_id, conn, started)
         self.in_flight += 1
         self.forwarded_now += 1
         read_timeout = route.options.read_timeout_seconds or self.read_timeout
@@ -579,7 +582,7 @@ class Gateway:
                 "POST",
                 flight.body,
                 flight.forward,
-                None,
+                flight.session_id,
                 sent=flight.conn,
             )
         except Disconnected:
@@ -860,7 +863,20 @@ class Gateway:
 class _Flight:
     """A request `Gateway.forward_now` sent, until its answer is passed on (or handed to a task)."""
 
-    __slots__ = ("gateway", "out", "inv", "route", "grant", "call", "body", "forward", "conn", "started", "state")
+    __slots__ = (
+        "gateway",
+        "out",
+        "inv",
+        "route",
+        "grant",
+        "call",
+        "body",
+        "forward",
+        "session_id",
+        "conn",
+        "started",
+        "state",
+    )
 
     WAITING, DONE, HANDED = 0, 1, 2
 
@@ -874,11 +890,13 @@ class _Flight:
         call: Call,
         body: bytes,
         forward: list[tuple[bytes, bytes]],
+        session_id: bytes | None,
         conn: UpstreamConnection,
         started: float,
     ) -> None:
         self.gateway, self.out, self.inv, self.route, self.grant = gateway, out, inv, route, grant
-        self.call, self.body, self.forward, self.conn, self.started = call, body, forward, conn, started
+        self.call, self.body, self.forward, self.session_id = call, body, forward, session_id
+        self.conn, self.started = conn, started
         self.state = self.WAITING
 
     def complete(self, upstream: UpstreamResponse) -> bool:
@@ -892,6 +910,8 @@ class _Flight:
         if upstream.status_code >= 400:
             inv.outcome = "error"
         upstream.close()  # the connection goes back to the pool
+        if self.session_id is not None:
+            self.gateway.sessions.touch(self.session_id)
         self.end()
         return True
 

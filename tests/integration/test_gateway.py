@@ -713,7 +713,7 @@ async def test_calls_forwarded_from_callbacks_keep_every_guarantee(
                 return
             fields = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:] if b": " in line)
             await reader.readexactly(int(fields[b"content-length"]))
-            tool = fields[b"mcp-name"]
+            tool = fields.get(b"mcp-name", b"plain")  # a session-era request names its tool in the body only
             if tool == b"plain":
                 writer.write(
                     b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
@@ -734,6 +734,15 @@ async def test_calls_forwarded_from_callbacks_keep_every_guarantee(
                     await asyncio.sleep(0.05)  # the server's pace: the answer comes in pieces
                     writer.write(b"%x\r\n%s\r\n" % (len(part), part))
                 writer.write(b"0\r\n\r\n")
+            elif tool in (b"sse", b"slow-sse"):  # the head written apart from the one event, as servers do
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+                )
+                await writer.drain()
+                if tool == b"slow-sse":
+                    await asyncio.sleep(0.5)
+                event = b"event: message\ndata: " + result + b"\n\n"
+                writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(event), event))
             else:  # "hang": no answer; the connection's end is what the test waits for
                 if await reader.read(1) == b"":
                     hung_up.set()
@@ -752,6 +761,23 @@ async def test_calls_forwarded_from_callbacks_keep_every_guarantee(
             answer = await call("plain")
             assert answer.status_code == 200 and text_of(rpc_result(answer)) == "ok"
         assert gateway.forwarded_now == before + 3  # no task: sent and answered from the callbacks
+        # A session-era call too (its method read from the body), while no revision of the server drains.
+        legacy = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "plain", "arguments": {}}}
+        session = {"accept": ACCEPT, "mcp-session-id": "s-1", "mcp-protocol-version": "2025-11-25"}
+        answer = await http.post(hosted.url, json=legacy, headers={**session, **hosted.headers()})
+        assert answer.status_code == 200 and text_of(rpc_result(answer)) == "ok"
+        assert gateway.forwarded_now == before + 4
+
+        for _ in range(3):  # an event stream's head, then its one event
+            answer = await call("sse")
+            assert answer.status_code == 200 and text_of(rpc_result(answer)) == "ok"
+        saved_keepalive = gateway.keepalive
+        gateway.keepalive = 0.1
+        try:  # the event late: a task takes over and keeps the stream alive meanwhile
+            slow = await call("slow-sse")
+        finally:
+            gateway.keepalive = saved_keepalive
+        assert slow.status_code == 200 and ": keep-alive" in slow.text and text_of(rpc_result(slow)) == "ok"
 
         streamed = await call("stream")
         assert streamed.status_code == 200 and streamed.text.startswith(": working")
