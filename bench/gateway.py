@@ -12,7 +12,8 @@ nothing parsed), the floor any separate proxy process pays on the machine. Two l
 over every cell: "raw" (each request written in one piece, answers parsed by httptools, as wrk or h2load
 do: the client takes little of the machine) and "httpx" (as the MCP SDKs' clients: on a 2-core machine
 it takes most of a core, which the gateway then competes for). Per cell: p50 and p99 latency of each
-path, the added p50/p99, the throughput ratio gateway/direct (calls per second), the relay's ratio
+path, the added p50/p99, the throughput ratio gateway/direct (calls per second; with each round's own
+ratio, whose spread shows how much the machine's speed moved within the cell), the relay's ratio
 beside it and the gateway process's CPU time per call. Results go to bench/results/gateway.json
 (gateway-uvicorn.json with --uvicorn).
 
@@ -439,6 +440,8 @@ async def main(
                     d50, d99 = pct(direct["lat"], 0.5), pct(direct["lat"], 0.99)
                     g50, g99 = pct(gated["lat"], 0.5), pct(gated["lat"], 0.99)
                     ratio = sum(gated["rps"]) / sum(direct["rps"])
+                    # Each round's own ratio: how far the machine's speed moved the figure within the cell.
+                    per_round = sorted(g / d for g, d in zip(gated["rps"], direct["rps"], strict=True))
                     relay_ratio = sum(bare["rps"]) / sum(direct["rps"])
                     cell: dict[str, Any] = {
                         "client": client,
@@ -457,6 +460,11 @@ async def main(
                             "direct_rps": round(sum(direct["rps"]) / rounds, 1),
                             "gateway_rps": round(sum(gated["rps"]) / rounds, 1),
                             "ratio": round(ratio, 3),
+                            "round_ratios": {
+                                "min": round(per_round[0], 3),
+                                "median": round(statistics.median(per_round), 3),
+                                "max": round(per_round[-1], 3),
+                            },
                             "relay_rps": round(sum(bare["rps"]) / rounds, 1),
                             "relay_ratio": round(relay_ratio, 3),
                         },
@@ -467,7 +475,8 @@ async def main(
                         f"{client:>5} client, {sessions:>2} sessions {era}: "
                         f"added p50 {cell['added_ms']['p50']:.3f} ms, "
                         f"p99 {cell['added_ms']['p99']:.3f} ms; throughput {cell['throughput']['gateway_rps']:.0f} "
-                        f"vs {cell['throughput']['direct_rps']:.0f} calls/s = {ratio:.2f}x direct (bare TCP relay "
+                        f"vs {cell['throughput']['direct_rps']:.0f} calls/s = {ratio:.2f}x direct (rounds "
+                        f"{per_round[0]:.2f}-{per_round[-1]:.2f}x; bare TCP relay "
                         f"{relay_ratio:.2f}x); gateway CPU {cell['gateway_cpu_ms_per_call']:.2f} ms/call; server CPU "
                         f"{cell['server_cpu_ms_per_call']['direct']:.2f} ms/call direct, "
                         f"{cell['server_cpu_ms_per_call']['gateway']:.2f} through the gateway",
