@@ -703,6 +703,7 @@ async def test_calls_forwarded_from_callbacks_keep_every_guarantee(
     frees the server's connection at once. Each on a kept-alive connection, so each goes through that path."""
     gateway = stack.state.gateway.gateway
     hung_up = asyncio.Event()
+    seen: list[bytes] = []  # the tools of the requests that reached the server
     result = b'{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"ok"}],"isError":false}}'
 
     async def scripted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -714,6 +715,7 @@ async def test_calls_forwarded_from_callbacks_keep_every_guarantee(
             fields = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:] if b": " in line)
             await reader.readexactly(int(fields[b"content-length"]))
             tool = fields.get(b"mcp-name", b"plain")  # a session-era request names its tool in the body only
+            seen.append(tool)
             if tool == b"plain":
                 writer.write(
                     b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
@@ -767,6 +769,26 @@ async def test_calls_forwarded_from_callbacks_keep_every_guarantee(
         answer = await http.post(hosted.url, json=legacy, headers={**session, **hosted.headers()})
         assert answer.status_code == 200 and text_of(rpc_result(answer)) == "ok"
         assert gateway.forwarded_now == before + 4
+
+        # The checks hold on this path too: a forbidden Origin, a wrong key and a key over its rate are refused
+        # and nothing reaches the server (forwarded, each would have been answered "ok").
+        headers, body = modern_call("plain", {})
+        reached, forwarded = len(seen), gateway.forwarded_now
+        evil = await http.post(
+            hosted.url, json=body, headers={**headers, **hosted.headers(), "origin": "https://evil.example"}
+        )
+        assert evil.status_code == 403, evil.text
+        wrong = await http.post(hosted.url, json=body, headers={**headers, **hosted.headers("mcph_" + "x" * 43)})
+        assert wrong.status_code == 401, wrong.text
+        saved_buckets = gateway.buckets
+        gateway.buckets = TokenBuckets(rate=0.01, burst=1)
+        try:
+            assert (await call("plain")).status_code == 200
+            limited = await call("plain")
+        finally:
+            gateway.buckets = saved_buckets
+        assert limited.status_code == 429 and "retry-after" in limited.headers
+        assert len(seen) == reached + 1 and gateway.forwarded_now == forwarded + 1
 
         for _ in range(3):  # an event stream's head, then its one event
             answer = await call("sse")
