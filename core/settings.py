@@ -153,7 +153,10 @@ class Settings(BaseSettings):
         default=5.0,
         gt=0,
         le=3600,
-        description="mcphost gateway: how long a client connection may wait for its next request (or its head).",
+        description=(
+            "mcphost gateway: how long a client connection may wait for its next request (or its head), and how"
+            " long a request body may stop arriving before a 408."
+        ),
     )
     gateway_shutdown_grace_seconds: float = Field(
         default=30.0, ge=0, le=3600, description="mcphost gateway: how long SIGTERM lets requests in flight finish."

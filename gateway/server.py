@@ -22,9 +22,10 @@ socket writes per answer (the head, then the body). This server does only what t
   stream's `send` waits while the client is slow to take what was written;
 - a client that goes away (or closes its sending side) is seen at once (`http.disconnect`); pipelined
   requests are answered in order; idle keep-alive connections are closed after `keep_alive` seconds (a
-  head must arrive within that too); oversized or malformed heads get 431/400 and the connection is
-  closed; an answer given before its request's body arrived says `connection: close`, and the rest of
-  the body is read and dropped first, so the client, still sending, reads it rather than a reset;
+  head must arrive within that too, and a body that stops arriving for as long gets 408); oversized or
+  malformed heads get 431/400 and the connection is closed; an answer given before its request's body
+  arrived says `connection: close`, and the rest of the body is read and dropped first, so the client,
+  still sending, reads it rather than a reset;
 - on shutdown it stops accepting, lets requests in flight finish, with or without a task (up to a grace
   period), then closes.
 
@@ -133,13 +134,17 @@ class _Exchange:
                     self.delivered = self.complete
                     return {"type": "http.request", "body": data, "more_body": not self.complete}
             if self.expect_continue:
-                self.expect_continue = False
-                conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                self._continue()
             await self._wait()
         # The whole body was handed out: the next message is the client leaving.
         while not conn.gone:
             await self._wait()
         return {"type": "http.disconnect"}
+
+    def _continue(self) -> None:
+        self.expect_continue = False
+        self.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self.conn.body_since = self.conn.loop.time()  # the client was waiting for this before sending its body
 
     async def _wait(self) -> None:
         self.waiter = self.conn.loop.create_future()
@@ -182,8 +187,7 @@ class _Exchange:
                 self.delivered = True
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
             if self.expect_continue:
-                self.expect_continue = False
-                conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                self._continue()
             await self._wait()
 
     immediate = True
@@ -303,6 +307,8 @@ class GatewayProtocol(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
         self.idle_since: float | None = None  # when the connection began waiting for a request (None: busy)
+        # When the request being read last got body bytes (None: no body awaited, or reading paused on purpose).
+        self.body_since: float | None = None
         self._expect = False
         self._length: bytes | None = None
         self.discarding: _Exchange | None = None  # answered early; the rest of its body is dropped as it comes
@@ -405,6 +411,9 @@ class GatewayProtocol(asyncio.Protocol):
         exchange.http10 = self.parser.get_http_version() == "1.0"
         exchange.keep_alive = self.parser.should_keep_alive()
         exchange.expect_continue, self._expect = self._expect, False
+        # A body is awaited from now on, unless the client waits for `100 Continue` first or reading is paused
+        # (a pipelined request, waiting its turn).
+        self.body_since = None if exchange.expect_continue or self.paused_reading else self.loop.time()
         if self._length is not None and self._length.isdigit() and len(self._length) < 10:
             exchange.length = int(self._length)
         self.reading = exchange
@@ -424,11 +433,14 @@ class GatewayProtocol(asyncio.Protocol):
             return
         exchange.unread.append(body)
         exchange.body_size += len(body)
+        if not self.paused_reading:
+            self.body_since = self.loop.time()
         if exchange.body_size > BODY_HIGH_WATER:
             self._pause_reading()
         exchange.wake()
 
     def on_message_complete(self) -> None:
+        self.body_since = None
         exchange = self.reading
         if exchange is None:
             return
@@ -536,11 +548,22 @@ class GatewayProtocol(asyncio.Protocol):
         if not self.paused_reading and self.transport is not None:
             self.paused_reading = True
             self.transport.pause_reading()
+            self.body_since = None  # the gateway holds the body back, not the client
 
     def _resume_reading(self) -> None:
         if self.paused_reading and self.transport is not None and not self.gone:
             self.paused_reading = False
             self.transport.resume_reading()
+            if self.reading is not None:
+                self.body_since = self.loop.time()
+
+    def stalled(self) -> None:
+        """A request body stopped arriving for keep_alive seconds: 408 if its answer has not begun, then close."""
+        exchange, self.eager = self.reading, None
+        if exchange is not None and exchange is self.current and not exchange.started and not self.gone:
+            self._refuse(408, f"the request body stopped arriving for {self.server.keep_alive:g} s")
+            exchange.started = exchange.finished = True  # nothing more may be written for it
+        self.close()
 
     def _count(self, size: int) -> None:
         self._head_bytes += size
@@ -616,7 +639,8 @@ class GatewayServer:
         return int(server.sockets[0].getsockname()[1])
 
     async def _sweep(self) -> None:
-        """Close connections that waited for a request (or for the rest of its head) over keep_alive."""
+        """Close connections that waited for a request (or for the rest of its head) over keep_alive, and answer
+        408 on those whose request body stopped arriving for as long."""
         interval = min(1.0, self.keep_alive / 4)
         while True:
             await asyncio.sleep(interval)
@@ -624,6 +648,8 @@ class GatewayServer:
             for conn in list(self.connections):
                 if conn.idle_since is not None and now - conn.idle_since >= self.keep_alive:
                     conn.close()
+                elif conn.body_since is not None and now - conn.body_since >= self.keep_alive:
+                    conn.stalled()
 
     async def dispatch(self, exchange: _Exchange) -> None:
         path = exchange.path

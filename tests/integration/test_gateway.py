@@ -842,3 +842,22 @@ async def test_calls_forwarded_from_callbacks_keep_every_guarantee(
             return gateway.in_flight == 0 and len(gateway.server_slots) == 0 and len(gateway.key_slots) == 0
 
         await eventually(released)
+
+        # A small body that never follows its head: no task waits for it, the connection does, and answers 408
+        # once the body has stopped arriving for the client idle time; nothing reaches the server.
+        lean = stack._lean
+        saved_idle, lean.keep_alive = lean.keep_alive, 0.5
+        reached = len(seen)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(
+                f"POST {path} HTTP/1.1\r\nhost: x\r\n{lines}content-length: {len(payload)}\r\n\r\n".encode()
+                + payload[:5]
+            )
+            answer_head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert answer_head.startswith(b"HTTP/1.1 408 ") and b"connection: close" in answer_head
+            await asyncio.wait_for(reader.read(), 10)  # and the connection closes
+        finally:
+            lean.keep_alive = saved_idle
+            writer.close()
+        assert len(seen) == reached and gateway.in_flight == 0

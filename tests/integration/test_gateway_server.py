@@ -229,6 +229,48 @@ async def test_idle_connections_and_dripping_heads_are_closed(serve: Any) -> Non
         await drip.aclose()
 
 
+async def test_a_stalled_request_body_gets_408_while_a_slow_one_goes_through(serve: Any) -> None:
+    port = await serve(echo, keep_alive=1.0)
+    stalled = await Raw.connect(port)
+    try:  # a head promising 10 body bytes, then 3 of them and nothing more
+        stalled.send(b'POST /mcp/x HTTP/1.1\r\nhost: t\r\ncontent-length: 10\r\n\r\n{"a')
+        status, headers, body, _ = await stalled.response()
+        assert status == 408 and headers[b"connection"] == b"close"
+        assert "stopped arriving for 1 s" in json.loads(body)["error"]
+        assert await stalled.closed()
+    finally:
+        await stalled.aclose()
+    slow = await Raw.connect(port)
+    try:  # a body that keeps coming, a piece every 0.2 s for longer than keep_alive in all, is waited for
+        payload = b'{"text": "a body sent slowly"}'
+        slow.send(b"POST /mcp/x HTTP/1.1\r\nhost: t\r\ncontent-length: %d\r\n\r\n" % len(payload))
+        for start in range(0, len(payload), 4):
+            await asyncio.sleep(0.2)
+            slow.send(payload[start : start + 4])
+        status, _, body, _ = await slow.response()
+        assert status == 200 and json.loads(body)["body"] == payload.decode()
+    finally:
+        await slow.aclose()
+
+
+async def test_a_client_waiting_for_100_continue_is_not_held_to_the_body_bound(serve: Any) -> None:
+    async def reads_late(scope: Any, receive: Any, send: Any) -> None:
+        await asyncio.sleep(2.0)  # longer than keep_alive before it asks for the body
+        await echo(scope, receive, send)
+
+    port = await serve(reads_late, keep_alive=1.0)
+    waiting = await Raw.connect(port)
+    try:
+        waiting.send(b"POST /mcp/x HTTP/1.1\r\nhost: t\r\ncontent-length: 2\r\nexpect: 100-continue\r\n\r\n")
+        interim = await asyncio.wait_for(waiting.reader.readuntil(b"\r\n\r\n"), 10)
+        assert interim.startswith(b"HTTP/1.1 100 Continue")
+        waiting.send(b"{}")
+        status, _, body, _ = await waiting.response()
+        assert status == 200 and json.loads(body)["body"] == "{}"
+    finally:
+        await waiting.aclose()
+
+
 async def test_a_client_going_away_is_seen_at_once(serve: Any) -> None:
     seen: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
