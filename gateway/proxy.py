@@ -518,12 +518,12 @@ class Gateway:
         """Forward the most common request with no task and no await, from the callback that completed it: a
         whole POST (a 2026-era one, or one in a session while no revision of the server drains; not an
         `initialize`) to a cached route, with a key that has no tool allowlist, under every limit, sent on an
-        idle pooled connection. Its answer goes back to the client
-        from the upstream connection's callback, and the books are kept there too. Anything else is False, with
-        nothing taken or sent: `handle` then takes the request from the start (and answers refusals itself).
-        The checks are the ones `_handle` makes, in the same order; an answer that cannot be passed on whole
-        (a stream, over the size cap, a timeout, a server that closed the connection) is handed to a task
-        running `_forward`, as if it had sent the request itself."""
+        idle pooled connection. Its answer goes back to the client from the upstream connection's callback,
+        and the books are kept there too. Anything else is False, with nothing taken or sent: `handle` then
+        takes the request from the start (and answers refusals itself). The checks are the ones `_handle`
+        makes, in the same order; an answer that cannot be passed on whole (a stream, over the size cap, a
+        timeout, a server that closed the connection) is handed to a task running `_forward`, as if it had
+        sent the request itself."""
         started = time.perf_counter()
         if method != "POST" or query or not out.immediate:
             return False

@@ -330,6 +330,8 @@ class GatewayProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.gone = True
         self.server.connections.discard(self)
+        if self.server.settled is not None:
+            self.server.settled.set()
         self._disarm_idle()
         for exchange in (self.current, self.reading, *self.pending):
             if exchange is not None:
@@ -501,6 +503,8 @@ class GatewayProtocol(asyncio.Protocol):
         if exchange is not self.current:
             return
         self.current = None
+        if self.server.settled is not None:
+            self.server.settled.set()  # shutdown waits for answers under way
         if not exchange.complete:
             # Answered before its body arrived (a refusal, say 413): the rest of the body is read and dropped,
             # then the connection closes. Closing at once would reset it, and the client, still sending, would
@@ -626,6 +630,7 @@ class GatewayServer:
         self.closing = False
         self._servers: list[asyncio.Server] = []
         self._sweeper: asyncio.Task[None] | None = None
+        self.settled: asyncio.Event | None = None  # while shutting down: set when an answer ends or a client goes
 
     async def listen(self, host: str | None = None, port: int = 0, *, sock: socket.socket | None = None) -> int:
         """Start accepting on host:port (or an already bound socket); returns the port."""
@@ -694,8 +699,12 @@ class GatewayServer:
             if self.tasks:
                 await asyncio.wait(set(self.tasks), timeout=deadline - self.loop.time())
             elif any(conn.current is not None and not conn.gone for conn in self.connections):
-                # Answers under way with no task of their own (forwarded from a callback): looked at again shortly.
-                await asyncio.sleep(0.01)
+                # Answers under way with no task of their own (forwarded from a callback): woken when one ends.
+                self.settled = asyncio.Event()
+                try:
+                    await asyncio.wait_for(self.settled.wait(), deadline - self.loop.time())
+                except TimeoutError:
+                    break
             else:
                 break
         for task in list(self.tasks):

@@ -266,7 +266,7 @@ class UpstreamResponse:
         self._closed = True
         conn = self._conn
         if conn.done and conn.keep_alive and not conn.closed and conn.error is None:
-            conn.pool._release(conn)
+            conn.pool.release(conn)
         else:
             conn.close()
 
@@ -309,7 +309,8 @@ class UpstreamPool:
                 pass
         return conn
 
-    def _release(self, conn: UpstreamConnection) -> None:
+    def release(self, conn: UpstreamConnection) -> None:
+        """Give an idle connection back to the pool (closed instead when the pool for its server is full)."""
         idle = self._idle.setdefault(conn.key, [])
         if len(idle) >= self.max_idle_per_host:
             conn.close()
@@ -331,9 +332,6 @@ class UpstreamPool:
             return self._take_idle(self._target(url)[0])
         except UpstreamError:
             return None
-
-    def release(self, conn: UpstreamConnection) -> None:
-        self._release(conn)
 
     def send(
         self,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -716,7 +717,9 @@ async def test_calls_forwarded_from_callbacks_keep_every_guarantee(
             await reader.readexactly(int(fields[b"content-length"]))
             tool = fields.get(b"mcp-name", b"plain")  # a session-era request names its tool in the body only
             seen.append(tool)
-            if tool == b"plain":
+            if tool in (b"plain", b"late"):
+                if tool == b"late":
+                    await asyncio.sleep(0.5)  # then the whole answer in one write, as for "plain"
                 writer.write(
                     b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
                     % (len(result), result)
@@ -861,3 +864,28 @@ async def test_calls_forwarded_from_callbacks_keep_every_guarantee(
             lean.keep_alive = saved_idle
             writer.close()
         assert len(seen) == reached and gateway.in_flight == 0
+
+        # Shutting down lets an answer under way with no task finish, and returns as soon as it has.
+        from gateway.server import GatewayServer
+
+        second = GatewayServer(gateway)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        second_port = await second.listen(sock=sock)
+        assert text_of(rpc_result(await call("plain"))) == "ok"  # a pooled connection to the server, idle again
+        headers, body = modern_call("late", {})
+        payload = json.dumps(body).encode()
+        lines = "".join(f"{k}: {v}\r\n" for k, v in {**headers, **hosted.headers()}.items())
+        reader, writer = await asyncio.open_connection("127.0.0.1", second_port)
+        try:
+            writer.write(
+                f"POST {path} HTTP/1.1\r\nhost: x\r\n{lines}content-length: {len(payload)}\r\n\r\n".encode() + payload
+            )
+            await eventually(in_flight)
+            assert not second.tasks  # forwarded from the callback
+            await asyncio.wait_for(second.shutdown(grace=60), 30)
+            answer_head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert answer_head.startswith(b"HTTP/1.1 200 ")
+            assert b'"text":"ok"' in await asyncio.wait_for(reader.read(), 10)
+        finally:
+            writer.close()
