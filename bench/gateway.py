@@ -14,8 +14,9 @@ do: the client takes little of the machine) and "httpx" (as the MCP SDKs' client
 it takes most of a core, which the gateway then competes for). Per cell: p50 and p99 latency of each
 path, the added p50/p99, the throughput ratio gateway/direct (calls per second; with each round's own
 ratio, whose spread shows how much the machine's speed moved within the cell), the relay's ratio
-beside it and the gateway process's CPU time per call. Results go to bench/results/gateway.json
-(gateway-uvicorn.json with --uvicorn).
+beside it, the CPU time per call of the gateway process, of the relay process (what a proxy pays for its
+system calls alone) and of PostgreSQL on each path (through the gateway: its metering writes). Results go
+to bench/results/gateway.json (gateway-uvicorn.json with --uvicorn).
 
     .venv/bin/python bench/gateway.py [--rounds 5] [--seconds 2] [--sessions 1 8 32] [--clients raw httpx]
 
@@ -131,6 +132,28 @@ def write_results(name: str, payload: dict[str, Any]) -> None:
 def cpu_per_call(before: Any, after: Any, got: dict[str, Any], sessions: int) -> float:
     """Milliseconds of a process's CPU (user and system) per call of a `measure` run."""
     used = (after.user + after.system) - (before.user + before.system)
+    return 1000 * used / max(1, len(got["latencies"]) + sessions)
+
+
+def database_cpu() -> dict[int, float]:
+    """CPU seconds (user and system) of every PostgreSQL process on the machine, by pid."""
+    seen: dict[int, float] = {}
+    for proc in psutil.process_iter(["name"]):
+        if proc.info["name"] in ("postgres", "postmaster"):
+            try:
+                times = proc.cpu_times()
+            except psutil.Error:
+                continue
+            seen[proc.pid] = times.user + times.system
+    return seen
+
+
+def database_cpu_per_call(
+    before: dict[int, float], after: dict[int, float], got: dict[str, Any], sessions: int
+) -> float:
+    """Milliseconds of PostgreSQL's CPU per call between two `database_cpu` readings (a process that started
+    meanwhile counts whole)."""
+    used = sum(spent - before.get(pid, 0.0) for pid, spent in after.items())
     return 1000 * used / max(1, len(got["latencies"]) + sessions)
 
 
@@ -413,7 +436,7 @@ async def main(
         gateway, base = start_gateway(database_url, uvicorn)
         through = f"{base}/mcp/{slug}"
         relay, relayed = start_relay(server.port)
-        gateway_cpu = psutil.Process(gateway.pid)
+        gateway_cpu, relay_cpu = psutil.Process(gateway.pid), psutil.Process(relay.pid)
         assert server.proc is not None
         server_cpu = psutil.Process(server.proc.pid)
         cells = []
@@ -424,19 +447,25 @@ async def main(
                     gated: dict[str, list[Any]] = {"lat": [], "rps": []}
                     bare: dict[str, list[Any]] = {"lat": [], "rps": []}
                     cpu_ms: list[float] = []
+                    relay_ms: list[float] = []
+                    db_ms: dict[str, list[float]] = {"direct": [], "gateway": [], "relay": []}
                     served_ms: dict[str, list[float]] = {"direct": [], "gateway": [], "relay": []}
                     for r in range(rounds):
                         order = [("direct", server.url, None), ("gateway", through, key), ("relay", relayed, None)]
                         for label, url, k in order if r % 2 == 0 else reversed(order):
-                            before, served_before = gateway_cpu.cpu_times(), server_cpu.cpu_times()
+                            proxy = relay_cpu if label == "relay" else gateway_cpu
+                            before, served_before, db_before = proxy.cpu_times(), server_cpu.cpu_times(), database_cpu()
                             got = await measure(client, url, era, k, sessions, seconds)
-                            after, served_after = gateway_cpu.cpu_times(), server_cpu.cpu_times()
+                            after, served_after, db_after = proxy.cpu_times(), server_cpu.cpu_times(), database_cpu()
                             served_ms[label].append(cpu_per_call(served_before, served_after, got, sessions))
+                            db_ms[label].append(database_cpu_per_call(db_before, db_after, got, sessions))
                             target = {"direct": direct, "gateway": gated, "relay": bare}[label]
                             target["lat"].extend(got["latencies"])
                             target["rps"].append(got["rps"])
                             if label == "gateway":
                                 cpu_ms.append(cpu_per_call(before, after, got, sessions))
+                            elif label == "relay":
+                                relay_ms.append(cpu_per_call(before, after, got, sessions))
                     d50, d99 = pct(direct["lat"], 0.5), pct(direct["lat"], 0.99)
                     g50, g99 = pct(gated["lat"], 0.5), pct(gated["lat"], 0.99)
                     ratio = sum(gated["rps"]) / sum(direct["rps"])
@@ -452,6 +481,12 @@ async def main(
                         "gateway_ms": {"p50": round(g50 * 1000, 3), "p99": round(g99 * 1000, 3)},
                         "added_ms": {"p50": round((g50 - d50) * 1000, 3), "p99": round((g99 - d99) * 1000, 3)},
                         "gateway_cpu_ms_per_call": round(statistics.median(cpu_ms), 3),
+                        # The bare relay's own CPU per call: what any proxy process pays for its system calls alone.
+                        "relay_cpu_ms_per_call": round(statistics.median(relay_ms), 3),
+                        # PostgreSQL's CPU per call on each path: through the gateway, its metering writes.
+                        "database_cpu_ms_per_call": {
+                            path: round(statistics.median(values), 3) for path, values in db_ms.items()
+                        },
                         # The server's own CPU per call on each path: it grows when its calls come further apart.
                         "server_cpu_ms_per_call": {
                             path: round(statistics.median(values), 3) for path, values in served_ms.items()
@@ -477,7 +512,10 @@ async def main(
                         f"p99 {cell['added_ms']['p99']:.3f} ms; throughput {cell['throughput']['gateway_rps']:.0f} "
                         f"vs {cell['throughput']['direct_rps']:.0f} calls/s = {ratio:.2f}x direct (rounds "
                         f"{per_round[0]:.2f}-{per_round[-1]:.2f}x; bare TCP relay "
-                        f"{relay_ratio:.2f}x); gateway CPU {cell['gateway_cpu_ms_per_call']:.2f} ms/call; server CPU "
+                        f"{relay_ratio:.2f}x); gateway CPU {cell['gateway_cpu_ms_per_call']:.3f} ms/call (relay "
+                        f"{cell['relay_cpu_ms_per_call']:.3f}; database "
+                        f"{cell['database_cpu_ms_per_call']['gateway']:.3f}, "
+                        f"{cell['database_cpu_ms_per_call']['direct']:.3f} direct); server CPU "
                         f"{cell['server_cpu_ms_per_call']['direct']:.2f} ms/call direct, "
                         f"{cell['server_cpu_ms_per_call']['gateway']:.2f} through the gateway",
                         flush=True,
