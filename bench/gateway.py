@@ -24,12 +24,18 @@ With --idle-gap-us N it measures something else: the server alone at one raw ses
 back and N µs apart (the client keeping its core busy meanwhile), alternating, with the server's own CPU
 per call (bench/results/gateway_idle_gap.json): how much slower the server itself gets when a proxy's time
 separates its calls.
+
+With --guest-halt-poll-ns N (root, on a KVM guest with cpuidle-haltpoll) either run has the guest's idle
+CPUs poll for up to N ns before they halt, and the machine's own setting is put back after; the setting
+the run had is in the JSON (guest_halt_poll_ns). A halted virtual CPU is slow to wake and runs its next
+work colder; a proxy, which adds idle moments to every call, pays for that on each one.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -39,6 +45,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -155,6 +162,37 @@ def database_cpu_per_call(
     meanwhile counts whole)."""
     used = sum(spent - before.get(pid, 0.0) for pid, spent in after.items())
     return 1000 * used / max(1, len(got["latencies"]) + sessions)
+
+
+HALT_POLL = Path("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+
+
+def halt_poll_ns() -> int | None:
+    """How long (ns) an idle virtual CPU of this guest polls before it halts (cpuidle-haltpoll; the kernel's
+    default is 200000); None when the machine has no such setting (not a KVM guest with haltpoll)."""
+    try:
+        return int(HALT_POLL.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def halt_polling(ns: int | None) -> Iterator[None]:
+    """With `ns`, the guest's halt polling set to it for the run (root), and set back after."""
+    before = halt_poll_ns()
+    if ns is None:
+        yield
+        return
+    if before is None:
+        raise SystemExit(f"--guest-halt-poll-ns: this machine has no {HALT_POLL} (not a KVM guest with haltpoll)")
+    try:
+        HALT_POLL.write_text(str(ns))
+    except OSError as exc:
+        raise SystemExit(f"--guest-halt-poll-ns: cannot write {HALT_POLL} ({exc.strerror}; it needs root)") from None
+    try:
+        yield
+    finally:
+        HALT_POLL.write_text(str(before))
 
 
 def free_port() -> int:
@@ -526,6 +564,7 @@ async def main(
             "rounds": rounds,
             "seconds_per_round": seconds,
             "cpus": os.cpu_count(),
+            "guest_halt_poll_ns": halt_poll_ns(),
             "cells": cells,
         }
         write_results("gateway-uvicorn.json" if uvicorn else "gateway.json", payload)
@@ -559,9 +598,17 @@ if __name__ == "__main__":
         default=0.0,
         help="instead: the server alone at one session, its calls back to back and this many µs apart",
     )
+    parser.add_argument(
+        "--guest-halt-poll-ns",
+        type=int,
+        default=None,
+        help="on a KVM guest (root): poll this long before an idle CPU halts, for the run only (kernel default 200000)",
+    )
     args = parser.parse_args()
     if args.idle_gap_us:
-        asyncio.run(idle_gap(args.rounds, args.seconds, args.idle_gap_us))
+        with halt_polling(args.guest_halt_poll_ns):
+            asyncio.run(idle_gap(args.rounds, args.seconds, args.idle_gap_us))
         raise SystemExit(0)
     with tempfile.TemporaryDirectory():
-        asyncio.run(main(args.rounds, args.seconds, args.sessions, args.clients, args.uvicorn))
+        with halt_polling(args.guest_halt_poll_ns):
+            asyncio.run(main(args.rounds, args.seconds, args.sessions, args.clients, args.uvicorn))
