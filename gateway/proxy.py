@@ -743,9 +743,26 @@ class Gateway:
     ) -> None:
         data = upstream.whole()  # usually the answer is all there already
         if data is None:
+            # The rest must come within the read timeout too: a server that stops mid-answer is a hung one.
+            read_limit = route.options.read_timeout_seconds or self.read_timeout
+            deadline = upstream.loop.time() + read_limit
             chunks: list[bytes] = []
             size = 0
-            async for chunk in upstream.iter_chunks():
+            while True:
+                try:
+                    chunk = await upstream.next_chunk(max(0.0, deadline - upstream.loop.time()))
+                except UpstreamError as exc:
+                    inv.outcome = "upstream_error"
+                    return await self._send_error(
+                        out, inv, 502, f"server '{route.slug}' broke off its answer: {exc}", call.id
+                    )
+                if chunk is None:
+                    break
+                if isinstance(chunk, TimedOut):
+                    inv.outcome = "timeout"
+                    return await self._send_error(
+                        out, inv, 504, f"no whole answer from server '{route.slug}' within {read_limit:g} s", call.id
+                    )
                 size += len(chunk)
                 if size > self.max_response_bytes:
                     break

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import socket
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -249,14 +249,6 @@ class UpstreamResponse:
                 timer.cancel()
             if wakeup.result() is TIMED_OUT and not conn.chunks and not conn.done and conn.error is None:
                 return TIMED_OUT
-
-    async def iter_chunks(self) -> AsyncIterator[bytes]:
-        while True:
-            chunk = await self.next_chunk()
-            if chunk is None:
-                return
-            assert isinstance(chunk, bytes)
-            yield chunk
 
     def close(self) -> None:
         """Give the connection back when the whole answer was read and the server keeps it open; else close

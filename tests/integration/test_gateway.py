@@ -739,6 +739,17 @@ async def test_calls_forwarded_from_callbacks_keep_every_guarantee(
                     await asyncio.sleep(0.05)  # the server's pace: the answer comes in pieces
                     writer.write(b"%x\r\n%s\r\n" % (len(part), part))
                 writer.write(b"0\r\n\r\n")
+            elif tool in (b"stall-body", b"cut-body"):  # a head promising 100 bytes, then 10 of them
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n" + b'{"jsonrpc"'
+                )
+                await writer.drain()
+                if tool == b"cut-body":
+                    writer.close()
+                    return
+                if await reader.read(1) == b"":  # and nothing more, until the gateway hangs up
+                    hung_up.set()
+                return
             elif tool in (b"sse", b"slow-sse"):  # the head written apart from the one event, as servers do
                 writer.write(
                     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -818,6 +829,13 @@ async def test_calls_forwarded_from_callbacks_keep_every_guarantee(
 
         late = await call("hang")
         assert late.status_code == 504 and "within 1 s" in late.json()["error"]["message"]
+        # A server that stops in the middle of its answer is a hung one too; one that hangs up there, broken.
+        hung_up.clear()
+        stalled = await call("stall-body")
+        assert stalled.status_code == 504 and "no whole answer" in stalled.json()["error"]["message"]
+        await asyncio.wait_for(hung_up.wait(), 10)  # and its connection is closed, not pooled
+        cut = await call("cut-body")
+        assert cut.status_code == 502 and "broke off its answer" in cut.json()["error"]["message"]
         assert text_of(rpc_result(await call("plain"))) == "ok"  # and the next call still goes through
         assert gateway.forwarded_now > before + 3
 
