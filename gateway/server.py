@@ -563,8 +563,11 @@ class GatewayProtocol(asyncio.Protocol):
 
     def stalled(self) -> None:
         """A request body stopped arriving for keep_alive seconds: 408 if its answer has not begun, then close."""
-        exchange, self.eager = self.reading, None
-        if exchange is not None and exchange is self.current and not exchange.started and not self.gone:
+        exchange = self.reading
+        if exchange is not None and self.current is not None and exchange is not self.current:
+            return  # a pipelined request: the answer under way goes out first; this one is refused in its turn
+        self.eager = None
+        if exchange is not None and not exchange.started and not self.gone:
             self._refuse(408, f"the request body stopped arriving for {self.server.keep_alive:g} s")
             exchange.started = exchange.finished = True  # nothing more may be written for it
         self.close()

@@ -253,6 +253,26 @@ async def test_a_stalled_request_body_gets_408_while_a_slow_one_goes_through(ser
         await slow.aclose()
 
 
+async def test_a_pipelined_request_whose_body_stalls_lets_the_answer_before_it_finish(serve: Any) -> None:
+    async def slow_first(scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"] == "/mcp/slow":
+            await asyncio.sleep(2.0)  # longer than keep_alive, while the next request's body stalls
+        await echo(scope, receive, send)
+
+    port = await serve(slow_first, keep_alive=0.5)
+    client = await Raw.connect(port)
+    try:
+        stalled = b'POST /mcp/x HTTP/1.1\r\nhost: t\r\ncontent-length: 10\r\n\r\n{"a'
+        client.send(request("POST", "/mcp/slow", b"{}") + stalled)
+        status, _, body, _ = await client.response()
+        assert status == 200 and json.loads(body)["path"] == "/mcp/slow"
+        status, headers, _, _ = await client.response()
+        assert status == 408 and headers[b"connection"] == b"close"
+        assert await client.closed()
+    finally:
+        await client.aclose()
+
+
 async def test_a_client_waiting_for_100_continue_is_not_held_to_the_body_bound(serve: Any) -> None:
     async def reads_late(scope: Any, receive: Any, send: Any) -> None:
         await asyncio.sleep(2.0)  # longer than keep_alive before it asks for the body
