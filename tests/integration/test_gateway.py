@@ -907,3 +907,5 @@ async def test_calls_forwarded_from_callbacks_keep_every_guarantee(
             assert b'"text":"ok"' in await asyncio.wait_for(reader.read(), 10)
         finally:
             writer.close()
+            if not second.closing:  # the test failed before it: the server still goes
+                await second.shutdown(grace=1)
