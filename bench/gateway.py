@@ -136,10 +136,14 @@ def write_results(name: str, payload: dict[str, Any]) -> None:
     print(f"wrote {out}")
 
 
+def per_call(seconds: float, got: dict[str, Any], sessions: int) -> float:
+    """`seconds` of CPU in milliseconds per call of a `measure` run (its warm-up calls included)."""
+    return 1000 * seconds / max(1, len(got["latencies"]) + sessions)
+
+
 def cpu_per_call(before: Any, after: Any, got: dict[str, Any], sessions: int) -> float:
     """Milliseconds of a process's CPU (user and system) per call of a `measure` run."""
-    used = (after.user + after.system) - (before.user + before.system)
-    return 1000 * used / max(1, len(got["latencies"]) + sessions)
+    return per_call((after.user + after.system) - (before.user + before.system), got, sessions)
 
 
 def database_cpu() -> dict[int, float]:
@@ -160,8 +164,7 @@ def database_cpu_per_call(
 ) -> float:
     """Milliseconds of PostgreSQL's CPU per call between two `database_cpu` readings (a process that started
     meanwhile counts whole)."""
-    used = sum(spent - before.get(pid, 0.0) for pid, spent in after.items())
-    return 1000 * used / max(1, len(got["latencies"]) + sessions)
+    return per_call(sum(spent - before.get(pid, 0.0) for pid, spent in after.items()), got, sessions)
 
 
 HALT_POLL = Path("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
@@ -174,6 +177,13 @@ def halt_poll_ns() -> int | None:
         return int(HALT_POLL.read_text())
     except (OSError, ValueError):
         return None
+
+
+def nanoseconds(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more nanoseconds, not {value}")
+    return value
 
 
 @contextlib.contextmanager
@@ -600,7 +610,7 @@ if __name__ == "__main__":
     )
     parser.add_argument(
         "--guest-halt-poll-ns",
-        type=int,
+        type=nanoseconds,
         default=None,
         help="on a KVM guest (root): poll this long before an idle CPU halts, for the run only (kernel default 200000)",
     )
