@@ -154,8 +154,8 @@ class Settings(BaseSettings):
         gt=0,
         le=3600,
         description=(
-            "mcphost gateway: how long a client connection may wait for its next request (or its head), and how"
-            " long a request body may stop arriving before a 408."
+            "How long a request body to /mcp/* may stop arriving before a 408 (under every server); under"
+            " mcphost gateway also how long a client connection may wait for its next request (or its head)."
         ),
     )
     gateway_shutdown_grace_seconds: float = Field(

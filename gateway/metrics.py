@@ -67,6 +67,7 @@ LIMIT_OUTCOMES = frozenset(
         "timeout",
         "origin",
         "forbidden_tool",
+        "body_stalled",
     }
 )
 

@@ -60,6 +60,10 @@ JSON_TYPE = (b"content-type", b"application/json")
 WATCH_AFTER = 0.02  # seconds a forwarded request runs before the gateway watches for the client leaving
 
 
+class BodyStalled(Exception):
+    """The request body stopped arriving for longer than the channel's body timeout."""
+
+
 class Disconnected(Exception):
     """The client went away."""
 
@@ -105,12 +109,13 @@ class Channel(Protocol):
 class AsgiChannel:
     """`Channel` over ASGI receive/send."""
 
-    __slots__ = ("receive", "send", "_timer", "_watcher")
+    __slots__ = ("receive", "send", "body_timeout", "_timer", "_watcher")
     immediate = False  # an ASGI send is a coroutine: it cannot answer from a callback
 
-    def __init__(self, receive: Receive, send: Send) -> None:
+    def __init__(self, receive: Receive, send: Send, body_timeout: float | None = None) -> None:
         self.receive = receive
         self.send = send
+        self.body_timeout = body_timeout  # longest wait for each piece of the request body (None: no limit)
         self._timer: asyncio.TimerHandle | None = None
         self._watcher: asyncio.Task[None] | None = None
 
@@ -118,7 +123,16 @@ class AsgiChannel:
         chunks: list[bytes] = []
         size = 0
         while True:
-            message = await self.receive()
+            if self.body_timeout is None:
+                message = await self.receive()
+            else:
+                # The ASGI server has no such bound: a client that sends a head and then stops sending its body
+                # would hold the request for ever. The clock restarts with each piece, as in gateway.server.
+                try:
+                    async with asyncio.timeout(self.body_timeout):
+                        message = await self.receive()
+                except TimeoutError:
+                    raise BodyStalled from None
             if message["type"] == "http.disconnect":
                 raise Disconnected
             chunk = message.get("body", b"")
@@ -335,6 +349,7 @@ class Gateway:
         key_burst: int,
         max_request_bytes: int,
         max_response_bytes: int,
+        body_timeout: float | None = None,
     ) -> None:
         self.routes = routes
         self.upstream = upstream
@@ -349,12 +364,13 @@ class Gateway:
         self.buckets = TokenBuckets(key_rate, key_burst)
         self.max_request_bytes = max_request_bytes
         self.max_response_bytes = max_response_bytes
+        self.body_timeout = body_timeout  # under ASGI: how long a request body may stop arriving before a 408
         self.in_flight = 0  # requests being forwarded now (the in-flight gauge reads it)
         self.forwarded_now = 0  # requests forwarded with no task (forward_now)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI application (under uvicorn)."""
-        channel = AsgiChannel(receive, send)
+        channel = AsgiChannel(receive, send, self.body_timeout)
         await self.handle(scope["method"], scope["path"], scope.get("query_string", b""), scope["headers"], channel)
 
     async def handle(
@@ -445,7 +461,17 @@ class Gateway:
                 return await self._refuse(
                     out, inv, 413, f"request body larger than {self.max_request_bytes} bytes", "too_large"
                 )
-            read = await out.read_body(self.max_request_bytes)
+            try:
+                read = await out.read_body(self.max_request_bytes)
+            except BodyStalled:
+                return await self._refuse(
+                    out,
+                    inv,
+                    408,
+                    f"the request body stopped arriving for {self.body_timeout:g} s",
+                    "body_stalled",
+                    [(b"connection", b"close")],
+                )
             if read is None:
                 return await self._refuse(
                     out, inv, 413, f"request body larger than {self.max_request_bytes} bytes", "too_large"

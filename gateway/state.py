@@ -43,6 +43,7 @@ class GatewayState:
             key_burst=settings.gateway_key_burst,
             max_request_bytes=settings.gateway_max_request_bytes,
             max_response_bytes=settings.gateway_max_response_bytes,
+            body_timeout=settings.gateway_client_idle_seconds,
         )
         metrics.ROUTES_CACHED.set_function(lambda: len(self.routes))
         metrics.IN_FLIGHT.set_function(lambda: self.gateway.in_flight)

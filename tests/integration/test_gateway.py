@@ -321,6 +321,56 @@ async def test_a_hung_server_times_out_with_a_json_rpc_error(
             assert text_of(rpc_result(await slow.call(http, "sleep", {"seconds": 0.2}))) == "slept 0.2 s"
 
 
+@BOTH_FRONTS
+async def test_a_request_body_that_stops_arriving_gets_408(stack: Stack, hosted: Hosted, front: str) -> None:
+    """Under either front, a client that sends a head and part of its body, then nothing, is answered 408 once
+    the body has stopped arriving for the client idle time, and its connection is closed; nothing reaches the
+    server. A body sent slowly, piece by piece, is waited for as long as it keeps coming."""
+    gateway = stack.state.gateway.gateway
+    # uvicorn has no bound of its own: the gateway's handler keeps it. The gateway's own server keeps it itself.
+    saved = (gateway.body_timeout, stack._lean.keep_alive if front != stack.base_url else None)
+    if front == stack.base_url:
+        gateway.body_timeout = 0.5
+    else:
+        stack._lean.keep_alive = 0.5
+    headers, body = modern_call("echo", {"text": "slowly"})
+    payload = json.dumps(body).encode()
+    lines = "".join(f"{k}: {v}\r\n" for k, v in {**headers, **hosted.headers()}.items())
+    head = f"POST {hosted.url.split(front, 1)[1]} HTTP/1.1\r\nhost: x\r\n{lines}content-length: {len(payload)}\r\n\r\n"
+    port = int(front.rsplit(":", 1)[1])
+    before = hosted.upstream.requests_seen()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(head.encode() + payload[:10])
+            answer = await asyncio.wait_for(reader.read(), 10)  # the whole answer, up to the connection's close
+        finally:
+            writer.close()
+        status, _, rest = answer.partition(b"\r\n")
+        assert status.startswith(b"HTTP/1.1 408 "), answer
+        assert b"\r\nconnection: close\r\n" in rest.lower()
+        assert b"stopped arriving for 0.5 s" in rest
+        assert hosted.upstream.requests_seen() == before
+
+        # Six pieces 0.2 s apart: 1.2 s in all, but never 0.5 s without a piece.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            pieces = [payload[i : i + len(payload) // 6 + 1] for i in range(0, len(payload), len(payload) // 6 + 1)]
+            writer.write(head.encode())
+            for piece in pieces:
+                await asyncio.sleep(0.2)  # the client's pace, what is under test
+                writer.write(piece)
+            answer_head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        finally:
+            writer.close()
+        assert answer_head.startswith(b"HTTP/1.1 200 "), answer_head
+        assert hosted.upstream.requests_seen() == before + 1
+    finally:
+        gateway.body_timeout = saved[0]
+        if saved[1] is not None:
+            stack._lean.keep_alive = saved[1]
+
+
 def upstream_connections(server: DirectServer) -> int:
     assert server.proc is not None
     count = 0
