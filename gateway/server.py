@@ -47,7 +47,7 @@ import httptools
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway import metrics
-from gateway.proxy import PREFIX, Disconnected, Gateway, Message
+from gateway.proxy import PREFIX, Disconnected, Gateway, Message, rpc_error_body
 
 log = logging.getLogger("mcphost.gateway.server")
 
@@ -578,7 +578,7 @@ class GatewayProtocol(asyncio.Protocol):
             raise _HeadTooLarge
 
     def _refuse(self, status: int, message: str) -> None:
-        body = json.dumps({"error": message}).encode()
+        body = rpc_error_body(message)  # shaped as every other refusal of the gateway's
         self.write(
             STATUS_LINES[status]
             + b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body)

@@ -29,6 +29,10 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
     403: {"description": "The request's Origin is not allowed (GATEWAY_ALLOWED_ORIGINS)", "content": _RPC_ERROR},
     404: {"description": "No such server, or (from the server) an ended session", "content": _RPC_ERROR},
     405: {"description": "Method not allowed (from the gateway or the server, with Allow)", "content": _RPC_ERROR},
+    408: {
+        "description": "The request body stopped arriving for GATEWAY_CLIENT_IDLE_SECONDS; the connection is closed",
+        "content": _RPC_ERROR,
+    },
     413: {"description": "Request body over GATEWAY_MAX_REQUEST_BYTES", "content": _RPC_ERROR},
     429: {"description": "Rate or concurrency limit of the key or server; see Retry-After", "content": _RPC_ERROR},
     502: {"description": "The server did not answer, or its answer was over the size cap", "content": _RPC_ERROR},

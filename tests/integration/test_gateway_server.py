@@ -236,7 +236,7 @@ async def test_a_stalled_request_body_gets_408_while_a_slow_one_goes_through(ser
         stalled.send(b'POST /mcp/x HTTP/1.1\r\nhost: t\r\ncontent-length: 10\r\n\r\n{"a')
         status, headers, body, _ = await stalled.response()
         assert status == 408 and headers[b"connection"] == b"close"
-        assert "stopped arriving for 1 s" in json.loads(body)["error"]
+        assert "stopped arriving for 1 s" in json.loads(body)["error"]["message"]
         assert await stalled.closed()
     finally:
         await stalled.aclose()
