@@ -145,10 +145,12 @@ class UpstreamConnection(asyncio.Protocol):
     ) -> None:
         """Write a request (one write) and wait up to `read_timeout` seconds for its answer's head."""
         self.stop_timer()
+        assert self.transport is not None
+        # Written first: the server starts on it while this connection is made ready for the answer, which
+        # cannot arrive before the loop runs again.
+        self.transport.write(data)
         self._reset()
         self.on_complete = on_complete
-        assert self.transport is not None
-        self.transport.write(data)
         # A timer handle, not asyncio.timeout(): the same deadline for a fraction of the bookkeeping.
         if read_timeout is not None:
             self.timer = self.loop.call_later(read_timeout, self.head_timed_out, read_timeout)
@@ -334,7 +336,7 @@ class UpstreamPool:
         body: bytes,
         *,
         read_timeout: float | None,
-        on_complete: Callable[[UpstreamResponse], bool],
+        on_complete: Callable[[UpstreamResponse], bool] | None = None,
     ) -> None:
         """Send the request on `conn` (from `idle`) at once, with no await. Its answer goes to `on_complete` if
         it arrives whole; `request(..., sent=conn)` takes over waiting for it otherwise (and sends it again on a
