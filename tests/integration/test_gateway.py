@@ -330,9 +330,9 @@ async def test_a_request_body_that_stops_arriving_gets_408(stack: Stack, hosted:
     # uvicorn has no bound of its own: the gateway's handler keeps it. The gateway's own server keeps it itself.
     saved = (gateway.body_timeout, stack._lean.keep_alive if front != stack.base_url else None)
     if front == stack.base_url:
-        gateway.body_timeout = 0.5
+        gateway.body_timeout = 1.0
     else:
-        stack._lean.keep_alive = 0.5
+        stack._lean.keep_alive = 1.0
     headers, body = modern_call("echo", {"text": "slowly"})
     payload = json.dumps(body).encode()
     lines = "".join(f"{k}: {v}\r\n" for k, v in {**headers, **hosted.headers()}.items())
@@ -349,10 +349,10 @@ async def test_a_request_body_that_stops_arriving_gets_408(stack: Stack, hosted:
         status, _, rest = answer.partition(b"\r\n")
         assert status.startswith(b"HTTP/1.1 408 "), answer
         assert b"\r\nconnection: close\r\n" in rest.lower()
-        assert b"stopped arriving for 0.5 s" in rest
+        assert b"stopped arriving for 1 s" in rest
         assert hosted.upstream.requests_seen() == before
 
-        # Six pieces 0.2 s apart: 1.2 s in all, but never 0.5 s without a piece.
+        # Six pieces 0.2 s apart: 1.2 s in all, but never 1 s without a piece.
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             pieces = [payload[i : i + len(payload) // 6 + 1] for i in range(0, len(payload), len(payload) // 6 + 1)]
