@@ -14,11 +14,13 @@ builds from PyPI packages, where it runs as `python bridge.py`.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+from dataclasses import dataclass
 
 # Where the bridge serves MCP when --path is not given (the platform passes a secret path this way); the
 # same name as runtimes.base.BRIDGE_PATH_ENV, repeated because this file must stand alone.
@@ -26,6 +28,8 @@ BRIDGE_PATH_ENV = "MCPHOST_BRIDGE_PATH"
 # Limits of the bridge, set by the platform (BRIDGE_MAX_SESSIONS, BRIDGE_IDLE_TIMEOUT_SECONDS).
 MAX_SESSIONS_ENV = "MCPHOST_BRIDGE_MAX_SESSIONS"
 IDLE_SECONDS_ENV = "MCPHOST_BRIDGE_IDLE_SECONDS"
+# Where a child started with --env-via-fd finds its descriptor (runtimes.sandbox.ENV_FD_ENV, repeated).
+SERVER_ENV_FD_ENV = "MCPHOST_SERVER_ENV_FD"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,6 +60,18 @@ def _parser() -> argparse.ArgumentParser:
         help="start each session's child only when the session opens (by default the first one is started "
         "with the bridge, so the server's start-up overlaps the bridge's own)",
     )
+    parser.add_argument(
+        "--env-fd",
+        type=int,
+        help="a descriptor holding the server's config env (a JSON object), read once at start; the bridge's "
+        "own environment stays the one its starter built",
+    )
+    parser.add_argument(
+        "--env-via-fd",
+        action="store_true",
+        help=f"hand the server's env to each child on a descriptor named in ${SERVER_ENV_FD_ENV} instead of "
+        "in its environment (the child is the sandbox launcher, which applies it after dropping privileges)",
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- command [args...] of the stdio server")
     return parser
 
@@ -66,7 +82,43 @@ def child_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("MCPHOST_")}
 
 
-def spawn_child(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+def read_server_env(fd: int) -> dict[str, str]:
+    """The server's config env from the descriptor its starter passed (read from the start, so the prestart
+    and the bridge proper can both read it)."""
+    chunks = []
+    offset = 0
+    while chunk := os.pread(fd, 1 << 16, offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    env = json.loads(b"".join(chunks))
+    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise ValueError("the server environment must be a JSON object of strings")
+    return env
+
+
+@dataclass
+class ChildEnv:
+    """How each child gets the server's environment: in its own environment (an unsandboxed server), or on a
+    descriptor for the sandbox launcher (so that no privileged process ever has it in its environment)."""
+
+    server: dict[str, str] | None = None
+    via_fd: bool = False
+
+    def spawn(self, command: list[str]) -> subprocess.Popen[bytes]:
+        if self.server is None:
+            return spawn_child(command, child_env())
+        if not self.via_fd:
+            return spawn_child(command, child_env() | self.server)
+        fd = os.memfd_create("mcphost-env")
+        try:
+            os.write(fd, json.dumps(self.server).encode())
+            os.lseek(fd, 0, os.SEEK_SET)
+            return spawn_child(command, child_env() | {SERVER_ENV_FD_ENV: str(fd)}, pass_fds=(fd,))
+        finally:
+            os.close(fd)
+
+
+def spawn_child(command: list[str], env: dict[str, str], pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
     """A stdio server as the SDK's stdio client starts one: pipes for stdin/stdout, stderr to the log, its own
     process group (so it can be stopped whole)."""
     return subprocess.Popen(
@@ -76,7 +128,12 @@ def spawn_child(command: list[str], env: dict[str, str]) -> subprocess.Popen[byt
         env=env,
         start_new_session=True,
         close_fds=True,
+        pass_fds=pass_fds,
     )
+
+
+def _child_env(ns: argparse.Namespace) -> ChildEnv:
+    return ChildEnv(server=read_server_env(ns.env_fd) if ns.env_fd is not None else None, via_fd=ns.env_via_fd)
 
 
 def _prestart(argv: list[str]) -> tuple[subprocess.Popen[bytes] | None, socket.socket | None]:
@@ -97,8 +154,8 @@ def _prestart(argv: list[str]) -> tuple[subprocess.Popen[bytes] | None, socket.s
     child = None
     if not ns.no_prestart:
         try:
-            child = spawn_child(command, child_env())
-        except OSError:
+            child = _child_env(ns).spawn(command)
+        except (OSError, ValueError):
             pass
     return child, listener
 
@@ -109,13 +166,12 @@ def _prestart(argv: list[str]) -> tuple[subprocess.Popen[bytes] | None, socket.s
 _PRESTARTED, _LISTENER = _prestart(sys.argv[1:]) if __name__ == "__main__" else (None, None)
 
 import asyncio  # noqa: E402
-import json  # noqa: E402
 import logging  # noqa: E402
 import signal  # noqa: E402
 import time  # noqa: E402
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping  # noqa: E402
 from contextlib import AsyncExitStack, asynccontextmanager  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
+from dataclasses import field  # noqa: E402
 from typing import Any  # noqa: E402
 from uuid import uuid4  # noqa: E402
 
@@ -124,7 +180,6 @@ import mcp.types as mcp_types  # noqa: E402
 import uvicorn  # noqa: E402
 from anyio.abc import TaskGroup  # noqa: E402
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream  # noqa: E402
-from mcp.client.stdio import StdioServerParameters, stdio_client  # noqa: E402
 from mcp.server.streamable_http import StreamableHTTPServerTransport  # noqa: E402
 from mcp.shared.message import SessionMessage  # noqa: E402
 
@@ -299,14 +354,15 @@ class StdioBridge:
         command: str,
         args: list[str],
         path: str,
-        env: dict[str, str] | None = None,
+        child: ChildEnv | None = None,
         *,
         report_oom: bool = False,
         max_sessions: int = 32,
         idle_timeout: float = 600.0,
         prestarted: subprocess.Popen[bytes] | None = None,
     ) -> None:
-        self.params = StdioServerParameters(command=command, args=args, env=env)
+        self.command = [command, *args]
+        self.child = child or ChildEnv()
         # A child started before the bridge was ready, waiting for the first session (see _PRESTARTED).
         self.prestarted = prestarted
         self._prestarted_at = time.monotonic()
@@ -471,13 +527,15 @@ class StdioBridge:
                 spare = self._take_prestarted()
                 try:
                     child_read, child_write = await stack.enter_async_context(
-                        adopted_stdio(spare) if spare is not None else stdio_client(self.params, errlog=sys.stderr)
+                        # Started here rather than by the SDK's stdio client, which cannot hand a child a
+                        # descriptor (the server's environment travels on one).
+                        adopted_stdio(spare if spare is not None else self.child.spawn(self.command))
                     )
                 except OSError as exc:
-                    session.failed = f"could not start {self.params.command}: {exc}"
+                    session.failed = f"could not start {self.command[0]}: {exc}"
                     log.error(session.failed)
                     return
-                log.info("session %s: started %s", sid, self.params.command)
+                log.info("session %s: started %s", sid, self.command[0])
                 session.ready.set()
                 relayed = [0]
                 async with anyio.create_task_group() as pumps:
@@ -557,12 +615,18 @@ def main(argv: list[str] | None = None) -> None:
     if shutil.which(command[0]) is None:
         log.error("command not found: %s", command[0])
         raise SystemExit(127)
-    env = child_env()
+    try:
+        child = _child_env(ns)
+    except (OSError, ValueError) as exc:
+        log.error("cannot read the server's environment from descriptor %s: %s", ns.env_fd, exc)
+        raise SystemExit(2) from None
+    if ns.env_fd is not None:
+        os.close(ns.env_fd)
     bridge = StdioBridge(
         command[0],
         command[1:],
         ns.path,
-        env=env,
+        child,
         report_oom=ns.report_oom,
         max_sessions=ns.max_sessions,
         idle_timeout=ns.idle_timeout,

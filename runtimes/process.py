@@ -79,6 +79,9 @@ _PASSTHROUGH_ENV = (
 )
 _NOT_FOUND_PIP = re.compile(r"No matching distribution found|Could not find a version that satisfies")
 SANDBOX_PORT = 8000  # where an HTTP server listens inside its own network namespace
+# How the platform runs its own Python helpers (bridge, sandbox launcher): isolated mode ignores PYTHON*
+# variables, the user site directory and the working directory.
+ISOLATED_PYTHON = (sys.executable, "-I")
 
 
 def _tail(text: str, lines: int = 15) -> str:
@@ -209,7 +212,7 @@ class ProcessExecutor:
             )
             plan_path = self.plans_dir / f"{install_id}.json"
             plan.write(plan_path)
-            command = [sys.executable, "-m", "runtimes.sandbox", "--plan", str(plan_path)]
+            command = [*ISOLATED_PYTHON, "-m", "runtimes.sandbox", "--plan", str(plan_path)]
         proc = await asyncio.create_subprocess_exec(
             *command,
             cwd=cwd,
@@ -391,6 +394,11 @@ class ProcessExecutor:
     def _base_env(self) -> dict[str, str]:
         return {k: v for k, v in os.environ.items() if k in _PASSTHROUGH_ENV}
 
+    def _helper_env(self) -> dict[str, str]:
+        """The environment of the platform's helpers that run as the worker's uid (bridge, launcher): the
+        platform's own, whatever a server's config env says."""
+        return self._base_env()
+
     async def launch(self, spec: LaunchSpec) -> Instance:
         existing = [i for i in await self.instances(spec.server_id) if i.deployment_id == spec.deployment_id]
         for instance in existing:
@@ -405,27 +413,51 @@ class ProcessExecutor:
         # only the platform (which keeps the URL in its database) knows where the server is.
         path = f"/{secrets.token_urlsafe(18)}/mcp" if source.transport == "stdio" else source.path
         url = f"http://127.0.0.1:{port}{path}"
-        env = self._base_env() | spec.env | {"PORT": str(port)}
+        # The server's environment reaches the server alone. The platform's helpers in between (bridge,
+        # launcher) run as the worker's uid with the platform's own environment, in isolated mode, and are
+        # handed the server's on a descriptor: a tenant's LD_PRELOAD, PATH or PYTHON* variables never
+        # reach a privileged process.
+        server_env = self._base_env() | spec.env | {"PORT": str(port)}
+        helper_env = self._helper_env()
         log_path = self.logs_dir / f"{spec.deployment_id}.log"
+        plan = None
         if sandboxed:
-            env |= {"HOME": sandbox.HOME, "TMPDIR": "/tmp"}
-            plan = self._plan(spec, argv, env)
+            server_env |= {"HOME": sandbox.HOME, "TMPDIR": "/tmp"}
+            plan = self._plan(spec, argv)
             if source.transport == "http":
-                env |= {"PORT": str(SANDBOX_PORT), "HOST": "0.0.0.0"}
+                server_env |= {"PORT": str(SANDBOX_PORT), "HOST": "0.0.0.0"}
                 plan.forward = [port, SANDBOX_PORT]
                 plan.api_socket = str(self.plans_dir / f"{spec.deployment_id}.sock")
-            plan_path = self.plans_dir / f"{spec.deployment_id}.json"
-            plan.write(plan_path)
-            argv = [sys.executable, "-m", "runtimes.sandbox", "--plan", str(plan_path), "--", *argv]
             self._note(log_path, f"sandboxed as uid {plan.uid} ({self.support.limits if self.support else ''})")
         elif self.support is not None:
             self._note(log_path, f"NOT sandboxed (administrator's server): {self.support.describe()}")
-        bridge_env = {}
+        helper = plan is not None or source.transport == "stdio"
+        env_fd = sandbox.env_descriptor(server_env) if helper else None
+        if plan is not None:
+            plan_path = self.plans_dir / f"{spec.deployment_id}.json"
+            plan.write(plan_path)
+            launcher = [*ISOLATED_PYTHON, "-m", "runtimes.sandbox", "--plan", str(plan_path)]
+            if source.transport == "http":
+                launcher += ["--env-fd", str(env_fd)]
+            argv = [*launcher, "--", *argv]
         if source.transport == "stdio":
             # The path goes in the environment: a command line is readable by every local user.
             prestart = [] if self.bridge_prestart else ["--no-prestart"]
-            argv = [sys.executable, "-m", "runtimes.bridge", "--port", str(port), *prestart, "--", *argv]
-            bridge_env = {
+            via_fd = ["--env-via-fd"] if plan is not None else []
+            argv = [
+                *ISOLATED_PYTHON,
+                "-m",
+                "runtimes.bridge",
+                "--port",
+                str(port),
+                *prestart,
+                "--env-fd",
+                str(env_fd),
+                *via_fd,
+                "--",
+                *argv,
+            ]
+            helper_env |= {
                 BRIDGE_PATH_ENV: path,
                 "MCPHOST_BRIDGE_MAX_SESSIONS": str(self.bridge_max_sessions),
                 "MCPHOST_BRIDGE_IDLE_SECONDS": str(self.bridge_idle_seconds),
@@ -437,15 +469,19 @@ class ProcessExecutor:
                 proc = subprocess.Popen(
                     argv,
                     cwd=workdir,
-                    env=env | bridge_env,
+                    env=helper_env if helper else server_env,
                     stdin=subprocess.DEVNULL,
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                     close_fds=True,
+                    pass_fds=(env_fd,) if env_fd is not None else (),
                 )
             except OSError as exc:
                 raise CommandNotFound(f"could not start {argv[0]}: {exc}") from None
+            finally:
+                if env_fd is not None:
+                    os.close(env_fd)
         instance = Instance(
             runtime=self.name,
             ref=f"{proc.pid}:{psutil.Process(proc.pid).create_time()}",
@@ -456,10 +492,11 @@ class ProcessExecutor:
         self._record(instance)
         return instance
 
-    def _plan(self, spec: LaunchSpec, argv: list[str], env: dict[str, str]) -> sandbox.SandboxPlan:
+    def _plan(self, spec: LaunchSpec, argv: list[str]) -> sandbox.SandboxPlan:
         if spec.uid is None:
             raise PermanentFailure("the sandbox needs the server's uid; this worker was not given one")
-        ro = [[p, p] for p in sandbox.exposed_paths(env)]
+        # What the sandbox shows is decided by the platform's own settings, never by the server's env.
+        ro = [[p, p] for p in sandbox.exposed_paths(self._base_env())]
         if argv and argv[0].startswith(str(self.envs_dir)):
             env_dir = self.envs_dir.joinpath(*Path(argv[0]).relative_to(self.envs_dir).parts[:2])
             ro.append([str(env_dir), str(env_dir)])

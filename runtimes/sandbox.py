@@ -11,7 +11,10 @@ environment read-only, its /data read-write), and a network namespace whose only
 slirp4netns user-mode stack with the host's loopback disabled: the internet is reachable where the host
 reaches it, the platform's Postgres, Temporal, API and other servers' ports are not.
 
-The launcher is this module run as a program (`python -m runtimes.sandbox --plan FILE -- cmd ...`). It
+The launcher is this module run as a program (`python -I -m runtimes.sandbox --plan FILE --env-fd N -- cmd
+...`). It runs as root with an environment the platform builds, never the server's: the server's config env
+comes on a descriptor and is applied only by the last step inside the sandbox, after the uid drop, so no
+value a tenant sets (`LD_PRELOAD`, `PATH`, `PYTHONWARNINGS`, ...) is ever seen by a privileged process. It
 stays outside the sandbox for the life of the command: it puts itself into the server's cgroup (memory,
 cpu and pids limits, v2 or v1) or, where cgroups are not writable, sets rlimits; it starts slirp4netns
 once bwrap has made the network namespace and lets the command start only when the network is up; and
@@ -35,6 +38,21 @@ from pathlib import Path
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CGROUP_GROUP = "mcphost"
 HOME = "/home/mcp"
+# The environment of every privileged step (bwrap, the barrier shell, setpriv): fixed, never the tenant's.
+HELPER_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+# Where the bridge names the descriptor that carries a server's config env to the launcher it starts.
+ENV_FD_ENV = "MCPHOST_SERVER_ENV_FD"
+# The last step inside the sandbox, already as the server's uid: read the server's environment from the
+# descriptor and become the server. Python in isolated mode without site, so it reads nothing but that.
+APPLY_ENV = (
+    "import json, os, sys\n"
+    "fd = int(sys.argv[1])\n"
+    "data = b''\n"
+    "while chunk := os.read(fd, 1 << 16):\n"
+    "    data += chunk\n"
+    "os.close(fd)\n"
+    "os.execve(sys.argv[2], sys.argv[2:], json.loads(data))\n"
+)
 # Host paths no hosted code may see: replaced by empty tmpfs mounts inside every sandbox.
 ALWAYS_HIDDEN = ("/run", "/tmp", "/var/tmp", "/home", "/root", "/dev/shm", "/var/lib/postgresql", "/var/lib/containers")
 
@@ -42,7 +60,7 @@ ALWAYS_HIDDEN = ("/run", "/tmp", "/var/tmp", "/home", "/root", "/dev/shm", "/var
 @dataclass
 class SandboxPlan:
     """Everything the launcher needs, written as JSON by the platform (never holds secrets: the server's
-    config env reaches the command through the process environment)."""
+    config env reaches the launcher on a descriptor, see `env_descriptor`)."""
 
     uid: int
     argv: list[str]
@@ -108,10 +126,34 @@ def cgroup_mode() -> str:
     return "rlimit"
 
 
+def env_descriptor(env: dict[str, str]) -> int:
+    """An anonymous in-memory file holding `env` (JSON), for a child to inherit: the way a server's config
+    env travels to the sandbox without touching disk, a command line or a privileged process's environment."""
+    fd = os.memfd_create("mcphost-env")
+    os.write(fd, json.dumps(env).encode())
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def read_env_descriptor(fd: int) -> dict[str, str]:
+    """What `env_descriptor` wrote; the descriptor is closed."""
+    chunks = []
+    try:
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    env = json.loads(b"".join(chunks))
+    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise ValueError("the server environment must be a JSON object of strings")
+    return env
+
+
 def exposed_paths(env: dict[str, str]) -> list[str]:
     """Host paths hosted code needs to read although they may sit under a hidden directory: the Python
     the package environments were made with, and local wheel directories and trust stores the operator
-    named for installs."""
+    named for installs. `env` is the platform's own environment, never a server's config env: what a
+    sandbox shows is the operator's decision alone."""
     paths = {os.path.realpath(sys.base_prefix)}
     for name in ("PIP_FIND_LINKS", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS"):
         for item in env.get(name, "").split():
@@ -120,9 +162,9 @@ def exposed_paths(env: dict[str, str]) -> list[str]:
     return sorted(paths)
 
 
-def bwrap_argv(plan: SandboxPlan, info_fd: int, ready_fd: int, go_fd: int) -> list[str]:
+def bwrap_argv(plan: SandboxPlan, info_fd: int, ready_fd: int, go_fd: int, env_fd: int | None = None) -> list[str]:
     argv = [
-        "bwrap",
+        shutil.which("bwrap", path=HELPER_ENV["PATH"]) or "bwrap",
         "--die-with-parent",
         "--new-session",
         "--unshare-pid",
@@ -172,13 +214,17 @@ def bwrap_argv(plan: SandboxPlan, info_fd: int, ready_fd: int, go_fd: int) -> li
     argv += ["--chdir", plan.chdir, "--info-fd", str(info_fd), "--"]
     # Inside, once bwrap has set everything up (its own loopback included): say so, wait for the network
     # the launcher adds from outside, then drop to the server's uid and run the command.
+    # Every program on the way runs as root with the launcher's fixed environment and is named by its path.
     barrier = f'echo ready >&{ready_fd}; read go <&{go_fd}; exec {ready_fd}>&- {go_fd}<&-; exec "$@"'
+    command = list(plan.argv)
+    if env_fd is not None:
+        command = [os.path.realpath(sys.executable), "-I", "-S", "-c", APPLY_ENV, str(env_fd), *command]
     argv += [
         "/bin/sh",
         "-c",
         barrier,
         "sandbox",
-        "setpriv",
+        shutil.which("setpriv", path=HELPER_ENV["PATH"]) or "/usr/bin/setpriv",
         f"--reuid={plan.uid}",
         f"--regid={plan.uid}",
         "--clear-groups",
@@ -186,7 +232,7 @@ def bwrap_argv(plan: SandboxPlan, info_fd: int, ready_fd: int, go_fd: int) -> li
         "--inh-caps=-all",
         "--bounding-set=-all",
         "--",
-        *plan.argv,
+        *command,
     ]
     return argv
 
@@ -345,16 +391,23 @@ class SetupFailed(Exception):
     """The sandbox did not come up; the command never started, so trying again is safe."""
 
 
-def _start(plan: SandboxPlan, limits: Limits) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes] | None]:
+def _start(
+    plan: SandboxPlan, limits: Limits, server_env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes] | None]:
     info_r, info_w = os.pipe()
     ready_r, ready_w = os.pipe()
     go_r, go_w = os.pipe()
+    env_fd = env_descriptor(server_env) if server_env is not None else None
+    inherited = (info_w, ready_w, go_r) if env_fd is None else (info_w, ready_w, go_r, env_fd)
     proc = subprocess.Popen(
-        bwrap_argv(plan, info_w, ready_w, go_r),
-        pass_fds=(info_w, ready_w, go_r),
+        bwrap_argv(plan, info_w, ready_w, go_r, env_fd),
+        pass_fds=inherited,
         preexec_fn=limits.child_rlimits,
+        # Without a server environment (installs) the command gets the launcher's own, which the platform
+        # built; with one, every step before the uid drop gets the fixed helper environment.
+        env=None if server_env is None else dict(HELPER_ENV),
     )
-    for fd in (info_w, ready_w, go_r):
+    for fd in inherited:
         os.close(fd)
     slirp: subprocess.Popen[bytes] | None = None
     try:
@@ -405,12 +458,12 @@ def _start(plan: SandboxPlan, limits: Limits) -> tuple[subprocess.Popen[bytes], 
     return proc, slirp
 
 
-def launch(plan: SandboxPlan, attempts: int = 4) -> int:
+def launch(plan: SandboxPlan, attempts: int = 4, server_env: dict[str, str] | None = None) -> int:
     limits = Limits(plan)
     limits.enter()
     for attempt in range(1, attempts + 1):
         try:
-            proc, slirp = _start(plan, limits)
+            proc, slirp = _start(plan, limits, server_env)
             break
         except SetupFailed as exc:
             # Seen rarely while another sandbox's namespaces are torn down: bwrap's loopback setup fails.
@@ -441,13 +494,21 @@ def launch(plan: SandboxPlan, attempts: int = 4) -> int:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m runtimes.sandbox", description="Run a command in a sandbox.")
     parser.add_argument("--plan", required=True, type=Path, help="the sandbox plan (JSON) written by the platform")
+    parser.add_argument(
+        "--env-fd",
+        type=int,
+        default=int(os.environ[ENV_FD_ENV]) if os.environ.get(ENV_FD_ENV, "").isdigit() else None,
+        help="a descriptor holding the command's environment (JSON), applied only after the uid drop "
+        f"(default: ${ENV_FD_ENV}; without one the command inherits this launcher's environment)",
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER)
     ns = parser.parse_args(argv)
     plan = SandboxPlan.read(ns.plan)
     command = ns.command[1:] if ns.command[:1] == ["--"] else ns.command
     if command:
         plan.argv = command
-    raise SystemExit(launch(plan))
+    server_env = read_env_descriptor(ns.env_fd) if ns.env_fd is not None else None
+    raise SystemExit(launch(plan, server_env=server_env))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -32,9 +33,10 @@ def _pairs(argv: list[str], flag: str) -> list[str]:
 def test_the_command_runs_as_the_servers_uid_without_privileges(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sandbox.os.path, "isdir", lambda p: p.startswith("/srv") or p in sandbox.ALWAYS_HIDDEN)
     argv = sandbox.bwrap_argv(_plan(), 3, 4, 5)
-    tail = argv[argv.index("setpriv") :]
+    # Named by its path: the barrier shell (root) resolves nothing through a PATH.
+    tail = argv[argv.index("/usr/bin/setpriv") :]
     assert tail[:7] == [
-        "setpriv",
+        "/usr/bin/setpriv",
         "--reuid=201234",
         "--regid=201234",
         "--clear-groups",
@@ -47,6 +49,38 @@ def test_the_command_runs_as_the_servers_uid_without_privileges(monkeypatch: pyt
         assert flag in argv
     # No user namespace: the uid is a real, unprivileged host uid, not root mapped to another number.
     assert "--unshare-user" not in argv and "--uid" not in argv
+
+
+def test_the_servers_env_is_applied_only_after_the_uid_drop() -> None:
+    argv = sandbox.bwrap_argv(_plan(), 3, 4, 5, env_fd=6)
+    tail = argv[argv.index("/usr/bin/setpriv") :]
+    after = tail[tail.index("--") + 1 :]
+    # setpriv execs the isolated interpreter that reads descriptor 6 and becomes the server.
+    assert after[1:4] == ["-I", "-S", "-c"] and after[4] == sandbox.APPLY_ENV
+    assert after[5:] == ["6", "mcp-server-time"]
+
+
+def test_the_env_descriptor_round_trips_and_refuses_what_is_not_an_env() -> None:
+    fd = sandbox.env_descriptor({"A": "1", "LD_PRELOAD": "/data/x.so"})
+    assert sandbox.read_env_descriptor(fd) == {"A": "1", "LD_PRELOAD": "/data/x.so"}
+    r, w = os.pipe()
+    os.write(w, b'["A=1"]')
+    os.close(w)
+    with pytest.raises(ValueError):
+        sandbox.read_env_descriptor(r)
+
+
+def test_what_the_sandbox_shows_does_not_follow_a_servers_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    executor = ProcessExecutor(state)
+    source = PackageSource(type="package", package="mcp-server-time")
+    spec = LaunchSpec(
+        server_id="s", deployment_id="d", slug="s", source=source, uid=201234, env={"SSL_CERT_DIR": str(state)}
+    )
+    plan = executor._plan(spec, ["/usr/bin/true"])
+    assert all(not host.startswith(str(state)) for host, _ in plan.ro_binds), plan.ro_binds
 
 
 def test_platform_paths_are_hidden_and_only_the_servers_own_are_bound_back(monkeypatch: pytest.MonkeyPatch) -> None:
