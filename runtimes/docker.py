@@ -64,10 +64,43 @@ def network_name(server_id: str) -> str:
     return f"mcphost-srv-{uuid.UUID(server_id).hex}"
 
 
-def runs_as_root(image_user: str | None) -> bool:
-    """Whether an image's configured `User` (name or uid, optionally `:group`) means root."""
-    user = (image_user or "").split(":", 1)[0].strip()
-    return user in ("", "root", "0")
+def image_uid(image_user: str | None, passwd: str | None = None) -> tuple[int, int] | None:
+    """The uid and gid an image's configured `User` (name or uid, optionally `:group`) runs as: a number as
+    the engine reads one (`00` is 0), a name through the image's own `/etc/passwd`. None when the name is
+    not in it (the engine would fail to start it; the platform runs it as the server's uid instead)."""
+    user, _, group = (image_user or "").partition(":")
+    user, group = user.strip(), group.strip()
+    if not user:
+        return 0, 0
+    entries: dict[str, tuple[int, int]] = {}
+    for line in (passwd or "").splitlines():
+        fields = line.split(":")
+        if len(fields) >= 4 and fields[2].isdigit() and fields[3].isdigit():
+            entries.setdefault(fields[0], (int(fields[2]), int(fields[3])))
+    if user.isascii() and user.isdigit():
+        uid = int(user)
+        gid = next((g for u, g in entries.values() if u == uid), uid)
+    elif user in entries:
+        uid, gid = entries[user]
+    elif user == "root":
+        return 0, 0
+    else:
+        return None
+    if group.isascii() and group.isdigit():
+        gid = int(group)
+    return uid, gid
+
+
+def runs_as_root(image_user: str | None, passwd: str | None = None) -> bool:
+    """Whether an image's configured `User` means root (or no user the image knows): however it is written."""
+    found = image_uid(image_user, passwd)
+    return found is None or found[0] == 0
+
+
+def needs_passwd(image_user: str | None) -> bool:
+    """Whether telling who an image's `User` is takes the image's own `/etc/passwd` (a name, not a number)."""
+    user = (image_user or "").partition(":")[0].strip()
+    return bool(user) and not (user.isascii() and user.isdigit())
 
 
 def oom_detail(attrs: dict[str, Any], *, guess: bool = False) -> str | None:
@@ -442,7 +475,13 @@ class DockerExecutor:
         if spec.uid is not None:
             image = await self._call(self._docker().images.get, image_ref)
             config = image.attrs.get("Config") or {}
-            if runs_as_root(config.get("User")):
+            image_user = config.get("User")
+            passwd = await self._call(self._image_passwd, image_ref) if needs_passwd(image_user) else None
+            found = image_uid(image_user, passwd)
+            if found is not None and found[0] != 0:
+                # The image's own user, by number: a name is not looked up again where it could mean root.
+                options["user"] = f"{found[0]}:{found[1]}"
+            else:
                 options["user"] = f"{spec.uid}:{spec.uid}"
                 image_env = {item.split("=", 1)[0] for item in config.get("Env") or []}
                 if "HOME" not in image_env:
@@ -454,6 +493,19 @@ class DockerExecutor:
             await asyncio.to_thread(prepare_data_dir, spec.data_dir, spec.uid)
             options["mounts"] = [Mount(target="/data", source=str(spec.data_dir), type="bind", read_only=False)]
         return options, env
+
+    def _image_passwd(self, image_ref: str) -> str | None:
+        """The image's `/etc/passwd`, read from a container that is created and never started."""
+        container = self._docker().containers.create(image_ref, command=["/nonexistent"], entrypoint=[])
+        try:
+            chunks, _ = container.get_archive("/etc/passwd")
+            with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as archive:
+                member = archive.extractfile("passwd")
+                return member.read(1 << 20).decode(errors="replace") if member is not None else None
+        except NotFound:
+            return None
+        finally:
+            container.remove(force=True)
 
     async def launch(self, spec: LaunchSpec) -> Instance:
         self._check_source(spec.source)
