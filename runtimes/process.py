@@ -204,7 +204,7 @@ class ProcessExecutor:
                 uid=self.installer_uid,
                 argv=command,
                 cgroup=install_id,
-                ro_binds=[[p, p] for p in sandbox.exposed_paths(env)],
+                ro_binds=[[p, p] for p in sandbox.exposed_paths(env, self.hidden)],
                 rw_binds=[[str(cwd), str(cwd)]],
                 hidden=list(self.hidden),
                 chdir=str(cwd),
@@ -496,7 +496,7 @@ class ProcessExecutor:
         if spec.uid is None:
             raise PermanentFailure("the sandbox needs the server's uid; this worker was not given one")
         # What the sandbox shows is decided by the platform's own settings, never by the server's env.
-        ro = [[p, p] for p in sandbox.exposed_paths(self._base_env())]
+        ro = [[p, p] for p in sandbox.exposed_paths(self._base_env(), self.hidden)]
         if argv and argv[0].startswith(str(self.envs_dir)):
             env_dir = self.envs_dir.joinpath(*Path(argv[0]).relative_to(self.envs_dir).parts[:2])
             ro.append([str(env_dir), str(env_dir)])

@@ -35,6 +35,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from runtimes import seccomp
+
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CGROUP_GROUP = "mcphost"
 HOME = "/home/mcp"
@@ -53,8 +55,37 @@ APPLY_ENV = (
     "os.close(fd)\n"
     "os.execve(sys.argv[2], sys.argv[2:], json.loads(data))\n"
 )
-# Host paths no hosted code may see: replaced by empty tmpfs mounts inside every sandbox.
-ALWAYS_HIDDEN = ("/run", "/tmp", "/var/tmp", "/home", "/root", "/dev/shm", "/var/lib/postgresql", "/var/lib/containers")
+# What every sandbox shows of the host, read-only: the system's programs and libraries...
+SYSTEM_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
+# ...and the files of /etc that programs read: the trust store, name resolution, users and groups, the
+# dynamic linker's cache, the time zone, and the system's Python configuration.
+SYSTEM_ETC = (
+    "ssl",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "pki",
+    "crypto-policies",
+    "resolv.conf",
+    "hosts",
+    "host.conf",
+    "nsswitch.conf",
+    "gai.conf",
+    "services",
+    "protocols",
+    "passwd",
+    "group",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "localtime",
+    "timezone",
+    "alternatives",
+    "mime.types",
+    "os-release",
+    "debian_version",
+    "python3",
+    "python3.11",
+)
 
 
 @dataclass
@@ -67,6 +98,7 @@ class SandboxPlan:
     cgroup: str
     ro_binds: list[list[str]] = field(default_factory=list)  # [host path, path inside]
     rw_binds: list[list[str]] = field(default_factory=list)
+    # Never shown, even where a system folder holds it (a state directory under /usr/local, say).
     hidden: list[str] = field(default_factory=list)
     network: bool = True
     memory_mib: int | None = None
@@ -110,6 +142,8 @@ def probe() -> SandboxSupport:
     for tool, package in (("bwrap", "bubblewrap"), ("slirp4netns", "slirp4netns"), ("setpriv", "util-linux")):
         if shutil.which(tool) is None:
             missing.append(f"{tool} (apt-get install {package})")
+    if not seccomp.available():
+        missing.append("libseccomp (apt-get install libseccomp2)")
     if os.geteuid() != 0:
         missing.append("root privileges for the worker (each server runs as its own uid)")
     return SandboxSupport(missing=tuple(missing), limits=cgroup_mode())
@@ -149,7 +183,7 @@ def read_env_descriptor(fd: int) -> dict[str, str]:
     return env
 
 
-def exposed_paths(env: dict[str, str]) -> list[str]:
+def exposed_paths(env: dict[str, str], hidden: tuple[str, ...] = ()) -> list[str]:
     """Host paths hosted code needs to read although they may sit under a hidden directory: the Python
     the package environments were made with, and local wheel directories and trust stores the operator
     named for installs. `env` is the platform's own environment, never a server's config env: what a
@@ -159,10 +193,19 @@ def exposed_paths(env: dict[str, str]) -> list[str]:
         for item in env.get(name, "").split():
             if item.startswith("/") and os.path.exists(item):
                 paths.add(os.path.realpath(item))
-    return sorted(paths)
+    # A folder that holds a hidden one (a trust store named as "/") would show it: such a folder is not.
+    covering = {p for p in paths for h in hidden if h == p or h.startswith(p.rstrip("/") + "/")}
+    return sorted(paths - covering)
 
 
-def bwrap_argv(plan: SandboxPlan, info_fd: int, ready_fd: int, go_fd: int, env_fd: int | None = None) -> list[str]:
+def bwrap_argv(
+    plan: SandboxPlan,
+    info_fd: int,
+    ready_fd: int,
+    go_fd: int,
+    env_fd: int | None = None,
+    seccomp_fd: int | None = None,
+) -> list[str]:
     argv = [
         shutil.which("bwrap", path=HELPER_ENV["PATH"]) or "bwrap",
         "--die-with-parent",
@@ -176,33 +219,37 @@ def bwrap_argv(plan: SandboxPlan, info_fd: int, ready_fd: int, go_fd: int, env_f
         "--tmpfs",
         "/",
     ]
-    # The host's top-level folders, read-only, on a root of the sandbox's own (so that /data, which the
-    # host does not have, can be made).
-    for name in sorted(os.listdir("/")):
+    # An allow-list on a root of the sandbox's own: the system's programs and libraries, the few files of
+    # /etc that programs read (trust store, name resolution, users, time zone), and then only what the
+    # plan names. Nothing else of the host exists inside: not /sys, /run, /var, /home, /srv, /opt or the
+    # platform's state.
+    for name in SYSTEM_DIRS:
         host = "/" + name
-        if name in ("proc", "dev", "data", "lost+found"):
-            continue
         if os.path.islink(host):
             argv += ["--symlink", os.readlink(host), host]
         elif os.path.isdir(host):
             argv += ["--ro-bind", host, host]
+    argv += ["--perms", "0755", "--dir", "/etc"]
+    for name in SYSTEM_ETC:
+        host = "/etc/" + name
+        if os.path.exists(host):
+            argv += ["--ro-bind", host, host]
+    for path in plan.hidden:
+        path = os.path.normpath(path)
+        if path.split("/")[1] in SYSTEM_DIRS and os.path.isdir(path):
+            argv += ["--tmpfs", path]
     argv += ["--dev", "/dev", "--proc", "/proc", "--perms", "0755", "--dir", "/data"]
     if plan.network:
         argv.append("--unshare-net")
-    hidden = sorted({os.path.normpath(p) for p in (*ALWAYS_HIDDEN, *plan.hidden)})
-    # A path inside another hidden one is gone already (and a second tmpfs would hide the first's binds).
-    hidden = [p for p in hidden if not any(p != q and p.startswith(q + "/") for q in hidden)]
-    for path in hidden:
-        if os.path.isdir(path):
-            argv += ["--tmpfs", path]
-        elif os.path.exists(path):
-            argv += ["--ro-bind", "/dev/null", path]
-    argv += ["--dir", HOME, "--chmod", "0777", HOME, "--chmod", "1777", "/tmp", "--chmod", "1777", "/dev/shm"]
-    # The way down to a path bound back under a hidden one must be traversable by the sandbox's uid.
+    for path in ("/tmp", "/var/tmp", "/dev/shm"):
+        argv += ["--tmpfs", path, "--chmod", "1777", path]
+    argv += ["--dir", HOME, "--chmod", "0777", HOME]
+    # The way down to a path bound in (a package environment, the interpreter) is traversable by the
+    # sandbox's uid, and shows nothing beside it.
     ancestors: set[str] = set()
     for _host, inside in (*plan.ro_binds, *plan.rw_binds):
         parent = os.path.dirname(os.path.normpath(inside))
-        while parent not in ("/", "") and any(parent.startswith(h + "/") for h in hidden):
+        while parent not in ("/", "") and parent.split("/")[1] not in SYSTEM_DIRS:
             ancestors.add(parent)
             parent = os.path.dirname(parent)
     for path in sorted(ancestors, key=lambda p: p.count("/")):
@@ -211,6 +258,8 @@ def bwrap_argv(plan: SandboxPlan, info_fd: int, ready_fd: int, go_fd: int, env_f
         argv += ["--ro-bind", host, inside]
     for host, inside in plan.rw_binds:
         argv += ["--bind", host, inside]
+    if seccomp_fd is not None:
+        argv += ["--seccomp", str(seccomp_fd)]
     argv += ["--chdir", plan.chdir, "--info-fd", str(info_fd), "--"]
     # Inside, once bwrap has set everything up (its own loopback included): say so, wait for the network
     # the launcher adds from outside, then drop to the server's uid and run the command.
@@ -398,9 +447,10 @@ def _start(
     ready_r, ready_w = os.pipe()
     go_r, go_w = os.pipe()
     env_fd = env_descriptor(server_env) if server_env is not None else None
-    inherited = (info_w, ready_w, go_r) if env_fd is None else (info_w, ready_w, go_r, env_fd)
+    seccomp_fd = seccomp.descriptor()
+    inherited = (info_w, ready_w, go_r, seccomp_fd) if env_fd is None else (info_w, ready_w, go_r, seccomp_fd, env_fd)
     proc = subprocess.Popen(
-        bwrap_argv(plan, info_w, ready_w, go_r, env_fd),
+        bwrap_argv(plan, info_w, ready_w, go_r, env_fd, seccomp_fd),
         pass_fds=inherited,
         preexec_fn=limits.child_rlimits,
         # Without a server environment (installs) the command gets the launcher's own, which the platform

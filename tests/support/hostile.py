@@ -17,7 +17,7 @@ from tests.support.components import CACHE
 from tests.support.mcp_client import call_tool
 
 NAME = "mcphost-hostile"
-VERSION = "1.0.3"
+VERSION = "1.0.4"
 LOCAL_WHEELS = CACHE / "local-wheels"
 SOURCE = Path(__file__).parent / "hostile_server" / "mcphost_hostile.py"
 

@@ -31,7 +31,6 @@ def _pairs(argv: list[str], flag: str) -> list[str]:
 
 
 def test_the_command_runs_as_the_servers_uid_without_privileges(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sandbox.os.path, "isdir", lambda p: p.startswith("/srv") or p in sandbox.ALWAYS_HIDDEN)
     argv = sandbox.bwrap_argv(_plan(), 3, 4, 5)
     # Named by its path: the barrier shell (root) resolves nothing through a PATH.
     tail = argv[argv.index("/usr/bin/setpriv") :]
@@ -83,14 +82,18 @@ def test_what_the_sandbox_shows_does_not_follow_a_servers_env(tmp_path: Path, mo
     assert all(not host.startswith(str(state)) for host, _ in plan.ro_binds), plan.ro_binds
 
 
-def test_platform_paths_are_hidden_and_only_the_servers_own_are_bound_back(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sandbox.os.path, "isdir", lambda p: p.startswith("/srv") or p in sandbox.ALWAYS_HIDDEN)
-    argv = sandbox.bwrap_argv(_plan(), 3, 4, 5)
-    tmpfs = _pairs(argv, "--tmpfs")
-    for path in ("/run", "/tmp", "/root", "/home", "/srv/mcphost"):
-        assert path in tmpfs
-    # A hidden path inside another is not mounted again (it would cover what is bound back inside it).
-    assert "/srv/mcphost/process" not in tmpfs
+def test_the_sandbox_shows_what_it_lists_and_nothing_else_of_the_host() -> None:
+    argv = sandbox.bwrap_argv(_plan(), 3, 4, 5, seccomp_fd=7)
+    assert argv[argv.index("--tmpfs") + 1] == "/"  # a root of its own
+    shown = {os.path.normpath(p).split("/")[1] for p in _pairs(argv, "--ro-bind") + _pairs(argv, "--symlink")}
+    # The package environment's way down is made (srv), the rest are system folders.
+    assert shown <= {*sandbox.SYSTEM_DIRS, "etc", "srv"}, shown
+    for absent in ("/sys", "/run", "/var", "/home", "/root", "/opt", "/work", "/srv/mcphost/process"):
+        assert absent not in _pairs(argv, "--ro-bind") and absent not in _pairs(argv, "--bind")
+    assert all(p.startswith("/etc/") for p in _pairs(argv, "--ro-bind") if p.startswith("/etc"))
+    assert "/etc/shadow" not in _pairs(argv, "--ro-bind")
+    for private in ("/tmp", "/var/tmp", "/dev/shm"):
+        assert private in _pairs(argv, "--tmpfs")
     assert _pairs(argv, "--bind") == ["/srv/mcphost/data/s1"]
     assert argv[argv.index("--bind") + 2] == "/data"
     assert _pairs(argv, "--ro-bind").count("/srv/mcphost/process/envs/pypi/x-1") == 1
@@ -98,6 +101,15 @@ def test_platform_paths_are_hidden_and_only_the_servers_own_are_bound_back(monke
     dirs = _pairs(argv, "--dir")
     assert "/srv/mcphost/process/envs/pypi" in dirs
     assert argv.index("/srv/mcphost/process/envs/pypi") < argv.index("/srv/mcphost/process/envs/pypi/x-1")
+    # The seccomp filter is installed by bwrap, before the command.
+    assert argv[argv.index("--seccomp") + 1] == "7" and argv.index("--seccomp") < argv.index("--info-fd")
+
+
+def test_a_folder_that_holds_the_state_directory_is_never_exposed(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    env = {"SSL_CERT_DIR": str(tmp_path), "PIP_FIND_LINKS": str(tmp_path / "state")}
+    assert not {str(tmp_path), str(state)} & set(sandbox.exposed_paths(env, (str(state),)))
 
 
 def test_network_is_cut_unless_the_plan_wants_slirp() -> None:

@@ -107,8 +107,55 @@ def escalate() -> str:
     return json.dumps(result)
 
 
+@app.tool()
+def list_dir(path: str) -> str:
+    """List a folder; 'DENIED: <why>' when it cannot."""
+    try:
+        return json.dumps(sorted(os.listdir(path)))
+    except OSError as exc:
+        return f"DENIED: {exc}"
+
+
+# x86_64 numbers of calls a server never needs, with harmless arguments: each either fails at once or
+# does nothing lasting (a keyring lookup, a user namespace of this process's own).
+_CALLS = {
+    "unshare_user": (272, (0x10000000,)),
+    "keyctl": (250, (0, -3, 0)),  # KEYCTL_GET_KEYRING_ID of the session keyring
+    "userfaultfd": (323, (1,)),  # UFFD_USER_MODE_ONLY
+    "perf_event_open": (298, (0, 0, -1, -1, 0)),
+    "bpf": (321, (0, 0, 0)),
+    "init_module": (175, (0, 0, 0)),
+    "mount": (165, (0, 0, 0, 0, 0)),
+    "io_uring_setup": (425, (1, 0)),
+}
+
+
+@app.tool()
+def syscalls() -> str:
+    """Make each call in _CALLS from a new single-threaded process (a user namespace needs one); report 'OK'
+    or the errno name of each."""
+    done = subprocess.run([sys.executable, __file__, "--syscalls"], capture_output=True, text=True, timeout=30)
+    return done.stdout.strip() or f"FAILED: {done.stderr[-500:]}"
+
+
+def probe_syscalls() -> str:
+    import ctypes
+    import errno
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    result = {}
+    for name, (number, args) in _CALLS.items():
+        code = libc.syscall(number, *(ctypes.c_long(a) for a in args))
+        result[name] = "OK" if code >= 0 else errno.errorcode.get(ctypes.get_errno(), "?")
+    return json.dumps(result)
+
+
 def main() -> None:
     # `--http`: serve streamable HTTP on $HOST:$PORT instead of stdio (the platform's http transport).
+    if "--syscalls" in sys.argv[1:]:
+        print(probe_syscalls())
+        return
     if "--http" in sys.argv[1:]:
         app.run("streamable-http", host=os.environ.get("HOST", "127.0.0.1"), port=int(os.environ["PORT"]))
     else:
