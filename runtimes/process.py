@@ -404,6 +404,9 @@ class ProcessExecutor:
         for instance in existing:
             if (await self.status(instance)).state == "running":
                 return instance
+        # No record names a running instance; a launch whose worker died between starting the process and
+        # recording it may have left one running all the same. It goes before another starts.
+        await asyncio.to_thread(self._stop_unrecorded, spec.deployment_id)
         sandboxed = self._require_sandbox(spec)
         argv = await self._resolve_argv(spec.source)
         source = spec.source
@@ -586,6 +589,38 @@ class ProcessExecutor:
             return
         await asyncio.to_thread(self._terminate_group, proc)
 
+    def _unrecorded(self, deployment_id: str) -> list[psutil.Process]:
+        """Processes started for a deployment, recorded or not: every one of them (bridge, launcher, an
+        unsandboxed server) runs in the deployment's own working directory, which nothing else uses."""
+        workdir = os.path.realpath(self.work_dir / deployment_id)
+        found = []
+        for proc in psutil.process_iter():
+            try:
+                if proc.cwd() == workdir:
+                    found.append(proc)
+            except (psutil.Error, OSError):
+                continue
+        return found
+
+    def _stop_unrecorded(self, deployment_id: str, grace: float = 5.0) -> None:
+        """Stop, with their process groups, the processes of a deployment (see `_unrecorded`)."""
+        procs = self._unrecorded(deployment_id)
+        groups = set()
+        for proc in procs:
+            try:
+                groups.add(os.getpgid(proc.pid))
+            except ProcessLookupError:
+                continue
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for group in groups:
+                try:
+                    os.killpg(group, sig)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            procs = psutil.wait_procs(procs, timeout=grace)[1]
+            if not procs:
+                return
+
     @staticmethod
     def _terminate_group(proc: psutil.Process, grace: float = 10.0) -> None:
         try:
@@ -614,6 +649,7 @@ class ProcessExecutor:
 
     async def remove(self, instance: Instance) -> None:
         await self.stop(instance)
+        await asyncio.to_thread(self._stop_unrecorded, instance.deployment_id)
         shutil.rmtree(self.work_dir / instance.deployment_id, ignore_errors=True)
         await asyncio.to_thread(sandbox.remove_cgroup, instance.deployment_id)
         for leftover in (

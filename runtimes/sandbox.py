@@ -466,27 +466,34 @@ def _start(
             raise SetupFailed("the sandbox ended before it was set up")
         if plan.network:
             up_r, up_w = os.pipe()
+            # slirp4netns ends when this launcher does, however it ends (the pipe's other end closes).
+            exit_r, exit_w = os.pipe()
+            os.set_inheritable(exit_w, False)
             api = ["--api-socket", plan.api_socket] if plan.forward and plan.api_socket else []
             if plan.api_socket:
                 Path(plan.api_socket).unlink(missing_ok=True)
             slirp = subprocess.Popen(
                 [
-                    "slirp4netns",
+                    shutil.which("slirp4netns", path=HELPER_ENV["PATH"]) or "slirp4netns",
                     "--configure",
                     "--mtu=65520",
                     "--disable-host-loopback",
                     *api,
                     "--ready-fd",
                     str(up_w),
+                    "--exit-fd",
+                    str(exit_r),
                     str(child),
                     "tap0",
                 ],
-                pass_fds=(up_w,),
+                pass_fds=(up_w, exit_r),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
+                env=dict(HELPER_ENV),
             )
             os.close(up_w)
+            os.close(exit_r)
             came_up = os.read(up_r, 1)
             os.close(up_r)
             if not came_up:
