@@ -68,6 +68,8 @@ LIMIT_OUTCOMES = frozenset(
         "origin",
         "forbidden_tool",
         "body_stalled",
+        "malformed",
+        "header_mismatch",
     }
 )
 

@@ -3,22 +3,28 @@ app under any ASGI server, called directly by the gateway's own server (gateway.
 exchange as its `Channel`.
 
 What it does to a request, in order: refuse keys in the URL (400), refuse a browser Origin that is not
-allowed (403), find the route (404), check the key (401) and its expiry, its rate (429) and its tool
-allowlist (JSON-RPC error), cap the body (413), take a slot of the server's and of the key's concurrency
-(429), then forward. What MCP defines passes byte-exact both ways (`Mcp-*` headers of both spec eras,
-`Last-Event-ID`, `Origin`, status codes, `Allow`); the caller's credentials, cookies and hop-by-hop
-headers never do, and the server sees its own `Host`. JSON answers are relayed whole (capped); SSE
-streams as they arrive, with keep-alive comments while idle, cut with a JSON-RPC error past the size cap
-or the read timeout, and closed upstream the moment the client goes away.
+allowed (403), find the route (404), check the key (401) and its expiry and its rate (429), cap the body
+(413), refuse a body it reads (each one but a 2026-era request's for a key with no tool allowlist and no
+payload tracing) and cannot read exactly as the server will (400) and a 2026-era request whose Mcp-Method
+or Mcp-Name header contradicts its body (400, -32020), check the key's tool allowlist
+(JSON-RPC error), take a slot of the server's and of the key's concurrency (429), then forward. What MCP
+defines passes byte-exact both ways (`Mcp-*` headers of both spec eras, `Last-Event-ID`, `Origin`, status
+codes, `Allow`); the caller's credentials, cookies and hop-by-hop headers never do, and the server sees its
+own `Host`. JSON answers are relayed whole (capped); SSE streams as they arrive, with keep-alive comments
+while idle, cut with a JSON-RPC error past the size cap or the read timeout, and closed upstream the moment
+the client goes away.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import functools
 import hmac
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from dataclasses import dataclass
@@ -58,6 +64,13 @@ KEY_QUERY_NAMES = ("api_key", "apikey", "key", "token", "access_token")
 ALLOWED_METHODS = b"GET, POST, DELETE"
 JSON_TYPE = (b"content-type", b"application/json")
 WATCH_AFTER = 0.02  # seconds a forwarded request runs before the gateway watches for the client leaving
+# Versions of the handshake era, whose servers ignore Mcp-Method and Mcp-Name: on such a request (or one
+# without MCP-Protocol-Version) those headers are never trusted, as the 2026-07-28 transport advises.
+HANDSHAKE_VERSIONS = frozenset({b"2024-11-05", b"2025-03-26", b"2025-06-18", b"2025-11-25"})
+# The methods whose param the Mcp-Name header mirrors (2026-07-28 transport, standard request headers).
+NAMED_BY = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+# JSON-RPC error codes of the gateway's refusals (JSON-RPC 2.0; HeaderMismatch from MCP 2026-07-28).
+PARSE_ERROR, INVALID_REQUEST, INVALID_PARAMS, HEADER_MISMATCH = -32700, -32600, -32602, -32020
 
 
 class BodyStalled(Exception):
@@ -189,12 +202,14 @@ class Call:
     """What the gateway read of one JSON-RPC request: enough to meter and to enforce a tool allowlist."""
 
     method: str | None = None
-    tool: str | None = None
+    tool: str | None = None  # the name a tools/call calls (None: absent or not a string)
     request_id: Any = None
     arguments: Any = None
+    named: Any = None  # what Mcp-Name mirrors: params.name or params.uri of a method in NAMED_BY
     batch: bool = False
-    names: tuple[str | None, ...] = ()  # tools/call names of every message (batches)
     unread: bytes | None = None  # a body described by its headers, whose id is read only when asked for
+    problem: str | None = None  # why the body is not one JSON-RPC message the gateway can judge
+    problem_code: int = PARSE_ERROR
 
     @property
     def id(self) -> Any:
@@ -203,40 +218,173 @@ class Call:
         return self.request_id
 
 
+@dataclass(slots=True, frozen=True)
+class Refusal:
+    """Why a POST is not forwarded: the HTTP status, the JSON-RPC error and the outcome it is metered as."""
+
+    status: int
+    code: int
+    message: str
+    outcome: str
+
+
+class _Duplicate(ValueError):
+    pass
+
+
+class _Constant(ValueError):
+    pass
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Parsers disagree on a repeated key (the last wins in Python and pydantic, the first in others), so a
+    # body with one has no single meaning to judge.
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Duplicate(key)
+            seen.add(key)
+    return found
+
+
+def _constant(name: str) -> Any:
+    raise _Constant(name)
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique, parse_constant=_constant)
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _malformed(problem: str, code: int = PARSE_ERROR, *, batch: bool = False) -> Call:
+    return Call(problem=problem, problem_code=code, batch=batch)
+
+
 def describe(body: bytes) -> Call:
-    if not body or body[:1] not in (b"{", b"["):
-        return Call()
+    """What the server will act on in a POST body, read the way servers read it, or why it cannot be: the
+    gateway judges exactly one JSON object in strict UTF-8 (RFC 8259), whose every string and key means one
+    thing to any parser. What parsers disagree on (a byte-order mark, UTF-16 or UTF-32, bytes that are not
+    UTF-8, repeated keys, NaN and Infinity, lone surrogates) and what MCP has no place for (a batch, a
+    value that is not an object) is a `problem`, refused before it reaches the server."""
     try:
-        message = json.loads(body)
-    except ValueError:
-        return Call()
-    if isinstance(message, list):
-        first = message[0] if message and isinstance(message[0], dict) else {}
-        names = tuple(_tool_name(m) for m in message if isinstance(m, dict) and m.get("method") == "tools/call")
-        return Call(method=first.get("method"), request_id=first.get("id"), batch=True, names=names)
-    if not isinstance(message, dict):
-        return Call()
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return _malformed(f"the body is not UTF-8 (byte {exc.start} is {body[exc.start : exc.start + 1]!r})")
+    try:
+        message = _DECODER.decode(text)
+    except _Duplicate as exc:
+        return _malformed(f"the key {exc.args[0]!r} appears twice in one object", INVALID_REQUEST)
+    except _Constant as exc:
+        return _malformed(f"{exc.args[0]} is not a JSON value")
+    except (ValueError, RecursionError) as exc:
+        if not text.strip(" \t\r\n"):
+            return _malformed("the body is empty")
+        if text[:1] == "\ufeff":
+            return _malformed("the body starts with a byte-order mark")
+        if "\x00" in text:
+            return _malformed("the body has NUL characters (UTF-16 or UTF-32 text?); send UTF-8")
+        return _malformed(f"the body is not JSON ({exc})" if isinstance(exc, ValueError) else "nested too deeply")
+    if type(message) is not dict:
+        if type(message) is list:
+            return _malformed("a JSON-RPC batch; MCP sends one message per POST", INVALID_REQUEST, batch=True)
+        return _malformed("the body is not a JSON-RPC message (a JSON object)", INVALID_REQUEST)
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(message):
+        return _malformed("a string has a lone UTF-16 surrogate (\\ud800-\\udfff)")
     method = message.get("method")
-    call = Call(method=method if isinstance(method, str) else None, request_id=message.get("id"))
-    if method == "tools/call":
-        call.tool = _tool_name(message)
-        call.names = (call.tool,)
+    call = Call(method=method, request_id=message.get("id"))
+    if method is None:
+        return call  # a response or an error the client answers a server's request with
+    if type(method) is not str:
+        return _malformed("the method is not a string", INVALID_REQUEST)
+    key = NAMED_BY.get(method)
+    if key is not None:
         params = message.get("params")
-        if isinstance(params, dict):
-            call.arguments = params.get("arguments")
+        if type(params) is dict:
+            call.named = params.get(key)
+            if method == "tools/call":
+                call.tool = call.named if type(call.named) is str else None
+                call.arguments = params.get("arguments")
     return call
+
+
+def _has_lone_surrogate(message: dict[str, Any]) -> bool:
+    """Whether a string in the parsed body has a surrogate code point left unpaired (Python keeps it; pydantic
+    refuses it; others replace it). A loop, not recursion: the body may be nested as deep as the parser
+    allows."""
+    pending: list[Any] = [message]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(value, dict):
+            pending.extend(value)
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return False
+
+
+def judge(
+    call: Call, tools: frozenset[str] | None, key_name: str, routing: tuple[bytes, bytes | None] | None = None
+) -> Refusal | None:
+    """Why a POST described by `describe` may not be forwarded, or None: a body the gateway cannot judge, a
+    2026-era request whose routing headers (`routing`: Mcp-Method and Mcp-Name, given when the request is
+    of that era and names its method) say something else than its body, or a tools/call of a tool the key's
+    allowlist (`tools`) does not name."""
+    if call.problem is not None:
+        return Refusal(400, call.problem_code, f"malformed request: {call.problem}", "malformed")
+    if routing is not None:
+        mismatch = header_mismatch(call, *routing)
+        if mismatch is not None:
+            return Refusal(400, HEADER_MISMATCH, f"header mismatch: {mismatch}", "header_mismatch")
+    if tools is not None and call.method == "tools/call" and call.tool not in tools:
+        return Refusal(200, INVALID_PARAMS, f"tool {call.tool!r} is not allowed for key {key_name!r}", "forbidden_tool")
+    return None
+
+
+def header_mismatch(call: Call, rpc_method: bytes, rpc_name: bytes | None) -> str | None:
+    """How a 2026-era request's Mcp-Method and Mcp-Name headers disagree with its body, or None; compared
+    as the official SDK's server compares them (Mcp-Name is checked when the body has the param it mirrors,
+    after decoding a `=?base64?...?=` value)."""
+    method = rpc_method.decode("latin-1")
+    if method != call.method:
+        return f"the Mcp-Method header is {method!r} but the body's method is {call.method!r}"
+    key = NAMED_BY.get(method)
+    if key is None or call.named is None:
+        return None
+    if rpc_name is None:
+        return f"no Mcp-Name header, but the body's params.{key} is {call.named!r}"
+    name = header_value(rpc_name)
+    if name is None:
+        return "the Mcp-Name header is not valid =?base64?...?= text"
+    if name != call.named:
+        return f"the Mcp-Name header is {name!r} but the body's params.{key} is {call.named!r}"
+    return None
+
+
+def header_value(raw: bytes) -> str | None:
+    """A header value as 2026-07-28 clients encode it: as is, or UTF-8 in `=?base64?...?=`; None when that
+    encoding is broken."""
+    if not (raw.startswith(b"=?base64?") and raw.endswith(b"?=") and len(raw) >= 11):
+        return raw.decode("latin-1")
+    payload = raw[9:-2]
+    try:
+        decoded = base64.b64decode(payload, validate=True)
+        if base64.b64encode(decoded) != payload:  # only the canonical form, as the SDK's decoder
+            return None
+        return decoded.decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
 
 
 def _from_headers(method: bytes, name: bytes | None, body: bytes) -> Call:
     text = method.decode("latin-1")
-    tool = name.decode("latin-1") if name is not None and text == "tools/call" else None
-    return Call(method=text, tool=tool, names=(tool,) if tool is not None else (), unread=body)
-
-
-def _tool_name(message: dict[str, Any]) -> str | None:
-    params = message.get("params")
-    name = params.get("name") if isinstance(params, dict) else None
-    return name if isinstance(name, str) else None
+    tool = header_value(name) if name is not None and text == "tools/call" else None
+    return Call(method=text, tool=tool, unread=body)
 
 
 def rpc_error_body(message: str, *, code: int = -32001, request_id: Any = None) -> bytes:
@@ -298,8 +446,9 @@ def _scan(
     list[tuple[bytes, bytes]], bytes | None, bytes | None, bytes | None, bytes | None, bytes | None, bytes | None
 ]:
     """A request's headers, read once: what goes to the server (every `Mcp-*` one and FORWARD_REQUEST), then
-    Origin, the API key, Content-Length, Mcp-Session-Id, Mcp-Method and Mcp-Name."""
-    origin = key = content_length = session_id = rpc_method = rpc_name = None
+    Origin, the API key, Content-Length, Mcp-Session-Id, and Mcp-Method and Mcp-Name when the request is of
+    the 2026 era (its MCP-Protocol-Version is not one of HANDSHAKE_VERSIONS), None otherwise."""
+    origin = key = content_length = session_id = rpc_method = rpc_name = version = None
     forward: list[tuple[bytes, bytes]] = []
     for name, value in headers:
         if name.startswith(b"mcp-"):
@@ -310,6 +459,8 @@ def _scan(
                 rpc_method = value
             elif name == b"mcp-name":
                 rpc_name = value
+            elif name == b"mcp-protocol-version":
+                version = value
         elif name in FORWARD_REQUEST:
             forward.append((name, value))
             if name == b"origin":
@@ -322,6 +473,8 @@ def _scan(
             key = value.strip() or key
         elif name == b"content-length":
             content_length = value
+    if rpc_method is not None and (version is None or version.strip() in HANDSHAKE_VERSIONS):
+        rpc_method = rpc_name = None  # a server of that era reads the body alone
     return forward, origin, key, content_length, session_id, rpc_method, rpc_name
 
 
@@ -478,34 +631,27 @@ class Gateway:
                 )
             body = read
         inv.request_bytes = len(body)
-        if rpc_method is not None and grant.tools is None and not route.options.trace_payloads:
+        trace = route.options.trace_payloads
+        if method != "POST":
+            call = Call()
+        elif rpc_method is not None and grant.tools is None and not trace:
             # A 2026-era request names its method (and tool) in headers the server checks against the body:
             # metering needs nothing more, so the body is parsed only if an error must echo its id.
             call = _from_headers(rpc_method, rpc_name, body)
         else:
+            # Whatever depends on the body is decided on what the server will read of it, and the headers
+            # a 2026-era request routes by must say the same.
             call = describe(body)
+            refusal = judge(call, grant.tools, grant.name, None if rpc_method is None else (rpc_method, rpc_name))
+            if refusal is not None:
+                inv.method, inv.tool = call.method, call.tool
+                return await self._refuse(
+                    out, inv, refusal.status, refusal.message, refusal.outcome, request_id=call.id, code=refusal.code
+                )
         inv.method, inv.tool = call.method or (None if body else method), call.tool
-        if route.options.trace_payloads:
+        if trace:
             inv.trace = True
             inv.arguments = call.arguments
-        if grant.tools is not None:
-            if call.batch and call.names:
-                return await self._refuse(
-                    out,
-                    inv,
-                    400,
-                    "batched tools/call is not allowed with a key that has a tool allowlist",
-                    "forbidden_tool",
-                    request_id=call.id,
-                )
-            refused = next((n for n in call.names if n not in grant.tools), False)
-            if refused is not False:
-                inv.outcome, inv.status = "forbidden_tool", 200
-                err = rpc_error_body(
-                    f"tool {refused!r} is not allowed for key {grant.name!r}", code=-32602, request_id=call.id
-                )
-                status, reply_headers, reply = _reply(200, err)
-                return await out.respond(status, reply_headers, reply)
 
         server_limit = route.options.max_concurrency
         slot_key = grant.key_hash  # one per key; a str, whose hash is cached (a UUID's is not)
@@ -567,6 +713,8 @@ class Gateway:
         if grant.expires_at is not None and grant.expires_at <= time.time():
             return False
         call = _from_headers(rpc_method, rpc_name, body) if rpc_method is not None else describe(body)
+        if call.problem is not None:
+            return False  # `handle` refuses it
         if call.method == "initialize":
             return False  # its answer opens a session, which the gateway pins
         conn = self.upstream.idle(route.upstream_url)
@@ -896,9 +1044,10 @@ class Gateway:
         outcome: str,
         headers: list[tuple[bytes, bytes]] | None = None,
         request_id: Any = None,
+        code: int = -32001,
     ) -> None:
         inv.status, inv.outcome = status, outcome
-        status, all_headers, body = _reply(status, rpc_error_body(message, request_id=request_id), headers)
+        status, all_headers, body = _reply(status, rpc_error_body(message, code=code, request_id=request_id), headers)
         inv.response_bytes = len(body)
         await out.respond(status, all_headers, body)
 

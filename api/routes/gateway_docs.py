@@ -24,7 +24,12 @@ _RPC_ERROR = {
 RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "The server's answer: JSON, or an SSE stream (text/event-stream)"},
     202: {"description": "A notification or response accepted by the server"},
-    400: {"description": "The API key was put in the URL, or a batch is not allowed", "content": _RPC_ERROR},
+    400: {
+        "description": "The API key was put in the URL; a body the gateway cannot read exactly as the server "
+        "would (not one JSON object in UTF-8, a batch, a repeated key, NaN, a byte-order mark); or (-32020) an "
+        "Mcp-Method or Mcp-Name header that contradicts the body",
+        "content": _RPC_ERROR,
+    },
     401: {"description": "Missing, invalid, revoked or expired API key", "content": _RPC_ERROR},
     403: {"description": "The request's Origin is not allowed (GATEWAY_ALLOWED_ORIGINS)", "content": _RPC_ERROR},
     404: {"description": "No such server, or (from the server) an ended session", "content": _RPC_ERROR},

@@ -4,6 +4,7 @@ SSE answers, and the redaction of opted-in invocation traces."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from gateway.limits import Slots, TokenBuckets
 from gateway.proxy import SseToolFilter, _from_headers, describe, filter_tools
@@ -49,21 +50,24 @@ def test_slots_cap_in_flight_requests_per_key_and_free_memory() -> None:
 
 def test_describe_reads_method_tool_and_id_only() -> None:
     call = describe(b'{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"add","arguments":{"a":1}}}')
-    assert (call.method, call.tool, call.id, call.arguments, call.names) == ("tools/call", "add", 7, {"a": 1}, ("add",))
+    assert (call.method, call.tool, call.id, call.arguments, call.problem) == ("tools/call", "add", 7, {"a": 1}, None)
     batch = describe(b'[{"method":"tools/call","params":{"name":"x"}},{"method":"tools/call","params":{"name":"y"}}]')
-    assert batch.batch and batch.names == ("x", "y")
+    assert batch.batch and batch.problem is not None and "batch" in batch.problem and batch.tool is None
     for junk in (b"", b"not json", b"[1,2]", b'"text"', b"{bad"):
-        assert describe(junk).method is None
+        described = describe(junk)
+        assert described.method is None and described.problem is not None
 
 
 def test_a_2026_request_is_described_by_its_headers_and_its_id_read_only_when_asked() -> None:
     body = b'{"jsonrpc":"2.0","id":"r-9","method":"tools/call","params":{"name":"add"}}'
     call = _from_headers(b"tools/call", b"add", body)
-    assert (call.method, call.tool, call.names, call.arguments) == ("tools/call", "add", ("add",), None)
+    assert (call.method, call.tool, call.arguments) == ("tools/call", "add", None)
     assert call.unread is body  # nothing parsed yet
     assert call.id == "r-9" and call.unread is None
     assert _from_headers(b"tools/list", b"ignored", b"{}").tool is None
     assert _from_headers(b"ping", None, b"not json").id is None
+    # A name that is not plain ASCII comes base64-encoded (2026-07-28 value encoding).
+    assert _from_headers(b"tools/call", b"=?base64?w6ljaG8=?=", body).tool == "\u00e9cho"
 
 
 def test_tools_are_filtered_in_json_and_sse_answers() -> None:
@@ -105,3 +109,27 @@ def test_the_result_of_an_sse_answer_is_found() -> None:
     )
     assert response_message(body) == {"jsonrpc": "2.0", "id": 1, "result": {"content": []}}
     assert response_message(b'{"jsonrpc":"2.0","id":1,"result":{}}')["result"] == {}
+
+
+def test_the_platforms_own_origins_are_allowed_and_foreign_ones_are_not() -> None:
+    from core.settings import Settings
+
+    secrets: dict[str, Any] = {"jwt_secret": "j" * 40, "secrets_key": "s" * 40, "_env_file": None}
+    local = Settings(**secrets, public_url=None, gateway_allowed_origins="", bind_address="0.0.0.0", bind_port=3000)
+    # With no PUBLIC_URL the base URL is http://127.0.0.1:3000: a page served from it may call the gateway.
+    assert local.api_base_url == "http://127.0.0.1:3000"
+    assert {"http://127.0.0.1:3000", "http://localhost:3000", "http://[::1]:3000"} <= local.allowed_origins
+    for foreign in ("http://localhost:5173", "http://127.0.0.1:3001", "https://127.0.0.1:3000", "http://evil.example"):
+        assert foreign not in local.allowed_origins, foreign
+    public = Settings(
+        **secrets,
+        public_url="https://MCP.example.com:443/platform/",
+        gateway_allowed_origins="http://localhost:5173",
+        bind_address="127.0.0.1",
+        bind_port=8000,
+    )
+    # A browser leaves the default port out of Origin, and the path is no part of it.
+    assert {"https://mcp.example.com", "http://localhost:5173", "http://localhost:8000"} <= public.allowed_origins
+    assert "https://mcp.example.com:443" not in public.allowed_origins
+    elsewhere = Settings(**secrets, public_url=None, gateway_allowed_origins="", bind_address="10.0.0.5", bind_port=80)
+    assert elsewhere.allowed_origins == {"http://10.0.0.5"}
