@@ -14,7 +14,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
-from mcp import Client
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -22,6 +21,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.common import as_application_error, heartbeating
+from activities.mcpclient import platform_mcp_client
 from activities.records import InstanceRecord
 from activities.runtime import from_record
 from core.evaluation import Answer, Score, answer_from_result, evaluate, excerpt, parse_expectation
@@ -99,7 +99,7 @@ async def call_and_score(url: str, test: dict[str, Any]) -> tuple[Score, Answer 
     try:
         # The handshake gets its own allowance: the test's timeout bounds the call itself.
         with anyio.fail_after(timeout + 15):
-            async with Client(url, mode="auto", cache=None) as client:
+            async with platform_mcp_client(url) as client:
                 result = await client.call_tool(test["tool"], test["arguments"], read_timeout_seconds=timeout)
                 latency = (time.monotonic() - started) * 1000
     except Exception as exc:  # noqa: BLE001 - whatever the server did, it is this test's result

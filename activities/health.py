@@ -1,7 +1,8 @@
 """The MCP health check: a server is healthy when the protocol handshake succeeds and it lists tools.
 
 It speaks MCP with the official SDK client in `auto` mode, so servers of both spec eras pass:
-a modern `server/discover` probe first, the `initialize` handshake when the server predates it.
+a modern `server/discover` probe first, the `initialize` handshake when the server predates it. The client
+is the platform's own (activities.mcpclient): it follows no redirect and reads a bounded amount.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-from mcp import Client
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.common import heartbeating
+from activities.mcpclient import RefusedAnswer, platform_mcp_client
 from activities.records import InstanceRecord
 from activities.runtime import from_record
 from core.models import Deployment
@@ -66,7 +67,7 @@ class HealthResult:
 async def probe_mcp(url: str, *, timeout: float = 15.0) -> HealthResult:
     """One MCP conversation: handshake, then list tools (required), prompts and resources (optional)."""
     with anyio.fail_after(timeout):
-        async with Client(url, mode="auto", cache=None) as client:
+        async with platform_mcp_client(url) as client:
             tools = await client.list_tools()
             caps = client.server_capabilities
             prompts: list[dict[str, Any]] = []
@@ -147,10 +148,13 @@ class HealthActivities:
                     non_retryable=True,
                 )
             try:
-                # One probe may wait up to 15 s for a slow server: heartbeat through it, so the heartbeat
-                # timeout tells a lost worker from a server that takes its time.
+                # An attempt that reached the server waits for its answer until the deadline: giving up
+                # sooner and asking again would open another session, which starts another server process
+                # beside the one still starting (on a loaded host, they then starve each other). Attempts
+                # that find nobody listening end at once and are repeated. Heartbeat through the wait, so
+                # the heartbeat timeout tells a lost worker from a server that takes its time.
                 result = await heartbeating(
-                    probe_mcp(instance.url, timeout=min(15.0, max(1.0, deadline - time.monotonic()))),
+                    probe_mcp(instance.url, timeout=max(1.0, deadline - time.monotonic())),
                     f"attempt {attempts}: waiting for an MCP answer",
                 )
                 result.attempts = attempts
@@ -163,7 +167,10 @@ class HealthActivities:
                 return await self._store(instance.deployment_id, result) if data.store else result
             except ApplicationError:
                 raise
-            except Exception as exc:  # any failure to speak MCP is "not healthy yet"
+            except RefusedAnswer as exc:
+                # The server's own doing, not its start-up: asking again gets the same answer.
+                raise ApplicationError(str(exc), type="unhealthy", non_retryable=True) from None
+            except Exception as exc:  # any other failure to speak MCP is "not healthy yet"
                 last_error = _describe(exc)
             activity.heartbeat(f"attempt {attempts}: {last_error[:200]}")
             # Servers usually answer within a few seconds of starting: look often at first, then back off.
