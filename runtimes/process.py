@@ -127,6 +127,7 @@ class ProcessExecutor:
             d.mkdir(parents=True, exist_ok=True)
         for d in (self.plans_dir, self.records_dir, self.logs_dir):
             os.chmod(d, 0o700)
+        self.seccomp_program = sandbox.write_seccomp_program(self.plans_dir / "seccomp.bpf") if self.sandboxed else None
 
     @property
     def sandboxed(self) -> bool:
@@ -209,6 +210,7 @@ class ProcessExecutor:
                 hidden=list(self.hidden),
                 chdir=str(cwd),
                 pids=1024,
+                seccomp_program=self.seccomp_program,
             )
             plan_path = self.plans_dir / f"{install_id}.json"
             plan.write(plan_path)
@@ -518,6 +520,7 @@ class ProcessExecutor:
             memory_mib=resources.memory_mib if resources else None,
             cpu=resources.cpu if resources else None,
             pids=resources.pids if resources else None,
+            seccomp_program=self.seccomp_program,
         )
 
     @staticmethod

@@ -35,8 +35,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from runtimes import seccomp
-
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CGROUP_GROUP = "mcphost"
 HOME = "/home/mcp"
@@ -108,6 +106,9 @@ class SandboxPlan:
     # [host port, port inside]: an inbound TCP forward from the host's loopback (servers that speak HTTP)
     forward: list[int] | None = None
     api_socket: str | None = None
+    # The seccomp filter as a BPF program the platform wrote (so the launcher, resident for a session's
+    # life, need not load libseccomp itself); made here when absent.
+    seccomp_program: str | None = None
 
     def write(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")
@@ -137,11 +138,34 @@ class SandboxSupport:
         return "the process sandbox cannot be set up on this worker host: missing " + "; ".join(self.missing)
 
 
+def _seccomp_descriptor(plan: SandboxPlan) -> int:
+    if plan.seccomp_program:
+        return os.open(plan.seccomp_program, os.O_RDONLY)
+    from runtimes import seccomp
+
+    return seccomp.descriptor()
+
+
+def write_seccomp_program(path: Path) -> str:
+    """The seccomp filter's BPF program in a file of the platform's own, for plans to name."""
+    from runtimes import seccomp
+
+    program = seccomp.program()
+    if not path.exists() or path.read_bytes() != program:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(program)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    return str(path)
+
+
 def probe() -> SandboxSupport:
     missing = []
     for tool, package in (("bwrap", "bubblewrap"), ("slirp4netns", "slirp4netns"), ("setpriv", "util-linux")):
         if shutil.which(tool) is None:
             missing.append(f"{tool} (apt-get install {package})")
+    from runtimes import seccomp
+
     if not seccomp.available():
         missing.append("libseccomp (apt-get install libseccomp2)")
     if os.geteuid() != 0:
@@ -447,7 +471,7 @@ def _start(
     ready_r, ready_w = os.pipe()
     go_r, go_w = os.pipe()
     env_fd = env_descriptor(server_env) if server_env is not None else None
-    seccomp_fd = seccomp.descriptor()
+    seccomp_fd = _seccomp_descriptor(plan)
     inherited = (info_w, ready_w, go_r, seccomp_fd) if env_fd is None else (info_w, ready_w, go_r, seccomp_fd, env_fd)
     proc = subprocess.Popen(
         bwrap_argv(plan, info_w, ready_w, go_r, env_fd, seccomp_fd),

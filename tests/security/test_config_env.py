@@ -145,3 +145,22 @@ async def test_a_servers_env_does_not_decide_what_its_sandbox_shows(stack: Stack
 
 def test_control_a_sandbox_planned_from_a_servers_env_would_show_the_state_directory(tmp_path: Path) -> None:
     assert str(tmp_path) in sandbox.exposed_paths({"SSL_CERT_DIR": str(tmp_path)})
+
+
+async def test_a_servers_args_are_never_read_by_a_shell(stack: Stack, tenant: Any, markers: Path) -> None:
+    """Args, the channel: what a tenant puts in its server's arguments reaches that server's argv as it is."""
+    marker = markers / "args"
+    args = ["--local-timezone", f"UTC; id > {marker}", f"$(id > {marker})", f"`id > {marker}`"]
+    server = (
+        await tenant.post("/api/servers", json={"name": f"a-{uuid.uuid4().hex[:6]}", "source": {**TIME, "args": args}})
+    ).json()
+    await deploy(tenant, server["id"])  # the server may well refuse such a time zone: that is its own affair
+    assert not marker.exists(), marker.read_text()
+    assert (await tenant.delete(f"/api/servers/{server['id']}")).status_code == 202
+
+
+def test_control_the_same_args_given_to_a_shell_run_its_commands(markers: Path) -> None:
+    marker = markers / "args"
+    args = ["--local-timezone", f"UTC; id > {marker}"]
+    subprocess.run(["/bin/sh", "-c", "mcp-server-time " + " ".join(args)], capture_output=True, check=False)
+    assert "uid=" in marker.read_text()
