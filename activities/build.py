@@ -25,7 +25,8 @@ from temporalio.exceptions import ApplicationError
 from activities.common import as_application_error, heartbeating, open_env
 from activities.telemetry import EventWriter
 from builds import git, recipes, wheels
-from builds.images import LABEL_BUILD_KEY, ImageBuilder, emulation_missing
+from builds.dockerfile import name_problem, network_refusals
+from builds.images import LABEL_BUILD_KEY, BuildFailed, ImageBuilder, emulation_missing
 from core.gitpolicy import GitUrlRejected, check_git_url_resolves_public
 from core.models import BuildArtifactPlatform, BuildArtifactRun, Deployment, Server
 from core.settings import Settings
@@ -349,6 +350,15 @@ class BuildActivities:
     ) -> tuple[str, dict[str, Any]]:
         settings = self.settings
         server_id = str(server.id)
+        isolated = settings.build_network_isolation == "required"
+        if isolated:
+            problem = await self.builder.isolation_problem()
+            if problem:
+                raise BuildFailed(
+                    "git builds run tenant Dockerfiles on a network that reaches the internet but not the build "
+                    f"host or its private networks, which {problem}. Set BUILD_NETWORK_ISOLATION=off only where "
+                    "every tenant is trusted: builds then reach whatever the engine's default network reaches"
+                )
         async with git.workspace() as work:
             repo = work / "repo"
             repo.mkdir()
@@ -383,6 +393,14 @@ class BuildActivities:
                 )
             if recipe.generated is not None:
                 (context / recipe.dockerfile).write_text(recipe.generated)
+            unreadable = name_problem(recipe.dockerfile)
+            if unreadable:
+                raise BuildFailed(f"{recipe.dockerfile} cannot be built: {unreadable}")
+            refused = network_refusals((context / recipe.dockerfile).read_text(errors="replace"))
+            if refused:
+                raise BuildFailed(
+                    f"{recipe.dockerfile} cannot be built: " + "; ".join(str(refusal) for refusal in refused[:5])
+                )
             if recipe.python_requirements:
                 fetch = wheels.fetch(
                     context / recipes.WHEELS_DIR,
@@ -395,7 +413,12 @@ class BuildActivities:
             await self.events.logs(
                 server_id,
                 request.deployment_id,
-                [f"build {request.platform}: {recipe.kind} recipe at {revision[:12]}, port {recipe.port}"],
+                [
+                    f"build {request.platform}: {recipe.kind} recipe at {revision[:12]}, port {recipe.port}",
+                    "build network: the internet only (not the build host or its private networks)"
+                    if isolated
+                    else "build network: the engine's default (BUILD_NETWORK_ISOLATION=off)",
+                ],
             )
             labels = {
                 "io.modelcontextprotocol.server.name": recipe.name or server.slug,
@@ -415,6 +438,7 @@ class BuildActivities:
                 labels=labels,
                 cache_from=cache_from,
                 nocache=settings.registry_build_disable_cache,
+                isolated=isolated,
             )
         summary = {
             "kind": recipe.kind,

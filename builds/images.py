@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
+import json
 import platform as host_platform
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import docker
 import docker.errors
+import docker.utils
+from docker.api.build import process_dockerfile
 
+from builds.network import UNREACHABLE, BuildNetwork, BuildNetworkError, engine_params, host_problem
 from builds.registry import RegistryAuthError, RegistryError, RegistryRejected
 from runtimes.base import PermanentFailure, RuntimeFailure
 
@@ -28,6 +34,12 @@ QEMU_NAMES = {
 }
 BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
 LABEL_BUILD_KEY = "io.mcphost.build"
+# What a build's output says when a RUN step could not connect somewhere (curl, wget, pip, npm, Python).
+_CONNECT_FAILED = re.compile(
+    r"connection refused|no route to host|network is unreachable|errno 11[13]|errno 101|econnrefused|"
+    r"ehostunreach|enetunreach|failed to connect|could not connect|couldn't connect",
+    re.IGNORECASE,
+)
 
 
 class BuildFailed(PermanentFailure):
@@ -40,6 +52,10 @@ class PlatformUnsupported(PermanentFailure):
 
 class EngineUnavailable(RuntimeFailure):
     kind = "engine_unavailable"
+
+
+class BuildNetworkFailed(RuntimeFailure):
+    kind = "build_network_failed"
 
 
 T = TypeVar("T")
@@ -85,6 +101,16 @@ def emulation_missing(platform: str, binfmt_dir: Path = BINFMT_DIR) -> str | Non
         f"{qemu} (binfmt_misc handler qemu-{qemu} is missing). Install qemu-user-static and binfmt-support "
         f"on the worker host, or remove {platform} from REGISTRY_ARCH_TARGETS."
     )
+
+
+def unreachable_hint(output: list[str], attempts: list[str]) -> str:
+    """What to add to a failed isolated build's message: the destinations the build network refused, or,
+    when the output shows a connection failing, how far builds reach; nothing for other failures."""
+    if attempts:
+        return f" (the build tried to reach {', '.join(attempts[:10])}; {UNREACHABLE})"
+    if any(_CONNECT_FAILED.search(line) for line in output):
+        return f" (a connection failed; {UNREACHABLE})"
+    return ""
 
 
 def classify_push_error(message: str) -> RegistryError | RegistryRejected:
@@ -141,6 +167,32 @@ class ImageBuilder:
 
         return await asyncio.to_thread(lookup)
 
+    async def isolation_problem(self) -> str | None:
+        """Why RUN steps built through this engine cannot be put on a build network of the platform's
+        making (`builds.network`), or None when they can."""
+
+        def check() -> str | None:
+            if self.client.api.base_url != "http+docker://localhost":
+                return (
+                    "needs the engine on this worker's host, reached through its unix socket "
+                    f"(DOCKER_HOST is {self.docker_host})"
+                )
+            try:
+                version = self.client.version()
+                info = self.client.info()
+            except docker.errors.DockerException as exc:
+                raise EngineUnavailable(f"no container engine reachable for builds: {exc}") from None
+            if "Podman Engine" not in [str(c.get("Name")) for c in version.get("Components") or []]:
+                return (
+                    "needs podman's API as the engine (DOCKER_HOST is a Docker Engine, whose build API has no way to "
+                    "put RUN steps on a network of the platform's making)"
+                )
+            if any("rootless" in str(option) for option in info.get("SecurityOptions") or []):
+                return "needs podman run as root (a rootless podman cannot join the build network)"
+            return host_problem()
+
+        return await asyncio.to_thread(check)
+
     async def build(
         self,
         context: Path,
@@ -153,43 +205,51 @@ class ImageBuilder:
         nocache: bool,
         on_line: Callable[[str], None],
         stop: threading.Event,
+        isolated: bool = False,
     ) -> str:
-        """Build and return the image id; `on_line` gets build output as it comes."""
+        """Build and return the image id; `on_line` gets build output as it comes. `isolated`: RUN steps
+        run on a build network of their own (`builds.network`), which needs podman run as root here."""
 
         def run() -> str:
             image_id: str | None = None
+            tail: collections.deque[str] = collections.deque(maxlen=40)
             try:
-                # The host's own platform is the engine's default; naming it anyway makes podman
-                # resolve the base image again for that platform (about 0.3 s per build).
-                native = platform == f"linux/{host_arch()}"
-                stream = self.client.api.build(
-                    path=str(context),
-                    dockerfile=dockerfile,
-                    tag=tag,
-                    labels=labels,
-                    platform=None if native else platform,
-                    nocache=nocache,
-                    cache_from=cache_from or None,
-                    rm=True,
-                    forcerm=True,
-                    pull=False,
-                    decode=True,
-                )
-                for chunk in stream:
-                    if stop.is_set():
-                        raise BuildFailed("build cancelled")
-                    if not isinstance(chunk, dict):
-                        continue
-                    if chunk.get("error"):
-                        raise BuildFailed(f"image build failed: {str(chunk['error']).strip()[:2000]}")
-                    text = chunk.get("stream") or chunk.get("status")
-                    if text:
-                        for line in str(text).splitlines():
-                            if line.strip():
-                                on_line(line.rstrip())
-                    aux = chunk.get("aux")
-                    if isinstance(aux, dict) and aux.get("ID"):
-                        image_id = str(aux["ID"])
+                with contextlib.ExitStack() as scope:
+                    net = scope.enter_context(BuildNetwork()) if isolated else None
+                    # The host's own platform is the engine's default; naming it anyway makes podman
+                    # resolve the base image again for that platform (about 0.3 s per build).
+                    native = platform == f"linux/{host_arch()}"
+                    stream = self._stream(
+                        context,
+                        dockerfile,
+                        tag=tag,
+                        labels=labels,
+                        platform=None if native else platform,
+                        nocache=nocache,
+                        cache_from=cache_from,
+                        network=net,
+                    )
+                    for chunk in stream:
+                        if stop.is_set():
+                            raise BuildFailed("build cancelled")
+                        if not isinstance(chunk, dict):
+                            continue
+                        if chunk.get("error"):
+                            hint = unreachable_hint(list(tail), net.blocked_attempts()) if net else ""
+                            raise BuildFailed(f"image build failed: {str(chunk['error']).strip()[:2000]}{hint}")
+                        text = chunk.get("stream") or chunk.get("status")
+                        if text:
+                            for line in str(text).splitlines():
+                                if line.strip():
+                                    tail.append(line)
+                                    on_line(line.rstrip())
+                        aux = chunk.get("aux")
+                        if isinstance(aux, dict) and aux.get("ID"):
+                            image_id = str(aux["ID"])
+            except BuildNetworkError as exc:
+                if exc.permanent:
+                    raise BuildFailed(exc.message) from None
+                raise BuildNetworkFailed(exc.message) from None
             except docker.errors.APIError as exc:
                 raise BuildFailed(f"image build failed: {exc.explanation or exc}") from None
             except docker.errors.DockerException as exc:
@@ -200,6 +260,68 @@ class ImageBuilder:
                 raise BuildFailed("the build finished without producing an image") from None
 
         return await _until_thread_ends(run, stop)
+
+    def _stream(
+        self,
+        context: Path,
+        dockerfile: str,
+        *,
+        tag: str,
+        labels: dict[str, str],
+        platform: str | None,
+        nocache: bool,
+        cache_from: list[str],
+        network: BuildNetwork | None,
+    ) -> Iterator[Any]:
+        api = self.client.api
+        if network is None:
+            return iter(
+                api.build(
+                    path=str(context),
+                    dockerfile=dockerfile,
+                    tag=tag,
+                    labels=labels,
+                    platform=platform,
+                    nocache=nocache,
+                    cache_from=cache_from or None,
+                    rm=True,
+                    forcerm=True,
+                    pull=False,
+                    decode=True,
+                )
+            )
+        # The SDK's build has no parameter for the namespace RUN steps join: the same request as its
+        # build (context with .dockerignore applied, parameters, registry auth), plus podman's nsoptions.
+        client: Any = api
+        named = process_dockerfile(dockerfile, str(context))
+        params: dict[str, Any] = {
+            "t": tag,
+            "q": False,
+            "nocache": nocache,
+            "rm": True,
+            "forcerm": True,
+            "pull": False,
+            "dockerfile": named[0],
+            "labels": json.dumps(labels),
+            **engine_params(network.path),
+        }
+        if cache_from:
+            params["cachefrom"] = json.dumps(cache_from)
+        if platform:
+            params["platform"] = platform
+        ignore = context / ".dockerignore"
+        exclude = None
+        if ignore.is_file():
+            lines = (line.strip() for line in ignore.read_text(errors="replace").splitlines())
+            exclude = [line for line in lines if line and not line.startswith("#")]
+        headers = {"Content-Type": "application/tar"}
+        client._set_auth_headers(headers)
+        archive = docker.utils.tar(context, exclude=exclude, dockerfile=named, gzip=False)
+        try:
+            response = client._post(client._url("/build"), data=archive, params=params, headers=headers, stream=True)
+        finally:
+            archive.close()
+        return iter(client._stream_helper(response, decode=True))
 
     async def push(self, repository: str, tag: str, auth_config: dict[str, str] | None) -> None:
         """Push `repository:tag` through the engine (it reads layers from its own storage, compresses
