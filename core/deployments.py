@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import Conflict, InvalidInput
+from core.isolation import isolation_refusal
 from core.models import Deployment, Server
 from core.settings import IMPLEMENTED_RUNTIMES
 from core.sources import default_runtime_for, parse_source, runtime_refusal
@@ -51,7 +52,7 @@ def current_spec(
     runtime = server.runtime or default_runtime_for(parsed, container_runtime)
     if runtime not in IMPLEMENTED_RUNTIMES:
         raise InvalidInput(f"a {parsed.type} source cannot run on the {runtime} runtime; change the server's runtime")
-    refusal = runtime_refusal(runtime, parsed)
+    refusal = runtime_refusal(runtime, parsed) or isolation_refusal(server.isolation, runtime)
     if refusal is not None:
         raise InvalidInput(refusal)
     return {"source": copy.deepcopy(raw), "env": server.env or {}}, runtime

@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("MCPHOST_TEST_CACHE", Path.home() / ".cache" / "mcphost-test"))
 IN_CI = os.environ.get("CI", "").lower() == "true"
 BASE_IMAGE = "localhost/mcphost-test-base:bookworm"
+RUNSC = Path("/usr/bin/runsc")
 ECHO_IMAGE = "localhost/mcphost-test-echo:2"
 
 
@@ -185,15 +186,33 @@ async def drop_database(admin_url: str, name: str) -> None:
 # ---- podman (Docker Engine API) ---------------------------------------------------------------------
 
 
+def _gvisor_runtime(workdir: Path) -> str:
+    """containers.conf's entry for gVisor as runtime `runsc`, when it is installed. runsc's own networking
+    refuses a network namespace podman made; `--network=host` makes it use that namespace's stack, and
+    podman's runtime table takes paths only, hence a script."""
+    if not RUNSC.exists():
+        return ""
+    wrapper = workdir / "runsc-netns"
+    wrapper.write_text(f'#!/bin/sh\nexec {RUNSC} --network=host "$@"\n')
+    wrapper.chmod(0o755)
+    return f'[engine.runtimes]\nrunsc = ["{wrapper}"]\n'
+
+
 class Podman:
-    """A podman API service of the tests' own, configured to work on these machines (runc, no ulimits)."""
+    """A podman API service of the tests' own, configured to work on these machines (runc, no ulimits),
+    with gVisor registered as runtime `runsc` where it is installed."""
 
     def __init__(self, workdir: Path, insecure_registries: list[str] | None = None) -> None:
         self.workdir = workdir
         self.socket = workdir / "podman.sock"
+        self.gvisor_socket = workdir / "podman-gvisor.sock"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.gvisor_proc: subprocess.Popen[bytes] | None = None
         conf = workdir / "containers.conf"
-        conf.write_text('[containers]\ndefault_ulimits = []\npids_limit = 0\n[engine]\nruntime = "runc"\n')
+        conf.write_text(
+            '[containers]\ndefault_ulimits = []\npids_limit = 0\n[engine]\nruntime = "runc"\n'
+            + _gvisor_runtime(workdir)
+        )
         registries = workdir / "registries.conf"
         # Plain-HTTP registries on loopback (the tests' own registry and the fault proxy in front of it).
         insecure = "".join(
@@ -208,9 +227,17 @@ class Podman:
     def url(self) -> str:
         return f"unix://{self.socket}"
 
+    @property
+    def gvisor_url(self) -> str:
+        return f"unix://{self.gvisor_socket}"
+
     @staticmethod
     def available() -> bool:
         return shutil.which("podman") is not None and shutil.which("runc") is not None
+
+    @staticmethod
+    def gvisor_available() -> bool:
+        return RUNSC.exists()
 
     def _platform_containers(self) -> set[str]:
         listed = self.podman("ps", "-aq", "--no-trunc", "--filter", "label=io.mcphost.server", check=False)
@@ -224,9 +251,20 @@ class Podman:
         # Containers the platform made before this run (a developer's own) are left alone at the end.
         self._preexisting = self._platform_containers()
         self._preexisting_networks = self._platform_networks()
-        log = open(self.workdir / "podman.log", "wb")
-        self.proc = subprocess.Popen(
-            ["podman", "system", "service", "--time=0", self.url],
+        self.proc = self._serve([], self.socket, "podman.log")
+
+    def start_gvisor(self) -> str:
+        """A second API service of the same engine (storage, networks, runtimes), whose default runtime is
+        gVisor: podman's API service runs every container on its own default runtime. Started on first use."""
+        if self.gvisor_proc is None:
+            self.gvisor_proc = self._serve(["--runtime", "runsc"], self.gvisor_socket, "podman-gvisor.log")
+        return self.gvisor_url
+
+    def _serve(self, options: list[str], socket: Path, log_name: str) -> subprocess.Popen[bytes]:
+        url = f"unix://{socket}"
+        log = open(self.workdir / log_name, "wb")
+        proc = subprocess.Popen(
+            ["podman", *options, "system", "service", "--time=0", url],
             env=self.env,
             # conmon leaves an `oom` marker in the service's working directory, not in the repository.
             cwd=self.workdir,
@@ -236,16 +274,17 @@ class Podman:
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            if self.socket.exists():
+            if socket.exists():
                 import docker
 
                 try:
-                    if docker.DockerClient(base_url=self.url).ping():
-                        return
+                    if docker.DockerClient(base_url=url).ping():
+                        return proc
                 except Exception:
                     pass
             time.sleep(0.2)
-        raise RuntimeError(f"podman service did not start; see {self.workdir / 'podman.log'}")
+        terminate(proc)
+        raise RuntimeError(f"podman service did not start; see {self.workdir / log_name}")
 
     def stop(self) -> None:
         # Containers outlive the API service; the ones this run deployed go with it.
@@ -256,12 +295,8 @@ class Podman:
         networks = self._platform_networks() - self._preexisting_networks
         if networks:
             self.podman("network", "rm", *sorted(networks), check=False)
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        for proc in (self.gvisor_proc, self.proc):
+            terminate(proc, timeout=15)
 
     def podman(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["podman", *args], env=self.env, capture_output=True, text=True, check=check)
