@@ -20,6 +20,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from core.security_setup import setup_token_notice
 from core.settings import child_environment
 from core.temporal import dev_server_search_attribute_args
 
@@ -66,6 +67,71 @@ class Stack:
     def stop(self) -> None:
         for child in reversed(self.children):
             child.stop()
+
+
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Bindings:
+    """Where what `mcphost up` starts listens. Only the API (with the gateway) follows BIND_ADDRESS: Temporal's
+    dev server and its UI have no authentication (the UI can cancel and terminate workflows), and the
+    embedded Postgres listens on a unix socket only."""
+
+    api: str
+    temporal: str = LOOPBACK
+    temporal_ui: str = LOOPBACK
+
+    @property
+    def api_probe(self) -> str:
+        """The address to reach the API at from this machine."""
+        return {"0.0.0.0": LOOPBACK, "::": "::1", "localhost": LOOPBACK}.get(self.api, self.api)
+
+    @property
+    def exposed(self) -> bool:
+        return self.api not in (LOOPBACK, "::1", "localhost")
+
+    def describe(self, *, temporal: bool, postgres: bool) -> str:
+        """What is reachable from where, in one line, for the operator to read at start."""
+        local = ["Temporal", "Temporal UI"] if temporal else []
+        socket_note = "; embedded Postgres on a unix socket only" if postgres else ""
+        if not self.exposed:
+            names = ", ".join(["API", "gateway", *local])
+            here = LOOPBACK if self.api == LOOPBACK else "loopback"
+            return f"Listening on {here} only ({names}){socket_note}; set BIND_ADDRESS=0.0.0.0 to expose the API"
+        where = "every interface" if self.api in ("0.0.0.0", "::") else self.api
+        note = f"API and gateway listening on {where} (BIND_ADDRESS={self.api})"
+        if local:
+            note += f"; {' and '.join(local)} on {LOOPBACK} only"
+        return note + socket_note
+
+
+def bindings(bind_address: str | None) -> Bindings:
+    return Bindings(api=(bind_address or "").strip() or LOOPBACK)
+
+
+def temporal_command(
+    binary: str, state_dir: Path, where: Bindings, temporal_port: int, ui_port: int, search_attributes: list[str]
+) -> list[str]:
+    return [
+        binary,
+        "server",
+        "start-dev",
+        "--db-filename",
+        str(state_dir / "temporal.db"),
+        "--ip",
+        where.temporal,
+        "--port",
+        str(temporal_port),
+        # Named, not left to default to --ip: the UI must stay where it is even if that default changes.
+        "--ui-ip",
+        where.temporal_ui,
+        "--ui-port",
+        str(ui_port),
+        "--log-level",
+        "warn",
+        *search_attributes,
+    ]
 
 
 def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> bool:
@@ -153,8 +219,10 @@ def run_stack(
     logs.mkdir(exist_ok=True)
     env = dict(os.environ)
     env.setdefault("STATE_DIR", str(state_dir))
-    env.setdefault("BIND_ADDRESS", bind_address)
-    env.setdefault("BIND_PORT", str(bind_port))
+    where = bindings(bind_address)
+    # The options already read BIND_ADDRESS and BIND_PORT; an option given on the command line wins.
+    env["BIND_ADDRESS"] = where.api
+    env["BIND_PORT"] = str(bind_port)
     if not env.get("JWT_SECRET"):
         env["JWT_SECRET"] = ensure_secret(state_dir, "jwt_secret")
     if not env.get("SECRETS_KEY"):
@@ -171,41 +239,29 @@ def run_stack(
             console.print(f"Temporal: using {env['TEMPORAL_ADDRESS']}")
             ui_url = None
         else:
-            if port_in_use("127.0.0.1", temporal_port):
+            if port_in_use(where.temporal, temporal_port):
                 console.print(f"[red]port {temporal_port} is taken; stop what uses it or pass --temporal-port[/]")
                 return 1
             temporal = Child(
                 "temporal",
-                [
-                    temporal_binary(),
-                    "server",
-                    "start-dev",
-                    "--db-filename",
-                    str(state_dir / "temporal.db"),
-                    "--ip",
-                    "127.0.0.1",
-                    "--port",
-                    str(temporal_port),
-                    "--ui-port",
-                    str(ui_port),
-                    "--log-level",
-                    "warn",
-                    *dev_server_search_attribute_args(),
-                ],
+                temporal_command(
+                    temporal_binary(), state_dir, where, temporal_port, ui_port, dev_server_search_attribute_args()
+                ),
                 child_environment(env),
                 logs / "temporal.log",
                 critical=True,
             )
             temporal.start()
             stack.children.append(temporal)
-            if not wait_for_port("127.0.0.1", temporal_port, 60, temporal.proc):
+            if not wait_for_port(where.temporal, temporal_port, 60, temporal.proc):
                 console.print(f"[red]Temporal dev server did not start; see {temporal.log_path}[/]")
                 return 1
-            env["TEMPORAL_ADDRESS"] = f"127.0.0.1:{temporal_port}"
-            ui_url = f"http://127.0.0.1:{ui_port}"
+            env["TEMPORAL_ADDRESS"] = f"{where.temporal}:{temporal_port}"
+            ui_url = f"http://{where.temporal_ui}:{ui_port}"
 
         # Postgres
-        if env.get("DATABASE_URL"):
+        embedded_pg = not env.get("DATABASE_URL")
+        if not embedded_pg:
             console.print("Postgres: using DATABASE_URL")
         else:
             console.print("Postgres: starting the embedded server ...")
@@ -251,11 +307,12 @@ def run_stack(
         for child in (api, worker):
             child.start()
             stack.children.append(child)
-        if not wait_for_port("127.0.0.1", bind_port, 60, api.proc):
+        if not wait_for_port(where.api_probe, bind_port, 60, api.proc):
             console.print(f"[red]the API did not start; see {api.log_path}[/]")
             return 1
 
-        base = f"http://127.0.0.1:{bind_port}"
+        host = f"[{where.api_probe}]" if ":" in where.api_probe else where.api_probe
+        base = f"http://{host}:{bind_port}"
         console.print("\n[bold green]MCP Host is running[/]")
         console.print(f"  API            {base}/api")
         console.print(f"  API docs       {base}/docs")
@@ -263,6 +320,9 @@ def run_stack(
         if ui_url:
             console.print(f"  Temporal UI    {ui_url}")
         console.print(f"  State & logs   {state_dir}")
+        if notice := setup_token_notice(state_dir):
+            console.print(notice, style="bold yellow", markup=False)
+        console.print(where.describe(temporal=ui_url is not None, postgres=embedded_pg))
         console.print("Press Ctrl-C to stop.\n")
 
         while True:

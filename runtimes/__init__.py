@@ -51,7 +51,14 @@ def build_executors(settings: Settings, auth_for: AuthLookup | None = None) -> d
             bridge_max_sessions=settings.bridge_max_sessions,
             bridge_idle_seconds=settings.bridge_idle_timeout_seconds,
         )
-        executors["docker"] = DockerExecutor(settings.docker_host, auth_for=auth_for, packages=packages)
+        executors["docker"] = DockerExecutor(
+            settings.docker_host,
+            auth_for=auth_for,
+            packages=packages,
+            registry=settings.registry,
+            gvisor_runtime=settings.container_gvisor_runtime,
+            gvisor_base_url=settings.container_gvisor_docker_host,
+        )
     if settings.kubernetes_enabled:
         from runtimes.kubernetes import KubernetesExecutor
 
@@ -61,6 +68,7 @@ def build_executors(settings: Settings, auth_for: AuthLookup | None = None) -> d
             context=settings.k8s_context,
             service_account=settings.k8s_service_account,
             registry_secret=settings.k8s_registry_secret_name,
+            registry=settings.registry,
             dockerconfig=settings.registry_auth_dockerconfig,
             access=settings.k8s_access,
             data_size=settings.k8s_data_size,

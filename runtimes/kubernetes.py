@@ -13,9 +13,11 @@ How the gateway reaches a revision (K8S_ACCESS): `service`, the Service's cluste
 platform runs in the cluster); or `pod`, the pod's IP (the platform runs on the cluster network but
 without its DNS). The platform does not port-forward.
 
-Registry pull credentials: pods name the `kubernetes.io/dockerconfigjson` Secret K8S_REGISTRY_SECRET_NAME,
-which the runtime writes from REGISTRY_AUTH_DOCKERCONFIG before each launch and again after every
-credential refresh.
+Registry pull credentials: a pod of the platform's build of its own server (in REGISTRY's namespace)
+names the `kubernetes.io/dockerconfigjson` Secret K8S_REGISTRY_SECRET_NAME, which the runtime writes from
+REGISTRY_AUTH_DOCKERCONFIG before each launch and again after every credential refresh. No other pod
+names it: an image a server's source names is pulled with the cluster's own means, and an image of the
+platform's namespace that is not the server's own build is refused.
 
 The kubernetes client is synchronous: every call runs in a thread.
 """
@@ -28,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from core.tenancy import image_refusal, is_build_of
 from runtimes.base import (
     ImageNotFound,
     Instance,
@@ -68,6 +71,7 @@ class KubernetesExecutor:
         context: str | None = None,
         service_account: str = "default",
         registry_secret: str | None = None,
+        registry: str | None = None,
         dockerconfig: Path | None = None,
         access: str = "service",
         data_size: str = "1Gi",
@@ -79,6 +83,7 @@ class KubernetesExecutor:
         self.context = context
         self.service_account = service_account
         self.registry_secret = registry_secret
+        self.registry = registry
         self.dockerconfig = dockerconfig
         self.access = access
         self.data_size = data_size
@@ -143,8 +148,7 @@ class KubernetesExecutor:
 
     # ---- the executor protocol -----------------------------------------------------------------------
 
-    @staticmethod
-    def _image(spec: LaunchSpec) -> tuple[str, int, str]:
+    def _image(self, spec: LaunchSpec) -> tuple[str, int, str]:
         from core.sources import ImageSource
 
         if not isinstance(spec.source, ImageSource):
@@ -152,7 +156,21 @@ class KubernetesExecutor:
                 "the kubernetes runtime runs image and git sources (built and pushed to REGISTRY); "
                 f"a {spec.source.type} source runs on the process or docker runtime"
             )
+        refusal = image_refusal(spec.source.image, self.registry, spec.server_id, spec.image_builder)
+        if refusal is not None:
+            raise PermanentFailure(refusal)
         return spec.source.image, spec.source.port, spec.source.path
+
+    def _pull_secrets(self, spec: LaunchSpec, image: str) -> list[Any] | None:
+        """The pull Secret, for a pod of the platform's own pushed build of this server only: the platform's
+        registry credentials must not pull anything a server's source names."""
+        from kubernetes import client
+
+        if not self.registry_secret:
+            return None
+        if not is_build_of(image, self.registry, (spec.server_id, spec.image_builder), pushed=True):
+            return None
+        return [client.V1LocalObjectReference(name=self.registry_secret)]
 
     async def prepare(self, spec: LaunchSpec) -> str:
         image, _, _ = self._image(spec)
@@ -236,9 +254,7 @@ class KubernetesExecutor:
             enable_service_links=False,
             security_context=client.V1PodSecurityContext(fs_group=uid),
             readiness_gates=[client.V1PodReadinessGate(condition_type=READY_GATE)],
-            image_pull_secrets=[client.V1LocalObjectReference(name=self.registry_secret)]
-            if self.registry_secret
-            else None,
+            image_pull_secrets=self._pull_secrets(spec, image),
             volumes=[
                 client.V1Volume(
                     name="data",

@@ -2,8 +2,9 @@
 
 A revision is a domain `mcp-<deployment id>` defined from a template (memory and vCPUs from settings),
 attached to `VM_NETWORK` with a DHCP reservation the platform makes (so the guest's address is known
-before it boots), and given its workload (image, port, path, config env and secrets) as a read-only
-directory (`<filesystem>` tag `mcphost-workload`) that only that guest sees. The guest OS (`VM_BASE_IMAGE`,
+before it boots; libvirt's `clean-traffic` filter holds the guest to it and its MAC), and given its
+workload (image, port, path, config env and secrets) as a read-only directory (`<filesystem>` tag
+`mcphost-workload`) that only that guest sees. The guest OS (`VM_BASE_IMAGE`,
 booted with a throw-away overlay) runs the workload's image and an attestation agent that answers
 `GET http://<guest>:<VM_ATTESTATION_PORT>/attestation?nonce=<n>` with a signed quote (core.attestation).
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import ipaddress
 import json
 import logging
@@ -100,6 +102,37 @@ def render(template: str, values: dict[str, str]) -> str:
         return string.Template(template).substitute(safe)
     except (KeyError, ValueError) as exc:
         raise PermanentFailure(f"VM_DOMAIN_TEMPLATE has an unknown or broken placeholder: {exc}") from None
+
+
+# libvirt's filter (nwfilter) that holds a guest to its own MAC and IP addresses: no spoofed ARP, IP or MAC
+# traffic, so one guest cannot take another's address (and the gateway's traffic meant for it).
+TRAFFIC_FILTER = "clean-traffic"
+_FILTERED_INTERFACES = ("network", "bridge", "ethernet")
+
+
+def with_traffic_filter(xml: str, network: str, address: str | None) -> str:
+    """The domain XML with `clean-traffic` on every interface that names no filter of its own, pinned to the
+    guest's reserved address on `network` (so the filter need not learn it from the guest's first packet)."""
+    try:
+        # Written back with the template's own namespace prefixes (the metadata's among them).
+        for _event, (prefix, uri) in ET.iterparse(io.StringIO(xml), events=("start-ns",)):
+            try:
+                ET.register_namespace(prefix, uri)
+            except ValueError:  # a prefix ElementTree keeps for itself; it names its own
+                pass
+        root = ET.fromstring(xml)
+    except ET.ParseError as exc:
+        raise PermanentFailure(f"VM_DOMAIN_TEMPLATE does not give well-formed XML: {exc}") from None
+    changed = False
+    for interface in root.iter("interface"):
+        if interface.get("type") not in _FILTERED_INTERFACES or interface.find("filterref") is not None:
+            continue
+        ref = ET.SubElement(interface, "filterref", {"filter": TRAFFIC_FILTER})
+        source = interface.find("source")
+        if address and interface.get("type") == "network" and source is not None and source.get("network") == network:
+            ET.SubElement(ref, "parameter", {"name": "IP", "value": address})
+        changed = True
+    return ET.tostring(root, encoding="unicode") if changed else xml
 
 
 def metadata_element(spec: LaunchSpec, port: int, path: str) -> str:
@@ -372,7 +405,7 @@ class VirtualMachineExecutor:
         domain = self._lookup(name)
         if domain is not None:
             return domain
-        mac, _ip = self._reserve(name, spec.deployment_id)
+        mac, ip = self._reserve(name, spec.deployment_id)
         directory = self._write_workload(name, spec, source)
         template = self.template_path.read_text() if self.template_path else DEFAULT_TEMPLATE
         xml = render(
@@ -390,7 +423,7 @@ class VirtualMachineExecutor:
                 "metadata": metadata_element(spec, source.port, source.path),
             },
         )
-        return self._connection().defineXML(xml)
+        return self._connection().defineXML(with_traffic_filter(xml, self.network, ip))
 
     def _launch(self, spec: LaunchSpec) -> Instance:
         assert isinstance(spec.source, ImageSource)

@@ -179,7 +179,8 @@ async def test_a_revision_is_a_deployment_and_service_that_answers_and_goes_clea
         assert labels[K_DEPLOYMENT] == first["id"] and labels[K_SLUG] == server["slug"]
         pod_spec = made.spec.template.spec
         assert pod_spec.service_account_name == SERVICE_ACCOUNT and pod_spec.automount_service_account_token is False
-        assert [s.name for s in pod_spec.image_pull_secrets] == [PULL_SECRET]
+        # An image the source names is no build of the platform's: the platform's pull Secret stays off it.
+        assert pod_spec.image_pull_secrets is None
         assert [g.condition_type for g in pod_spec.readiness_gates] == [READY_GATE]
         container = pod_spec.containers[0]
         assert container.image == image

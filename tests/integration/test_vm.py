@@ -318,3 +318,60 @@ async def _async(value: bool) -> bool:
 async def _events(client: httpx.AsyncClient, server_id: str, wanted: set[str]) -> bool:
     vm = (await client.get(f"/api/servers/{server_id}/vm")).json()
     return wanted <= {e["event"] for e in vm["events"]}
+
+
+async def test_a_guest_is_held_to_its_own_addresses_by_libvirts_clean_traffic_filter(tmp_path: Path) -> None:
+    require(libvirt_present(), "libvirt-python (make vm-deps; Debian: libvirt-dev and pkg-config)")
+    import xml.etree.ElementTree as ET
+
+    import libvirt
+
+    from core.sources import ImageSource
+    from runtimes.base import LaunchSpec
+    from runtimes.vm import VirtualMachineExecutor, with_traffic_filter
+    from tests.support.vmguest import define_network
+
+    conn = libvirt.open(URI)  # held open: the test hypervisor's state lives while a connection does
+    define_network(conn, NETWORK)
+    template = tmp_path / "domain.xml"
+    template.write_text(TEMPLATE)
+    executor = VirtualMachineExecutor(
+        URI,
+        network=NETWORK,
+        memory_mib=256,
+        vcpus=1,
+        workload_root=tmp_path / "vm",
+        base_image=tmp_path / "base.qcow2",
+        template=template,
+    )
+    spec = LaunchSpec(
+        server_id=str(uuid.uuid4()),
+        deployment_id=str(uuid.uuid4()),
+        slug="filtered",
+        source=ImageSource(image="ghcr.io/acme/weather-mcp:1.2"),
+    )
+    instance = await executor.launch(spec)
+    try:
+        # As libvirt holds the domain: the template's one interface carries the filter, pinned to the guest's
+        # reserved address, which is the address the gateway is given.
+        defined = ET.fromstring(conn.lookupByName(instance.ref).XMLDesc())
+        interfaces = defined.findall("./devices/interface")
+        assert len(interfaces) == 1
+        ref = interfaces[0].find("filterref")
+        assert ref is not None and ref.get("filter") == "clean-traffic"
+        parameters = {p.get("name"): p.get("value") for p in ref.findall("parameter")}
+        assert parameters == {"IP": reservations()[instance.ref][1]}
+        assert httpx.URL(instance.url).host == parameters["IP"]
+    finally:
+        await executor.remove(instance)
+        await executor.close()
+        conn.close()
+
+    # A template that names a filter of its own keeps it; one with no interface to filter is left alone.
+    own = (
+        "<domain><devices><interface type='network'><filterref filter='clean-traffic-gateway'/></interface>"
+        "</devices></domain>"
+    )
+    kept = ET.fromstring(with_traffic_filter(own, NETWORK, "127.0.1.9"))
+    assert [f.get("filter") for f in kept.iter("filterref")] == ["clean-traffic-gateway"]
+    assert with_traffic_filter("<domain><devices/></domain>", NETWORK, "127.0.1.9") == "<domain><devices/></domain>"
