@@ -3,11 +3,13 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := git podman runc docker-registry debootstrap apache2-utils bubblewrap slirp4netns libvirt-dev pkg-config
+APT_PACKAGES := git podman runc runsc docker-registry debootstrap apache2-utils bubblewrap slirp4netns libvirt-dev pkg-config
 K8S_BIN ?= $(or $(MCPHOST_TEST_CACHE),$(HOME)/.cache/mcphost-test)/kubernetes-1.20.2
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: up test lint bench install system-deps vm-deps clean
+SANDBOX_PACKAGES := bubblewrap slirp4netns
+
+.PHONY: up test lint bench install system-deps sandbox-deps vm-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +22,18 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 ## up: create .venv, install, and run the embedded platform (Temporal + UI, Postgres, API, worker)
-up: install
+up: install sandbox-deps
 	$(BIN)/mcphost up
+
+## sandbox-deps: on Debian as root, what the process runtime's sandbox needs (setpriv comes with util-linux)
+sandbox-deps:
+	@if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+	  missing=""; for p in $(SANDBOX_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing the process sandbox:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  fi; \
+	else echo "not root on Debian: not installing $(SANDBOX_PACKAGES); without them mcphost up says the sandbox is unavailable"; fi
 
 ## system-deps: on Debian as root, the container engine, registry, image tooling and Node.js (npm servers) the tests use
 system-deps:

@@ -21,7 +21,17 @@ from activities.common import as_application_error, heartbeating, open_env
 from activities.records import RETIRED, InstanceRecord
 from activities.vm import VmGuests
 from core.crypto import EnvCipher, SecretsKeyError
-from core.models import Deployment, PolicyDecision, Server, ServerLog, ServerSecret, ServerSecretEvent, User
+from core.isolation import effective_isolation, isolation_refusal
+from core.models import (
+    BuildArtifactRun,
+    Deployment,
+    PolicyDecision,
+    Server,
+    ServerLog,
+    ServerSecret,
+    ServerSecretEvent,
+    User,
+)
 from core.policy import FALLBACK_ORDER
 from core.secretstore import SecretStore, SecretStoreError
 from core.settings import Settings
@@ -169,13 +179,20 @@ class RuntimeActivities:
         if row is None:
             raise ApplicationError(f"deployment {deployment_id} no longer exists", type="gone", non_retryable=True)
         deployment, server, owner_role = row
+        runtime = deployment.runtime or "process"
+        # Checked when the deployment was opened too; the server's choice may have changed since.
+        refusal = isolation_refusal(server.isolation, runtime)
+        if refusal is not None:
+            raise ApplicationError(refusal, type="runtime_rejected", non_retryable=True)
         source = parse_source(deployment.spec["source"])
+        builder: str | None = None
         if isinstance(source, GitSource):
             # A git source runs the image its build produced (recorded by the build/push steps).
             built = deployment.spec.get("built")
             if not built:
                 raise ApplicationError("this git deployment has no built image yet", type="gone", non_retryable=True)
             source = ImageSource(image=built["image"], port=built["port"], path=built["path"])
+            builder = await self._image_builder(deployment, server)
         settings = self.settings
         env = open_env(self.cipher, deployment.spec.get("env"))
         if with_secrets:
@@ -190,8 +207,26 @@ class RuntimeActivities:
             uid=server_uid(server.id, settings.sandbox_uid_base) if settings else None,
             data_dir=server_data_dir(settings.state_dir, server.id) if settings else None,
             trusted=owner_role == "admin",
+            image_builder=builder,
+            isolation=effective_isolation(
+                server.isolation, settings.container_isolation if settings else "engine", admin=owner_role == "admin"
+            ),
         )
-        return self.executor(deployment.runtime or "process"), spec
+        return self.executor(runtime), spec
+
+    async def _image_builder(self, deployment: Deployment, server: Server) -> str | None:
+        """The server whose build the deployment's artifact is, when that server has the same owner: the
+        runtimes run a platform image only for the server that built it or, through this, a promotion
+        of its owner's."""
+        if deployment.artifact_id is None:
+            return None
+        async with self.sessionmaker() as session:
+            found = await session.scalar(
+                select(BuildArtifactRun.server_id)
+                .join(Server, Server.id == BuildArtifactRun.server_id)
+                .where(BuildArtifactRun.id == deployment.artifact_id, Server.owner_id == server.owner_id)
+            )
+        return str(found) if found is not None else None
 
     @activity.defn(name="claim_host")
     async def claim_host(self, deployment_id: str) -> HostClaim:

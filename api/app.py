@@ -43,6 +43,7 @@ from core.db import make_engine, make_sessionmaker
 from core.errors import DomainError, RateLimited
 from core.models import ServerLog, UsageMetric
 from core.ratelimit import retry_after_seconds
+from core.security_setup import ensure_setup_token
 from core.settings import Settings
 from gateway.app import metrics_response
 from gateway.asgi import WithGateway
@@ -99,6 +100,10 @@ def create_app(settings: Settings) -> WithGateway:
         assert state.server_events is not None
         await state.server_events.start()
         pruning = asyncio.create_task(prune_history(settings, sessionmaker), name="prune-history")
+        try:
+            await ensure_setup_token(settings, sessionmaker)
+        except Exception as exc:  # the database away, or not migrated yet: the next start makes the token
+            log.warning("could not check whether this installation has an administrator: %s", exc)
         try:
             await state.temporal()
         except DomainError as exc:

@@ -66,7 +66,9 @@ class AppState:
     def login_throttle(self) -> LoginThrottle:
         if self.throttle is None:
             self.throttle = LoginThrottle(
-                self.settings.login_rate_per_minute, self.settings.login_account_rate_per_minute
+                self.settings.login_rate_per_minute,
+                self.settings.login_account_rate_per_minute,
+                self.settings.login_account_ceiling,
             )
         return self.throttle
 

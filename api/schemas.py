@@ -44,6 +44,22 @@ class Credentials(BaseModel):
 class Registration(BaseModel):
     email: EmailStr
     password: str = Field(min_length=12, max_length=1024, description="At least 12 characters")
+    setup_token: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="The one-time setup token of an installation without an administrator: the account made "
+        "with it is the administrator. Made on the API's first start, logged once and kept in "
+        "<STATE_DIR>/setup-token until used.",
+    )
+
+
+class RegistrationAccepted(BaseModel):
+    detail: str = Field(
+        description="The same whether or not the email already had an account, so that registering tells "
+        "no one which emails have one: logging in is what shows the account is yours."
+    )
 
 
 class UserPublic(BaseModel):
@@ -147,6 +163,12 @@ class ServerCreate(_Resources):
         json_schema_extra={"anyOf": [{"type": "string", "enum": list(IMPLEMENTED_RUNTIMES)}, {"type": "null"}]},
     )
     use_gpu: StrictBool = Field(default=False, description="Give the server the host's GPUs (docker runtime)")
+    isolation: Literal["engine", "gvisor"] | None = Field(
+        default=None,
+        description="Docker runtime: run the server under gVisor (a user-space kernel between it and the host's) or "
+        "on the engine's default runtime. Unset: the installation's CONTAINER_ISOLATION. Only administrators may "
+        "ask for less than that (403); gvisor on another runtime is a 422",
+    )
     required_certifications: list[CertificationRequirement] = Field(
         default_factory=list,
         max_length=20,
@@ -172,6 +194,11 @@ class ServerUpdate(_Resources):
         json_schema_extra={"anyOf": [{"type": "string", "enum": list(IMPLEMENTED_RUNTIMES)}, {"type": "null"}]},
     )
     use_gpu: StrictBool | None = None
+    isolation: Literal["engine", "gvisor"] | None = Field(
+        default=None,
+        description="Replaces the server's isolation on the docker runtime (null: the installation's "
+        "CONTAINER_ISOLATION); takes effect on the next deploy",
+    )
     required_certifications: list[CertificationRequirement] | None = Field(
         default=None, max_length=20, description="Replaces what a revision must hold before it is launched"
     )
@@ -194,6 +221,9 @@ class ServerPublic(BaseModel):
     cpu_limit: float | None = None
     memory_limit: int | None = None
     use_gpu: bool = False
+    isolation: str | None = Field(
+        default=None, description="What the server asked for (engine, gvisor); null: the installation's"
+    )
     gateway: GatewayOptions = Field(default_factory=GatewayOptions)
     required_certifications: list[CertificationRequirement] = Field(default_factory=list)
     gateway_url: str
@@ -515,7 +545,8 @@ class InvocationPublic(BaseModel):
     status: int = Field(description="HTTP status the client got")
     outcome: str = Field(
         description="ok, error, timeout, client_gone, upstream_error, rate_limited, server_busy, key_busy, "
-        "too_large, response_too_large, forbidden_tool, unauthorized, not_running, session_gone"
+        "too_large, response_too_large, forbidden_tool, malformed (a body the gateway cannot read as the server "
+        "would), header_mismatch (Mcp-Method/Mcp-Name contradict the body), unauthorized, not_running, session_gone"
     )
     duration_ms: float
     request_bytes: int

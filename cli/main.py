@@ -34,7 +34,9 @@ TERMINAL = ("running", "failed", "superseded", "stopped", "cancelled", "blocked"
 @app.command()
 def up(
     state_dir: Path = typer.Option(Path(".mcphost"), envvar="STATE_DIR", help="Where data, logs and envs live"),
-    bind_address: str = typer.Option("127.0.0.1", envvar="BIND_ADDRESS", help="API listen address"),
+    bind_address: str = typer.Option(
+        "127.0.0.1", envvar="BIND_ADDRESS", help="API and gateway listen address (0.0.0.0: every interface)"
+    ),
     bind_port: int = typer.Option(3000, envvar="BIND_PORT", help="API listen port"),
     temporal_port: int = typer.Option(7233, help="Port of the embedded Temporal dev server"),
     ui_port: int = typer.Option(8233, help="Port of the Temporal Web UI"),
@@ -66,6 +68,84 @@ def migrate() -> None:
         err.print(f"[red]migration failed:[/] {exc}")
         raise typer.Exit(1) from None
     err.print("database schema is up to date")
+
+
+admin_app = typer.Typer(
+    help="Make administrators on the platform's host (reads DATABASE_URL; needs no account).", no_args_is_help=True
+)
+app.add_typer(admin_app, name="admin")
+
+
+def _read_new_password() -> str:
+    """From stdin when it is not a terminal (its first line), else a hidden prompt asked twice."""
+    import sys
+
+    if sys.stdin.isatty():
+        password: str = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = sys.stdin.readline().removesuffix("\n")
+    if not 12 <= len(password) <= 1024:
+        err.print("[red]the password must have 12 to 1024 characters[/]")
+        raise typer.Exit(2)
+    return password
+
+
+def _admin_email(email: str) -> str:
+    from pydantic import EmailStr, TypeAdapter, ValidationError
+
+    try:
+        return TypeAdapter(EmailStr).validate_python(email.strip()).lower()
+    except ValidationError:
+        err.print(f"[red]not an email address:[/] {escape(email)}")
+        raise typer.Exit(2) from None
+
+
+@admin_app.command("create")
+def admin_create(email: str = typer.Option(..., help="The new administrator's email")) -> None:
+    """Create an administrator account (the password from stdin, or a hidden prompt). Claims a new
+    installation without its setup token, which stops working."""
+    import asyncio
+
+    from core.security_setup import create_admin
+    from core.settings import load_settings_or_exit
+
+    settings = load_settings_or_exit()
+    address = _admin_email(email)
+    password = _read_new_password()
+    try:
+        created = asyncio.run(create_admin(settings, address, password))
+    except Exception as exc:
+        err.print(f"[red]cannot reach the database:[/] {exc}")
+        raise typer.Exit(1) from None
+    if not created:
+        err.print(
+            f"[red]{escape(address)} already has an account.[/] `mcphost admin promote --email {escape(address)}` "
+            "makes it an administrator as it is: whoever knows its password, or holds its sessions and tokens, "
+            "administers the installation."
+        )
+        raise typer.Exit(1)
+    console.print(f"administrator created: {escape(address)}")
+
+
+@admin_app.command("promote")
+def admin_promote(email: str = typer.Option(..., help="The email of the account to make an administrator")) -> None:
+    """Make an existing account an administrator, keeping its password, sessions and tokens."""
+    import asyncio
+
+    from core.security_setup import promote_admin
+    from core.settings import load_settings_or_exit
+
+    settings = load_settings_or_exit()
+    address = _admin_email(email)
+    try:
+        promoted = asyncio.run(promote_admin(settings, address))
+    except Exception as exc:
+        err.print(f"[red]cannot reach the database:[/] {exc}")
+        raise typer.Exit(1) from None
+    if not promoted:
+        err.print(f"[red]no account has the email {escape(address)}[/]")
+        raise typer.Exit(1)
+    console.print(f"{escape(address)} is an administrator")
 
 
 secrets_app = typer.Typer(
@@ -380,12 +460,27 @@ def register(
     email: str = typer.Option(..., prompt=True),
     password: str = typer.Option(..., prompt=True, hide_input=True, confirmation_prompt=True),
     url: str = typer.Option(None, envvar="MCPHOST_URL"),
+    setup_token_file: Path = typer.Option(
+        None,
+        "--setup-token-file",
+        exists=True,
+        dir_okay=False,
+        help="Claim a new installation as its administrator with its one-time setup token "
+        "(<STATE_DIR>/setup-token; `mcphost up` says where)",
+    ),
 ) -> None:
-    """Create an account (the first one on an installation is its administrator), then log in."""
+    """Create an account, then log in. With --setup-token-file it is the installation's administrator."""
     client = Api(url=url, token="")
-    user = client.request("POST", "/api/register", json={"email": email, "password": password})
-    console.print(f"account created: {user['email']} ({user['role']})")
+    body = {"email": email, "password": password}
+    if setup_token_file is not None:
+        body["setup_token"] = setup_token_file.read_text().strip()
+    client.request("POST", "/api/register", json=body)
+    # The answer does not say whether the email already had an account; logging in shows it is this one.
     login(email=email, password=password, url=client.url)
+    me = Api(url=client.url, token=load_config()["token"]).request("GET", "/api/me")
+    console.print(f"account: {me['email']} ({me['role']})")
+    if me["role"] != "admin" and setup_token_file is None:
+        console.print("(a new installation's administrator registers with --setup-token-file)")
 
 
 def _source_from_options(

@@ -70,6 +70,16 @@ class RevokedSession(Base):
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
 
 
+class SetupToken(Base):
+    """The one-time token that claims an installation with no administrator. Only its SHA-256 is kept: the
+    token itself is shown once, in the API's log and a 0600 file in the state directory."""
+
+    __tablename__ = "setup_tokens"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = _now_column()
+
+
 class Server(Base):
     __tablename__ = "servers"
     __table_args__ = (UniqueConstraint("owner_id", "name", name="uq_servers_owner_name"),)
@@ -98,6 +108,8 @@ class Server(Base):
     cpu_limit: Mapped[float | None] = mapped_column(Float)
     memory_limit: Mapped[int | None] = mapped_column(Integer)
     use_gpu: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    # Its isolation on the docker runtime (core.isolation): engine or gvisor; None: CONTAINER_ISOLATION.
+    isolation: Mapped[str | None] = mapped_column(String(16))
     # Gateway options of this server (timeouts, concurrency, payload tracing): see core.gateway_options.
     gateway: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
     # Certifications a revision's artifact must hold before it is launched: [{"tier", "requirement"}].

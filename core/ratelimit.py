@@ -82,10 +82,23 @@ def retry_after_seconds(wait: float) -> int:
 
 
 class LoginThrottle:
-    """The limits of login and registration: attempts per client address, failed logins per account."""
+    """The limits of login and registration: attempts per client address; failed logins per account from
+    each address; and, well above that, failed logins per account from all addresses together.
 
-    def __init__(self, per_address: int, failures_per_account: int, *, clock: Clock = time.monotonic) -> None:
+    Failures are counted per account and address so that someone guessing a password from one address
+    cannot lock its owner out of logging in from another: only the ceiling, which takes many addresses
+    to reach, shuts an account for everyone (and bounds how fast a password can be guessed at all)."""
+
+    def __init__(
+        self,
+        per_address: int,
+        failures_per_account_address: int,
+        failures_per_account: int,
+        *,
+        clock: Clock = time.monotonic,
+    ) -> None:
         self.addresses = SlidingWindowLimiter(per_address, clock=clock)
+        self.account_addresses = SlidingWindowLimiter(failures_per_account_address, clock=clock)
         self.accounts = SlidingWindowLimiter(failures_per_account, clock=clock)
 
     def attempt_from(self, address: str) -> None:
@@ -93,13 +106,24 @@ class LoginThrottle:
         if wait > 0:
             raise RateLimited("too many login or registration attempts from this address; try again later", wait)
 
-    def attempt_on(self, account: str) -> None:
-        """Count a failed login on `account` before its password is checked; `release` takes it back when
-        the login turns out not to have failed. Counting first means concurrent guesses cannot all slip in
-        under the limit while their hashes are being checked."""
+    @staticmethod
+    def _pair(account: str, address: str) -> str:
+        # No email or address holds a newline, so two different pairs never make the same key.
+        return f"{account.lower()}\n{address}"
+
+    def attempt_on(self, account: str, address: str) -> None:
+        """Count a failed login on `account` from `address` before its password is checked; `release` takes
+        it back when the login turns out not to have failed. Counting first means concurrent guesses cannot
+        all slip in under the limits while their hashes are being checked."""
+        pair = self._pair(account, address)
+        wait = self.account_addresses.hit(pair)
+        if wait > 0:
+            raise RateLimited("too many failed logins for this account from this address; try again later", wait)
         wait = self.accounts.hit(account.lower())
         if wait > 0:
+            self.account_addresses.refund(pair)
             raise RateLimited("too many failed logins for this account; try again later", wait)
 
-    def release(self, account: str) -> None:
+    def release(self, account: str, address: str) -> None:
+        self.account_addresses.refund(self._pair(account, address))
         self.accounts.refund(account.lower())

@@ -74,7 +74,11 @@ class Settings(BaseSettings):
     state_dir: Path = Field(default_factory=default_state_dir)
     health_check_timeout_seconds: float = Field(default=90.0, gt=0)
     package_install_timeout_seconds: float = Field(default=600.0, gt=0)
-    cookie_secure: bool = False
+    cookie_secure: bool = Field(
+        default=False,
+        description="Mark the session cookie Secure even when PUBLIC_URL is not https (TLS ended in front of the "
+        "API); with an https PUBLIC_URL it always is.",
+    )
 
     # Isolation of hosted servers (see the README's threat model).
     process_sandbox: Literal["required", "off"] = Field(
@@ -108,16 +112,42 @@ class Settings(BaseSettings):
     )
     files_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1, description="Largest file one upload may store.")
     files_quota_bytes: int = Field(default=100 * 1024 * 1024, ge=1, description="Total size of a server's /data.")
+    container_isolation: Literal["engine", "gvisor"] = Field(
+        default="engine",
+        description="Isolation of docker-runtime servers: engine (the engine's default runtime) or gvisor (gVisor's "
+        "user-space kernel, CONTAINER_GVISOR_RUNTIME). A server may ask for more; only administrators' for less.",
+    )
+    container_gvisor_runtime: str = Field(
+        default="runsc",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        description="The engine's name of its gVisor runtime (daemon.json `runtimes`, containers.conf "
+        "`[engine.runtimes]`).",
+    )
+    container_gvisor_docker_host: str | None = Field(
+        default=None,
+        description="Engine API endpoint gVisor containers are made through, of the same engine as DOCKER_HOST: "
+        "Podman's API service runs every container on its own default runtime, so gVisor needs a second service "
+        "(`podman --runtime runsc system service`). Unset: DOCKER_HOST, asked for the runtime per container.",
+    )
 
     # Abuse limits of the account endpoints.
     login_rate_per_minute: int = Field(default=10, ge=1, description="Login/register attempts per address a minute.")
-    login_account_rate_per_minute: int = Field(default=5, ge=1, description="Failed logins per account a minute.")
+    login_account_rate_per_minute: int = Field(
+        default=5, ge=1, description="Failed logins per account from one address a minute."
+    )
+    login_account_ceiling_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        description="Failed logins per account from all addresses together a minute; past it the account is "
+        "refused from everywhere for the rest of that minute. Unset: 10 x LOGIN_ACCOUNT_RATE_PER_MINUTE.",
+    )
 
     # The MCP gateway (/mcp/<slug>): limits, timeouts and what it keeps.
     gateway_allowed_origins: str = Field(
         default="",
         description="Browser origins (scheme://host[:port], comma-separated) allowed to call the gateway, besides "
-        "PUBLIC_URL's; a request with any other Origin is 403. Requests without Origin pass.",
+        "the platform's own (PUBLIC_URL's, and its port on loopback); a request with any other Origin is 403. "
+        "Requests without Origin pass.",
     )
     gateway_connect_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
     gateway_read_timeout_seconds: float = Field(
@@ -214,6 +244,12 @@ class Settings(BaseSettings):
     git_clone_timeout_seconds: float = Field(default=300.0, gt=0)
     git_max_repo_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)
     build_timeout_seconds: float = Field(default=1800.0, gt=0)
+    build_network_isolation: Literal["required", "off"] = Field(
+        default="required",
+        description="required: RUN steps of git builds reach the internet but not the build host, its loopback, "
+        "private or link-local networks (needs podman as root on the worker's host), and builds are refused "
+        "where that cannot be set up; off: they use the engine's default network — unsafe with several tenants.",
+    )
     build_python_image: str = "python:3.11-slim-bookworm"
     build_python_version: str = Field(
         default="3.11",
@@ -331,6 +367,17 @@ class Settings(BaseSettings):
         return value.strip().rstrip("/") if value else None
 
     @model_validator(mode="after")
+    def _login_ceiling(self) -> Settings:
+        # At or below the per-address limit, one address's failures would shut the account for everyone.
+        ceiling = self.login_account_ceiling_per_minute
+        if ceiling is not None and ceiling <= self.login_account_rate_per_minute:
+            raise ValueError(
+                "LOGIN_ACCOUNT_CEILING_PER_MINUTE must be above LOGIN_ACCOUNT_RATE_PER_MINUTE (failures from one "
+                "address), or one address could lock an account out for everyone"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _vault_pair(self) -> Settings:
         if bool(self.vault_addr) != (self.vault_token is not None):
             raise ValueError("set VAULT_ADDR and VAULT_TOKEN together (or neither: secrets are sealed in Postgres)")
@@ -407,12 +454,24 @@ class Settings(BaseSettings):
 
     @property
     def allowed_origins(self) -> frozenset[str]:
-        """Origins the gateway lets browsers call it from: GATEWAY_ALLOWED_ORIGINS and PUBLIC_URL's."""
+        """Origins the gateway lets browsers call it from: GATEWAY_ALLOWED_ORIGINS and the platform's own, its
+        base URL's (PUBLIC_URL's when set) and, when it listens on loopback or every address, its port on
+        127.0.0.1, localhost and [::1]. A page served from the platform's own address is the platform's: a
+        DNS-rebinding page names its own host, never one of these."""
         origins = {o.strip().rstrip("/").lower() for o in self.gateway_allowed_origins.split(",") if o.strip()}
-        if self.public_url:
-            parts = urlsplit(self.public_url)
-            origins.add(f"{parts.scheme}://{parts.netloc}".lower())
+        origins.add(_origin(self.api_base_url))
+        if self.bind_address in ("0.0.0.0", "::", "127.0.0.1", "::1", "localhost"):
+            origins.update(f"http://{host}:{self.bind_port}" for host in ("127.0.0.1", "localhost", "[::1]"))
         return frozenset(origins)
+
+    @property
+    def login_account_ceiling(self) -> int:
+        return self.login_account_ceiling_per_minute or 10 * self.login_account_rate_per_minute
+
+    @property
+    def session_cookie_secure(self) -> bool:
+        """Whether the session cookie is Secure: always when clients reach the platform over https."""
+        return self.cookie_secure or urlsplit(self.public_url or "").scheme.lower() == "https"
 
     @property
     def api_base_url(self) -> str:
@@ -420,6 +479,21 @@ class Settings(BaseSettings):
             return self.public_url.rstrip("/")
         host = "127.0.0.1" if self.bind_address in ("0.0.0.0", "::") else self.bind_address
         return f"http://{host}:{self.bind_port}"
+
+
+def _origin(url: str) -> str:
+    """The Origin a browser sends from a page under `url`: scheme and host, and the port unless the default."""
+    parts = urlsplit(url)
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:  # not a port: the URL is used as written
+        return f"{scheme}://{parts.netloc.lower()}"
+    if port is None or (scheme, port) in (("http", 80), ("https", 443)):
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
 
 
 # What only the platform's own processes (API, worker, migrations) may hold.

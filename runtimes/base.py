@@ -68,6 +68,13 @@ class LaunchSpec:
     data_dir: Path | None = None
     # Whether the server's owner is an administrator: only their servers may run unsandboxed.
     trusted: bool = False
+    # The server whose platform build `source` is, when the platform took the image from a build record of
+    # the owner's (a promotion runs an artifact another of the owner's servers built); None for an image
+    # the server's source names itself.
+    image_builder: str | None = None
+    # Docker runtime: the engine's default runtime, or gVisor (core.isolation); other runtimes ignore it, and
+    # a server that asked for gVisor itself is never sent to them.
+    isolation: Literal["engine", "gvisor"] = "engine"
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,9 @@ What a container is confined to: no capabilities and no privilege gain (setuid b
 the server's cores, memory (no swap beyond it) and process count, the server's own unprivileged uid
 unless the image names a non-root user of its own, a network of its own server (not the engine's
 shared bridge, so it cannot reach other servers' containers), and the server's `/data` directory as
-the one host path it sees.
+the one host path it sees. Every container keeps the engine's default seccomp profile; a server whose
+isolation is gVisor (`core.isolation`) runs on the engine's gVisor runtime as well, and is made only once
+the engine has confirmed it will run there.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from docker.errors import ImageNotFound as DockerImageNotFound
 from docker.types import DeviceRequest, Mount
 
 from core.sources import ImageSource, PackageSource
-from core.tenancy import prepare_data_dir
+from core.tenancy import image_refusal, prepare_data_dir
 from runtimes import package_images
 from runtimes.base import (
     LABEL_DEPLOYMENT,
@@ -135,6 +137,13 @@ class PackageBuildFailed(PermanentFailure):
     kind = "build_failed"
 
 
+class IsolationUnavailable(PermanentFailure):
+    """The engine cannot give the isolation a server must run under: the deployment fails rather than
+    run it under less."""
+
+    kind = "runtime_unavailable"
+
+
 def _is_missing_image(exc: APIError) -> bool:
     text = str(exc).lower()
     return exc.status_code == 404 or any(
@@ -168,8 +177,17 @@ class DockerExecutor:
         stop_timeout: int = 10,
         auth_for: Callable[[str, str], dict[str, str] | None] | None = None,
         packages: PackageImageConfig | None = None,
+        registry: str | None = None,
+        gvisor_runtime: str = "runsc",
+        gvisor_base_url: str | None = None,
     ) -> None:
         self.base_url = base_url
+        self.gvisor_runtime = gvisor_runtime
+        self.gvisor_base_url = gvisor_base_url
+        self._gvisor_client: docker.DockerClient | None = None
+        self._gvisor_known = False
+        # REGISTRY: its namespace, like the engine's `mcphost/...`, holds the platform's builds.
+        self.registry = registry
         self.stop_timeout = stop_timeout
         self.auth_for = auth_for
         self.packages = packages or PackageImageConfig()
@@ -192,6 +210,70 @@ class DockerExecutor:
                     f"cannot reach the Docker Engine API at {self.base_url or 'DOCKER_HOST'}: {exc}"
                 ) from None
         return self._client
+
+    def _gvisor_docker(self) -> docker.DockerClient:
+        """Where gVisor containers are made: DOCKER_HOST's engine, or CONTAINER_GVISOR_DOCKER_HOST's service of it."""
+        if self.gvisor_base_url is None:
+            return self._docker()
+        if self._gvisor_client is None:
+            try:
+                self._gvisor_client = docker.DockerClient(base_url=self.gvisor_base_url, timeout=120)
+            except DockerException as exc:
+                raise RuntimeFailure(
+                    f"cannot reach CONTAINER_GVISOR_DOCKER_HOST ({self.gvisor_base_url}): {exc}"
+                ) from None
+        return self._gvisor_client
+
+    async def _check_gvisor_runtime(self) -> None:
+        if self._gvisor_known:
+            return
+        info = await self._call(self._gvisor_docker().info)
+        known = sorted(info.get("Runtimes") or {})
+        if self.gvisor_runtime not in known:
+            raise IsolationUnavailable(
+                f"the container engine has no runtime {self.gvisor_runtime!r} (it has: {', '.join(known) or 'none'}); "
+                'register gVisor in containers.conf ([engine.runtimes] runsc = ["/usr/local/bin/runsc-netns"], a '
+                'script running `exec /usr/bin/runsc --network=host "$@"`) or daemon.json ("runtimes": {"runsc": '
+                '{"path": "/usr/bin/runsc"}}), or set CONTAINER_GVISOR_RUNTIME to the name it has there'
+            )
+        self._gvisor_known = True
+
+    async def _oci_runtime(self, container: Any) -> str:
+        """The OCI runtime a made container runs on, as the engine records it. Podman's Docker-compatible
+        inspect says `oci` for every container; its own API names the runtime."""
+        if not await self._is_podman():
+            return str((container.attrs.get("HostConfig") or {}).get("Runtime") or "")
+        api = self._docker().api
+        response = await self._call(api.get, f"{api.base_url}/v4.0.0/libpod/containers/{container.id}/json", timeout=60)
+        if response.status_code == 404:
+            if self.gvisor_base_url is None:
+                raise RuntimeFailure(f"container {container.id[:12]} went away while being inspected")
+            raise IsolationUnavailable(
+                "CONTAINER_GVISOR_DOCKER_HOST is not a service of DOCKER_HOST's engine (a container made through "
+                "it is unknown to DOCKER_HOST): both must share the engine's storage"
+            )
+        if response.status_code >= 400:
+            raise RuntimeFailure(f"inspecting the container failed: {response.text[:300]}")
+        return str(response.json().get("OCIRuntime") or "")
+
+    async def _confirm_gvisor(self, container: Any) -> None:
+        """Refuse (and remove) a container made for gVisor that the engine would run on another runtime:
+        Podman's API service ignores a per-container runtime and uses its own default."""
+        found = await self._oci_runtime(container)
+        if found == self.gvisor_runtime:
+            return
+        await self._call(container.remove, force=True)
+        hint = (
+            "Podman's API service runs every container on its own default runtime: start a second service of "
+            f"the same engine with `podman --runtime {self.gvisor_runtime} system service` and point "
+            "CONTAINER_GVISOR_DOCKER_HOST at it"
+            if await self._is_podman()
+            else f"check that the engine runs containers on the runtime {self.gvisor_runtime!r} it lists"
+        )
+        raise IsolationUnavailable(
+            f"the container engine would run this server on runtime {found or 'unknown'!r}, not gVisor's "
+            f"{self.gvisor_runtime!r}; it was not started. {hint}"
+        )
 
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -221,11 +303,19 @@ class DockerExecutor:
             return False
 
     async def prepare(self, spec: LaunchSpec) -> str:
+        if spec.isolation != "gvisor":
+            return await self._prepare(spec)
+        # Before a pull or a build: a deployment that cannot be given gVisor fails at once.
+        await self._check_gvisor_runtime()
+        return f"{await self._prepare(spec)}; runs under gVisor (runtime {self.gvisor_runtime})"
+
+    async def _prepare(self, spec: LaunchSpec) -> str:
         source = spec.source
         self._check_source(source)
         if isinstance(source, PackageSource):
             return (await self._target(spec)).description
         assert isinstance(source, ImageSource)
+        self._refuse_foreign_name(spec, source.image)
         client = self._docker()
         try:
             image = await self._call(client.images.get, source.image)
@@ -233,8 +323,12 @@ class DockerExecutor:
         except (NotFound, DockerImageNotFound):
             pass
         try:
-            # The platform's registry credentials go only with pulls of this server's own images.
-            auth = self.auth_for(source.image, spec.server_id) if self.auth_for else None
+            # The platform's registry credentials go only with pulls of this server's own images (or of the
+            # build a promotion took from another of the owner's servers).
+            auth = None
+            if self.auth_for is not None:
+                for owner in filter(None, (spec.server_id, spec.image_builder)):
+                    auth = auth or self.auth_for(source.image, owner)
             image = await asyncio.to_thread(client.images.pull, source.image, auth_config=auth)
         except (NotFound, DockerImageNotFound):
             raise ImageNotFound(f"image {source.image!r} was not found in its registry") from None
@@ -245,6 +339,26 @@ class DockerExecutor:
         except DockerException as exc:
             raise RuntimeFailure(f"container engine unreachable: {exc}") from None
         return f"pulled image {source.image} ({image.short_id})"
+
+    def _refuse_foreign_name(self, spec: LaunchSpec, image_ref: str) -> None:
+        refusal = image_refusal(image_ref, self.registry, spec.server_id, spec.image_builder)
+        if refusal is not None:
+            raise PermanentFailure(refusal)
+
+    async def _refuse_foreign_image(self, spec: LaunchSpec, image_ref: str) -> None:
+        """Checked again where the container is made, by name and by what the engine holds under it: the
+        platform labels its builds with their server, so another server's build is refused under any
+        name the engine resolves to it."""
+        self._refuse_foreign_name(spec, image_ref)
+        try:
+            image = await self._call(self._docker().images.get, image_ref)
+        except (NotFound, DockerImageNotFound):
+            raise ImageNotFound(f"image {image_ref!r} is not available to the container engine") from None
+        built_for = (image.labels or {}).get(LABEL_SERVER)
+        if built_for and built_for not in (spec.server_id, spec.image_builder):
+            raise PermanentFailure(
+                f"image {image_ref!r} is the platform's build of another server; a server runs only its own build"
+            )
 
     # ---- package images ---------------------------------------------------------------------------
 
@@ -261,6 +375,7 @@ class DockerExecutor:
         source = spec.source
         self._check_source(source)
         if isinstance(source, ImageSource):
+            await self._refuse_foreign_image(spec, source.image)
             return _Target(image=source.image, port=source.port, path=source.path)
         assert isinstance(source, PackageSource)
         tag, image_id, built = await self._package_image(source)
@@ -454,7 +569,8 @@ class DockerExecutor:
         """The confinement of a new container (see the module docstring), and environment it needs."""
         options: dict[str, Any] = {
             "cap_drop": ["ALL"],
-            # The bare form is the one both Docker and Podman accept.
+            # The bare form is the one both Docker and Podman accept. Nothing here names a seccomp profile, so
+            # the engine's default one filters every container's system calls.
             "security_opt": ["no-new-privileges"],
             # Many images write to /tmp; a tmpfs keeps that off the image layer and counts it as memory.
             "tmpfs": {"/tmp": "rw,nosuid,nodev,mode=1777"},
@@ -472,6 +588,8 @@ class DockerExecutor:
             }
             if resources.gpu:
                 options["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+        if spec.isolation == "gvisor":
+            options["runtime"] = self.gvisor_runtime
         if spec.uid is not None:
             image = await self._call(self._docker().images.get, image_ref)
             config = image.attrs.get("Config") or {}
@@ -510,9 +628,17 @@ class DockerExecutor:
     async def launch(self, spec: LaunchSpec) -> Instance:
         self._check_source(spec.source)
         client = self._docker()
+        gvisor = spec.isolation == "gvisor"
+        if gvisor:
+            await self._check_gvisor_runtime()
+            client = self._gvisor_docker()
         name = container_name(spec.deployment_id)
         try:
             container = await self._call(client.containers.get, name)
+            if gvisor and await self._oci_runtime(container) != self.gvisor_runtime:
+                # Made for this deployment before its server asked for gVisor: it is made again, under it.
+                await self._call(container.remove, force=True)
+                raise NotFound(f"container {name} was replaced")
             if container.status != "running":
                 await self._call(container.start)
                 await self._call(container.reload)
@@ -530,8 +656,9 @@ class DockerExecutor:
         for attempt in range(2):
             network = await self._ensure_network(spec.server_id)
             try:
+                # Made, looked at, then started: a container meant for gVisor never starts anywhere else.
                 container = await self._call(
-                    client.containers.run,
+                    client.containers.create,
                     target.image,
                     detach=True,
                     name=name,
@@ -565,6 +692,20 @@ class DockerExecutor:
                 if spec.resources is not None and spec.resources.gpu and "device driver" in exc.message:
                     raise PermanentFailure(f"this host's container engine cannot give GPUs: {exc.message}") from None
                 raise
+        if gvisor:
+            await self._confirm_gvisor(container)
+        try:
+            await self._call(container.start)
+        except RuntimeFailure as exc:
+            # The engine reports only that runsc exited; the usual reason is the network it was given.
+            if not gvisor or not any(name in exc.message for name in (self.gvisor_runtime, "runsc")):
+                raise
+            await self._call(container.remove, force=True)
+            raise IsolationUnavailable(
+                f"gVisor could not start the server ({exc.message}). Under Podman, runsc must keep to the "
+                "container's own network namespace: register it as a script that runs "
+                '`exec /usr/bin/runsc --network=host "$@"`'
+            ) from None
         await self._call(container.reload)
         return self._instance(container)
 
@@ -654,3 +795,6 @@ class DockerExecutor:
         if self._client is not None:
             await asyncio.to_thread(self._client.close)
             self._client = None
+        if self._gvisor_client is not None:
+            await asyncio.to_thread(self._gvisor_client.close)
+            self._gvisor_client = None

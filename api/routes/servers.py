@@ -29,10 +29,12 @@ from core.crypto import env_names
 from core.db import notify_route_changed
 from core.errors import Conflict, Forbidden, InvalidInput, QuotaExceeded
 from core.gitpolicy import GitUrlRejected, check_git_url_policy
+from core.isolation import isolation_refusal, weakening_refusal
 from core.models import Deployment, Server, ServerLog, User
 from core.security import SERVER_KEY_PREFIX, display_prefix, generate_secret_token, hash_token
 from core.settings import IMPLEMENTED_RUNTIMES, Settings
-from core.sources import CommandSource, GitSource, default_runtime_for, parse_source, runtime_refusal
+from core.sources import CommandSource, GitSource, ImageSource, default_runtime_for, parse_source, runtime_refusal
+from core.tenancy import image_refusal
 
 router = APIRouter(prefix="/api/servers", tags=["servers"])
 
@@ -61,6 +63,7 @@ def to_public(server: Server, base_url: str) -> dict[str, Any]:
         "cpu_limit": server.cpu_limit,
         "memory_limit": server.memory_limit,
         "use_gpu": server.use_gpu,
+        "isolation": server.isolation,
         "gateway": server.gateway or {},
         "required_certifications": server.required_certifications or [],
         "gateway_url": gateway_url(base_url, server.slug),
@@ -105,6 +108,15 @@ def check_source_allowed(user: User, source: Any, runtime: str | None, settings:
             raise InvalidInput(refusal)
 
 
+def check_image_allowed(source: Any, settings: Settings, server_id: uuid.UUID | None) -> None:
+    """An image source may not name the platform's own images (other servers' builds, the package images)
+    nor an image by its engine id; a server's own build stays allowed once it has an id."""
+    if isinstance(source, ImageSource):
+        refusal = image_refusal(source.image, settings.registry, str(server_id) if server_id else None)
+        if refusal is not None:
+            raise InvalidInput(refusal)
+
+
 def check_resources(
     user: User, cpu: float | None, memory: int | None, gpu: bool, runtime: str | None, settings: Settings
 ) -> None:
@@ -130,16 +142,34 @@ def check_resources(
             raise InvalidInput("use_gpu needs the docker runtime; the process runtime does not pass GPUs in")
 
 
+def check_isolation(user: User, isolation: str | None, runtime: str, settings: Settings) -> None:
+    """A server may ask for gVisor on the docker runtime alone (422 elsewhere: it would not be given), and
+    for less than the installation's isolation only when its owner is an administrator (403)."""
+    refusal = isolation_refusal(isolation, runtime)
+    if refusal is not None:
+        raise InvalidInput(refusal)
+    refusal = weakening_refusal(isolation, settings.container_isolation, admin=user.role == "admin")
+    if refusal is not None:
+        raise Forbidden(refusal)
+
+
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=ServerCreated, responses=error_responses(403, 409))
 async def create_server(body: ServerCreate, user: CurrentUser, session: SessionDep, state: StateDep) -> ServerCreated:
     """Register a server. Its API key and webhook secret are returned once, here: the key is kept as a
     hash, the secret sealed with SECRETS_KEY (the HMAC check needs it)."""
     check_source_allowed(user, body.source, body.runtime, state.settings)
+    check_image_allowed(body.source, state.settings, None)
     check_resources(
         user,
         body.cpu_limit,
         body.memory_limit,
         body.use_gpu,
+        body.runtime or default_runtime_for(body.source, state.settings.container_runtime),
+        state.settings,
+    )
+    check_isolation(
+        user,
+        body.isolation,
         body.runtime or default_runtime_for(body.source, state.settings.container_runtime),
         state.settings,
     )
@@ -175,6 +205,7 @@ async def create_server(body: ServerCreate, user: CurrentUser, session: SessionD
                 cpu_limit=body.cpu_limit,
                 memory_limit=body.memory_limit,
                 use_gpu=body.use_gpu,
+                isolation=body.isolation,
                 gateway=body.gateway.model_dump(exclude_none=True),
                 required_certifications=[r.model_dump() for r in body.required_certifications],
             )
@@ -223,6 +254,9 @@ async def update_server(
         source = body.source or parse_source(server.source)
         runtime = body.runtime if "runtime" in body.model_fields_set else server.runtime
         check_source_allowed(user, source, runtime, state.settings)
+        # Only a new source: one stored before the rule must not block unrelated changes.
+        if body.source is not None:
+            check_image_allowed(body.source, state.settings, server.id)
         fields = body.model_fields_set
         cpu = body.cpu_limit if "cpu_limit" in fields else server.cpu_limit
         memory = body.memory_limit if "memory_limit" in fields else server.memory_limit
@@ -236,6 +270,16 @@ async def update_server(
             state.settings,
         )
         server.cpu_limit, server.memory_limit, server.use_gpu = cpu, memory, gpu
+        isolation = body.isolation if "isolation" in fields else server.isolation
+        effective_runtime = runtime or default_runtime_for(source, state.settings.container_runtime)
+        if "isolation" in fields:
+            check_isolation(user, isolation, effective_runtime, state.settings)
+        else:
+            # A new runtime or source must still be able to give the isolation the server asked for.
+            refusal = isolation_refusal(isolation, effective_runtime)
+            if refusal is not None:
+                raise InvalidInput(refusal)
+        server.isolation = isolation
         if body.name is not None and body.name != server.name:
             clash = await session.scalar(
                 select(Server.id).where(Server.owner_id == server.owner_id, Server.name == body.name)

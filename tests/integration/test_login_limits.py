@@ -43,11 +43,12 @@ async def test_failed_logins_lock_the_account_and_attempts_are_limited_per_addre
     victim, bystander = _email(), _email()
     async with limited.client() as anon:
         # 1: address budget 6, account budget 2 failures
-        assert (await anon.post("/api/register", json={"email": victim, "password": PASSWORD})).status_code == 201
+        assert (await anon.post("/api/register", json={"email": victim, "password": PASSWORD})).status_code == 202
         for _ in range(2):  # 2, 3
             wrong = await anon.post("/api/login", json={"email": victim, "password": "not the password"})
             assert wrong.status_code == 401
-        # 4: even the right password is refused once the account has had its failures ...
+        # 4: even the right password is refused from this address once the account has had its failures
+        # from it (other addresses: tests/security/test_accounts.py) ...
         locked = await anon.post("/api/login", json={"email": victim.upper(), "password": PASSWORD})
         _assert_rate_limited(locked)
         assert "account" in locked.json()["detail"]
@@ -55,7 +56,7 @@ async def test_failed_logins_lock_the_account_and_attempts_are_limited_per_addre
         other = await anon.post("/api/login", json={"email": bystander, "password": PASSWORD})
         assert other.status_code == 401
         # 6: registrations count against the same per-address budget as logins.
-        assert (await anon.post("/api/register", json={"email": bystander, "password": PASSWORD})).status_code == 201
+        assert (await anon.post("/api/register", json={"email": bystander, "password": PASSWORD})).status_code == 202
         refused = await anon.post("/api/register", json={"email": _email(), "password": PASSWORD})
         _assert_rate_limited(refused)
         assert "address" in refused.json()["detail"]
@@ -66,7 +67,7 @@ async def test_successful_logins_do_not_count_as_failures(limited: Stack) -> Non
     email = _email()
     throttle = limited.state.login_throttle
     async with limited.client() as anon:
-        assert (await anon.post("/api/register", json={"email": email, "password": PASSWORD})).status_code == 201
+        assert (await anon.post("/api/register", json={"email": email, "password": PASSWORD})).status_code == 202
         for _ in range(4):
             login = await anon.post("/api/login", json={"email": email, "password": PASSWORD})
             assert login.status_code == 200, login.text
@@ -98,7 +99,7 @@ async def test_password_hashing_runs_off_the_event_loop(stack: Stack, monkeypatc
     monkeypatch.setattr(auth, "verify_password", recording("verify", auth.verify_password))
     email = _email()
     async with stack.client() as anon:
-        assert (await anon.post("/api/register", json={"email": email, "password": PASSWORD})).status_code == 201
+        assert (await anon.post("/api/register", json={"email": email, "password": PASSWORD})).status_code == 202
         assert (await anon.post("/api/login", json={"email": email, "password": PASSWORD})).status_code == 200
     # The API serves from this test's own event loop, so its thread is the one that must stay free.
     assert set(threads) == {"hash", "verify"}

@@ -193,14 +193,18 @@ class Stack:
         email = email or f"user-{uuid.uuid4().hex[:8]}@example.com"
         async with self.client() as anon:
             reg = await anon.post("/api/register", json={"email": email, "password": PASSWORD})
-            assert reg.status_code == 201, reg.text
-            user = reg.json()
-            if user["role"] != role:
-                await self._set_role(user["id"], role)
-                user["role"] = role
+            assert reg.status_code == 202, reg.text
             login = await anon.post("/api/login", json={"email": email, "password": PASSWORD})
             assert login.status_code == 200, login.text
-        return self.client(login.json()["access_token"]), user
+            token = login.json()["access_token"]
+            # Registering does not say which account it made (or whether it made one): the account says.
+            me = await anon.get("/api/me", headers={"Authorization": f"Bearer {token}"})
+            assert me.status_code == 200, me.text
+        user: dict[str, Any] = me.json()
+        if user["role"] != role:
+            await self._set_role(user["id"], role)
+            user["role"] = role
+        return self.client(token), user
 
     async def _set_role(self, user_id: str, role: str) -> None:
         from sqlalchemy import update

@@ -98,7 +98,7 @@ def test_retry_after_is_a_whole_positive_number_of_seconds() -> None:
 
 def test_login_throttle_limits_addresses_and_failed_logins_per_account() -> None:
     clock = FakeClock()
-    throttle = LoginThrottle(per_address=3, failures_per_account=2, clock=clock)
+    throttle = LoginThrottle(per_address=3, failures_per_account_address=2, failures_per_account=5, clock=clock)
     for _ in range(3):
         throttle.attempt_from("10.0.0.1")
     with pytest.raises(RateLimited) as refused:
@@ -108,22 +108,40 @@ def test_login_throttle_limits_addresses_and_failed_logins_per_account() -> None
     assert 0 < refused.value.retry_after <= 60
     throttle.attempt_from("10.0.0.2")
 
-    # Two failures lock the account (whatever the case of the email), from any address.
-    throttle.attempt_on("Victim@example.com")
-    throttle.attempt_on("victim@example.com")
-    with pytest.raises(RateLimited):
-        throttle.attempt_on("VICTIM@example.com")
-    throttle.attempt_on("other@example.com")
+    # Two failures from one address lock the account there (whatever the case of the email) ...
+    throttle.attempt_on("Victim@example.com", "10.0.0.1")
+    throttle.attempt_on("victim@example.com", "10.0.0.1")
+    with pytest.raises(RateLimited) as here:
+        throttle.attempt_on("VICTIM@example.com", "10.0.0.1")
+    assert "from this address" in here.value.message
+    # ... and nowhere else, nor for other accounts.
+    throttle.attempt_on("victim@example.com", "10.0.0.2")
+    throttle.attempt_on("other@example.com", "10.0.0.1")
     clock.advance(60)
-    throttle.attempt_on("victim@example.com")
+    throttle.attempt_on("victim@example.com", "10.0.0.1")
+
+
+def test_the_account_ceiling_takes_failures_from_many_addresses() -> None:
+    clock = FakeClock()
+    throttle = LoginThrottle(per_address=100, failures_per_account_address=2, failures_per_account=5, clock=clock)
+    for address in ("10.0.0.1", "10.0.0.1", "10.0.0.2", "10.0.0.2", "10.0.0.3"):
+        throttle.attempt_on("victim@example.com", address)
+    with pytest.raises(RateLimited) as everywhere:
+        throttle.attempt_on("victim@example.com", "10.0.0.9")
+    assert "from this address" not in everywhere.value.message
+    # The refusal at the ceiling is not counted against the address that met it.
+    assert len(throttle.account_addresses) == 3
+    clock.advance(60)
+    throttle.attempt_on("victim@example.com", "10.0.0.9")
 
 
 def test_successful_logins_are_not_counted_as_failures() -> None:
-    throttle = LoginThrottle(per_address=100, failures_per_account=2, clock=FakeClock())
+    throttle = LoginThrottle(per_address=100, failures_per_account_address=2, failures_per_account=5, clock=FakeClock())
     for _ in range(10):
-        throttle.attempt_on("user@example.com")
-        throttle.release("user@example.com")
-    throttle.attempt_on("user@example.com")
-    throttle.attempt_on("user@example.com")
+        throttle.attempt_on("user@example.com", "10.0.0.1")
+        throttle.release("user@example.com", "10.0.0.1")
+    throttle.attempt_on("user@example.com", "10.0.0.1")
+    throttle.attempt_on("user@example.com", "10.0.0.1")
     with pytest.raises(RateLimited):
-        throttle.attempt_on("user@example.com")
+        throttle.attempt_on("user@example.com", "10.0.0.1")
+    assert len(throttle.accounts) == 1
