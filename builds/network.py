@@ -219,7 +219,9 @@ class BuildNetwork:
                         "--configure",
                         "--mtu=65520",
                         "--disable-host-loopback",
-                        "--enable-sandbox",
+                        # Not --enable-sandbox: its mount namespace leaves the host's shared mounts shared, and
+                        # its detach of the old root then unmounts them on the host too (the engine's
+                        # network namespaces under /run/netns among them).
                         "--enable-seccomp",
                         f"--ready-fd={ready_w}",
                         f"--exit-fd={exit_r}",

@@ -446,3 +446,20 @@ async def test_the_tests_engine_can_isolate_builds(docker_engine: Podman) -> Non
     (in CI, where the machines can, a problem is a failure, not a skip)."""
     problem = await ImageBuilder(docker_engine.url).isolation_problem()
     require(problem is None, f"build network isolation: the engine {problem}")
+
+
+def test_a_build_network_leaves_the_hosts_mounts_alone() -> None:
+    """The engine keeps each container's network namespace as a mount under /run/netns; a build network
+    must not take them away (slirp4netns's own sandbox did, and every container then lost its network)."""
+    problem = network.host_problem()
+    require(problem is None, f"build network isolation: it {problem}")
+    name = f"mcphost-test-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        mounted = f" /run/netns/{name} "
+        assert mounted in Path("/proc/self/mountinfo").read_text()
+        with network.BuildNetwork():
+            pass
+        assert mounted in Path("/proc/self/mountinfo").read_text()
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], check=False)
