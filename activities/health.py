@@ -148,13 +148,18 @@ class HealthActivities:
                     non_retryable=True,
                 )
             try:
-                # An attempt that reached the server waits for its answer until the deadline: giving up
-                # sooner and asking again would open another session, which starts another server process
-                # beside the one still starting (on a loaded host, they then starve each other). Attempts
-                # that find nobody listening end at once and are repeated. Heartbeat through the wait, so
-                # the heartbeat timeout tells a lost worker from a server that takes its time.
+                # One attempt waits up to 15 s, and is then given up and repeated: a container's published
+                # port may take a connection before the server inside listens, and that one never gets
+                # an answer. Where each attempt is a session whose server starts only for it (a bridged
+                # stdio server), an attempt waits until the deadline instead: asking again would start
+                # another server beside the one still starting, and on a loaded host they starve each
+                # other. Heartbeat through the wait, so the heartbeat timeout tells a lost worker from a
+                # server that takes its time.
+                patience = deadline - time.monotonic()
+                if not getattr(executor, "sessions_start_servers", False):
+                    patience = min(15.0, patience)
                 result = await heartbeating(
-                    probe_mcp(instance.url, timeout=max(1.0, deadline - time.monotonic())),
+                    probe_mcp(instance.url, timeout=max(1.0, patience)),
                     f"attempt {attempts}: waiting for an MCP answer",
                 )
                 result.attempts = attempts

@@ -90,6 +90,9 @@ def _tail(text: str, lines: int = 15) -> str:
 
 class ProcessExecutor:
     name = "process"
+    # Each MCP session of a bridged stdio server starts a server process of its own: a health check must
+    # not give up on one attempt and open another while the first server is still starting.
+    sessions_start_servers = True
 
     def __init__(
         self,
