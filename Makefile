@@ -68,6 +68,7 @@ lint: install
 ## bench: performance benchmarks (writes bench/results/*.json)
 bench: install system-deps
 	$(BIN)/python bench/deploy_latency.py
+	$(BIN)/python bench/concurrent_deploys.py
 	$(BIN)/python bench/recovery.py
 	$(BIN)/python bench/build_push.py
 	$(BIN)/python bench/gateway.py
