@@ -93,12 +93,6 @@ def image_uid(image_user: str | None, passwd: str | None = None) -> tuple[int, i
     return uid, gid
 
 
-def runs_as_root(image_user: str | None, passwd: str | None = None) -> bool:
-    """Whether an image's configured `User` means root (or no user the image knows): however it is written."""
-    found = image_uid(image_user, passwd)
-    return found is None or found[0] == 0
-
-
 def needs_passwd(image_user: str | None) -> bool:
     """Whether telling who an image's `User` is takes the image's own `/etc/passwd` (a name, not a number)."""
     user = (image_user or "").partition(":")[0].strip()
