@@ -36,7 +36,7 @@ from core.policy import FALLBACK_ORDER
 from core.secretstore import SecretStore, SecretStoreError
 from core.settings import Settings
 from core.sources import GitSource, ImageSource, parse_source
-from core.tenancy import Resources, server_data_dir, server_uid
+from core.tenancy import Resources, server_data_dir, slot_uid
 from runtimes.base import Executor, Instance, LaunchSpec, RuntimeFailure
 from runtimes.kubernetes import DockerFallback
 from runtimes.vm import VirtualMachineExecutor
@@ -204,7 +204,7 @@ class RuntimeActivities:
             source=source,
             env=env,
             resources=server_resources(server, settings) if settings else None,
-            uid=server_uid(server.id, settings.sandbox_uid_base) if settings else None,
+            uid=slot_uid(server.uid_slot, settings.sandbox_uid_base) if settings else None,
             data_dir=server_data_dir(settings.state_dir, server.id) if settings else None,
             trusted=owner_role == "admin",
             image_builder=builder,

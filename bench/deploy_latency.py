@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import statistics
 import sys
@@ -40,7 +41,7 @@ from activities.health import probe_mcp  # noqa: E402
 from core import temporal  # noqa: E402
 from core.migrate import upgrade_async  # noqa: E402
 from core.sources import PackageSource  # noqa: E402
-from core.tenancy import Resources, server_data_dir, server_uid  # noqa: E402
+from core.tenancy import Resources, server_data_dir, slot_uid  # noqa: E402
 from runtimes.base import LaunchSpec  # noqa: E402
 from runtimes.process import ProcessExecutor  # noqa: E402
 from tests.support.components import (
@@ -123,6 +124,9 @@ async def platform_deploy(stack: Stack, client, server_id: str) -> dict[str, flo
     }
 
 
+_SLOTS = itertools.count(60000)
+
+
 async def direct_deploy(executor: ProcessExecutor) -> dict[str, float]:
     server_id = str(uuid.uuid4())
     spec = LaunchSpec(
@@ -131,7 +135,8 @@ async def direct_deploy(executor: ProcessExecutor) -> dict[str, float]:
         slug="bench",
         source=PackageSource.model_validate(SOURCE),
         resources=Resources(cpu=1.0, memory_mib=512),
-        uid=server_uid(server_id, 200000),
+        # Outside the platform nothing records slots: each run's servers take fresh ones.
+        uid=slot_uid(next(_SLOTS), 200000),
         data_dir=server_data_dir(executor.state_dir.parent, server_id),
     )
     t0 = time.perf_counter()

@@ -22,7 +22,7 @@ from typing import BinaryIO
 
 from core.errors import Conflict, DomainError, InvalidInput, NotFound, PayloadTooLarge
 from core.settings import Settings
-from core.tenancy import prepare_data_dir, server_data_dir, server_uid
+from core.tenancy import prepare_data_dir, server_data_dir, slot_uid
 
 MAX_PATH_CHARS = 1024
 MAX_NAME_BYTES = 255
@@ -101,17 +101,17 @@ def upload_allowance(max_bytes: int, quota_bytes: int, used_bytes: int, replaced
 # ---- the data directory --------------------------------------------------------------------------
 
 
-def owner_uid(settings: Settings, server_id: str | uuid.UUID) -> int | None:
-    """The uid files must belong to so the sandboxed server can use them; None when not running as root
-    (the files then keep the platform's own uid, which is what an unsandboxed server runs as)."""
+def owner_uid(settings: Settings, uid_slot: int) -> int | None:
+    """The uid files must belong to so the sandboxed server (of that recorded uid slot) can use them; None
+    when not running as root (the files then keep the platform's own uid, which an unsandboxed server runs as)."""
     if os.geteuid() != 0:
         return None
-    return server_uid(server_id, settings.sandbox_uid_base)
+    return slot_uid(uid_slot, settings.sandbox_uid_base)
 
 
-def ensure_data_dir(settings: Settings, server_id: str | uuid.UUID) -> Path:
+def ensure_data_dir(settings: Settings, server_id: str | uuid.UUID, uid_slot: int) -> Path:
     """Create the server's data directory if needed: mode 0700, owned by its sandbox uid when root."""
-    return prepare_data_dir(server_data_dir(settings.state_dir, server_id), owner_uid(settings, server_id))
+    return prepare_data_dir(server_data_dir(settings.state_dir, server_id), owner_uid(settings, uid_slot))
 
 
 def remove_data_dir(state_dir: Path, server_id: str | uuid.UUID) -> bool:

@@ -15,6 +15,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    Sequence,
     String,
     Text,
     UniqueConstraint,
@@ -80,6 +81,10 @@ class SetupToken(Base):
     created_at: Mapped[datetime] = _now_column()
 
 
+# Sandbox uid slots: a sequence, so two servers never get one slot and a deleted server's is never reused.
+UID_SLOTS = Sequence("server_uid_slots", minvalue=0, start=0)
+
+
 class Server(Base):
     __tablename__ = "servers"
     __table_args__ = (UniqueConstraint("owner_id", "name", name="uq_servers_owner_name"),)
@@ -108,6 +113,8 @@ class Server(Base):
     cpu_limit: Mapped[float | None] = mapped_column(Float)
     memory_limit: Mapped[int | None] = mapped_column(Integer)
     use_gpu: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    # Its sandbox uid is SANDBOX_UID_BASE + this slot (core.tenancy.slot_uid): given once, never shared.
+    uid_slot: Mapped[int] = mapped_column(Integer, UID_SLOTS, unique=True)
     # Its isolation on the docker runtime (core.isolation): engine or gvisor; None: CONTAINER_ISOLATION.
     isolation: Mapped[str | None] = mapped_column(String(16))
     # Gateway options of this server (timeouts, concurrency, payload tracing): see core.gateway_options.

@@ -80,14 +80,17 @@ class Settings(BaseSettings):
         "API); with an https PUBLIC_URL it always is.",
     )
 
-    # Isolation of hosted servers (see the README's threat model).
+    # Isolation of hosted servers (see docs/threat-model.md).
     process_sandbox: Literal["required", "off"] = Field(
         default="required",
         description="required: process-runtime servers and installs run in a bubblewrap + slirp4netns sandbox, "
         "and non-administrators' servers are refused where it cannot be set up; off: single-user local use only.",
     )
     sandbox_uid_base: int = Field(
-        default=200000, ge=1000, description="First host uid of the per-server sandbox uids (a range of 65536)."
+        default=200000,
+        ge=1000,
+        description="First host uid of the per-server sandbox uids: each server gets one of its own, recorded "
+        "when it is created (base + its slot; base + 65536 is the package installer's).",
     )
     sandbox_pids_limit: int = Field(default=512, ge=16, description="Processes (threads) a server may run at once.")
     package_allow_sdist: bool = Field(

@@ -17,10 +17,25 @@ from pathlib import Path
 UID_SPAN = 65536
 
 
-def server_uid(server_id: str | uuid.UUID, base: int) -> int:
-    """The unprivileged host uid (and gid) a server's sandboxed processes and containers run as."""
+def hashed_uid_slot(server_id: str | uuid.UUID) -> int:
+    """The slot older installations derived from a server's id. Only the migration that recorded every
+    server's slot uses it, so servers keep the uid their files already belong to; two ids can share it."""
     digest = hashlib.sha256(str(server_id).encode()).digest()
-    return base + int.from_bytes(digest[:4], "big") % UID_SPAN
+    return int.from_bytes(digest[:4], "big") % UID_SPAN
+
+
+def slot_uid(slot: int, base: int) -> int:
+    """The unprivileged host uid (and gid) a server's sandboxed processes and containers run as, from the
+    slot recorded for it (`servers.uid_slot`, unique, never reused). Slots from UID_SPAN on skip the
+    installer's uid, which follows the first span."""
+    if slot < 0:
+        raise ValueError("a uid slot is never negative")
+    return base + slot if slot < UID_SPAN else base + slot + 1
+
+
+def installer_uid(base: int) -> int:
+    """The uid package installs run as: one of its own, never any server's."""
+    return base + UID_SPAN
 
 
 def data_root(state_dir: Path) -> Path:
@@ -44,10 +59,27 @@ def prepare_data_dir(path: Path, uid: int | None) -> Path:
     try:
         os.fchmod(fd, 0o700)
         if uid is not None and os.geteuid() == 0:
+            previous = os.fstat(fd).st_uid
+            if previous not in (uid, 0):
+                # The server's uid changed (recorded uids replaced ones derived from its id): what its
+                # earlier uid wrote becomes the new one's.
+                _give_files(fd, previous, uid)
             os.fchown(fd, uid, uid)
     finally:
         os.close(fd)
     return path
+
+
+def _give_files(dir_fd: int, previous: int, uid: int) -> None:
+    """Hand every entry under `dir_fd` owned by `previous` to `uid`. The tree is the tenant's and may change
+    meanwhile: it is walked by descriptor and never through a link, so nothing outside it is touched."""
+    for _, dirs, files, fd in os.fwalk(".", dir_fd=dir_fd, follow_symlinks=False):
+        for name in (*dirs, *files):
+            try:
+                if os.stat(name, dir_fd=fd, follow_symlinks=False).st_uid == previous:
+                    os.chown(name, uid, uid, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
 
 
 def image_repository(server_id: str | uuid.UUID) -> str:

@@ -18,6 +18,7 @@ AuthLookup = Callable[[str, str], "dict[str, str] | None"]
 def build_executors(settings: Settings, auth_for: AuthLookup | None = None) -> dict[str, Executor]:
     from pathlib import Path
 
+    from core.tenancy import installer_uid
     from runtimes.process import ProcessExecutor
 
     # Besides the state directory, what a hosted process must never read: the platform's .env and keys.
@@ -29,7 +30,7 @@ def build_executors(settings: Settings, auth_for: AuthLookup | None = None) -> d
             settings.state_dir / "process",
             install_timeout=settings.package_install_timeout_seconds,
             sandbox_mode=settings.process_sandbox,
-            installer_uid=settings.sandbox_uid_base + 65536,
+            installer_uid=installer_uid(settings.sandbox_uid_base),
             allow_sdist=settings.package_allow_sdist,
             find_links=settings.package_find_links,
             hidden=tuple(hidden),

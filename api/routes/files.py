@@ -62,9 +62,9 @@ def _info(entry: FileEntry) -> FileInfo:
     return FileInfo(path=entry.path, size=entry.size, modified_at=entry.modified_at)
 
 
-async def _visible_server(session: AsyncSession, user: User, server_id: uuid.UUID) -> tuple[uuid.UUID, str]:
+async def _visible_server(session: AsyncSession, user: User, server_id: uuid.UUID) -> tuple[uuid.UUID, str, int]:
     server = await load_server(session, user, server_id)
-    found = (server.id, server.status)
+    found = (server.id, server.status, server.uid_slot)
     # Transfers can be slow; the database connection goes back to the pool before they start.
     await session.commit()
     return found
@@ -74,7 +74,7 @@ async def _visible_server(session: AsyncSession, user: User, server_id: uuid.UUI
 async def list_server_files(server_id: uuid.UUID, user: CurrentUser, session: SessionDep, state: StateDep) -> FileList:
     """Every file in the server's /data, recursively (links and special files are left out), with the
     bytes they take and the limits uploads are held to."""
-    sid, _ = await _visible_server(session, user, server_id)
+    sid, _, _ = await _visible_server(session, user, server_id)
     entries, total = await asyncio.to_thread(list_files, server_data_dir(state.settings.state_dir, sid))
     return FileList(
         count=len(entries),
@@ -115,7 +115,7 @@ async def upload_file(
 ) -> FileInfo:
     """Store the request body as the file at `path` in the server's /data, replacing any file there.
     Missing directories are created. The file appears only once it is complete."""
-    sid, server_status = await _visible_server(session, user, server_id)
+    sid, server_status, uid_slot = await _visible_server(session, user, server_id)
     parts = split_path(path)
     if request.headers.get("content-type", "").lower().startswith("multipart/"):
         raise UnsupportedMediaType(
@@ -125,10 +125,10 @@ async def upload_file(
     if server_status == "deleting":
         raise Conflict("the server is being deleted")
     settings = state.settings
-    root = await asyncio.to_thread(ensure_data_dir, settings, sid)
+    root = await asyncio.to_thread(ensure_data_dir, settings, sid, uid_slot)
     await asyncio.to_thread(check_inside, root, parts)
     used = (await asyncio.to_thread(list_files, root))[1]
-    upload = await asyncio.to_thread(Upload, root, parts, owner_uid(settings, sid))
+    upload = await asyncio.to_thread(Upload, root, parts, owner_uid(settings, uid_slot))
     with upload:  # removes the partial file unless committed
         upload.limit, upload.too_large = upload_allowance(
             settings.files_max_bytes, settings.files_quota_bytes, used, upload.replaced_bytes
@@ -186,7 +186,7 @@ async def download_file(
     server_id: uuid.UUID, path: str, user: CurrentUser, session: SessionDep, state: StateDep
 ) -> StreamingResponse:
     """The bytes of the file at `path` in the server's /data."""
-    sid, _ = await _visible_server(session, user, server_id)
+    sid, _, _ = await _visible_server(session, user, server_id)
     parts = split_path(path)
     root = server_data_dir(state.settings.state_dir, sid)
     await asyncio.to_thread(check_inside, root, parts)
@@ -208,7 +208,7 @@ async def download_file(
 async def delete_file(server_id: uuid.UUID, path: str, user: CurrentUser, session: SessionDep, state: StateDep) -> None:
     """Delete the file at `path`, or the directory at `path` if it is empty (409 if it is not: nothing
     is removed recursively)."""
-    sid, _ = await _visible_server(session, user, server_id)
+    sid, _, _ = await _visible_server(session, user, server_id)
     parts = split_path(path)
     root = server_data_dir(state.settings.state_dir, sid)
     await asyncio.to_thread(check_inside, root, parts)

@@ -14,7 +14,7 @@ import docker
 import httpx
 import pytest
 
-from core.tenancy import server_data_dir, server_uid
+from core.tenancy import server_data_dir
 from runtimes.base import LABEL_SERVER, Instance
 from runtimes.docker import DockerExecutor, network_name
 from tests.support.components import Podman, labelled_containers
@@ -107,7 +107,7 @@ async def test_container_is_confined_and_sees_only_its_data(
 ) -> None:
     server, container = await deployed(user, engine, echo_image, cpu_limit=0.5, memory_limit=256)
     sid = server["id"]
-    uid = server_uid(sid, stack.settings.sandbox_uid_base)
+    uid = await stack.sandbox_uid(sid)
     host = container.attrs["HostConfig"]
 
     # No capabilities and no way to gain privileges. Docker lists ["ALL"]; podman lists each default

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
-from core.tenancy import server_data_dir, server_uid
+from core.tenancy import server_data_dir
 from runtimes.base import LABEL_SERVER
 from runtimes.docker import network_name
 from runtimes.package_images import ENTRY_POINTS_FILE
@@ -117,7 +117,7 @@ async def test_a_pypi_package_runs_as_a_container(docker_stack: Stack, engine: d
 
         [container] = containers_of(engine, server["id"])
         assert container.image.tags[0].startswith("localhost/mcphost/pkg-")
-        uid = server_uid(server["id"], docker_stack.settings.sandbox_uid_base)
+        uid = await docker_stack.sandbox_uid(server["id"])
         assert container.attrs["Config"]["User"] == f"{uid}:{uid}"
         assert container.attrs["HostConfig"]["PidsLimit"] == docker_stack.settings.sandbox_pids_limit
         bindings = [b for port in container.attrs["HostConfig"]["PortBindings"].values() for b in port or []]

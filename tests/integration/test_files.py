@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 
 from core.files import UPLOAD_PREFIX
-from core.tenancy import data_root, server_data_dir, server_uid
+from core.tenancy import data_root, server_data_dir
 from tests.support.cli import Cli
 from tests.support.stack import Stack
 
@@ -82,7 +82,7 @@ async def test_upload_list_download_overwrite_delete(stack: Stack) -> None:
         # What the hosted server will see at /data: a private directory owned by its sandbox uid.
         assert stat.S_IMODE(root.stat().st_mode) == 0o700
         if os.geteuid() == 0:
-            uid = server_uid(sid, stack.settings.sandbox_uid_base)
+            uid = await stack.sandbox_uid(sid)
             for path in (root, root / "cfg" / "prod", root / "model.bin", root / "cfg" / "prod" / "settings.json"):
                 assert path.stat().st_uid == uid and path.stat().st_gid == uid, path
 

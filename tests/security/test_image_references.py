@@ -14,7 +14,6 @@ import docker
 import httpx
 import pytest
 
-from core.tenancy import server_uid
 from runtimes.base import LABEL_SERVER
 from tests.support.components import Podman, labelled_containers
 from tests.support.stack import Stack, deploy
@@ -65,7 +64,7 @@ async def test_root_however_written_runs_as_the_servers_uid(
     stack: Stack, user: httpx.AsyncClient, engine: Any, root_images: dict[str, str], label: str
 ) -> None:
     uid, server = await _uid_inside(user, engine, root_images[label])
-    assert uid == str(server_uid(server["id"], stack.settings.sandbox_uid_base)) and uid != "0"
+    assert uid == str(await stack.sandbox_uid(server["id"])) and uid != "0"
     assert (await user.delete(f"/api/servers/{server['id']}")).status_code == 202
 
 

@@ -217,6 +217,23 @@ class Stack:
             await conn.execute(update(User).where(User.id == uuid.UUID(user_id)).values(role=role))
         await engine.dispose()
 
+    async def sandbox_uid(self, server_id: str) -> int:
+        """The host uid the platform recorded for a server's sandboxed processes and containers."""
+        from sqlalchemy import select
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        from core.models import Server
+        from core.tenancy import slot_uid
+
+        engine = create_async_engine(self.settings.database_url)
+        try:
+            async with engine.begin() as conn:
+                slot = await conn.scalar(select(Server.uid_slot).where(Server.id == uuid.UUID(server_id)))
+        finally:
+            await engine.dispose()
+        assert slot is not None, f"no server {server_id}"
+        return slot_uid(slot, self.settings.sandbox_uid_base)
+
 
 @asynccontextmanager
 async def running(settings: Settings, worker_interceptors: list[Any] | None = None) -> AsyncIterator[Stack]:

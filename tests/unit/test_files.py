@@ -28,7 +28,7 @@ from core.files import (
     upload_allowance,
 )
 from core.settings import Settings
-from core.tenancy import server_data_dir, server_uid
+from core.tenancy import server_data_dir
 
 
 def _settings(state_dir: Path) -> Settings:
@@ -227,12 +227,12 @@ def test_missing_data_dir_is_empty_or_not_found(tmp_path: Path) -> None:
 def test_ensure_data_dir_mode_and_owner(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
     server_id = uuid.uuid4()
-    path = ensure_data_dir(settings, server_id)
+    path = ensure_data_dir(settings, server_id, 7)
     assert path == server_data_dir(tmp_path, server_id)
     assert stat.S_IMODE(path.stat().st_mode) == 0o700
-    uid = owner_uid(settings, server_id)
+    uid = owner_uid(settings, 7)
     if os.geteuid() == 0:
-        assert uid == server_uid(server_id, settings.sandbox_uid_base)
+        assert uid == settings.sandbox_uid_base + 7
         assert path.stat().st_uid == uid and path.stat().st_gid == uid
         with Upload(path, split_path("sub/f.txt"), uid) as upload:
             upload.write(b"z")
@@ -240,12 +240,12 @@ def test_ensure_data_dir_mode_and_owner(tmp_path: Path) -> None:
         assert (path / "sub").stat().st_uid == uid and (path / "sub" / "f.txt").stat().st_uid == uid
     else:
         assert uid is None and path.stat().st_uid == os.geteuid()
-    assert ensure_data_dir(settings, server_id) == path  # again: no error, same result
+    assert ensure_data_dir(settings, server_id, 7) == path  # again: no error, same result
 
 
 def test_remove_data_dir_is_idempotent_and_stays_inside(tmp_path: Path) -> None:
     server_id = uuid.uuid4()
-    root = ensure_data_dir(_settings(tmp_path), server_id)
+    root = ensure_data_dir(_settings(tmp_path), server_id, 0)
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "keep.txt").write_text("keep")
