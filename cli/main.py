@@ -943,7 +943,7 @@ def remediation_create(
         ..., "--playbook", help='{"steps": [...], "approval": {...}, "sla_seconds": N} as JSON, or @FILE holding it'
     ),
 ) -> None:
-    """Create a playbook (see the README: remediation)."""
+    """Create a playbook (see docs/deployments.md, Remediation)."""
     body = _json_arg(playbook, "--playbook")
     if not isinstance(body, dict):
         err.print("[red]--playbook must be a JSON object with steps[/]")
@@ -1580,7 +1580,7 @@ def promote_tracks(as_json: bool = typer.Option(False, "--json", help="Print JSO
 def promote_create_track(
     name: str = typer.Argument(..., help="The track's name"),
     stages: str = typer.Option(
-        ..., "--stages", help="The stages as a JSON list, or @FILE holding it (see the README: promotion tracks)"
+        ..., "--stages", help="The stages as a JSON list, or @FILE holding it (see docs/release-trains.md, Promotions)"
     ),
 ) -> None:
     """Create a track from its stages (in order), e.g. --stages @stages.json."""
