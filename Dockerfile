@@ -8,6 +8,7 @@ COPY api api/
 COPY activities activities/
 COPY cli cli/
 COPY core core/
+COPY records records/
 COPY migrations migrations/
 COPY runtimes runtimes/
 COPY builds builds/

@@ -18,7 +18,6 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from core import promotion as rules
-from core.deployments import current_spec, open_deployment
 from core.errors import DomainError
 from core.evalruns import open_run, snapshot
 from core.models import (
@@ -38,6 +37,7 @@ from core.models import (
 )
 from core.policy import CertificationFact, Decision, Facts, Requirement, decide, explain, subject_of
 from core.remediation import ACTIVE as REMEDIATION_ACTIVE
+from records.deployments import current_spec, open_deployment
 
 
 @dataclass

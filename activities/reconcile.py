@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, text, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.client import WorkflowExecutionStatus
@@ -29,11 +29,11 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.common import heartbeating
 from core import temporal
-from core.db import DEPLOYMENTS_CHANNEL
 from core.models import Deployment, DeploymentStep, Server, ServerLog
+from records.deployments import IN_PROGRESS
+from records.deployments import notify as notify_deployment
 from runtimes.base import Executor, RuntimeFailure
 
-IN_PROGRESS = ("pending", "deploying")
 MARK = "reconciler"
 
 
@@ -117,9 +117,7 @@ class ReconcileActivities:
             level = "warning" if serving else "error"
             message = f"deployment {deployment.seq} {deployment.status}: {deployment.error}"
             session.add(ServerLog(server_id=server.id, deployment_id=deployment.id, level=level, message=message))
-            await session.execute(
-                text("SELECT pg_notify(:channel, :id)"), {"channel": DEPLOYMENTS_CHANNEL, "id": str(deployment.id)}
-            )
+            await notify_deployment(session, deployment.id)
             return f"server {server.id} deployment {deployment.seq}: {deployment.status} ({ended})"
 
     async def _server_busy(self, server_id: str) -> bool:

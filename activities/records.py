@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
@@ -18,13 +18,14 @@ from temporalio.exceptions import ApplicationError
 
 from activities.build import ArtifactImage
 from activities.common import as_application_error
-from core.db import DEPLOYMENTS_CHANNEL, notify_route_changed
+from core.db import notify_route_changed
 from core.files import remove_data_dir
 from core.models import Deployment, DeploymentStep, GatewaySession, Server, ServerLog, ServerSecret
 from core.secretstore import SecretStore, SecretStoreError
+from records.deployments import TERMINAL
+from records.deployments import notify as notify_deployment
 from runtimes.base import RuntimeFailure
 
-TERMINAL = ("running", "failed", "stopped", "superseded", "cancelled", "blocked")
 # Set in a deployment's instance record once its host has retired everything of it: no host need be asked again.
 RETIRED = "retired"
 
@@ -123,13 +124,6 @@ class DrainState:
 @dataclass
 class ServerRef:
     server_id: str
-
-
-async def _notify_deployment(session: AsyncSession, deployment_id: uuid.UUID) -> None:
-    """Wake up whoever follows this deployment (SSE streams); delivered when the transaction commits."""
-    await session.execute(
-        text("SELECT pg_notify(:channel, :id)"), {"channel": DEPLOYMENTS_CHANNEL, "id": str(deployment_id)}
-    )
 
 
 async def write_instance(session: AsyncSession, instance: InstanceRecord) -> None:
@@ -248,7 +242,7 @@ class RecordActivities:
             text_ = f"{record.step}: {record.status}" + (f" - {record.message}" if record.message else "")
             await self._log(session, server_id, dep_id, text_, "error" if record.status == "failed" else "info")
         await session.execute(update(Deployment).where(Deployment.id == dep_id).values(step=records[-1].step))
-        await _notify_deployment(session, dep_id)
+        await notify_deployment(session, dep_id)
 
     @activity.defn(name="record_image")
     async def record_image(self, data: RecordImage) -> None:
@@ -393,7 +387,7 @@ class RecordActivities:
                 deployment.error = "a stop came first" if status == "stopped" else "a newer deployment took over"
             deployment.status = status
             deployment.finished_at = func.now()
-            await _notify_deployment(session, dep_id)
+            await notify_deployment(session, dep_id)
             return status
 
     @activity.defn(name="finish_deployment")
@@ -412,7 +406,7 @@ class RecordActivities:
                 server.status = data.status if data.status in ("failed", "blocked") else "stopped"
             level = "error" if data.status == "failed" else "warning" if data.status == "blocked" else "info"
             await self._log(session, server.id, dep_id, f"deployment {data.status}: {data.error or ''}".strip(), level)
-            await _notify_deployment(session, dep_id)
+            await notify_deployment(session, dep_id)
 
     @activity.defn(name="note_deployment")
     async def note_deployment(self, data: FinishInput) -> None:
@@ -424,7 +418,7 @@ class RecordActivities:
                 return
             deployment.error = data.error
             await self._log(session, deployment.server_id, dep_id, f"warning: {data.error}", "warning")
-            await _notify_deployment(session, dep_id)
+            await notify_deployment(session, dep_id)
 
     @activity.defn(name="deactivate_server")
     async def deactivate_server(self, data: ServerRef) -> None:

@@ -20,7 +20,6 @@ from temporalio.exceptions import ApplicationError
 from activities.common import heartbeating
 from activities.records import InstanceRecord
 from core.attestation import now_utc
-from core.deployments import current_spec, open_deployment
 from core.errors import DomainError
 from core.gitpolicy import GitUrlRejected, check_git_url_resolves_public
 from core.models import (
@@ -36,10 +35,10 @@ from core.models import (
 from core.remediation import ACTIVE, EXIT_OK, EXIT_STEP_FAILED, HttpStep, ResourcesStep
 from core.remediation_runs import notify_run, open_run
 from core.settings import Settings
+from records.deployments import current_spec, open_deployment, previous_served, rollback_source
 
 log = logging.getLogger("mcphost.remediation")
 
-SERVED = ("running", "superseded", "stopped")
 ARTIFACT_LIMIT = 16 * 1024
 
 
@@ -218,21 +217,11 @@ class RemediationActivities:
             server = await session.get(Server, uuid.UUID(data.server_id), with_for_update=True)
             if server is None:
                 return failed("redeploy_previous:gone", "the server is gone")
-            earlier = select(Deployment).where(
-                Deployment.server_id == server.id, Deployment.status.in_(SERVED), Deployment.upstream_url.is_not(None)
-            )
-            if server.active_deployment_id is not None:
-                earlier = earlier.where(
-                    Deployment.id != server.active_deployment_id, Deployment.seq < server.active_seq
-                )
-            target = await session.scalar(earlier.order_by(Deployment.seq.desc()).limit(1))
+            target = await previous_served(session, server)
             if target is None:
                 return failed("redeploy_previous:no-previous-revision", "no earlier revision of this server has served")
-            source = dict(target.spec["source"])
-            if source.get("type") == "git" and target.revision:
-                source["ref"] = target.revision
             try:
-                spec, runtime = current_spec(server, self.settings.container_runtime, source=source)
+                spec, runtime = current_spec(server, self.settings.container_runtime, source=rollback_source(target))
             except DomainError as exc:
                 return failed("redeploy_previous:refused", str(exc))
             spec["env"] = target.spec.get("env") or {}

@@ -11,10 +11,10 @@ from temporalio.client import Client
 
 from api.deps import AppState
 from api.workflows import start_deploy
-from core.deployments import IN_PROGRESS, RESERVED_KEY_PREFIXES, Opened, open_deployment
-from core.deployments import current_spec as spec_for
 from core.errors import InvalidInput
 from core.models import Deployment, Server
+from records.deployments import IN_PROGRESS, RESERVED_KEY_PREFIXES, Opened, open_deployment
+from records.deployments import current_spec as spec_for
 
 __all__ = ["IN_PROGRESS", "Opened", "check_idempotency_key", "current_spec", "launch", "open_deployment"]
 
@@ -27,7 +27,7 @@ def check_idempotency_key(key: str | None) -> None:
 def current_spec(
     server: Server, state: AppState, *, source: dict[str, Any] | None = None
 ) -> tuple[dict[str, Any], str]:
-    """What deploying the server now means (see core.deployments.current_spec)."""
+    """What deploying the server now means (see records.deployments.current_spec)."""
     return spec_for(server, state.settings.container_runtime, source=source)
 
 

@@ -29,6 +29,7 @@ from api.schemas import (
 from api.workflows import cancel_deploy
 from core.errors import Conflict, NotFound
 from core.models import Deployment, DeploymentStep, Server, ServerLog, User
+from records.deployments import previous_served, rollback_source, served
 
 router = APIRouter(prefix="/api", tags=["deployments"])
 
@@ -90,10 +91,6 @@ async def create_deployment(
     )
 
 
-# A deployment that reached the gateway once: it passed its health check and served.
-SERVED = ("running", "stopped")
-
-
 @router.post(
     "/servers/{server_id}/rollback",
     status_code=status.HTTP_202_ACCEPTED,
@@ -126,23 +123,15 @@ async def rollback(
             named = wanted_id or f"revision {wanted_seq}"
             if target is None:
                 raise NotFound(f"deployment {named} not found on this server")
-            if target.status not in SERVED or target.upstream_url is None:
+            if not served(target):
                 raise Conflict(f"revision {target.seq} never served ({target.status}): roll back to one that did")
         else:
-            earlier = found.where(Deployment.status.in_(SERVED), Deployment.upstream_url.is_not(None))
-            if server.active_deployment_id is not None:
-                earlier = earlier.where(
-                    Deployment.id != server.active_deployment_id, Deployment.seq < server.active_seq
-                )
-            target = await session.scalar(earlier.order_by(Deployment.seq.desc()).limit(1))
+            target = await previous_served(session, server)
             if target is None:
                 raise Conflict("no earlier revision of this server has served: there is nothing to roll back to")
         if target.id == server.active_deployment_id:
             raise Conflict(f"revision {target.seq} is the one serving now")
-        source = dict(target.spec["source"])
-        if source.get("type") == "git" and target.revision:
-            source["ref"] = target.revision
-        spec, runtime = current_spec(server, state, source=source)
+        spec, runtime = current_spec(server, state, source=rollback_source(target))
         spec["env"] = target.spec.get("env") or {}
         opened = await open_deployment(
             session,

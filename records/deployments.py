@@ -1,6 +1,7 @@
-"""Opening a deployment record: the one way every deployment is made (the deployments route, webhooks,
-rollback, promotions). Runs inside the caller's transaction with the server row locked; whoever calls it
-starts the workflow after the commit, at most once per deployment."""
+"""Deployment records: their states, how one is opened (the one way every deployment is made: the
+deployments route, webhooks, rollback, promotions, remediation), which earlier revision a rollback serves
+again, and the notice their followers get. Functions run inside the caller's transaction; whoever opens a
+deployment starts its workflow after the commit, at most once per deployment."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ import hashlib
 import json
 import uuid
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.db import DEPLOYMENTS_CHANNEL
 from core.errors import Conflict, InvalidInput
 from core.isolation import isolation_refusal
 from core.models import Deployment, Server
@@ -25,7 +28,21 @@ def deploy_workflow_id(server_id: uuid.UUID, seq: int) -> str:
     return f"deploy-{server_id}-{seq}"
 
 
-IN_PROGRESS = ("pending", "deploying")
+class Status(StrEnum):
+    PENDING = "pending"
+    DEPLOYING = "deploying"
+    RUNNING = "running"
+    FAILED = "failed"
+    STOPPED = "stopped"  # it served, and a newer revision or a stop ended it
+    SUPERSEDED = "superseded"  # a newer revision took over first (it may have served for a moment)
+    CANCELLED = "cancelled"
+    BLOCKED = "blocked"  # the policy gate refused it
+
+
+IN_PROGRESS = (Status.PENDING, Status.DEPLOYING)
+TERMINAL = (Status.RUNNING, Status.FAILED, Status.STOPPED, Status.SUPERSEDED, Status.CANCELLED, Status.BLOCKED)
+# Statuses of a revision that may have reached the gateway; it did when its upstream_url is recorded.
+SERVED = (Status.RUNNING, Status.STOPPED, Status.SUPERSEDED)
 # Idempotency keys the platform makes itself: identical redeploys, webhook commits, rollbacks, promotions.
 RESERVED_KEY_PREFIXES = ("auto:", "webhook:", "rollback:", "promotion:")
 
@@ -92,10 +109,42 @@ async def open_deployment(
         seq=server.deploy_seq,
         idempotency_key=idempotency_key or f"{auto_prefix}{server.deploy_seq}",
         workflow_id=workflow_id or deploy_workflow_id(server.id, server.deploy_seq),
-        status="pending",
+        status=Status.PENDING,
         runtime=runtime,
         spec=spec,
         created_by=created_by,
     )
     session.add(deployment)
     return Opened(deployment, replayed=False)
+
+
+def served(deployment: Deployment) -> bool:
+    """Whether the revision reached the gateway once: it passed its health check and took the route."""
+    return deployment.status in SERVED and deployment.upstream_url is not None
+
+
+async def previous_served(session: AsyncSession, server: Server) -> Deployment | None:
+    """The revision a rollback (manual, or a remediation's "redeploy previous") serves again: the newest
+    one before the serving revision that reached the gateway."""
+    earlier = select(Deployment).where(
+        Deployment.server_id == server.id, Deployment.status.in_(SERVED), Deployment.upstream_url.is_not(None)
+    )
+    if server.active_deployment_id is not None:
+        earlier = earlier.where(Deployment.id != server.active_deployment_id, Deployment.seq < server.active_seq)
+    return await session.scalar(earlier.order_by(Deployment.seq.desc()).limit(1))
+
+
+def rollback_source(target: Deployment) -> dict[str, Any]:
+    """The source a rollback to `target` deploys: for git, the exact commit it ran (its artifact is reused)."""
+    source = dict(target.spec["source"])
+    if source.get("type") == "git" and target.revision:
+        source["ref"] = target.revision
+    return source
+
+
+async def notify(session: AsyncSession, deployment_id: uuid.UUID) -> None:
+    """Wake up whoever follows this deployment (SSE streams, the CLI); delivered when the transaction
+    commits, never for a change that is rolled back."""
+    await session.execute(
+        text("SELECT pg_notify(:channel, :id)"), {"channel": DEPLOYMENTS_CHANNEL, "id": str(deployment_id)}
+    )
