@@ -9,7 +9,9 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
 SANDBOX_PACKAGES := bubblewrap slirp4netns
 
-.PHONY: up test lint bench install system-deps sandbox-deps vm-deps clean
+ROOMS := api gateway builds runtimes governance workflows
+
+.PHONY: up test test-unit test-security test-quick $(addprefix test-,$(ROOMS)) lint bench install system-deps sandbox-deps vm-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +60,23 @@ vm-deps: install system-deps
 ## test: install what the tests need, start the real components, run the whole suite
 test: install system-deps vm-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+## test-unit: the unit tests alone: pure logic, no component started (about a minute)
+test-unit: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m unit $(PYTEST_ARGS)
+
+## test-<room>: one room's unit and integration tests: test-api, test-gateway, test-builds, test-runtimes,
+## test-governance, test-workflows (markers in tests/markers.py)
+$(addprefix test-,$(ROOMS)): test-%: install system-deps vm-deps
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m $* $(PYTEST_ARGS)
+
+## test-security: the attacks by input channel (tests/security), each with its control
+test-security: install system-deps vm-deps
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m security $(PYTEST_ARGS)
+
+## test-quick: everything but the slow tests and the Kubernetes and virtual-machine runtimes
+test-quick: install system-deps vm-deps
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow and not kube and not vm" $(PYTEST_ARGS)
 
 ## lint: ruff (format check + lint) and mypy on the whole tree
 lint: install

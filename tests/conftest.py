@@ -14,6 +14,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from core import temporal
 from core.migrate import upgrade_async
+from tests.markers import SLOW, markers_for
 from tests.support.components import (
     BASE_IMAGE,
     CACHE,
@@ -33,6 +34,17 @@ from tests.support.git_server import GitHttpServer
 from tests.support.registry import FaultProxy, Registry
 from tests.support.registry import available as registry_available
 from tests.support.stack import Stack, WorkerProcess, make_settings
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test's markers: its kind, its room, what it needs (see tests/markers.py)."""
+    for item in items:
+        path = Path(str(item.fspath))
+        for marker in markers_for(path, list(getattr(item, "fixturenames", ()))):
+            item.add_marker(marker)
+        if item.nodeid.split("[")[0] in SLOW:
+            item.add_marker("slow")
+
 
 # Chosen before podman starts: podman reads which registries may use plain HTTP once, at start.
 REGISTRY_PORTS = (free_port(), free_port())
