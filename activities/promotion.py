@@ -19,7 +19,6 @@ from temporalio.exceptions import ApplicationError
 
 from core import promotion as rules
 from core.errors import DomainError
-from core.evalruns import open_run, snapshot
 from core.models import (
     Certification,
     Deployment,
@@ -38,6 +37,7 @@ from core.models import (
 from core.policy import CertificationFact, Decision, Facts, Requirement, decide, explain, subject_of
 from core.remediation import ACTIVE as REMEDIATION_ACTIVE
 from records.deployments import current_spec, open_deployment
+from records.evaluation_runs import open_run, snapshot
 
 
 @dataclass

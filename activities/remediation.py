@@ -33,9 +33,9 @@ from core.models import (
     User,
 )
 from core.remediation import ACTIVE, EXIT_OK, EXIT_STEP_FAILED, HttpStep, ResourcesStep
-from core.remediation_runs import notify_run, open_run
 from core.settings import Settings
 from records.deployments import current_spec, open_deployment, previous_served, rollback_source
+from records.remediation_runs import notify_run, open_run
 
 log = logging.getLogger("mcphost.remediation")
 

@@ -43,11 +43,11 @@ from core.db import make_engine, make_sessionmaker
 from core.errors import DomainError, RateLimited
 from core.models import ServerLog, UsageMetric
 from core.ratelimit import retry_after_seconds
-from core.security_setup import ensure_setup_token
 from core.settings import Settings
 from gateway.app import metrics_response
 from gateway.asgi import WithGateway
 from gateway.state import GatewayState
+from records.setup_tokens import ensure_setup_token
 from runtimes import build_executors
 
 log = logging.getLogger("mcphost.api")

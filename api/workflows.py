@@ -16,8 +16,8 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from core import temporal
 from core.errors import Unavailable
-from core.evalruns import evaluation_workflow_id
 from core.settings import Settings
+from records.evaluation_runs import evaluation_workflow_id
 from workflows.deploy import deploy_input
 from workflows.evaluation import EvaluationInput
 from workflows.promotion import PromotionInput

@@ -106,8 +106,8 @@ def admin_create(email: str = typer.Option(..., help="The new administrator's em
     installation without its setup token, which stops working."""
     import asyncio
 
-    from core.security_setup import create_admin
     from core.settings import load_settings_or_exit
+    from records.setup_tokens import create_admin
 
     settings = load_settings_or_exit()
     address = _admin_email(email)
@@ -132,8 +132,8 @@ def admin_promote(email: str = typer.Option(..., help="The email of the account 
     """Make an existing account an administrator, keeping its password, sessions and tokens."""
     import asyncio
 
-    from core.security_setup import promote_admin
     from core.settings import load_settings_or_exit
+    from records.setup_tokens import promote_admin
 
     settings = load_settings_or_exit()
     address = _admin_email(email)

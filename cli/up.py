@@ -20,9 +20,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from core.security_setup import setup_token_notice
 from core.settings import child_environment
 from core.temporal import dev_server_search_attribute_args
+from records.setup_tokens import setup_token_notice
 
 console = Console(stderr=True)
 

@@ -38,7 +38,7 @@ from core.security import (
     password_needs_rehash,
     verify_password,
 )
-from core.security_setup import forget_setup_token_file, spend_setup_token
+from records.setup_tokens import forget_setup_token_file, spend_setup_token
 
 router = APIRouter(prefix="/api", tags=["accounts"])
 

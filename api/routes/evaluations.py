@@ -32,7 +32,6 @@ from api.schemas import (
 )
 from api.workflows import cancel_workflow, start_evaluation
 from core.errors import Conflict, InvalidInput, NotFound
-from core.evalruns import open_run, snapshot
 from core.models import (
     BuildArtifactRun,
     Certification,
@@ -46,6 +45,7 @@ from core.models import (
     User,
 )
 from core.remediation import ACTIVE as REMEDIATION_ACTIVE
+from records.evaluation_runs import open_run, snapshot
 
 router = APIRouter(prefix="/api", tags=["evaluations"])
 MAX_TESTS = 200

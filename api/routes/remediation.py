@@ -41,7 +41,7 @@ from core import temporal
 from core.errors import Conflict, InvalidInput, NotFound, Unavailable
 from core.models import RemediationArtifact, RemediationBinding, RemediationPlaybook, RemediationRun, Server, User
 from core.remediation import ACTIVE, Playbook
-from core.remediation_runs import notify_run, open_run
+from records.remediation_runs import notify_run, open_run
 from workflows.deploy import deploy_input
 from workflows.remediation import RemediationInput, RemediationVote
 
