@@ -11,7 +11,6 @@ launch reads that decision first, so a revision is placed once.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
 import time
@@ -19,14 +18,14 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 
-from sqlalchemy import select, text, update
+from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.exceptions import ApplicationError
 
 from core.attestation import Verdict, now_utc, parse_measurements, parse_trust_roots, verify
-from core.db import SERVERS_CHANNEL
+from core.db import SERVERS_CHANNEL, notify
 from core.models import PolicyDecision, Server, ServerLog, VmEvent, VmInstance, VmTrustChange
 from core.policy import vm_placement
 from core.settings import Settings
@@ -224,10 +223,7 @@ class VmGuests:
             )
             owner = await session.scalar(select(Server.owner_id).where(Server.id == uuid.UUID(spec.server_id)))
             payload = {"kind": "trust", "id": spec.server_id, "owner_id": str(owner), "posture": verdict.outcome}
-            await session.execute(
-                text("SELECT pg_notify(:channel, :payload)"),
-                {"channel": SERVERS_CHANNEL, "payload": json.dumps(payload)},
-            )
+            await notify(session, SERVERS_CHANNEL, payload)
 
     async def _store_decision(
         self,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -27,8 +30,14 @@ def asyncpg_dsn(database_url: str) -> str:
     return database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
+async def notify(session: AsyncSession, channel: str, payload: str | dict[str, Any]) -> None:
+    """Publish `payload` (a dict is sent as JSON) on `channel`. Postgres delivers it when the transaction
+    commits, and not at all on rollback, so no listener acts on a change before it is written or on one
+    that never happened. Every NOTIFY the platform sends goes through here."""
+    text_payload = payload if isinstance(payload, str) else json.dumps(payload)
+    await session.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": channel, "payload": text_payload})
+
+
 async def notify_route_changed(session: AsyncSession, slug: str) -> None:
-    """Tell every API process to drop its cached route for `slug`. Postgres delivers it when the
-    transaction commits, and not at all on rollback, so no process can reload the row before it is
-    written or drop a route for a change that never happened."""
-    await session.execute(text("SELECT pg_notify(:channel, :slug)"), {"channel": ROUTES_CHANNEL, "slug": slug})
+    """Tell every API process to drop its cached route for `slug`."""
+    await notify(session, ROUTES_CHANNEL, slug)

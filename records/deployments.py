@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core import db
 from core.db import DEPLOYMENTS_CHANNEL
 from core.errors import Conflict, InvalidInput
 from core.isolation import isolation_refusal
@@ -145,6 +146,4 @@ def rollback_source(target: Deployment) -> dict[str, Any]:
 async def notify(session: AsyncSession, deployment_id: uuid.UUID) -> None:
     """Wake up whoever follows this deployment (SSE streams, the CLI); delivered when the transaction
     commits, never for a change that is rolled back."""
-    await session.execute(
-        text("SELECT pg_notify(:channel, :id)"), {"channel": DEPLOYMENTS_CHANNEL, "id": str(deployment_id)}
-    )
+    await db.notify(session, DEPLOYMENTS_CHANNEL, str(deployment_id))

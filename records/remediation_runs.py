@@ -3,23 +3,18 @@ and the worker (runs the supervisor or the attestation start)."""
 
 from __future__ import annotations
 
-import json
 import uuid
 
-from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.db import SERVERS_CHANNEL
+from core.db import SERVERS_CHANNEL, notify
 from core.models import RemediationPlaybook, RemediationRun, Server
 from core.remediation import Playbook
 
 
 async def notify_run(session: AsyncSession, run_id: uuid.UUID | str, server_id: uuid.UUID | str) -> None:
-    payload = json.dumps({"kind": "remediation", "id": str(server_id), "run": str(run_id)})
-    await session.execute(
-        text("SELECT pg_notify(:channel, :payload)"), {"channel": SERVERS_CHANNEL, "payload": payload}
-    )
+    await notify(session, SERVERS_CHANNEL, {"kind": "remediation", "id": str(server_id), "run": str(run_id)})
 
 
 async def open_run(
