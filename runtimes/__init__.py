@@ -51,6 +51,7 @@ def build_executors(settings: Settings, auth_for: AuthLookup | None = None) -> d
             build_timeout=settings.build_timeout_seconds,
             bridge_max_sessions=settings.bridge_max_sessions,
             bridge_idle_seconds=settings.bridge_idle_timeout_seconds,
+            isolated=settings.build_network_isolation == "required",
         )
         executors["docker"] = DockerExecutor(
             settings.docker_host,

@@ -24,7 +24,6 @@ import shutil
 import tarfile
 import tempfile
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -418,65 +417,52 @@ class DockerExecutor:
     async def _build_package_image(self, source: PackageSource, key: str, tag: str) -> str:
         context = Path(tempfile.mkdtemp(prefix="mcphost-package-"))
         try:
-            from_index = await package_images.prepare_context(context, source, self.packages)
-            stop = threading.Event()
-            try:
-                # Installing wheels needs no network, so the build gets none; a source build from the index does.
-                return await asyncio.to_thread(self._build, context, tag, key, not from_index, stop)
-            finally:
-                stop.set()
+            await package_images.prepare_context(context, source, self.packages)
+            return await self._build(context, tag, key)
         finally:
             await asyncio.to_thread(shutil.rmtree, context, True)
 
-    def _build(self, context: Path, tag: str, key: str, offline: bool, stop: threading.Event) -> str:
-        deadline = time.monotonic() + self.packages.build_timeout
+    async def _build(self, context: Path, tag: str, key: str) -> str:
+        """Build the package image the way git builds are built: with PACKAGE_ALLOW_SDIST a source build runs
+        the package's own setup code, so its RUN steps get the isolated build network where one is required."""
+        from builds.images import BuildFailed, ImageBuilder
+
         tail: list[str] = []
-        image_id: str | None = None
+
+        def on_line(line: str) -> None:
+            tail.append(line)
+            del tail[:-40]
+
+        stop = threading.Event()
+        builder = ImageBuilder(self.base_url)
         try:
-            stream = self._docker().api.build(
-                path=str(context),
-                tag=tag,
-                labels={package_images.LABEL_PACKAGE_BUILD: key},
-                rm=True,
-                forcerm=True,
-                pull=False,
-                network_mode="none" if offline else None,
-                decode=True,
+            return await asyncio.wait_for(
+                builder.build(
+                    context,
+                    "Dockerfile",
+                    tag=tag,
+                    platform=f"linux/{package_images.engine_arch()}",
+                    labels={package_images.LABEL_PACKAGE_BUILD: key},
+                    cache_from=[],
+                    nocache=False,
+                    on_line=on_line,
+                    stop=stop,
+                    isolated=self.packages.isolated,
+                ),
+                self.packages.build_timeout,
             )
-            for chunk in stream:
-                if stop.is_set():
-                    raise RuntimeFailure("the package image build was abandoned")
-                if time.monotonic() > deadline:
-                    raise RuntimeFailure(
-                        f"building {tag} took longer than {self.packages.build_timeout:.0f}s (BUILD_TIMEOUT_SECONDS)"
-                    )
-                if not isinstance(chunk, dict):
-                    continue
-                if chunk.get("error"):
-                    output = "\n".join(tail[-10:])
-                    raise PackageBuildFailed(
-                        f"building the package image from {self.packages.base_image} (PACKAGE_PYTHON_IMAGE) "
-                        f"failed: {str(chunk['error']).strip()}\n{output}"
-                    )
-                text = chunk.get("stream") or chunk.get("status")
-                if text:
-                    tail.extend(line.rstrip() for line in str(text).splitlines() if line.strip())
-                    del tail[:-40]
-                aux = chunk.get("aux")
-                if isinstance(aux, dict) and aux.get("ID"):
-                    image_id = str(aux["ID"])
-            return image_id or str(self._docker().images.get(tag).id)
-        except DockerImageNotFound:
-            raise PackageBuildFailed("the package image build finished without an image") from None
-        except APIError as exc:
-            if _is_missing_image(exc):
-                raise ImageNotFound(
-                    f"the base image {self.packages.base_image!r} (PACKAGE_PYTHON_IMAGE) is not available: "
-                    f"{exc.explanation or exc}"
-                ) from None
-            raise PackageBuildFailed(f"building the package image failed: {exc.explanation or exc}") from None
-        except DockerException as exc:
-            raise RuntimeFailure(f"container engine unreachable: {exc}") from None
+        except TimeoutError:
+            raise RuntimeFailure(
+                f"building {tag} took longer than {self.packages.build_timeout:.0f}s (BUILD_TIMEOUT_SECONDS)"
+            ) from None
+        except BuildFailed as exc:
+            output = "\n".join(tail[-10:])
+            raise PackageBuildFailed(
+                f"building the package image from {self.packages.base_image} (PACKAGE_PYTHON_IMAGE) failed: "
+                f"{exc.message}\n{output}"
+            ) from None
+        finally:
+            stop.set()
 
     async def _read_entry_points(self, image_id: str) -> list[str]:
         """The console scripts the image's build recorded, read from a container that is never started."""

@@ -77,6 +77,9 @@ class PackageImageConfig:
     build_timeout: float = 1800.0
     bridge_max_sessions: int = 32
     bridge_idle_seconds: float = 600.0
+    # RUN steps on a build network of their own that reaches the internet, never the build host
+    # (BUILD_NETWORK_ISOLATION, as for git builds): a source build runs the package's own code.
+    isolated: bool = False
 
 
 def bridge_requirements() -> list[str]:

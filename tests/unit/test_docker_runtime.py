@@ -4,6 +4,8 @@ exit under the memory limit is told, and the confinement options of a launch."""
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -11,6 +13,7 @@ from core.sources import ImageSource
 from core.tenancy import Resources
 from runtimes.base import LaunchSpec
 from runtimes.docker import DockerExecutor, image_uid, network_name, oom_detail
+from runtimes.package_images import LABEL_PACKAGE_BUILD, PackageImageConfig
 
 MIB = 1024 * 1024
 
@@ -85,3 +88,46 @@ def test_a_missing_network_is_told_apart_from_a_missing_image() -> None:
     assert _is_missing_network(podman)
     assert _is_missing_network("network mcphost-srv-1 not found")
     assert not _is_missing_network("No such image: localhost/x:1")
+
+
+@pytest.mark.parametrize("isolated", [True, False])
+async def test_package_images_are_built_on_the_isolated_build_network(
+    isolated: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A source build runs the package's own setup code: its RUN steps get the build network git builds get
+    (BUILD_NETWORK_ISOLATION), never the engine's host network; `off` is the unsafe control."""
+    from builds import images
+
+    seen: dict[str, Any] = {}
+
+    class Recorder:
+        def __init__(self, docker_host: str | None = None) -> None:
+            seen["host"] = docker_host
+
+        async def build(self, context: Path, dockerfile: str, **options: Any) -> str:
+            seen.update(options, context=context, dockerfile=dockerfile)
+            return "sha256:built"
+
+    monkeypatch.setattr(images, "ImageBuilder", Recorder)
+    executor = DockerExecutor("unix:///nowhere.sock", packages=PackageImageConfig(isolated=isolated))
+    assert await executor._build(tmp_path, "localhost/mcphost/pkg-x:1", "key") == "sha256:built"
+    assert seen["isolated"] is isolated and seen["host"] == "unix:///nowhere.sock"
+    assert seen["dockerfile"] == "Dockerfile" and seen["labels"] == {LABEL_PACKAGE_BUILD: "key"}
+
+
+def test_the_platform_turns_package_build_isolation_on_with_git_builds(tmp_path: Path) -> None:
+    from core.settings import Settings
+    from runtimes import build_executors
+
+    for mode, isolated in (("required", True), ("off", False)):
+        values: dict[str, Any] = {
+            "_env_file": None,
+            "jwt_secret": "j" * 40,
+            "secrets_key": "s" * 40,
+            "state_dir": tmp_path,
+            "docker_host": "unix:///nowhere.sock",
+            "build_network_isolation": mode,
+        }
+        settings = Settings(**values)
+        executor = build_executors(settings)["docker"]
+        assert isinstance(executor, DockerExecutor) and executor.packages.isolated is isolated
