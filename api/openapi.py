@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from api.deps import get_admin, get_current_user, get_temporal
-from api.schemas import ErrorBody
+from api.schemas.common import ErrorBody
 
 ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
 

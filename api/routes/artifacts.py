@@ -8,7 +8,8 @@ from fastapi import APIRouter, Query
 from sqlalchemy import select
 
 from api.deps import CurrentUser, SessionDep, load_server
-from api.schemas import ArtifactPlatformPublic, ArtifactPublic, ListOf, MetricEvent
+from api.schemas.artifacts import ArtifactPlatformPublic, ArtifactPublic
+from api.schemas.common import ListOf, MetricEvent
 from core.errors import InvalidInput
 from core.models import BuildArtifactPlatform, BuildArtifactRun, UsageMetric
 

@@ -12,10 +12,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.deps import SESSION_COOKIE, AdminUser, CurrentUser, SessionDep, StateDep
-from api.schemas import (
+from api.schemas.auth import (
     Credentials,
-    ErrorBody,
-    ListOf,
     Registration,
     RegistrationAccepted,
     RolesUpdate,
@@ -24,8 +22,8 @@ from api.schemas import (
     TokenCreated,
     TokenPublic,
     UserPublic,
-    error_responses,
 )
+from api.schemas.common import ErrorBody, ListOf, error_responses
 from core.errors import Conflict, Forbidden, NotFound, Unauthorized
 from core.models import ApiToken, RevokedSession, User
 from core.security import (

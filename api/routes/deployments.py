@@ -13,18 +13,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.deploying import IN_PROGRESS, check_idempotency_key, current_spec, launch, open_deployment
 from api.deps import CurrentUser, SessionDep, StateDep, TemporalDep, load_server
-from api.schemas import (
+from api.schemas.common import ListOf, error_responses
+from api.schemas.deployments import (
     DeploymentAccepted,
     DeploymentDetail,
     DeploymentPublic,
-    ListOf,
     LiveProgress,
     RollbackAccepted,
     RollbackRequest,
     RollbackToDeployment,
     RollbackToRevision,
     StepPublic,
-    error_responses,
 )
 from api.workflows import cancel_deploy
 from core.errors import Conflict, NotFound

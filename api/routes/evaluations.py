@@ -14,7 +14,8 @@ from temporalio.client import Client
 
 from api.deploying import check_idempotency_key
 from api.deps import AppState, CurrentUser, SessionDep, StateDep, TemporalDep, load_server
-from api.schemas import (
+from api.schemas.common import ListOf, error_responses
+from api.schemas.evaluations import (
     ArtifactEvaluationCreate,
     CertificationPublic,
     CertifyRequest,
@@ -26,9 +27,7 @@ from api.schemas import (
     EvalSummaryRow,
     EvalTestCreate,
     EvalTestPublic,
-    ListOf,
     PolicyDecisionPublic,
-    error_responses,
 )
 from api.workflows import cancel_workflow, start_evaluation
 from core.errors import Conflict, InvalidInput, NotFound

@@ -21,7 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import ClientDisconnect
 
 from api.deps import CurrentUser, SessionDep, StateDep, load_server
-from api.schemas import ErrorBody, FileInfo, FileList
+from api.schemas.common import ErrorBody
+from api.schemas.files import FileInfo, FileList
 from core.errors import Conflict, InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from core.files import (
     FileEntry,

@@ -22,16 +22,8 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import CurrentUser, SessionDep, StateDep, TemporalDep, load_server
 from api.routes.streams import SSE_HEADERS, SSE_RESPONSES
-from api.schemas import (
-    GovernanceAuditPublic,
-    GovernanceDefinitionCreate,
-    GovernanceDefinitionPublic,
-    GovernanceRunCreate,
-    GovernanceRunPublic,
-    GovernanceVote,
-    ListOf,
-    error_responses,
-)
+from api.schemas.common import GovernanceAuditPublic, GovernanceRunPublic, GovernanceVote, ListOf, error_responses
+from api.schemas.governance import GovernanceDefinitionCreate, GovernanceDefinitionPublic, GovernanceRunCreate
 from core import temporal
 from core.errors import Conflict, DomainError, Forbidden, NotFound, Unavailable
 from core.governance import Definition

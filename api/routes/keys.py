@@ -11,7 +11,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from api.deps import CurrentUser, SessionDep, StateDep, load_server
-from api.schemas import GatewayKeyCreate, GatewayKeyCreated, GatewayKeyPublic, ListOf, error_responses
+from api.schemas.common import ListOf, error_responses
+from api.schemas.keys import GatewayKeyCreate, GatewayKeyCreated, GatewayKeyPublic
 from core.db import notify_route_changed
 from core.errors import Conflict, NotFound
 from core.models import ServerApiKey, ServerLog

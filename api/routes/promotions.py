@@ -20,17 +20,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from api.deps import CurrentUser, SessionDep, StateDep, TemporalDep
 from api.routes.governance import VOTE_RESPONSES, cast_vote
 from api.routes.streams import SSE_HEADERS, SSE_RESPONSES
-from api.schemas import (
+from api.schemas.common import GovernanceRunPublic, GovernanceVote, ListOf, error_responses
+from api.schemas.promotions import (
     DigestRejection,
     DigestRejectionPublic,
-    GovernanceRunPublic,
-    GovernanceVote,
-    ListOf,
     PromotionPublic,
     PromotionSchedule,
     TrackCreate,
     TrackPublic,
-    error_responses,
 )
 from api.workflows import cancel_workflow, start_promotion
 from core import promotion as rules

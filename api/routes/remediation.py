@@ -27,15 +27,14 @@ from temporalio.service import RPCError, RPCStatusCode
 from api.deps import CurrentUser, SessionDep, StateDep, TemporalDep, load_server
 from api.routes.governance import REFUSAL_STATUS, Accepted
 from api.routes.streams import KEEPALIVE_SECONDS, SSE_HEADERS, SSE_RESPONSES, _event
-from api.schemas import (
-    ListOf,
+from api.schemas.common import ListOf, error_responses
+from api.schemas.remediation import (
     PlaybookCreate,
     PlaybookPublic,
     RemediationArtifactPublic,
     RemediationRunCreate,
     RemediationRunPublic,
     RemediationVoteBody,
-    error_responses,
 )
 from core import temporal
 from core.errors import Conflict, InvalidInput, NotFound, Unavailable

@@ -12,15 +12,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.deps import CurrentUser, SessionDep, StateDep, load_server
-from api.schemas import (
-    SECRET_NAME_PATTERN,
-    ListOf,
-    SecretCreate,
-    SecretEventPublic,
-    SecretPublic,
-    SecretValue,
-    error_responses,
-)
+from api.schemas.common import ListOf, error_responses
+from api.schemas.secrets import SECRET_NAME_PATTERN, SecretCreate, SecretEventPublic, SecretPublic, SecretValue
 from core.errors import Conflict, NotFound, Unavailable
 from core.models import Server, ServerLog, ServerSecret, ServerSecretEvent, User
 from core.secretstore import MAX_SECRETS, SecretStoreError

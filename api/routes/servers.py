@@ -10,19 +10,17 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from api.deps import CurrentUser, SessionDep, StateDep, TemporalDep, load_server
-from api.schemas import (
+from api.schemas.common import ListOf, LogLine, error_responses
+from api.schemas.servers import (
     ApiKeyRotated,
     Capabilities,
     ClientConfig,
-    ListOf,
-    LogLine,
     ServerCreate,
     ServerCreated,
     ServerPublic,
     ServerUpdate,
     WebhookSecretRotated,
     WorkflowStarted,
-    error_responses,
 )
 from api.workflows import start_server_workflow
 from core.crypto import env_names

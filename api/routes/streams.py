@@ -15,7 +15,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
 from api.deps import AppState, CurrentUser, SessionDep, StateDep, load_server
-from api.schemas import LogLine, MetricEvent, error_responses
+from api.schemas.common import LogLine, MetricEvent, error_responses
 from core.models import Deployment, Server, ServerLog, UsageMetric
 
 router = APIRouter(prefix="/api/servers", tags=["streams"])

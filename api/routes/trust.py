@@ -14,7 +14,8 @@ from sqlalchemy import select
 
 from api.deps import CurrentUser, SessionDep, StateDep, load_server
 from api.routes.streams import KEEPALIVE_SECONDS, SSE_HEADERS, _event
-from api.schemas import ServerVm, TrustChangePublic, VmEventPublic, VmGuestPublic, error_responses
+from api.schemas.common import error_responses
+from api.schemas.trust import ServerVm, TrustChangePublic, VmEventPublic, VmGuestPublic
 from core.models import Server, VmEvent, VmInstance, VmTrustChange
 
 router = APIRouter(prefix="/api", tags=["trust"])

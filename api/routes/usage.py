@@ -9,7 +9,8 @@ from fastapi import APIRouter, Query
 from sqlalchemy import select
 
 from api.deps import CurrentUser, SessionDep, load_server
-from api.schemas import InvocationPublic, ListOf, UsagePublic, error_responses
+from api.schemas.common import ListOf, error_responses
+from api.schemas.usage import InvocationPublic, UsagePublic
 from core.models import GatewayInvocation, GatewayUsage
 
 router = APIRouter(prefix="/api/servers", tags=["gateway usage"])

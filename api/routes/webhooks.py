@@ -25,13 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.deploying import current_spec, launch, open_deployment
 from api.deps import AppState, CurrentUser, SessionDep, StateDep, load_server
-from api.schemas import (
-    ListOf,
-    WebhookDeliveryPublic,
-    WebhookOutcome,
-    WebhookRedeploy,
-    error_responses,
-)
+from api.schemas.common import ListOf, error_responses
+from api.schemas.webhooks import WebhookDeliveryPublic, WebhookOutcome, WebhookRedeploy
 from core.errors import DomainError, InvalidInput, NotFound, PayloadTooLarge, Unauthorized
 from core.models import Server, ServerLog, WebhookDelivery
 from core.sources import GitSource, parse_source

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from api.schemas import EvalTestCreate
+from api.schemas.evaluations import EvalTestCreate
 from core.evaluation import Answer, answer_from_result, evaluate, excerpt, parse_expectation, score
 
 

@@ -4,7 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from api.routes.servers import slugify
-from api.schemas import ServerCreate
+from api.schemas.servers import ServerCreate
 from core.settings import Settings, describe_settings_error
 from core.sources import (
     CommandSource,
