@@ -18,10 +18,10 @@ from core import temporal
 from core.errors import Unavailable
 from core.evalruns import evaluation_workflow_id
 from core.settings import Settings
-from workflows.deploy import deploy_input
-from workflows.evaluation import EvaluationInput
-from workflows.promotion import PromotionInput
-from workflows.server_lifecycle import ServerInput
+from workflows.contracts.deploy import deploy_input
+from workflows.contracts.evaluation import EvaluationInput
+from workflows.contracts.promotion import PromotionInput
+from workflows.contracts.server_lifecycle import ServerInput
 
 SERVER_WORKFLOW_PREFIX = {"StopServerWorkflow": "stop", "DeleteServerWorkflow": "delete"}
 

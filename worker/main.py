@@ -53,13 +53,16 @@ from runtimes.kubernetes import DockerFallback, KubernetesExecutor
 from runtimes.vm import VirtualMachineExecutor
 from worker.metrics import MetricsInterceptor
 from workflows.build import BuildWorkflow
-from workflows.deploy import DeployWorkflow, deploy_input
+from workflows.contracts.deploy import deploy_input
+from workflows.contracts.reconcile import ReconcileRun
+from workflows.contracts.remediation import RemediationInput
+from workflows.deploy import DeployWorkflow
 from workflows.evaluation import EvaluationRunWorkflow
 from workflows.governance import GovernanceRunWorkflow
 from workflows.promotion import PromotionWorkflow
 from workflows.push import PushWorkflow
-from workflows.reconcile import ReconcileRun, ReconcileWorkflow
-from workflows.remediation import RemediationInput, RemediationWorkflow
+from workflows.reconcile import ReconcileWorkflow
+from workflows.remediation import RemediationWorkflow
 from workflows.server_lifecycle import DeleteServerWorkflow, StopServerWorkflow
 from workflows.supervisor import SupervisorWorkflow
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -44,33 +43,17 @@ with workflow.unsafe.imports_passed_through():
     from core import temporal
     from core.promotion import Window, next_open
     from workflows import policies
-    from workflows.deploy import DeployInput, DeployOutcome
+    from workflows.contracts.deploy import DeployOutcome
+    from workflows.contracts.evaluation import EvaluationInput, EvaluationProgress
+    from workflows.contracts.governance import GovernanceInput, GovernanceState
+    from workflows.contracts.promotion import PromotionInput, PromotionState
     from workflows.errors import failure_reason
-    from workflows.evaluation import EvaluationInput, EvaluationProgress
-    from workflows.governance import GovernanceInput, GovernanceState
 
 # How often a queued promotion looks again whether its turn has come, should a wake-up be missed.
 QUEUE_RECHECK = timedelta(seconds=30)
 # `awaiting_approval` is recorded once the governance run's workflow has started, so an approval sent as
 # soon as the promotion says it waits for one finds the run to vote on.
 GOVERNANCE_STARTED_PATCH = "promotion-governance-started-first"
-
-
-@dataclass
-class PromotionInput:
-    promotion_id: str
-    # What each stage deployment is started with (its ids are filled in per server).
-    deploy: DeployInput = field(default_factory=lambda: DeployInput(deployment_id="", server_id=""))
-
-
-@dataclass
-class PromotionState:
-    promotion_id: str
-    status: str = "scheduled"
-    step: str = "queued"
-    reason: str = ""
-    notes: list[str] = field(default_factory=list)
-    deployments: dict[str, str] = field(default_factory=dict)  # server id -> deployment status
 
 
 class Ended(Exception):

@@ -14,7 +14,6 @@ run's SLA is a durable timer: past it the breach is recorded and the run goes on
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -29,39 +28,9 @@ with workflow.unsafe.imports_passed_through():
     from core.governance import Vote, Voter, outcome, refusal
     from core.remediation import EXIT_CANCELLED, EXIT_OK, EXIT_REJECTED, EXIT_STEP_FAILED, Playbook
     from workflows import policies
-    from workflows.deploy import DeployInput, DeployOutcome
+    from workflows.contracts.deploy import DeployInput, DeployOutcome
+    from workflows.contracts.remediation import RemediationInput, RemediationState, RemediationVote
     from workflows.errors import failure_reason
-
-
-@dataclass
-class RemediationInput:
-    run_id: str
-    server_id: str
-    requester_id: str
-    definition: dict[str, Any]
-    deploy: DeployInput = field(default_factory=lambda: DeployInput(deployment_id="", server_id=""))
-
-
-@dataclass
-class RemediationVote:
-    user_id: str
-    email: str
-    roles: list[str]
-    approve: bool
-    comment: str = ""
-
-
-@dataclass
-class RemediationState:
-    run_id: str
-    status: str = "running"  # awaiting_approval | running | succeeded | failed | rejected | cancelled
-    current: str = ""
-    votes: list[Vote] = field(default_factory=list)
-    escalated: bool = False
-    cancel_requested: bool = False
-    results: list[dict[str, Any]] = field(default_factory=list)
-    exit_code: int | None = None
-    reason: str = ""
 
 
 class _Ended(Exception):

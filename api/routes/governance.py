@@ -37,7 +37,7 @@ from core.errors import Conflict, DomainError, Forbidden, NotFound, Unavailable
 from core.governance import Definition
 from core.models import Deployment, GovernanceAudit, GovernanceDefinition, GovernanceRun, Server, User
 from core.policy import subject_of
-from workflows.governance import GovernanceInput, VoteInput
+from workflows.contracts.governance import GovernanceInput, VoteInput
 
 router = APIRouter(prefix="/api/governance", tags=["governance"])
 VOTE_TIMEOUT_SECONDS = 10.0

@@ -42,8 +42,8 @@ from core.errors import Conflict, InvalidInput, NotFound, Unavailable
 from core.models import RemediationArtifact, RemediationBinding, RemediationPlaybook, RemediationRun, Server, User
 from core.remediation import ACTIVE, Playbook
 from core.remediation_runs import notify_run, open_run
-from workflows.deploy import deploy_input
-from workflows.remediation import RemediationInput, RemediationVote
+from workflows.contracts.deploy import deploy_input
+from workflows.contracts.remediation import RemediationInput, RemediationVote
 
 router = APIRouter(prefix="/api/trust/remediation", tags=["remediation"])
 VOTE_TIMEOUT_SECONDS = 10.0
