@@ -30,7 +30,7 @@ from api.schemas import (
     PolicyDecisionPublic,
     error_responses,
 )
-from api.workflows import cancel_workflow, start_evaluation
+from api.workflows import cancel_workflow
 from core.errors import Conflict, InvalidInput, NotFound
 from core.evalruns import open_run, snapshot
 from core.models import (
@@ -46,6 +46,7 @@ from core.models import (
     User,
 )
 from core.remediation import ACTIVE as REMEDIATION_ACTIVE
+from workflows.contracts.starters import start_evaluation
 
 router = APIRouter(prefix="/api", tags=["evaluations"])
 MAX_TESTS = 200
