@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.common import TypedSearchAttributes
 from temporalio.exceptions import ActivityError, CancelledError, ChildWorkflowError
 from temporalio.workflow import ParentClosePolicy
 
@@ -169,16 +169,10 @@ class DeployWorkflow:
         # revision stops, so no request is sent to a port that may already belong to something else.
         await workflow.sleep(timedelta(seconds=1))
 
-    def _child_attributes(self, server_id: str, kind: str) -> TypedSearchAttributes | None:
+    def _child_attributes(self, server_id: str, kind: temporal.Kind) -> TypedSearchAttributes | None:
         if not workflow.patched(KIND_PATCH):
             return None
-        return TypedSearchAttributes(
-            [
-                SearchAttributePair(temporal.SERVER_ID, server_id),
-                SearchAttributePair(temporal.DEPLOYMENT_ID, self._deployment_id),
-                SearchAttributePair(temporal.KIND, kind),
-            ]
-        )
+        return temporal.search_attributes(kind, server_id=server_id, deployment_id=self._deployment_id)
 
     @property
     def _host_wait_bound(self) -> timedelta | None:

@@ -18,7 +18,6 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
@@ -28,7 +27,7 @@ with workflow.unsafe.imports_passed_through():
     from core.governance import Vote, Voter, outcome, refusal
     from core.remediation import EXIT_CANCELLED, EXIT_OK, EXIT_REJECTED, EXIT_STEP_FAILED, Playbook
     from workflows import policies
-    from workflows.contracts.deploy import DeployInput, DeployOutcome
+    from workflows.contracts.deploy import DeployInput, DeployOutcome, DeployWorkflowContract
     from workflows.contracts.remediation import RemediationInput, RemediationState, RemediationVote
     from workflows.errors import failure_reason
 
@@ -172,18 +171,13 @@ class RemediationWorkflow:
             return StepResult(True, detail=f"{result.detail}: new instance {restarted.instance.ref}")
         if step.kind == "redeploy_previous" and result.start:
             deployed: DeployOutcome = await workflow.execute_child_workflow(
-                "DeployWorkflow",
+                DeployWorkflowContract.run,
                 DeployInput(
                     **{**data.deploy.__dict__, "deployment_id": result.deployment_id, "server_id": data.server_id}
                 ),
                 id=result.workflow_id,
-                result_type=DeployOutcome,
-                search_attributes=TypedSearchAttributes(
-                    [
-                        SearchAttributePair(temporal.SERVER_ID, data.server_id),
-                        SearchAttributePair(temporal.DEPLOYMENT_ID, result.deployment_id),
-                        SearchAttributePair(temporal.KIND, "deploy"),
-                    ]
+                search_attributes=temporal.search_attributes(
+                    "deploy", server_id=data.server_id, deployment_id=result.deployment_id
                 ),
             )
             if deployed.status != "running":
