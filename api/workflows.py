@@ -1,8 +1,11 @@
-"""Cancelling platform workflows from the API (they are started in workflows.contracts.starters)."""
+"""Cancelling platform workflows from the API, and telling an ended one from one not started yet (they are
+started in workflows.contracts.starters)."""
 
 from __future__ import annotations
 
-from temporalio.client import Client
+from typing import Any
+
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
 from core.errors import Unavailable
@@ -22,3 +25,15 @@ async def cancel_workflow(client: Client, workflow_id: str, what: str = "the wor
             return False
         raise Unavailable(f"could not cancel {what}: {exc.message}") from None
     return True
+
+
+async def has_ended(handle: WorkflowHandle[Any, Any], what: str = "the workflow") -> bool:
+    """Whether the workflow is there and has closed. Temporal answers an Update or a signal with NOT_FOUND
+    both when the workflow has ended and when it was never started; its description tells them apart."""
+    try:
+        description = await handle.describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return False
+        raise Unavailable(f"could not reach {what}: {exc.message}") from None
+    return description.status not in (None, WorkflowExecutionStatus.RUNNING)

@@ -32,6 +32,7 @@ from api.schemas import (
     ListOf,
     error_responses,
 )
+from api.workflows import has_ended
 from core.errors import Conflict, DomainError, Forbidden, NotFound, Unavailable
 from core.governance import Definition
 from core.models import Deployment, GovernanceAudit, GovernanceDefinition, GovernanceRun, Server, User
@@ -298,8 +299,9 @@ async def cast_vote(
     else:
         vote = VoteInput(user_id=str(user.id), email=user.email, roles=list(user.roles or []), approve=approve,
                          comment=comment)  # fmt: skip
+        handle = client.get_workflow_handle(run.workflow_id)
         try:
-            await client.get_workflow_handle(run.workflow_id).execute_update(
+            await handle.execute_update(
                 GovernanceRunWorkflowContract.vote, vote, rpc_timeout=timedelta(seconds=VOTE_TIMEOUT_SECONDS)
             )
         except WorkflowUpdateFailedError as exc:
@@ -312,13 +314,13 @@ async def cast_vote(
                 f"your {action} is queued: no worker has taken it yet; it is applied when one does"
             ) from None
         except RPCError as exc:
-            if "already completed" in exc.message:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise Unavailable(f"could not reach the governance workflow: {exc.message}") from None
+            if await has_ended(handle, "the governance workflow"):
                 refused = Conflict("the governance run has ended")
-            elif exc.status == RPCStatusCode.NOT_FOUND:
+            else:
                 # Its record is `running` but its workflow is not there: it is being started.
                 refused = Conflict("the governance run is starting and cannot take votes yet; vote again in a moment")
-            else:
-                raise Unavailable(f"could not reach the governance workflow: {exc.message}") from None
     if refused is not None:
         # Never in the workflow's history: the audit trail keeps it.
         run_key, step, email = run.id, run.current_step, user.email

@@ -348,7 +348,9 @@ async def _vote(
         except WorkflowUpdateRPCTimeoutOrCancelledError:
             raise Accepted(f"your {action} is queued: no worker has taken it yet") from None
         except RPCError as exc:
-            if exc.status == RPCStatusCode.NOT_FOUND or "already completed" in exc.message:
+            # NOT_FOUND: the workflow has ended, or (its record still waiting) it never started; either way
+            # the run takes no vote.
+            if exc.status == RPCStatusCode.NOT_FOUND:
                 refused = Conflict("the remediation run has ended")
             else:
                 raise Unavailable(f"could not reach the remediation workflow: {exc.message}") from None
