@@ -113,6 +113,33 @@ def test_the_api_loads_no_activity_build_or_workflow_module() -> None:
     assert not [m for m in modules if m.startswith("workflows.") and not m.startswith("workflows.contracts")], modules
 
 
+PROBE = """
+from temporalio import workflow
+
+from workflows.contracts import deploy, evaluation, governance, promotion, reconcile, remediation
+from workflows.contracts import server_lifecycle, supervisor
+
+
+@workflow.defn(name="ContractsProbe")
+class ContractsProbe:
+    @workflow.run
+    async def run(self, data: deploy.DeployInput) -> str:
+        return data.server_id
+"""
+
+
+async def test_the_contracts_import_in_the_workflow_sandbox_without_passing_through(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
+
+    (tmp_path / "contracts_probe.py").write_text(PROBE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    probe = __import__("contracts_probe")
+    # The sandbox imports the probe's module afresh, the contracts with it, under its restrictions.
+    SandboxedWorkflowRunner().prepare_workflow(_definition(probe.ContractsProbe))
+
+
 class FakeClient:
     def __init__(self, error: Exception | None = None) -> None:
         self.started: list[tuple[str, Any, dict[str, Any]]] = []
