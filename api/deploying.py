@@ -10,11 +10,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import Client
 
 from api.deps import AppState
-from api.workflows import start_deploy
 from core.errors import InvalidInput
 from core.models import Deployment, Server
 from records.deployments import IN_PROGRESS, RESERVED_KEY_PREFIXES, Opened, open_deployment
 from records.deployments import current_spec as spec_for
+from workflows.contracts.starters import start_deploy
 
 __all__ = ["IN_PROGRESS", "Opened", "check_idempotency_key", "current_spec", "launch", "open_deployment"]
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
 from temporalio.client import Client
-from temporalio.common import SearchAttributeKey
+from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 
 from core.settings import Settings
 
@@ -21,6 +22,33 @@ KIND = SearchAttributeKey.for_keyword("McpKind")
 STAGE = SearchAttributeKey.for_keyword("McpStage")
 DIGEST = SearchAttributeKey.for_keyword("McpDigest")
 SEARCH_ATTRIBUTES = (SERVER_ID, DEPLOYMENT_ID, KIND, STAGE, DIGEST)
+
+Kind = Literal[
+    "deploy",
+    "build",
+    "push",
+    "stop",
+    "delete",
+    "supervisor",
+    "evaluation",
+    "governance",
+    "promotion",
+    "remediation",
+]
+
+
+def search_attributes(
+    kind: Kind,
+    *,
+    server_id: str | None = None,
+    deployment_id: str | None = None,
+    stage: str | None = None,
+    digest: str | None = None,
+) -> TypedSearchAttributes:
+    """What a workflow is filed under: its kind, and whichever of server, deployment, stage and digest it
+    works for (an attribute given as None is left out)."""
+    values = ((SERVER_ID, server_id), (DEPLOYMENT_ID, deployment_id), (KIND, kind), (STAGE, stage), (DIGEST, digest))
+    return TypedSearchAttributes([SearchAttributePair(key, value) for key, value in values if value is not None])
 
 
 async def connect(settings: Settings) -> Client:

@@ -35,7 +35,7 @@ ROOMS: dict[str, tuple[str, ...]] = {
         "test_remediation_http_guard", "test_remediation_rules",
     ),
     "workflows": (
-        "test_cancel_cleanup", "test_durability", "test_health_heartbeat", "test_markers", "test_reconcile",
+        "test_cancel_cleanup", "test_contracts", "test_durability", "test_health_heartbeat", "test_markers", "test_reconcile",
         "test_replay", "test_revision_races", "test_supervisor",
     ),
 }  # fmt: skip

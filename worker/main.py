@@ -12,19 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from temporalio.client import (
-    Client,
-    Schedule,
-    ScheduleActionStartWorkflow,
-    ScheduleAlreadyRunningError,
-    ScheduleIntervalSpec,
-    ScheduleOverlapPolicy,
-    SchedulePolicy,
-    ScheduleSpec,
-    ScheduleUpdate,
-)
-from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.client import Client, ScheduleAlreadyRunningError, ScheduleUpdate
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Interceptor, Worker
 
@@ -53,13 +41,14 @@ from runtimes.kubernetes import DockerFallback, KubernetesExecutor
 from runtimes.vm import VirtualMachineExecutor
 from worker.metrics import MetricsInterceptor
 from workflows.build import BuildWorkflow
-from workflows.deploy import DeployWorkflow, deploy_input
+from workflows.contracts.starters import reconcile_schedule, reconcile_schedule_id, start_remediation
+from workflows.deploy import DeployWorkflow
 from workflows.evaluation import EvaluationRunWorkflow
 from workflows.governance import GovernanceRunWorkflow
 from workflows.promotion import PromotionWorkflow
 from workflows.push import PushWorkflow
-from workflows.reconcile import ReconcileRun, ReconcileWorkflow
-from workflows.remediation import RemediationInput, RemediationWorkflow
+from workflows.reconcile import ReconcileWorkflow
+from workflows.remediation import RemediationWorkflow
 from workflows.server_lifecycle import DeleteServerWorkflow, StopServerWorkflow
 from workflows.supervisor import SupervisorWorkflow
 
@@ -86,22 +75,15 @@ def remediation_starter(client: Client, settings: Settings) -> StartRun:
     async def start(
         run_id: str, server_id: str, requester_id: str, definition: dict[str, Any], workflow_id: str
     ) -> None:
-        try:
-            await client.start_workflow(
-                RemediationWorkflow.run,
-                RemediationInput(run_id, server_id, requester_id, definition, deploy=deploy_input(settings)),
-                id=workflow_id,
-                task_queue=settings.temporal_task_queue,
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                search_attributes=TypedSearchAttributes(
-                    [
-                        SearchAttributePair(temporal.SERVER_ID, server_id),
-                        SearchAttributePair(temporal.KIND, "remediation"),
-                    ]
-                ),
-            )
-        except WorkflowAlreadyStartedError:
-            pass
+        await start_remediation(
+            client,
+            settings,
+            run_id=run_id,
+            server_id=server_id,
+            requester_id=requester_id,
+            definition=definition,
+            workflow_id=workflow_id,
+        )
 
     return start
 
@@ -226,7 +208,7 @@ async def run_worker(
 async def keep_reconcile_schedule(client: Client, settings: Settings) -> None:
     """The schedule of this host's reconciler: created, brought up to date with the settings, or (interval
     0) removed. A failure here is logged; the worker serves either way."""
-    schedule_id = f"reconcile-{settings.host_task_queue}"
+    schedule_id = reconcile_schedule_id(settings)
     try:
         if settings.reconcile_interval_seconds <= 0:
             try:
@@ -235,18 +217,7 @@ async def keep_reconcile_schedule(client: Client, settings: Settings) -> None:
                 if exc.status != RPCStatusCode.NOT_FOUND:
                     raise
             return
-        schedule = Schedule(
-            action=ScheduleActionStartWorkflow(
-                "ReconcileWorkflow",
-                ReconcileRun(host_queue=settings.host_task_queue, grace_seconds=settings.reconcile_grace_seconds),
-                id=schedule_id,
-                task_queue=settings.temporal_task_queue,
-            ),
-            spec=ScheduleSpec(
-                intervals=[ScheduleIntervalSpec(every=timedelta(seconds=settings.reconcile_interval_seconds))]
-            ),
-            policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
-        )
+        schedule = reconcile_schedule(settings)
         try:
             await client.create_schedule(schedule_id, schedule)
         except ScheduleAlreadyRunningError:

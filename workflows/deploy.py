@@ -4,17 +4,13 @@ healthy revision serving."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from temporalio import workflow
-from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.common import TypedSearchAttributes
 from temporalio.exceptions import ActivityError, CancelledError, ChildWorkflowError
 from temporalio.workflow import ParentClosePolicy
-
-if TYPE_CHECKING:
-    from core.settings import Settings
 
 with workflow.unsafe.imports_passed_through():
     from activities.build import ArtifactImage
@@ -36,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
     from core import temporal
     from workflows import placement, policies
     from workflows.build import BuildInput, BuildOutcome, BuildWorkflow
+    from workflows.contracts.deploy import DeployInput, DeployOutcome, DeployProgress, StepState
     from workflows.errors import failure_reason
     from workflows.push import PushInput, PushWorkflow
     from workflows.supervisor import SupervisorInput, SupervisorWorkflow
@@ -76,59 +73,6 @@ POLICY_PATCH = "policy-gate"
 # Build, push and supervisor children carry the server, deployment and kind search attributes (the Temporal UI
 # filters them by McpKind like every other workflow).
 KIND_PATCH = "child-search-attributes"
-
-
-@dataclass
-class DeployInput:
-    deployment_id: str
-    server_id: str
-    health_timeout_seconds: float = 90.0
-    install_timeout_seconds: float = 600.0
-    host_wait_seconds: float = 120.0
-    # Supervision of the revision once it runs (0: none, as in runs from before).
-    supervise_interval_seconds: float = 0.0
-    supervise_failure_threshold: int = 3
-    supervise_window_seconds: float = 300.0
-    supervise_backoff_max_seconds: float = 60.0
-
-
-def deploy_input(settings: Settings, deployment_id: str = "", server_id: str = "") -> DeployInput:
-    """A deployment's workflow input, with the installation's timeouts and supervision settings."""
-    return DeployInput(
-        deployment_id=deployment_id,
-        server_id=server_id,
-        health_timeout_seconds=settings.health_check_timeout_seconds,
-        install_timeout_seconds=settings.package_install_timeout_seconds,
-        host_wait_seconds=settings.worker_host_wait_seconds,
-        supervise_interval_seconds=settings.supervisor_interval_seconds,
-        supervise_failure_threshold=settings.supervisor_failure_threshold,
-        supervise_window_seconds=settings.supervisor_window_seconds,
-        supervise_backoff_max_seconds=settings.supervisor_backoff_max_seconds,
-    )
-
-
-@dataclass
-class DeployOutcome:
-    deployment_id: str
-    status: str  # running | failed | superseded | cancelled | blocked
-    error: str | None = None
-    upstream_url: str | None = None
-    notes: list[str] = field(default_factory=list)  # the policy decision's, when one was asked
-
-
-@dataclass
-class StepState:
-    step: str
-    status: str
-    message: str | None = None
-
-
-@dataclass
-class DeployProgress:
-    step: str | None
-    status: str
-    steps: list[StepState] = field(default_factory=list)
-    error: str | None = None
 
 
 def _where(url: str) -> str:
@@ -225,16 +169,10 @@ class DeployWorkflow:
         # revision stops, so no request is sent to a port that may already belong to something else.
         await workflow.sleep(timedelta(seconds=1))
 
-    def _child_attributes(self, server_id: str, kind: str) -> TypedSearchAttributes | None:
+    def _child_attributes(self, server_id: str, kind: temporal.Kind) -> TypedSearchAttributes | None:
         if not workflow.patched(KIND_PATCH):
             return None
-        return TypedSearchAttributes(
-            [
-                SearchAttributePair(temporal.SERVER_ID, server_id),
-                SearchAttributePair(temporal.DEPLOYMENT_ID, self._deployment_id),
-                SearchAttributePair(temporal.KIND, kind),
-            ]
-        )
+        return temporal.search_attributes(kind, server_id=server_id, deployment_id=self._deployment_id)
 
     @property
     def _host_wait_bound(self) -> timedelta | None:

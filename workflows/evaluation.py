@@ -9,7 +9,6 @@ included. Results are written per test by the activity; history carries only cou
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from datetime import timedelta
 
 from temporalio import workflow
@@ -28,27 +27,8 @@ with workflow.unsafe.imports_passed_through():
     from activities.records import InstanceRecord
     from activities.runtime import HostClaim, RuntimeActivities
     from workflows import policies
+    from workflows.contracts.evaluation import EvaluationInput, EvaluationProgress
     from workflows.errors import failure_reason
-
-
-@dataclass
-class EvaluationInput:
-    run_id: str
-    server_id: str
-    # The longest the whole set of tests may take (each test has its own timeout inside it).
-    run_timeout_seconds: float = 3600.0
-    health_timeout_seconds: float = 90.0
-    install_timeout_seconds: float = 900.0
-    host_wait_seconds: float = 60.0
-
-
-@dataclass
-class EvaluationProgress:
-    run_id: str
-    step: str  # target | launch | health_check | tests | release | finished
-    candidate: bool = False
-    status: str = "running"
-    error: str = ""
 
 
 @workflow.defn(name="EvaluationRunWorkflow")

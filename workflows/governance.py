@@ -10,7 +10,6 @@ Business id `governance-<run>`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -21,41 +20,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.governance import CheckInput, CheckResult, GovernanceActivities, GovernanceEvent
     from core.governance import ApprovalStep, CheckStep, Definition, Vote, Voter, WaitStep, outcome, refusal
     from workflows import policies
-
-
-@dataclass
-class GovernanceInput:
-    run_id: str
-    requester_id: str
-    steps: list[dict[str, Any]]
-
-
-@dataclass
-class VoteInput:
-    user_id: str
-    email: str
-    roles: list[str]
-    approve: bool
-    comment: str = ""
-
-
-@dataclass
-class StepState:
-    name: str
-    kind: str
-    status: str = "waiting"  # waiting | open | approved | rejected | passed | failed | done
-    votes: list[Vote] = field(default_factory=list)
-    escalated: bool = False
-    note: str = ""
-
-
-@dataclass
-class GovernanceState:
-    run_id: str
-    status: str = "running"  # running | approved | rejected
-    current: int = 0
-    steps: list[StepState] = field(default_factory=list)
-    reason: str = ""
+    from workflows.contracts.governance import GovernanceInput, GovernanceState, StepState, VoteInput
 
 
 @workflow.defn(name="GovernanceRunWorkflow")

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.common import TypedSearchAttributes
 from temporalio.exceptions import (
     ActivityError,
     CancelledError,
@@ -44,33 +43,17 @@ with workflow.unsafe.imports_passed_through():
     from core import temporal
     from core.promotion import Window, next_open
     from workflows import policies
-    from workflows.deploy import DeployInput, DeployOutcome
+    from workflows.contracts.deploy import DeployOutcome, DeployWorkflowContract
+    from workflows.contracts.evaluation import EvaluationInput, EvaluationProgress, EvaluationRunWorkflowContract
+    from workflows.contracts.governance import GovernanceInput, GovernanceRunWorkflowContract, GovernanceState
+    from workflows.contracts.promotion import PromotionInput, PromotionState
     from workflows.errors import failure_reason
-    from workflows.evaluation import EvaluationInput, EvaluationProgress
-    from workflows.governance import GovernanceInput, GovernanceState
 
 # How often a queued promotion looks again whether its turn has come, should a wake-up be missed.
 QUEUE_RECHECK = timedelta(seconds=30)
 # `awaiting_approval` is recorded once the governance run's workflow has started, so an approval sent as
 # soon as the promotion says it waits for one finds the run to vote on.
 GOVERNANCE_STARTED_PATCH = "promotion-governance-started-first"
-
-
-@dataclass
-class PromotionInput:
-    promotion_id: str
-    # What each stage deployment is started with (its ids are filled in per server).
-    deploy: DeployInput = field(default_factory=lambda: DeployInput(deployment_id="", server_id=""))
-
-
-@dataclass
-class PromotionState:
-    promotion_id: str
-    status: str = "scheduled"
-    step: str = "queued"
-    reason: str = ""
-    notes: list[str] = field(default_factory=list)
-    deployments: dict[str, str] = field(default_factory=dict)  # server id -> deployment status
 
 
 class Ended(Exception):
@@ -118,15 +101,8 @@ class PromotionWorkflow:
             ),
         )
 
-    def _attributes(self, plan: PromotionPlan, kind: str, server_id: str = "") -> TypedSearchAttributes:
-        pairs: list[SearchAttributePair[str]] = [
-            SearchAttributePair(temporal.KIND, kind),
-            SearchAttributePair(temporal.STAGE, plan.stage),
-            SearchAttributePair(temporal.DIGEST, plan.subject),
-        ]
-        if server_id:
-            pairs.append(SearchAttributePair(temporal.SERVER_ID, server_id))
-        return TypedSearchAttributes(pairs)
+    def _attributes(self, plan: PromotionPlan, kind: temporal.Kind, server_id: str = "") -> TypedSearchAttributes:
+        return temporal.search_attributes(kind, server_id=server_id or None, stage=plan.stage, digest=plan.subject)
 
     async def _wait_turn(self) -> None:
         while True:
@@ -155,7 +131,7 @@ class PromotionWorkflow:
         if opened.error:
             raise Ended("failed", f"verification: {opened.error}")
         progress: EvaluationProgress = await workflow.execute_child_workflow(
-            "EvaluationRunWorkflow",
+            EvaluationRunWorkflowContract.run,
             EvaluationInput(
                 run_id=opened.record_id,
                 server_id=opened.server_id,
@@ -164,7 +140,6 @@ class PromotionWorkflow:
                 host_wait_seconds=data.deploy.host_wait_seconds,
             ),
             id=opened.workflow_id,
-            result_type=EvaluationProgress,
             search_attributes=self._attributes(plan, "evaluation", opened.server_id),
         )
         if progress.status != "passed":
@@ -181,22 +156,14 @@ class PromotionWorkflow:
         result: GovernanceState
         if workflow.patched(GOVERNANCE_STARTED_PATCH):
             handle = await workflow.start_child_workflow(
-                "GovernanceRunWorkflow",
-                governance,
-                id=opened.workflow_id,
-                result_type=GovernanceState,
-                search_attributes=attributes,
+                GovernanceRunWorkflowContract.run, governance, id=opened.workflow_id, search_attributes=attributes
             )
             await self._record(status="awaiting_approval", step="governance", reason=waiting)
             result = await handle
         else:
             await self._record(status="awaiting_approval", step="governance", reason=waiting)
             result = await workflow.execute_child_workflow(
-                "GovernanceRunWorkflow",
-                governance,
-                id=opened.workflow_id,
-                result_type=GovernanceState,
-                search_attributes=attributes,
+                GovernanceRunWorkflowContract.run, governance, id=opened.workflow_id, search_attributes=attributes
             )
         if result.status != "approved":
             raise Ended("rejected", f"governance {result.status}: {result.reason}")
@@ -223,18 +190,11 @@ class PromotionWorkflow:
 
         async def one(server_id: str, deployment_id: str, workflow_id: str) -> DeployOutcome:
             return await workflow.execute_child_workflow(
-                "DeployWorkflow",
+                DeployWorkflowContract.run,
                 dataclasses.replace(data.deploy, deployment_id=deployment_id, server_id=server_id),
                 id=workflow_id,
-                result_type=DeployOutcome,
-                search_attributes=TypedSearchAttributes(
-                    [
-                        SearchAttributePair(temporal.SERVER_ID, server_id),
-                        SearchAttributePair(temporal.DEPLOYMENT_ID, deployment_id),
-                        SearchAttributePair(temporal.KIND, "deploy"),
-                        SearchAttributePair(temporal.STAGE, plan.stage),
-                        SearchAttributePair(temporal.DIGEST, plan.subject),
-                    ]
+                search_attributes=temporal.search_attributes(
+                    "deploy", server_id=server_id, deployment_id=deployment_id, stage=plan.stage, digest=plan.subject
                 ),
             )
 
@@ -271,13 +231,7 @@ class PromotionWorkflow:
                     PromotionInput(promotion_id=auto.record_id, deploy=data.deploy),
                     id=auto.workflow_id,
                     parent_close_policy=ParentClosePolicy.ABANDON,
-                    search_attributes=TypedSearchAttributes(
-                        [
-                            SearchAttributePair(temporal.KIND, "promotion"),
-                            SearchAttributePair(temporal.STAGE, auto.stage),
-                            SearchAttributePair(temporal.DIGEST, auto.subject),
-                        ]
-                    ),
+                    search_attributes=temporal.search_attributes("promotion", stage=auto.stage, digest=auto.subject),
                 )
             except WorkflowAlreadyStartedError:
                 pass  # started by an earlier attempt
@@ -285,7 +239,7 @@ class PromotionWorkflow:
     async def _wake(self, workflow_id: str | None) -> None:
         if workflow_id:
             try:
-                await workflow.get_external_workflow_handle(workflow_id).signal("turn")
+                await workflow.get_external_workflow_handle(workflow_id).signal(PromotionWorkflow.turn)
             except FailureError:
                 pass  # it ended or never started: it finds its turn itself when it looks again
 

@@ -8,7 +8,6 @@ on the host's own queue, where its instances are: a host that is gone is skipped
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import timedelta
 
 from temporalio import workflow
@@ -18,22 +17,11 @@ from temporalio.exceptions import ActivityError
 with workflow.unsafe.imports_passed_through():
     from activities.reconcile import ReconcileActivities, ReconcileInput, ReconcileReport
     from workflows import policies
+    from workflows.contracts.reconcile import ReconcileOutcome, ReconcileRun
     from workflows.errors import failure_reason
 
 PASS_TIMEOUT = timedelta(minutes=5)
 PASS_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_attempts=3)
-
-
-@dataclass
-class ReconcileRun:
-    host_queue: str
-    grace_seconds: float = 120.0
-
-
-@dataclass
-class ReconcileOutcome:
-    actions: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
 
 
 @workflow.defn(name="ReconcileWorkflow")

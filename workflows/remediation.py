@@ -14,12 +14,10 @@ run's SLA is a durable timer: past it the breach is recorded and the run goes on
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
@@ -29,39 +27,9 @@ with workflow.unsafe.imports_passed_through():
     from core.governance import Vote, Voter, outcome, refusal
     from core.remediation import EXIT_CANCELLED, EXIT_OK, EXIT_REJECTED, EXIT_STEP_FAILED, Playbook
     from workflows import policies
-    from workflows.deploy import DeployInput, DeployOutcome
+    from workflows.contracts.deploy import DeployInput, DeployOutcome, DeployWorkflowContract
+    from workflows.contracts.remediation import RemediationInput, RemediationState, RemediationVote
     from workflows.errors import failure_reason
-
-
-@dataclass
-class RemediationInput:
-    run_id: str
-    server_id: str
-    requester_id: str
-    definition: dict[str, Any]
-    deploy: DeployInput = field(default_factory=lambda: DeployInput(deployment_id="", server_id=""))
-
-
-@dataclass
-class RemediationVote:
-    user_id: str
-    email: str
-    roles: list[str]
-    approve: bool
-    comment: str = ""
-
-
-@dataclass
-class RemediationState:
-    run_id: str
-    status: str = "running"  # awaiting_approval | running | succeeded | failed | rejected | cancelled
-    current: str = ""
-    votes: list[Vote] = field(default_factory=list)
-    escalated: bool = False
-    cancel_requested: bool = False
-    results: list[dict[str, Any]] = field(default_factory=list)
-    exit_code: int | None = None
-    reason: str = ""
 
 
 class _Ended(Exception):
@@ -203,18 +171,13 @@ class RemediationWorkflow:
             return StepResult(True, detail=f"{result.detail}: new instance {restarted.instance.ref}")
         if step.kind == "redeploy_previous" and result.start:
             deployed: DeployOutcome = await workflow.execute_child_workflow(
-                "DeployWorkflow",
+                DeployWorkflowContract.run,
                 DeployInput(
                     **{**data.deploy.__dict__, "deployment_id": result.deployment_id, "server_id": data.server_id}
                 ),
                 id=result.workflow_id,
-                result_type=DeployOutcome,
-                search_attributes=TypedSearchAttributes(
-                    [
-                        SearchAttributePair(temporal.SERVER_ID, data.server_id),
-                        SearchAttributePair(temporal.DEPLOYMENT_ID, result.deployment_id),
-                        SearchAttributePair(temporal.KIND, "deploy"),
-                    ]
+                search_attributes=temporal.search_attributes(
+                    "deploy", server_id=data.server_id, deployment_id=result.deployment_id
                 ),
             )
             if deployed.status != "running":

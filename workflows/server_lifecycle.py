@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import timedelta
 
 from temporalio import workflow
@@ -11,21 +10,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.records import RecordActivities, ServerNote, ServerRef
     from activities.runtime import RetireInput, RuntimeActivities
     from workflows import placement, policies
-
-
-@dataclass
-class ServerInput:
-    server_id: str
-    host_wait_seconds: float = 120.0
-
-
-@dataclass
-class ServerOutcome:
-    server_id: str
-    status: str
-    stopped_instances: int = 0
-    # Hosts that could not be reached, and what that left behind there.
-    warnings: list[str] = field(default_factory=list)
+    from workflows.contracts.server_lifecycle import ServerInput, ServerOutcome
 
 
 async def _take_down(data: ServerInput) -> placement.Retired:

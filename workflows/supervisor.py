@@ -29,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
         SupervisionEvent,
     )
     from workflows import policies
+    from workflows.contracts.supervisor import SupervisorState
     from workflows.errors import failure_reason
 
 ROUNDS_PER_RUN = 200
@@ -53,16 +54,6 @@ class SupervisorInput:
     restarts: int = 0
     events: int = 0
     degraded: bool = False
-
-
-@dataclass
-class SupervisorState:
-    deployment_id: str
-    status: str  # healthy | unhealthy | restarting | degraded | ended
-    restarts: int
-    recent_failures: int
-    last_probe: str
-    instance_ref: str
 
 
 @workflow.defn(name="SupervisorWorkflow")

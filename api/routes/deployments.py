@@ -29,6 +29,7 @@ from api.workflows import cancel_deploy
 from core.errors import Conflict, NotFound
 from core.models import Deployment, DeploymentStep, Server, ServerLog, User
 from records.deployments import previous_served, rollback_source, served
+from workflows.contracts.deploy import DeployWorkflowContract
 
 router = APIRouter(prefix="/api", tags=["deployments"])
 
@@ -297,7 +298,7 @@ async def _live_progress(state: Any, workflow_id: str) -> LiveProgress | None:
     try:
         client = await state.temporal()
         handle = client.get_workflow_handle(workflow_id)
-        result = await asyncio.wait_for(handle.query("progress"), timeout=3)
-        return LiveProgress(step=result.get("step"), status=result.get("status", "unknown"))
+        result = await asyncio.wait_for(handle.query(DeployWorkflowContract.progress), timeout=3)
+        return LiveProgress(step=result.step, status=result.status)
     except Exception:
         return None  # no worker answering right now; the recorded steps still tell the story

@@ -29,7 +29,7 @@ from api.schemas.evaluations import (
     EvalTestPublic,
     PolicyDecisionPublic,
 )
-from api.workflows import cancel_workflow, start_evaluation
+from api.workflows import cancel_workflow
 from core.errors import Conflict, InvalidInput, NotFound
 from core.models import (
     BuildArtifactRun,
@@ -45,6 +45,7 @@ from core.models import (
 )
 from core.remediation import ACTIVE as REMEDIATION_ACTIVE
 from records.evaluation_runs import open_run, snapshot
+from workflows.contracts.starters import start_evaluation
 
 router = APIRouter(prefix="/api", tags=["evaluations"])
 MAX_TESTS = 200

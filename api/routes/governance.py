@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -16,7 +17,6 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import WorkflowUpdateFailedError, WorkflowUpdateRPCTimeoutOrCancelledError
-from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -24,12 +24,13 @@ from api.deps import CurrentUser, SessionDep, StateDep, TemporalDep, load_server
 from api.routes.streams import SSE_HEADERS, SSE_RESPONSES
 from api.schemas.common import GovernanceAuditPublic, GovernanceRunPublic, GovernanceVote, ListOf, error_responses
 from api.schemas.governance import GovernanceDefinitionCreate, GovernanceDefinitionPublic, GovernanceRunCreate
-from core import temporal
+from api.workflows import has_ended
 from core.errors import Conflict, DomainError, Forbidden, NotFound, Unavailable
 from core.governance import Definition
 from core.models import Deployment, GovernanceAudit, GovernanceDefinition, GovernanceRun, Server, User
 from core.policy import subject_of
-from workflows.governance import GovernanceInput, VoteInput
+from workflows.contracts.governance import GovernanceRunWorkflowContract, GovernanceState, VoteInput
+from workflows.contracts.starters import start_governance
 
 router = APIRouter(prefix="/api/governance", tags=["governance"])
 VOTE_TIMEOUT_SECONDS = 10.0
@@ -142,18 +143,14 @@ async def start_run(
         )
         session.add(run)
     try:
-        await client.start_workflow(
-            "GovernanceRunWorkflow",
-            GovernanceInput(run_id=str(run_id), requester_id=str(user.id), steps=definition.steps["steps"]),
-            id=run.workflow_id,
-            task_queue=state.settings.temporal_task_queue,
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            search_attributes=TypedSearchAttributes(
-                [
-                    SearchAttributePair(temporal.SERVER_ID, str(server.id)),
-                    SearchAttributePair(temporal.KIND, "governance"),
-                ]
-            ),
+        await start_governance(
+            client,
+            state.settings,
+            run_id=run_id,
+            server_id=server.id,
+            requester_id=user.id,
+            steps=definition.steps["steps"],
+            workflow_id=run.workflow_id,
         )
     except RPCError as exc:
         await session.rollback()
@@ -265,10 +262,12 @@ async def _live(client: Any, run: GovernanceRun) -> dict[str, Any] | None:
     if run.status != "running":
         return None
     try:
-        state = await asyncio.wait_for(client.get_workflow_handle(run.workflow_id).query("state"), timeout=3)
+        state = await asyncio.wait_for(
+            client.get_workflow_handle(run.workflow_id).query(GovernanceRunWorkflowContract.state), timeout=3
+        )
     except Exception:  # noqa: BLE001 - the record answers when the workflow cannot (no worker right now)
         return None
-    return state if isinstance(state, dict) else None
+    return dataclasses.asdict(state) if isinstance(state, GovernanceState) else None
 
 
 @router.get("/runs/{run_id}", response_model=GovernanceRunPublic, responses=error_responses(401, 404, 422))
@@ -292,9 +291,10 @@ async def cast_vote(
     else:
         vote = VoteInput(user_id=str(user.id), email=user.email, roles=list(user.roles or []), approve=approve,
                          comment=comment)  # fmt: skip
+        handle = client.get_workflow_handle(run.workflow_id)
         try:
-            await client.get_workflow_handle(run.workflow_id).execute_update(
-                "vote", vote, rpc_timeout=timedelta(seconds=VOTE_TIMEOUT_SECONDS)
+            await handle.execute_update(
+                GovernanceRunWorkflowContract.vote, vote, rpc_timeout=timedelta(seconds=VOTE_TIMEOUT_SECONDS)
             )
         except WorkflowUpdateFailedError as exc:
             cause = exc.cause
@@ -306,13 +306,13 @@ async def cast_vote(
                 f"your {action} is queued: no worker has taken it yet; it is applied when one does"
             ) from None
         except RPCError as exc:
-            if "already completed" in exc.message:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise Unavailable(f"could not reach the governance workflow: {exc.message}") from None
+            if await has_ended(handle, "the governance workflow"):
                 refused = Conflict("the governance run has ended")
-            elif exc.status == RPCStatusCode.NOT_FOUND:
+            else:
                 # Its record is `running` but its workflow is not there: it is being started.
                 refused = Conflict("the governance run is starting and cannot take votes yet; vote again in a moment")
-            else:
-                raise Unavailable(f"could not reach the governance workflow: {exc.message}") from None
     if refused is not None:
         # Never in the workflow's history: the audit trail keeps it.
         run_key, step, email = run.id, run.current_step, user.email

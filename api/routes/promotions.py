@@ -29,7 +29,7 @@ from api.schemas.promotions import (
     TrackCreate,
     TrackPublic,
 )
-from api.workflows import cancel_workflow, start_promotion
+from api.workflows import cancel_workflow
 from core import promotion as rules
 from core.errors import Conflict, InvalidInput, NotFound, Unavailable
 from core.models import (
@@ -42,6 +42,7 @@ from core.models import (
     User,
 )
 from core.policy import subject_of
+from workflows.contracts.starters import start_promotion
 
 router = APIRouter(prefix="/api/promotions", tags=["promotions"])
 

@@ -20,8 +20,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import WorkflowUpdateFailedError, WorkflowUpdateRPCTimeoutOrCancelledError
-from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
-from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import CurrentUser, SessionDep, StateDep, TemporalDep, load_server
@@ -36,13 +35,12 @@ from api.schemas.remediation import (
     RemediationRunPublic,
     RemediationVoteBody,
 )
-from core import temporal
 from core.errors import Conflict, InvalidInput, NotFound, Unavailable
 from core.models import RemediationArtifact, RemediationBinding, RemediationPlaybook, RemediationRun, Server, User
 from core.remediation import ACTIVE, Playbook
 from records.remediation_runs import notify_run, open_run
-from workflows.deploy import deploy_input
-from workflows.remediation import RemediationInput, RemediationVote
+from workflows.contracts.remediation import RemediationVote, RemediationWorkflowContract
+from workflows.contracts.starters import start_remediation
 
 router = APIRouter(prefix="/api/trust/remediation", tags=["remediation"])
 VOTE_TIMEOUT_SECONDS = 10.0
@@ -199,23 +197,15 @@ async def start_run(
             raise Conflict("a run of this playbook for this server is already active")
         run_id, workflow_id, definition = run.id, run.workflow_id, run.definition
     try:
-        await client.start_workflow(
-            "RemediationWorkflow",
-            RemediationInput(
-                str(run_id), str(server.id), str(user.id), definition, deploy=deploy_input(state.settings)
-            ),
-            id=workflow_id,
-            task_queue=state.settings.temporal_task_queue,
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            search_attributes=TypedSearchAttributes(
-                [
-                    SearchAttributePair(temporal.SERVER_ID, str(server.id)),
-                    SearchAttributePair(temporal.KIND, "remediation"),
-                ]
-            ),
+        await start_remediation(
+            client,
+            state.settings,
+            run_id=str(run_id),
+            server_id=str(server.id),
+            requester_id=str(user.id),
+            definition=definition,
+            workflow_id=workflow_id,
         )
-    except WorkflowAlreadyStartedError:
-        pass
     except RPCError as exc:
         async with session.begin():
             await session.execute(
@@ -347,7 +337,7 @@ async def _vote(
         vote = RemediationVote(str(user.id), user.email, list(user.roles or []), approve, comment)
         try:
             await client.get_workflow_handle(run.workflow_id).execute_update(
-                "vote", vote, rpc_timeout=timedelta(seconds=VOTE_TIMEOUT_SECONDS)
+                RemediationWorkflowContract.vote, vote, rpc_timeout=timedelta(seconds=VOTE_TIMEOUT_SECONDS)
             )
         except WorkflowUpdateFailedError as exc:
             cause = exc.cause
@@ -357,7 +347,9 @@ async def _vote(
         except WorkflowUpdateRPCTimeoutOrCancelledError:
             raise Accepted(f"your {action} is queued: no worker has taken it yet") from None
         except RPCError as exc:
-            if exc.status == RPCStatusCode.NOT_FOUND or "already completed" in exc.message:
+            # NOT_FOUND: the workflow has ended, or (its record still waiting) it never started; either way
+            # the run takes no vote.
+            if exc.status == RPCStatusCode.NOT_FOUND:
                 refused = Conflict("the remediation run has ended")
             else:
                 raise Unavailable(f"could not reach the remediation workflow: {exc.message}") from None
@@ -436,7 +428,7 @@ async def cancel(
             raise Conflict(f"the run changed (version {now.version}, you sent {if_match.strip()}): read it again")
         await notify_run(session, run_id, server_id)
     try:
-        await client.get_workflow_handle(workflow_id).signal("cancel")
+        await client.get_workflow_handle(workflow_id).signal(RemediationWorkflowContract.cancel)
     except RPCError as exc:
         if exc.status != RPCStatusCode.NOT_FOUND:
             raise Unavailable(f"could not reach the remediation workflow: {exc.message}") from None

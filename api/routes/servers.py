@@ -22,7 +22,6 @@ from api.schemas.servers import (
     WebhookSecretRotated,
     WorkflowStarted,
 )
-from api.workflows import start_server_workflow
 from core.crypto import env_names
 from core.db import notify_route_changed
 from core.errors import Conflict, Forbidden, InvalidInput, QuotaExceeded
@@ -33,6 +32,7 @@ from core.security import SERVER_KEY_PREFIX, display_prefix, generate_secret_tok
 from core.settings import IMPLEMENTED_RUNTIMES, Settings
 from core.sources import CommandSource, GitSource, ImageSource, default_runtime_for, parse_source, runtime_refusal
 from core.tenancy import image_refusal
+from workflows.contracts.starters import start_delete_server, start_stop_server
 
 router = APIRouter(prefix="/api/servers", tags=["servers"])
 
@@ -315,7 +315,7 @@ async def delete_server(
         previous = server.status
         server.status = "deleting"
     try:
-        workflow_id = await start_server_workflow(client, state.settings, "DeleteServerWorkflow", server.id)
+        workflow_id = await start_delete_server(client, state.settings, server.id)
     except Exception:
         async with session.begin():
             server.status = previous
@@ -336,7 +336,7 @@ async def stop_server(
     server = await load_server(session, user, server_id)
     if server.status == "deleting":
         raise Conflict("the server is being deleted")
-    workflow_id = await start_server_workflow(client, state.settings, "StopServerWorkflow", server.id)
+    workflow_id = await start_stop_server(client, state.settings, server.id)
     return WorkflowStarted(workflow_id=workflow_id, status="stopping")
 
 

@@ -37,7 +37,7 @@ from tests.support import everything  # noqa: E402
 from tests.support.build_platform import build_platform  # noqa: E402
 from tests.support.components import ECHO_IMAGE  # noqa: E402
 from tests.support.stack import deploy  # noqa: E402
-from workflows.reconcile import ReconcileRun  # noqa: E402
+from workflows.contracts.reconcile import ReconcileRun  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 TIME = {"type": "package", "package": "mcp-server-time"}

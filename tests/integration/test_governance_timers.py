@@ -19,7 +19,8 @@ from temporalio.worker import Worker
 
 from activities.governance import CheckInput, CheckResult, GovernanceEvent
 from tests.support.components import require
-from workflows.governance import GovernanceInput, GovernanceRunWorkflow, GovernanceState, VoteInput
+from workflows.contracts.governance import GovernanceInput, GovernanceState, VoteInput
+from workflows.governance import GovernanceRunWorkflow
 
 RECORDED: list[GovernanceEvent] = []
 

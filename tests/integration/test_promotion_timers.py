@@ -25,7 +25,8 @@ from activities.promotion import (
 )
 from tests.integration.test_governance_timers import _binary
 from tests.support.components import require
-from workflows.promotion import PromotionInput, PromotionState, PromotionWorkflow
+from workflows.contracts.promotion import PromotionInput, PromotionState
+from workflows.promotion import PromotionWorkflow
 
 SOAK = 3 * 3600.0
 

@@ -24,8 +24,8 @@ from runtimes.process import ProcessExecutor
 from tests.support.mcp_client import call_tool
 from tests.support.stack import Stack, deploy, wait_deployment
 from worker.main import keep_reconcile_schedule
-from workflows.governance import GovernanceInput
-from workflows.reconcile import ReconcileOutcome, ReconcileRun
+from workflows.contracts.governance import GovernanceInput
+from workflows.contracts.reconcile import ReconcileOutcome, ReconcileRun
 
 TIME = {"type": "package", "package": "mcp-server-time", "args": ["--local-timezone", "UTC"]}
 
