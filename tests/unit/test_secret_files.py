@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cli import main as cli
+from cli import client as cli
 from cli.up import ensure_secret
 
 
