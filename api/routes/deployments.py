@@ -25,6 +25,7 @@ from api.schemas.deployments import (
     RollbackToRevision,
     StepPublic,
 )
+from api.sse import SSE_RESPONSES, sse_response
 from api.workflows import cancel_deploy
 from core.errors import Conflict, NotFound
 from core.models import Deployment, DeploymentStep, Server, ServerLog, User
@@ -246,7 +247,7 @@ async def cancel_deployment(
 @router.get(
     "/deployments/{deployment_id}/events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "Server-sent events"}},
+    responses=SSE_RESPONSES,
 )
 async def deployment_events(
     deployment_id: uuid.UUID, user: CurrentUser, session: SessionDep, state: StateDep
@@ -289,9 +290,7 @@ async def deployment_events(
         finally:
             hub.unsubscribe(key, wake)
 
-    return StreamingResponse(
-        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    )
+    return sse_response(stream())
 
 
 async def _live_progress(state: Any, workflow_id: str) -> LiveProgress | None:

@@ -4,44 +4,29 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import uuid
 from collections.abc import AsyncIterator
-from datetime import timedelta
-from typing import Any
 
 from fastapi import APIRouter, status
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from temporalio.client import WorkflowUpdateFailedError, WorkflowUpdateRPCTimeoutOrCancelledError
-from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 
 from api.deps import CurrentUser, SessionDep, StateDep, TemporalDep, load_server
-from api.routes.streams import SSE_HEADERS, SSE_RESPONSES
 from api.schemas.common import GovernanceAuditPublic, GovernanceRunPublic, GovernanceVote, ListOf, error_responses
 from api.schemas.governance import GovernanceDefinitionCreate, GovernanceDefinitionPublic, GovernanceRunCreate
-from api.workflows import has_ended
-from core.errors import Conflict, DomainError, Forbidden, NotFound, Unavailable
+from api.sse import SSE_RESPONSES, sse_response
+from api.voting import VOTE_RESPONSES, cast_vote, live_state, named_in, reload_run, run_public, visible_run
+from core.errors import Conflict, NotFound, Unavailable
 from core.governance import Definition
 from core.models import Deployment, GovernanceAudit, GovernanceDefinition, GovernanceRun, Server, User
 from core.policy import subject_of
-from workflows.contracts.governance import GovernanceRunWorkflowContract, GovernanceState, VoteInput
 from workflows.contracts.starters import start_governance
 
 router = APIRouter(prefix="/api/governance", tags=["governance"])
-VOTE_TIMEOUT_SECONDS = 10.0
-REFUSAL_STATUS = {"not_approver": Forbidden, "four_eyes": Forbidden, "duplicate": Conflict, "closed": Conflict}
-
-
-class Accepted(DomainError):
-    """Not an error: the vote is queued (no worker answers yet) and will be applied when one does."""
-
-    status_code = 202
-    code = "queued"
 
 
 def _definition_public(row: GovernanceDefinition) -> GovernanceDefinitionPublic:
@@ -159,67 +144,7 @@ async def start_run(
             if row is not None:
                 row.status, row.reason = "cancelled", f"the workflow could not be started: {exc.message}"
         raise Unavailable(f"could not start the governance workflow: {exc.message}") from None
-    return await _run_public(session, await _reload(session, run_id), live=None)
-
-
-async def _reload(session: AsyncSession, run_id: uuid.UUID) -> GovernanceRun:
-    row = await session.get(GovernanceRun, run_id, populate_existing=True)
-    assert row is not None
-    return row
-
-
-def _named_in(run: GovernanceRun, user: User) -> bool:
-    """Whether the person may act on some approval step of the run (by email or role)."""
-    roles = set(user.roles or [])
-    for step in run.steps.get("steps", []):
-        if step.get("kind") != "approval":
-            continue
-        emails = {e.lower() for e in [*step.get("users", []), *step.get("escalate_users", [])]}
-        if user.email.lower() in emails or roles & {*step.get("roles", []), *step.get("escalate_roles", [])}:
-            return True
-    return False
-
-
-async def _visible_run(session: AsyncSession, user: User, run_id: uuid.UUID) -> GovernanceRun:
-    """A run is seen by its server's owner, administrators, and the people its approval steps name;
-    to anyone else it does not exist."""
-    row = (
-        await session.execute(
-            select(GovernanceRun, Server.owner_id)
-            .join(Server, Server.id == GovernanceRun.server_id)
-            .where(GovernanceRun.id == run_id)
-        )
-    ).first()
-    if row is None:
-        raise NotFound(f"governance run {run_id} not found")
-    run, owner_id = row
-    if user.role != "admin" and owner_id != user.id and not _named_in(run, user):
-        raise NotFound(f"governance run {run_id} not found")
-    return run
-
-
-async def _run_public(session: AsyncSession, run: GovernanceRun, live: dict[str, Any] | None) -> GovernanceRunPublic:
-    audit = (
-        await session.scalars(
-            select(GovernanceAudit).where(GovernanceAudit.run_id == run.id).order_by(GovernanceAudit.id)
-        )
-    ).all()
-    return GovernanceRunPublic(
-        id=run.id,
-        definition_id=run.definition_id,
-        server_id=run.server_id,
-        subject=run.subject,
-        tier=run.tier,
-        requester_id=run.requester_id,
-        workflow_id=run.workflow_id,
-        status=run.status,
-        current_step=run.current_step,
-        reason=run.reason,
-        created_at=run.created_at,
-        finished_at=run.finished_at,
-        live=live,
-        audit=[GovernanceAuditPublic.model_validate(a) for a in audit],
-    )
+    return await run_public(session, await reload_run(session, run_id), live=None)
 
 
 @router.get(
@@ -237,7 +162,7 @@ async def list_runs(definition_id: uuid.UUID, user: CurrentUser, session: Sessio
             .limit(200)
         )
     ).all()
-    data = [await _run_public(session, r, None) for r in rows]
+    data = [await run_public(session, r, None) for r in rows]
     return ListOf[GovernanceRunPublic](count=len(data), data=data)
 
 
@@ -253,21 +178,9 @@ async def my_runs(user: CurrentUser, session: SessionDep) -> ListOf[GovernanceRu
             .limit(500)
         )
     ).all()
-    mine = [r for r, owner in rows if user.role == "admin" or owner == user.id or _named_in(r, user)]
-    data = [await _run_public(session, r, None) for r in mine]
+    mine = [r for r, owner in rows if user.role == "admin" or owner == user.id or named_in(r, user)]
+    data = [await run_public(session, r, None) for r in mine]
     return ListOf[GovernanceRunPublic](count=len(data), data=data)
-
-
-async def _live(client: Any, run: GovernanceRun) -> dict[str, Any] | None:
-    if run.status != "running":
-        return None
-    try:
-        state = await asyncio.wait_for(
-            client.get_workflow_handle(run.workflow_id).query(GovernanceRunWorkflowContract.state), timeout=3
-        )
-    except Exception:  # noqa: BLE001 - the record answers when the workflow cannot (no worker right now)
-        return None
-    return dataclasses.asdict(state) if isinstance(state, GovernanceState) else None
 
 
 @router.get("/runs/{run_id}", response_model=GovernanceRunPublic, responses=error_responses(401, 404, 422))
@@ -276,67 +189,8 @@ async def get_run(
 ) -> GovernanceRunPublic:
     """A run: its status and current step, the workflow's live state (steps, votes, escalations) while it
     runs, and the audit trail, refused attempts included."""
-    run = await _visible_run(session, user, run_id)
-    return await _run_public(session, run, await _live(client, run))
-
-
-async def cast_vote(
-    session: AsyncSession, client: Any, user: User, run_id: uuid.UUID, approve: bool, comment: str
-) -> GovernanceRunPublic:
-    run = await _visible_run(session, user, run_id)
-    action = "approve" if approve else "reject"
-    refused: DomainError | None = None
-    if run.status != "running":
-        refused = Conflict(f"the governance run has ended ({run.status})")
-    else:
-        vote = VoteInput(user_id=str(user.id), email=user.email, roles=list(user.roles or []), approve=approve,
-                         comment=comment)  # fmt: skip
-        handle = client.get_workflow_handle(run.workflow_id)
-        try:
-            await handle.execute_update(
-                GovernanceRunWorkflowContract.vote, vote, rpc_timeout=timedelta(seconds=VOTE_TIMEOUT_SECONDS)
-            )
-        except WorkflowUpdateFailedError as exc:
-            cause = exc.cause
-            kind = cause.type if isinstance(cause, ApplicationError) else None
-            message = str(cause.message if isinstance(cause, ApplicationError) else exc)
-            refused = REFUSAL_STATUS.get(kind or "", Conflict)(message)
-        except WorkflowUpdateRPCTimeoutOrCancelledError:
-            raise Accepted(
-                f"your {action} is queued: no worker has taken it yet; it is applied when one does"
-            ) from None
-        except RPCError as exc:
-            if exc.status != RPCStatusCode.NOT_FOUND:
-                raise Unavailable(f"could not reach the governance workflow: {exc.message}") from None
-            if await has_ended(handle, "the governance workflow"):
-                refused = Conflict("the governance run has ended")
-            else:
-                # Its record is `running` but its workflow is not there: it is being started.
-                refused = Conflict("the governance run is starting and cannot take votes yet; vote again in a moment")
-    if refused is not None:
-        # Never in the workflow's history: the audit trail keeps it.
-        run_key, step, email = run.id, run.current_step, user.email
-        await session.rollback()  # the reads above began a transaction
-        async with session.begin():
-            session.add(
-                GovernanceAudit(
-                    run_id=run_key,
-                    step=step,
-                    actor=email,
-                    action="refused",
-                    accepted=False,
-                    comment=f"{action}: {refused}" + (f" (comment: {comment})" if comment else ""),
-                )
-            )
-        raise refused
-    fresh = await _reload(session, run.id)
-    return await _run_public(session, fresh, await _live(client, fresh))
-
-
-VOTE_RESPONSES = {
-    202: {"model": None, "description": "Queued: no worker has taken the vote yet"},
-    **error_responses(401, 403, 404, 409, 422, 503),
-}
+    run = await visible_run(session, user, run_id)
+    return await run_public(session, run, await live_state(client, run))
 
 
 @router.post("/runs/{run_id}/approve", response_model=GovernanceRunPublic, responses=VOTE_RESPONSES)
@@ -360,7 +214,7 @@ async def reject(
 async def stream_run(run_id: uuid.UUID, user: CurrentUser, session: SessionDep, state: StateDep) -> StreamingResponse:
     """Server-sent events: an `audit` event per entry of the run's audit trail as it is written, then
     `end` with the final status."""
-    run = await _visible_run(session, user, run_id)
+    run = await visible_run(session, user, run_id)
     sessionmaker = state.sessionmaker
 
     async def events() -> AsyncIterator[bytes]:
@@ -385,4 +239,4 @@ async def stream_run(run_id: uuid.UUID, user: CurrentUser, session: SessionDep, 
                 return
             await asyncio.sleep(0.5)
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+    return sse_response(events())

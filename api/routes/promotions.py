@@ -18,8 +18,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.deps import CurrentUser, SessionDep, StateDep, TemporalDep
-from api.routes.governance import VOTE_RESPONSES, cast_vote
-from api.routes.streams import SSE_HEADERS, SSE_RESPONSES
 from api.schemas.common import GovernanceRunPublic, GovernanceVote, ListOf, error_responses
 from api.schemas.promotions import (
     DigestRejection,
@@ -29,6 +27,8 @@ from api.schemas.promotions import (
     TrackCreate,
     TrackPublic,
 )
+from api.sse import SSE_RESPONSES, sse_response
+from api.voting import VOTE_RESPONSES, cast_vote
 from api.workflows import cancel_workflow
 from core import promotion as rules
 from core.errors import Conflict, InvalidInput, NotFound, Unavailable
@@ -530,4 +530,4 @@ async def stream(promotion_id: uuid.UUID, user: CurrentUser, session: SessionDep
                 return
             await asyncio.sleep(0.5)
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+    return sse_response(events())

@@ -24,8 +24,6 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import CurrentUser, SessionDep, StateDep, TemporalDep, load_server
-from api.routes.governance import REFUSAL_STATUS, Accepted
-from api.routes.streams import KEEPALIVE_SECONDS, SSE_HEADERS, SSE_RESPONSES, _event
 from api.schemas.common import ListOf, error_responses
 from api.schemas.remediation import (
     PlaybookCreate,
@@ -35,6 +33,8 @@ from api.schemas.remediation import (
     RemediationRunPublic,
     RemediationVoteBody,
 )
+from api.sse import KEEPALIVE_SECONDS, SSE_RESPONSES, event, sse_response
+from api.voting import REFUSAL_STATUS, Accepted
 from core.errors import Conflict, InvalidInput, NotFound, Unavailable
 from core.models import RemediationArtifact, RemediationBinding, RemediationPlaybook, RemediationRun, Server, User
 from core.remediation import ACTIVE, Playbook
@@ -463,17 +463,17 @@ async def stream_run(run_id: uuid.UUID, user: CurrentUser, session: SessionDep, 
                         )
                     ).all()
                 if current is None:
-                    yield _event("end", {"reason": "the run is gone"})
+                    yield event("end", {"reason": "the run is gone"})
                     return
                 for artifact in fresh:
                     last_artifact = artifact.id
                     body = RemediationArtifactPublic.model_validate(artifact).model_dump(mode="json")
-                    yield _event("artifact", body, artifact.id)
+                    yield event("artifact", body, artifact.id)
                 if current.version != seen_version:
                     seen_version = current.version
-                    yield _event("run", json.loads(RemediationRunPublic.model_validate(current).model_dump_json()))
+                    yield event("run", json.loads(RemediationRunPublic.model_validate(current).model_dump_json()))
                 if current.status not in ACTIVE:
-                    yield _event("end", {"status": current.status, "exit_code": current.exit_code})
+                    yield event("end", {"status": current.status, "exit_code": current.exit_code})
                     return
                 try:
                     await asyncio.wait_for(wake.wait(), timeout=KEEPALIVE_SECONDS)
@@ -482,4 +482,4 @@ async def stream_run(run_id: uuid.UUID, user: CurrentUser, session: SessionDep, 
         finally:
             hub.unfollow("remediation", server_id, wake)
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+    return sse_response(events())

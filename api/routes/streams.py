@@ -5,33 +5,21 @@ replica serves any stream; each also re-reads on a timer, so a lost notification
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
 from api.deps import AppState, CurrentUser, SessionDep, StateDep, load_server
-from api.schemas.common import LogLine, MetricEvent, error_responses
+from api.schemas.common import LogLine, MetricEvent
+from api.sse import KEEPALIVE_SECONDS, SSE_RESPONSES, event, sse_response
 from core.models import Deployment, Server, ServerLog, UsageMetric
 
 router = APIRouter(prefix="/api/servers", tags=["streams"])
 
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"text/event-stream": {}}, "description": "Server-sent events"},
-    **error_responses(401, 404, 422),
-}
 RECHECK_SECONDS = 1.0
-KEEPALIVE_SECONDS = 15.0
-
-
-def _event(name: str, data: Any, event_id: int | None = None) -> bytes:
-    head = f"id: {event_id}\n" if event_id is not None else ""
-    return f"{head}event: {name}\ndata: {json.dumps(data, default=str)}\n\n".encode()
 
 
 def new_lines(seen: list[str], current: list[str]) -> list[str]:
@@ -57,7 +45,7 @@ async def _follow(
             wake.clear()
             chunks = await poll()
             if chunks is None:
-                yield _event("end", {"reason": "the server was deleted"})
+                yield event("end", {"reason": "the server was deleted"})
                 return
             for chunk in chunks:
                 yield chunk
@@ -88,7 +76,7 @@ async def servers_stream(user: CurrentUser, state: StateDep) -> StreamingRespons
             if not admin:
                 query = query.where(Server.owner_id == user.id)
             rows = (await session.execute(query)).all()
-        return [_event("server", {"id": str(sid), "status": status}) for sid, status in rows]
+        return [event("server", {"id": str(sid), "status": status}) for sid, status in rows]
 
     async def stream() -> AsyncIterator[bytes]:
         changes = hub.statuses()
@@ -106,11 +94,11 @@ async def servers_stream(user: CurrentUser, state: StateDep) -> StreamingRespons
                         yield chunk
                     continue
                 if admin or change.get("owner_id") == me:
-                    yield _event("server", {"id": change.get("id"), "status": change.get("status")})
+                    yield event("server", {"id": change.get("id"), "status": change.get("status")})
         finally:
             hub.forget(changes)
 
-    return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS)
+    return sse_response(stream())
 
 
 @router.get("/{server_id}/logs/stream", response_class=StreamingResponse, responses=SSE_RESPONSES)
@@ -170,7 +158,7 @@ async def logs_stream(
                 created_at=row.created_at,
                 deployment_id=row.deployment_id,
             )
-            chunks.append(_event("log", line.model_dump(mode="json"), row.id))
+            chunks.append(event("log", line.model_dump(mode="json"), row.id))
         if latest is not None:
             output = await state.shared_log_tail(latest, 200)
             key = str(latest.id)
@@ -181,13 +169,11 @@ async def logs_stream(
             seen[key] = output
             for text in fresh_lines:
                 line = LogLine(source="runtime", level="info", message=text, deployment_id=latest.id)
-                chunks.append(_event("log", line.model_dump(mode="json")))
+                chunks.append(event("log", line.model_dump(mode="json")))
         first[0] = False
         return chunks
 
-    return StreamingResponse(
-        _follow(state, "log", server_id, poll), media_type="text/event-stream", headers=SSE_HEADERS
-    )
+    return sse_response(_follow(state, "log", server_id, poll))
 
 
 @router.get("/{server_id}/metrics/stream", response_class=StreamingResponse, responses=SSE_RESPONSES)
@@ -231,9 +217,7 @@ async def metrics_stream(
         for row in rows:
             last_id = row.id
             item = MetricEvent(id=row.id, event=row.event, details=row.details, created_at=row.created_at)
-            chunks.append(_event("metric", item.model_dump(mode="json"), row.id))
+            chunks.append(event("metric", item.model_dump(mode="json"), row.id))
         return chunks
 
-    return StreamingResponse(
-        _follow(state, "metric", server_id, poll), media_type="text/event-stream", headers=SSE_HEADERS
-    )
+    return sse_response(_follow(state, "metric", server_id, poll))

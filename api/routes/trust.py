@@ -13,9 +13,9 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
 from api.deps import CurrentUser, SessionDep, StateDep, load_server
-from api.routes.streams import KEEPALIVE_SECONDS, SSE_HEADERS, _event
 from api.schemas.common import error_responses
 from api.schemas.trust import ServerVm, TrustChangePublic, VmEventPublic, VmGuestPublic
+from api.sse import KEEPALIVE_SECONDS, event, sse_response
 from core.models import Server, VmEvent, VmInstance, VmTrustChange
 
 router = APIRouter(prefix="/api", tags=["trust"])
@@ -96,7 +96,7 @@ async def policy_stream(
                 for change in await since(last):
                     last = change.id
                     body = TrustChangePublic.model_validate(change).model_dump(mode="json")
-                    yield _event("trust", body, change.id)
+                    yield event("trust", body, change.id)
                 try:
                     await asyncio.wait_for(wake.wait(), timeout=KEEPALIVE_SECONDS)
                 except TimeoutError:
@@ -104,4 +104,4 @@ async def policy_stream(
         finally:
             hub.unfollow("trust", "*", wake)
 
-    return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS)
+    return sse_response(stream())

@@ -1,0 +1,31 @@
+"""Server-sent event streams of the API: one framing, one set of headers and one OpenAPI description for
+every route that streams (deployments, logs, metrics, trust, governance, promotions, remediation)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi.responses import StreamingResponse
+
+from api.schemas.common import error_responses
+
+# Proxies must pass events on as they come.
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {}}, "description": "Server-sent events"},
+    **error_responses(401, 404, 422),
+}
+# A comment line at least this often keeps idle connections open through proxies.
+KEEPALIVE_SECONDS = 15.0
+
+
+def event(name: str, data: Any, event_id: int | None = None) -> bytes:
+    """One event: its id (for Last-Event-ID), its name and its data as JSON."""
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {name}\ndata: {json.dumps(data, default=str)}\n\n".encode()
+
+
+def sse_response(events: AsyncIterator[bytes]) -> StreamingResponse:
+    return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
