@@ -22,10 +22,10 @@ from temporalio.exceptions import ApplicationError
 
 from activities.common import as_application_error, heartbeating
 from activities.mcpclient import platform_mcp_client
-from activities.records import InstanceRecord
 from activities.runtime import from_record
 from core.evaluation import Answer, Score, answer_from_result, evaluate, excerpt, parse_expectation
 from core.models import Certification, Deployment, EvalResult, EvalRun, Server, ServerLog
+from records.deployments import InstanceRecord, instance_of
 from runtimes.base import Executor, RuntimeFailure
 
 SERVING = ("running", "degraded")
@@ -70,17 +70,8 @@ class EvalRelease:
 
 
 def _instance(deployment: Deployment) -> InstanceRecord | None:
-    data = deployment.instance
-    if not data or not data.get("url"):
-        return None
-    return InstanceRecord(
-        runtime=data["runtime"],
-        ref=data["ref"],
-        deployment_id=str(deployment.id),
-        server_id=str(deployment.server_id),
-        url=data["url"],
-        host_queue=data.get("host_queue", ""),
-    )
+    instance = instance_of(deployment)
+    return instance if instance is not None and instance.url else None
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

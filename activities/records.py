@@ -22,7 +22,7 @@ from core.db import notify_route_changed
 from core.files import remove_data_dir
 from core.models import Deployment, DeploymentStep, GatewaySession, Server, ServerLog, ServerSecret
 from core.secretstore import SecretStore, SecretStoreError
-from records.deployments import TERMINAL
+from records.deployments import TERMINAL, InstanceRecord, write_instance
 from records.deployments import notify as notify_deployment
 from runtimes.base import RuntimeFailure
 
@@ -52,17 +52,6 @@ class StepRecord:
     step: str
     status: str  # started | succeeded | failed
     message: str | None = None
-
-
-@dataclass
-class InstanceRecord:
-    runtime: str
-    ref: str
-    deployment_id: str
-    server_id: str
-    url: str
-    # The task queue of the host holding the instance ("" in histories from before hosts had queues).
-    host_queue: str = ""
 
 
 @dataclass
@@ -124,23 +113,6 @@ class DrainState:
 @dataclass
 class ServerRef:
     server_id: str
-
-
-async def write_instance(session: AsyncSession, instance: InstanceRecord) -> None:
-    """Record where a deployment's instance is and how the gateway reaches it."""
-    await session.execute(
-        update(Deployment)
-        .where(Deployment.id == uuid.UUID(instance.deployment_id))
-        .values(
-            instance={
-                "runtime": instance.runtime,
-                "ref": instance.ref,
-                "url": instance.url,
-                "host_queue": instance.host_queue,
-            },
-            upstream_url=instance.url,
-        )
-    )
 
 
 class RecordActivities:

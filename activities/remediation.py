@@ -18,7 +18,6 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.common import heartbeating
-from activities.records import InstanceRecord
 from core.attestation import now_utc
 from core.errors import DomainError
 from core.gitpolicy import GitUrlRejected, check_git_url_resolves_public
@@ -34,7 +33,14 @@ from core.models import (
 )
 from core.remediation import ACTIVE, EXIT_OK, EXIT_STEP_FAILED, HttpStep, ResourcesStep
 from core.settings import Settings
-from records.deployments import current_spec, open_deployment, previous_served, rollback_source
+from records.deployments import (
+    InstanceRecord,
+    current_spec,
+    instance_of,
+    open_deployment,
+    previous_served,
+    rollback_source,
+)
 from records.remediation_runs import notify_run, open_run
 
 log = logging.getLogger("mcphost.remediation")
@@ -200,16 +206,9 @@ class RemediationActivities:
                 if server and server.active_deployment_id
                 else None
             )
-        if active is None or not active.instance:
+        record = instance_of(active) if active is not None else None
+        if active is None or record is None:
             return failed("restart:not-serving", "the server serves no revision")
-        record = InstanceRecord(
-            runtime=active.instance.get("runtime", ""),
-            ref=active.instance.get("ref", ""),
-            deployment_id=str(active.id),
-            server_id=str(active.server_id),
-            url=active.instance.get("url", ""),
-            host_queue=active.instance.get("host_queue", ""),
-        )
         return StepResult(True, detail=f"restarting revision {active.seq}", instance=record)
 
     async def _open_previous(self, data: StepInput) -> StepResult:

@@ -24,6 +24,7 @@ from core.ratelimit import LoginThrottle
 from core.secretstore import SecretStore, store_from_settings
 from core.security import USER_TOKEN_PREFIX, InvalidToken, decode_session_token, hash_token
 from core.settings import Settings
+from records.deployments import instance_of
 from runtimes.base import Executor, Instance
 
 if TYPE_CHECKING:
@@ -107,14 +108,15 @@ class AppState:
     async def runtime_log_tail(self, deployment: Deployment, tail: int) -> list[str]:
         """Read-only look at an instance's output; empty when this host cannot see that runtime."""
         executor = self.executors.get(deployment.runtime or "process")
-        if executor is None or not deployment.instance:
+        record = instance_of(deployment)
+        if executor is None or record is None:
             return []
         instance = Instance(
-            runtime=deployment.instance.get("runtime", ""),
-            ref=deployment.instance.get("ref", ""),
-            deployment_id=str(deployment.id),
-            server_id=str(deployment.server_id),
-            url=deployment.instance.get("url", ""),
+            runtime=record.runtime,
+            ref=record.ref,
+            deployment_id=record.deployment_id,
+            server_id=record.server_id,
+            url=record.url,
         )
         try:
             return await executor.logs(instance, tail)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import db
@@ -147,3 +147,45 @@ async def notify(session: AsyncSession, deployment_id: uuid.UUID) -> None:
     """Wake up whoever follows this deployment (SSE streams, the CLI); delivered when the transaction
     commits, never for a change that is rolled back."""
     await db.notify(session, DEPLOYMENTS_CHANNEL, str(deployment_id))
+
+
+@dataclass
+class InstanceRecord:
+    """Where a deployment's instance runs and how it is reached: what workflows pass between activities and
+    what `deployments.instance` holds (with the deployment's and server's ids from the row itself)."""
+
+    runtime: str
+    ref: str
+    deployment_id: str
+    server_id: str
+    url: str
+    # The task queue of the host holding the instance ("" in histories from before hosts had queues).
+    host_queue: str = ""
+
+
+def instance_json(instance: InstanceRecord) -> dict[str, str]:
+    return {"runtime": instance.runtime, "ref": instance.ref, "url": instance.url, "host_queue": instance.host_queue}
+
+
+def instance_of(deployment: Deployment) -> InstanceRecord | None:
+    """The instance recorded for a deployment, or None when it has none."""
+    data = deployment.instance
+    if not data:
+        return None
+    return InstanceRecord(
+        runtime=str(data.get("runtime", "")),
+        ref=str(data.get("ref", "")),
+        deployment_id=str(deployment.id),
+        server_id=str(deployment.server_id),
+        url=str(data.get("url", "")),
+        host_queue=str(data.get("host_queue", "")),
+    )
+
+
+async def write_instance(session: AsyncSession, instance: InstanceRecord) -> None:
+    """Record where a deployment's instance is and how the gateway reaches it."""
+    await session.execute(
+        update(Deployment)
+        .where(Deployment.id == uuid.UUID(instance.deployment_id))
+        .values(instance=instance_json(instance), upstream_url=instance.url)
+    )
