@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.proxy import PREFIX, Receive, Scope, Send
+from gateway.channel import Receive, Scope, Send
+from gateway.proxy import PREFIX
 
 
 class WithGateway:

@@ -47,7 +47,9 @@ import httptools
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway import metrics
-from gateway.proxy import PREFIX, Disconnected, Gateway, Message, rpc_error_body
+from gateway.channel import Disconnected, Message
+from gateway.jsonrpc import rpc_error_body
+from gateway.proxy import PREFIX, Gateway
 
 log = logging.getLogger("mcphost.gateway.server")
 
@@ -165,7 +167,7 @@ class _Exchange:
         if more and self.conn.paused_writing:
             await self.conn.drained()
 
-    # -- the gateway's Channel (gateway.proxy): the same as ASGI without building and reading messages
+    # -- the gateway's Channel (gateway.channel): the same as ASGI without building and reading messages
     async def read_body(self, limit: int) -> bytes | None:
         conn = self.conn
         chunks: list[bytes] = []

@@ -1,4 +1,4 @@
-"""How the gateway reads a request body before it decides on it (gateway.proxy.describe and judge): every
+"""How the gateway reads a request body before it decides on it (gateway.jsonrpc.describe and judge): every
 framing the server would read otherwise than the gateway is refused, and what is forwarded is judged on
 what the server will execute. The differential fuzz test at the end checks that against the official MCP
 SDK's own parsing of a POST body, in both spec eras."""
@@ -19,7 +19,8 @@ from mcp_types import JSONRPCNotification, JSONRPCRequest, jsonrpc_message_adapt
 from pydantic import ValidationError
 
 from gateway import metrics
-from gateway.proxy import HEADER_MISMATCH, Call, _scan, describe, judge
+from gateway.jsonrpc import HEADER_MISMATCH, Call, describe, judge
+from gateway.proxy import _scan
 
 ALLOWED = frozenset({"get_time"})
 MODERN = "2026-07-28"

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from gateway.jsonrpc import SseToolFilter, _from_headers, describe, filter_tools
 from gateway.limits import Slots, TokenBuckets
-from gateway.proxy import SseToolFilter, _from_headers, describe, filter_tools
 from gateway.redact import REDACTED, excerpt, redact, response_message
 
 
