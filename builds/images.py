@@ -206,9 +206,11 @@ class ImageBuilder:
         on_line: Callable[[str], None],
         stop: threading.Event,
         isolated: bool = False,
+        offline: bool = False,
     ) -> str:
         """Build and return the image id; `on_line` gets build output as it comes. `isolated`: RUN steps
-        run on a build network of their own (`builds.network`), which needs podman run as root here."""
+        run on a build network of their own (`builds.network`), which needs podman run as root here;
+        `offline`: otherwise, RUN steps get no network at all."""
 
         def run() -> str:
             image_id: str | None = None
@@ -228,6 +230,7 @@ class ImageBuilder:
                         nocache=nocache,
                         cache_from=cache_from,
                         network=net,
+                        offline=offline,
                     )
                     for chunk in stream:
                         if stop.is_set():
@@ -272,6 +275,7 @@ class ImageBuilder:
         nocache: bool,
         cache_from: list[str],
         network: BuildNetwork | None,
+        offline: bool = False,
     ) -> Iterator[Any]:
         api = self.client.api
         if network is None:
@@ -287,6 +291,7 @@ class ImageBuilder:
                     rm=True,
                     forcerm=True,
                     pull=False,
+                    network_mode="none" if offline else None,
                     decode=True,
                 )
             )

@@ -417,14 +417,16 @@ class DockerExecutor:
     async def _build_package_image(self, source: PackageSource, key: str, tag: str) -> str:
         context = Path(tempfile.mkdtemp(prefix="mcphost-package-"))
         try:
-            await package_images.prepare_context(context, source, self.packages)
-            return await self._build(context, tag, key)
+            from_index = await package_images.prepare_context(context, source, self.packages)
+            return await self._build(context, tag, key, from_index)
         finally:
             await asyncio.to_thread(shutil.rmtree, context, True)
 
-    async def _build(self, context: Path, tag: str, key: str) -> str:
-        """Build the package image the way git builds are built: with PACKAGE_ALLOW_SDIST a source build runs
-        the package's own setup code, so its RUN steps get the isolated build network where one is required."""
+    async def _build(self, context: Path, tag: str, key: str, from_index: bool) -> str:
+        """Build the package image with the builder git builds use. Installing fetched wheels runs no package
+        code and needs no network, so RUN steps get none; a source build from the index (PACKAGE_ALLOW_SDIST)
+        runs the package's setup code, so it gets the isolated build network where one is required, and is
+        refused where this engine cannot give one."""
         from builds.images import BuildFailed, ImageBuilder
 
         tail: list[str] = []
@@ -435,6 +437,15 @@ class DockerExecutor:
 
         stop = threading.Event()
         builder = ImageBuilder(self.base_url)
+        isolated = self.packages.isolated and from_index
+        if isolated:
+            problem = await builder.isolation_problem()
+            if problem:
+                raise PackageBuildFailed(
+                    "this package has no wheels, and building it from source runs its setup code on a network that "
+                    f"reaches the internet but not the build host, which {problem}. Set BUILD_NETWORK_ISOLATION=off "
+                    "only where every tenant is trusted"
+                )
         try:
             return await asyncio.wait_for(
                 builder.build(
@@ -447,7 +458,8 @@ class DockerExecutor:
                     nocache=False,
                     on_line=on_line,
                     stop=stop,
-                    isolated=self.packages.isolated,
+                    isolated=isolated,
+                    offline=not from_index,
                 ),
                 self.packages.build_timeout,
             )

@@ -12,7 +12,7 @@ import pytest
 from core.sources import ImageSource
 from core.tenancy import Resources
 from runtimes.base import LaunchSpec
-from runtimes.docker import DockerExecutor, image_uid, network_name, oom_detail
+from runtimes.docker import DockerExecutor, PackageBuildFailed, image_uid, network_name, oom_detail
 from runtimes.package_images import LABEL_PACKAGE_BUILD, PackageImageConfig
 
 MIB = 1024 * 1024
@@ -90,12 +90,17 @@ def test_a_missing_network_is_told_apart_from_a_missing_image() -> None:
     assert not _is_missing_network("No such image: localhost/x:1")
 
 
-@pytest.mark.parametrize("isolated", [True, False])
-async def test_package_images_are_built_on_the_isolated_build_network(
-    isolated: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.mark.parametrize(
+    ("required", "from_index", "problem", "isolated"),
+    [(True, True, None, True), (False, True, None, False), (True, False, None, False), (True, True, "no podman", None)],
+)
+async def test_package_source_builds_run_on_the_isolated_build_network(
+    required: bool, from_index: bool, problem: str | None, isolated: bool | None, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
     """A source build runs the package's own setup code: its RUN steps get the build network git builds get
-    (BUILD_NETWORK_ISOLATION), never the engine's host network; `off` is the unsafe control."""
+    (BUILD_NETWORK_ISOLATION), and where the engine cannot give one the build is refused, never run on the
+    engine's network; `off` is the unsafe control. Installing fetched wheels runs no package code: no network."""
     from builds import images
 
     seen: dict[str, Any] = {}
@@ -104,14 +109,23 @@ async def test_package_images_are_built_on_the_isolated_build_network(
         def __init__(self, docker_host: str | None = None) -> None:
             seen["host"] = docker_host
 
+        async def isolation_problem(self) -> str | None:
+            return problem
+
         async def build(self, context: Path, dockerfile: str, **options: Any) -> str:
             seen.update(options, context=context, dockerfile=dockerfile)
             return "sha256:built"
 
     monkeypatch.setattr(images, "ImageBuilder", Recorder)
-    executor = DockerExecutor("unix:///nowhere.sock", packages=PackageImageConfig(isolated=isolated))
-    assert await executor._build(tmp_path, "localhost/mcphost/pkg-x:1", "key") == "sha256:built"
-    assert seen["isolated"] is isolated and seen["host"] == "unix:///nowhere.sock"
+    executor = DockerExecutor("unix:///nowhere.sock", packages=PackageImageConfig(isolated=required))
+    if isolated is None:
+        with pytest.raises(PackageBuildFailed, match="BUILD_NETWORK_ISOLATION=off"):
+            await executor._build(tmp_path, "localhost/mcphost/pkg-x:1", "key", from_index)
+        assert "isolated" not in seen
+        return
+    assert await executor._build(tmp_path, "localhost/mcphost/pkg-x:1", "key", from_index) == "sha256:built"
+    assert seen["isolated"] is isolated and seen["offline"] is (not from_index)
+    assert seen["host"] == "unix:///nowhere.sock"
     assert seen["dockerfile"] == "Dockerfile" and seen["labels"] == {LABEL_PACKAGE_BUILD: "key"}
 
 
