@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 
-from core.models import Certification, GovernanceAudit, GovernanceRun, ServerLog
+from core.models import Certification, GovernanceRun
 from core.policy import CertificationFact, Facts, Requirement, decide
+from records import governance_runs
 
 
 @dataclass
@@ -50,44 +50,19 @@ class GovernanceActivities:
 
     @activity.defn(name="record_governance")
     async def record_governance(self, event: GovernanceEvent) -> None:
-        run_id = uuid.UUID(event.run_id)
         async with self.sessionmaker() as session, session.begin():
-            inserted = await session.execute(
-                insert(GovernanceAudit)
-                .values(
-                    run_id=run_id,
-                    event_key=f"{event.run_id}:{event.key}",
-                    step=event.step,
-                    actor=event.actor,
-                    action=event.action,
-                    accepted=True,
-                    comment=event.comment,
-                )
-                .on_conflict_do_nothing(index_elements=["event_key"])
-                .returning(GovernanceAudit.id)
+            await governance_runs.record(
+                session,
+                uuid.UUID(event.run_id),
+                key=event.key,
+                action=event.action,
+                step=event.step,
+                actor=event.actor,
+                comment=event.comment,
+                status=event.status,
+                current_step=event.current_step,
+                reason=event.reason,
             )
-            if inserted.first() is None:
-                return  # recorded by an earlier attempt
-            values: dict[str, Any] = {}
-            if event.current_step is not None:
-                values["current_step"] = event.current_step
-            if event.status is not None:
-                values["status"] = event.status
-                values["reason"] = event.reason
-                if event.status != "running":
-                    values["finished_at"] = datetime.now(UTC)
-            if values:
-                await session.execute(update(GovernanceRun).where(GovernanceRun.id == run_id).values(**values))
-            if event.action in ("escalated", "expired", "run_ended"):
-                run = await session.get(GovernanceRun, run_id)
-                if run is not None:
-                    session.add(
-                        ServerLog(
-                            server_id=run.server_id,
-                            message=f"governance run {run.id} ({run.subject}, {run.tier}): {event.comment}",
-                            level="warning" if event.action != "run_ended" else "info",
-                        )
-                    )
 
     @activity.defn(name="governance_check")
     async def governance_check(self, data: CheckInput) -> CheckResult:

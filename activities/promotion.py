@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
@@ -19,6 +19,7 @@ from temporalio.exceptions import ApplicationError
 
 from core import promotion as rules
 from core.errors import DomainError
+from core.governance import RunStatus
 from core.models import (
     Certification,
     Deployment,
@@ -27,7 +28,6 @@ from core.models import (
     GovernanceRun,
     PolicyDecision,
     Promotion,
-    PromotionRejection,
     PromotionTrack,
     RemediationRun,
     Server,
@@ -36,6 +36,7 @@ from core.models import (
 )
 from core.policy import CertificationFact, Decision, Facts, Requirement, decide, explain, subject_of
 from core.remediation import ACTIVE as REMEDIATION_ACTIVE
+from records import governance_runs, promotions
 from records.deployments import current_spec, open_deployment
 from records.evaluation_runs import open_run, snapshot
 
@@ -159,7 +160,7 @@ class PromotionActivities:
         self.container_runtime = container_runtime
 
     async def _load(self, session: AsyncSession, promotion_id: str, *, lock: bool = False) -> Promotion:
-        row = await session.get(Promotion, uuid.UUID(promotion_id), with_for_update=lock)
+        row = await promotions.load(session, promotion_id, lock=lock)
         if row is None:
             raise _gone()
         return row
@@ -169,9 +170,6 @@ class PromotionActivities:
         if track is None:
             raise _gone()
         return track, rules.TrackSpec.model_validate(track.stages)
-
-    async def _history(self, session: AsyncSession, track_id: uuid.UUID) -> list[Promotion]:
-        return list((await session.scalars(select(Promotion).where(Promotion.track_id == track_id))).all())
 
     @activity.defn(name="load_promotion")
     async def load_promotion(self, promotion_id: str) -> PromotionPlan:
@@ -197,55 +195,26 @@ class PromotionActivities:
     async def record_promotion(self, data: PromotionUpdate) -> None:
         async with self.sessionmaker() as session, session.begin():
             row = await self._load(session, data.promotion_id, lock=True)
-            if row.status in rules.ENDED:
-                return
-            if data.status is not None:
-                row.status = data.status
-                if data.status == "in_progress" and row.started_at is None:
-                    row.started_at = datetime.now(UTC)
-            if data.step is not None:
-                row.step = data.step
-            if data.reason is not None:
-                row.reason = data.reason
-            if data.notes is not None:
-                row.notes = data.notes
+            await promotions.move(session, row, data.status, step=data.step, reason=data.reason, notes=data.notes)
 
     @activity.defn(name="stage_turn")
     async def stage_turn(self, promotion_id: str) -> bool:
         """Whether this promotion is the stage's oldest open one: one promotion at a time per stage."""
         async with self.sessionmaker() as session:
             row = await self._load(session, promotion_id)
-            ahead = await session.scalar(
-                select(Promotion.id)
-                .where(
-                    Promotion.track_id == row.track_id,
-                    Promotion.stage == row.stage,
-                    Promotion.status.in_(rules.OPEN),
-                    Promotion.id != row.id,
-                    or_(
-                        Promotion.created_at < row.created_at,
-                        and_(Promotion.created_at == row.created_at, Promotion.id < row.id),
-                    ),
-                )
-                .limit(1)
-            )
-        return ahead is None
+            return await promotions.first_in_line(session, row)
 
     @activity.defn(name="check_promotion_order")
     async def check_promotion_order(self, promotion_id: str) -> OrderResult:
         async with self.sessionmaker() as session:
             row = await self._load(session, promotion_id)
             _, spec = await self._track(session, row)
-            rejected = await session.scalar(
-                select(PromotionRejection).where(
-                    PromotionRejection.track_id == row.track_id, PromotionRejection.subject == row.subject
-                )
-            )
+            rejected = await promotions.rejection(session, row.track_id, row.subject)
             if rejected is not None:
                 return OrderResult(
                     refusal=f"{row.subject} was rejected on this track: {rejected.reason or 'no reason'}"
                 )
-            history = rules.facts_of(await self._history(session, row.track_id))
+            history = rules.facts_of(await promotions.history(session, row.track_id))
         checked = rules.check_order(spec, row.stage_index, row.subject, history, datetime.now(UTC))
         return OrderResult(refusal=checked.refusal, soak_left=checked.soak_left)
 
@@ -306,20 +275,15 @@ class PromotionActivities:
                 definition = await session.get(GovernanceDefinition, stage.governance_workflow_id)
                 if definition is None or definition.owner_id != track.owner_id:
                     return ChildStart(workflow_id="", error="the stage's governance definition no longer exists")
-                run_id = uuid.uuid4()
-                run = GovernanceRun(
-                    id=run_id,
-                    definition_id=definition.id,
+                run = await governance_runs.open_run(
+                    session,
+                    definition,
                     server_id=stage.servers[0],
                     subject=row.subject,
                     tier=stage.governance_tier or stage.name,
                     requester_id=row.requester_id,
-                    workflow_id=f"governance-{run_id}",
-                    steps=definition.steps,
-                    status="running",
                 )
-                session.add(run)
-                row.governance_run_id = run_id
+                row.governance_run_id = run.id
             return ChildStart(
                 workflow_id=run.workflow_id,
                 record_id=str(run.id),
@@ -352,7 +316,7 @@ class PromotionActivities:
                     )
                 )
             ).all()
-            history = rules.facts_of(await self._history(session, row.track_id))
+            history = rules.facts_of(await promotions.history(session, row.track_id))
             upstream = spec.stages[row.stage_index - 1].name if row.stage_index > 0 and row.kind != "rollback" else None
             active = (
                 upstream is None or rules.upstream_activation(spec, row.stage_index, row.subject, history) is not None
@@ -360,7 +324,7 @@ class PromotionActivities:
             pending: list[str] = []
             if stage.governance_workflow_id is not None and row.kind != "rollback":
                 governed = await session.get(GovernanceRun, row.governance_run_id) if row.governance_run_id else None
-                if governed is None or governed.status != "approved":
+                if governed is None or governed.status != RunStatus.APPROVED:
                     pending.append(stage.governance_tier or stage.name)
             remediating = await session.scalar(
                 select(RemediationRun.id).where(
@@ -470,20 +434,6 @@ class PromotionActivities:
             row.deployments = made
         return StageDeployments(deployments=out)
 
-    async def _next_queued(self, session: AsyncSession, row: Promotion) -> str | None:
-        following = await session.scalar(
-            select(Promotion.workflow_id)
-            .where(
-                Promotion.track_id == row.track_id,
-                Promotion.stage == row.stage,
-                Promotion.status.in_(rules.OPEN),
-                Promotion.id != row.id,
-            )
-            .order_by(Promotion.created_at, Promotion.id)
-            .limit(1)
-        )
-        return following
-
     @activity.defn(name="activate_promotion")
     async def activate_promotion(self, promotion_id: str) -> Activated:
         """The stage runs the digest: this promotion is `active`, the one before it `superseded` (or
@@ -491,58 +441,24 @@ class PromotionActivities:
         async with self.sessionmaker() as session, session.begin():
             row = await self._load(session, promotion_id, lock=True)
             track, spec = await self._track(session, row)
-            now = datetime.now(UTC)
-            if row.status not in rules.ENDED:
-                previous = (
-                    await session.scalars(
-                        select(Promotion)
-                        .where(
-                            Promotion.track_id == row.track_id,
-                            Promotion.stage == row.stage,
-                            Promotion.status == rules.ACTIVE,
-                            Promotion.id != row.id,
-                        )
-                        .with_for_update()
-                    )
-                ).all()
-                for earlier in previous:
-                    earlier.status = "rolled_back" if row.kind == "rollback" else "superseded"
-                    earlier.finished_at = now
-                row.status, row.step, row.activated_at, row.finished_at = rules.ACTIVE, "done", now, now
-                row.reason = f"{row.subject} is active in stage {row.stage!r}"
-            out = Activated(next_queued=await self._next_queued(session, row))
+            await promotions.activate(session, row)
+            out = Activated(next_queued=await promotions.next_queued(session, row))
             index = row.stage_index + 1
-            rejected = set(
-                (
-                    await session.scalars(
-                        select(PromotionRejection.subject).where(PromotionRejection.track_id == row.track_id)
-                    )
-                ).all()
-            )
-            history = rules.facts_of(await self._history(session, row.track_id))
+            rejected = await promotions.rejected_subjects(session, row.track_id)
+            history = rules.facts_of(await promotions.history(session, row.track_id))
             if row.kind != "rollback" and rules.auto_candidate(
                 spec, index, row.subject, history, rejected=rejected, held=set(track.held or [])
             ):
-                new_id = uuid.uuid4()
-                await session.execute(
-                    insert(Promotion)
-                    .values(
-                        id=new_id,
-                        track_id=row.track_id,
-                        stage=spec.stages[index].name,
-                        stage_index=index,
-                        subject=row.subject,
-                        kind="auto",
-                        status="scheduled",
-                        step="queued",
-                        origin_deployment_id=row.origin_deployment_id,
-                        requester_id=row.requester_id,
-                        workflow_id=rules.promotion_workflow_id(new_id),
-                        deployments={},
-                        notes=[],
-                        reason=f"promoted automatically: active in stage {row.stage!r}",
-                    )
-                    .on_conflict_do_nothing()
+                await promotions.open_promotion(
+                    session,
+                    track_id=row.track_id,
+                    stage=spec.stages[index].name,
+                    index=index,
+                    subject=row.subject,
+                    origin=row.origin_deployment_id,
+                    kind="auto",
+                    requester_id=row.requester_id,
+                    reason=f"promoted automatically: active in stage {row.stage!r}",
                 )
             # Whatever this (or an earlier attempt of this activity) scheduled is started by the workflow.
             automatic = (
@@ -552,7 +468,7 @@ class PromotionActivities:
                         Promotion.stage_index == index,
                         Promotion.subject == row.subject,
                         Promotion.kind == "auto",
-                        Promotion.status == "scheduled",
+                        Promotion.status == rules.Status.SCHEDULED,
                     )
                 )
             ).all()
@@ -567,16 +483,8 @@ class PromotionActivities:
         """End the promotion (rejected, failed, aborted); the stage's next promotion, to wake."""
         async with self.sessionmaker() as session, session.begin():
             row = await self._load(session, data.promotion_id, lock=True)
-            if row.status not in rules.ENDED:
-                row.status, row.reason, row.finished_at = data.status, data.reason[:2000], datetime.now(UTC)
-                if data.notes:
-                    row.notes = data.notes
-                if row.governance_run_id is not None:
-                    governed = await session.get(GovernanceRun, row.governance_run_id, with_for_update=True)
-                    if governed is not None and governed.status == "running":
-                        governed.status, governed.reason = "cancelled", f"the promotion was {data.status}"
-                        governed.finished_at = datetime.now(UTC)
-            return await self._next_queued(session, row)
+            await promotions.finish(session, row, data.status, data.reason, data.notes)
+            return await promotions.next_queued(session, row)
 
     def all(self) -> list[Any]:
         return [

@@ -3,12 +3,14 @@ every route that streams (deployments, logs, metrics, trust, governance, promoti
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi.responses import StreamingResponse
 
+from api.events import ServerEvents
 from api.schemas.common import error_responses
 
 # Proxies must pass events on as they come.
@@ -29,3 +31,34 @@ def event(name: str, data: Any, event_id: int | None = None) -> bytes:
 
 def sse_response(events: AsyncIterator[bytes]) -> StreamingResponse:
     return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+# What a followed stream does each time it looks: the events to send, and whether that was the last.
+Step = Callable[[], Awaitable[tuple[list[bytes], bool]]]
+
+
+async def follow(hub: ServerEvents, kind: str, key: str, step: Step, recheck: float) -> AsyncIterator[bytes]:
+    """Run `step` at once, then on each notification of `kind` for `key` (a server, a promotion, a run)
+    and at least every `recheck` seconds, so a lost notification only delays an event. Keep-alive
+    comments keep idle proxies from cutting the stream."""
+    wake = hub.follow(kind, key)
+    idle = 0.0
+    try:
+        while True:
+            wake.clear()
+            chunks, last = await step()
+            for chunk in chunks:
+                yield chunk
+            if last:
+                return
+            if chunks:
+                idle = 0.0
+            try:
+                await asyncio.wait_for(wake.wait(), timeout=recheck)
+            except TimeoutError:
+                idle += recheck
+                if idle >= KEEPALIVE_SECONDS:
+                    idle = 0.0
+                    yield b": keep-alive\n\n"
+    finally:
+        hub.unfollow(kind, key, wake)

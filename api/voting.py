@@ -19,7 +19,9 @@ from temporalio.service import RPCError, RPCStatusCode
 from api.schemas.common import GovernanceAuditPublic, GovernanceRunPublic, error_responses
 from api.workflows import has_ended
 from core.errors import Conflict, DomainError, Forbidden, NotFound, Unavailable
+from core.governance import RunStatus
 from core.models import GovernanceAudit, GovernanceRun, Server, User
+from records import governance_runs
 from workflows.contracts.governance import GovernanceRunWorkflowContract, GovernanceState, VoteInput
 
 VOTE_TIMEOUT_SECONDS = 10.0
@@ -96,7 +98,7 @@ async def run_public(session: AsyncSession, run: GovernanceRun, live: dict[str, 
 
 
 async def live_state(client: Any, run: GovernanceRun) -> dict[str, Any] | None:
-    if run.status != "running":
+    if run.status != RunStatus.RUNNING:
         return None
     try:
         state = await asyncio.wait_for(
@@ -113,7 +115,7 @@ async def cast_vote(
     run = await visible_run(session, user, run_id)
     action = "approve" if approve else "reject"
     refused: DomainError | None = None
-    if run.status != "running":
+    if run.status != RunStatus.RUNNING:
         refused = Conflict(f"the governance run has ended ({run.status})")
     else:
         vote = VoteInput(user_id=str(user.id), email=user.email, roles=list(user.roles or []), approve=approve,
@@ -145,15 +147,8 @@ async def cast_vote(
         run_key, step, email = run.id, run.current_step, user.email
         await session.rollback()  # the reads above began a transaction
         async with session.begin():
-            session.add(
-                GovernanceAudit(
-                    run_id=run_key,
-                    step=step,
-                    actor=email,
-                    action="refused",
-                    accepted=False,
-                    comment=f"{action}: {refused}" + (f" (comment: {comment})" if comment else ""),
-                )
+            await governance_runs.refused(
+                session, run_key, step, email, f"{action}: {refused}" + (f" (comment: {comment})" if comment else "")
             )
         raise refused
     fresh = await reload_run(session, run.id)

@@ -13,6 +13,7 @@ A definition is an ordered list of steps:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -22,6 +23,16 @@ Role = Annotated[str, Field(pattern=ROLE_PATTERN)]
 Email = Annotated[str, Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")]
 STEP_NAME = r"^[A-Za-z0-9][A-Za-z0-9 ._:-]{0,63}$"
 MAX_SECONDS = 90 * 24 * 3600
+
+
+class RunStatus(StrEnum):
+    """A governance run is `running` until its steps end it `approved` or `rejected`, or it is
+    `cancelled` (its workflow could not start, or the promotion it gated ended first)."""
+
+    RUNNING = "running"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    CANCELLED = "cancelled"
 
 
 class _Step(BaseModel):

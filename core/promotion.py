@@ -22,6 +22,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -33,12 +34,42 @@ TIER = r"^[a-z0-9][a-z0-9_.-]{0,31}$"
 REQUIREMENT = r"^[a-z0-9][a-z0-9_.:-]{0,99}$"
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-# Statuses: a promotion moves scheduled -> in_progress -> awaiting_approval -> approved -> active, or
-# ends rejected, failed or aborted; an active one becomes superseded (a newer digest took the stage) or
-# rolled_back (the stage went back to the digest before it).
-ACTIVE = "active"
-OPEN = ("scheduled", "in_progress", "awaiting_approval", "approved")
-ENDED = ("active", "superseded", "rolled_back", "rejected", "failed", "aborted")
+
+
+class Status(StrEnum):
+    """A promotion moves scheduled -> in_progress -> awaiting_approval -> approved -> active, or ends
+    rejected, failed or aborted; an active one becomes superseded (a newer digest took the stage) or
+    rolled_back (the stage went back to the digest before it)."""
+
+    SCHEDULED = "scheduled"
+    IN_PROGRESS = "in_progress"
+    AWAITING_APPROVAL = "awaiting_approval"
+    APPROVED = "approved"
+    ACTIVE = "active"
+    SUPERSEDED = "superseded"
+    ROLLED_BACK = "rolled_back"
+    REJECTED = "rejected"
+    FAILED = "failed"
+    ABORTED = "aborted"
+
+
+ACTIVE = Status.ACTIVE
+OPEN = (Status.SCHEDULED, Status.IN_PROGRESS, Status.AWAITING_APPROVAL, Status.APPROVED)
+ENDED = (Status.ACTIVE, Status.SUPERSEDED, Status.ROLLED_BACK, Status.REJECTED, Status.FAILED, Status.ABORTED)
+# What each status may become. An open promotion may end at any step; an active one only gives way.
+MOVES: dict[Status, frozenset[Status]] = {
+    **{
+        status: frozenset(OPEN[index + 1 :]) | {Status.ACTIVE, Status.REJECTED, Status.FAILED, Status.ABORTED}
+        for index, status in enumerate(OPEN)
+    },
+    Status.ACTIVE: frozenset({Status.SUPERSEDED, Status.ROLLED_BACK}),
+    **{status: frozenset() for status in ENDED if status is not Status.ACTIVE},
+}
+
+
+def may_move(current: str, to: str) -> bool:
+    """Whether a promotion in status `current` may become `to` (staying put is always allowed)."""
+    return current == to or Status(to) in MOVES[Status(current)]
 
 
 def _clock(value: str) -> time:
@@ -172,7 +203,10 @@ def upstream_activation(track: TrackSpec, index: int, subject: str, history: lis
     times = [
         p.activated_at
         for p in history
-        if p.stage == upstream and p.subject == subject and p.status in ("active", "superseded") and p.activated_at
+        if p.stage == upstream
+        and p.subject == subject
+        and p.status in (Status.ACTIVE, Status.SUPERSEDED)
+        and p.activated_at
     ]
     return min(times) if times else None
 
@@ -212,7 +246,7 @@ def rollback_target(stage: str, history: list[PromotionFact]) -> str | None:
         p
         for p in history
         if p.stage == stage
-        and p.status == "superseded"
+        and p.status == Status.SUPERSEDED
         and p.subject != now.subject
         and p.activated_at
         and now.activated_at

@@ -3,10 +3,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import uuid
-from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, status
 from fastapi.responses import StreamingResponse
@@ -18,15 +15,18 @@ from temporalio.service import RPCError
 from api.deps import CurrentUser, SessionDep, StateDep, TemporalDep, load_server
 from api.schemas.common import GovernanceAuditPublic, GovernanceRunPublic, GovernanceVote, ListOf, error_responses
 from api.schemas.governance import GovernanceDefinitionCreate, GovernanceDefinitionPublic, GovernanceRunCreate
-from api.sse import SSE_RESPONSES, sse_response
+from api.sse import SSE_RESPONSES, event, follow, sse_response
 from api.voting import VOTE_RESPONSES, cast_vote, live_state, named_in, reload_run, run_public, visible_run
 from core.errors import Conflict, NotFound, Unavailable
-from core.governance import Definition
+from core.governance import Definition, RunStatus
 from core.models import Deployment, GovernanceAudit, GovernanceDefinition, GovernanceRun, Server, User
 from core.policy import subject_of
+from records import governance_runs
 from workflows.contracts.starters import start_governance
 
 router = APIRouter(prefix="/api/governance", tags=["governance"])
+# A run's stream wakes on its notifications; it also looks this often in case one was lost.
+RECHECK_SECONDS = 5.0
 
 
 def _definition_public(row: GovernanceDefinition) -> GovernanceDefinitionPublic:
@@ -114,19 +114,10 @@ async def start_run(
                 f"revision {deployment.seq} has no immutable artifact to govern: pin an exact package version "
                 "or an image digest"
             )
-        run_id = uuid.uuid4()
-        run = GovernanceRun(
-            id=run_id,
-            definition_id=definition.id,
-            server_id=server.id,
-            subject=subject,
-            tier=body.tier,
-            requester_id=user.id,
-            workflow_id=f"governance-{run_id}",
-            steps=definition.steps,
-            status="running",
+        run = await governance_runs.open_run(
+            session, definition, server_id=server.id, subject=subject, tier=body.tier, requester_id=user.id
         )
-        session.add(run)
+        run_id = run.id
     try:
         await start_governance(
             client,
@@ -140,9 +131,7 @@ async def start_run(
     except RPCError as exc:
         await session.rollback()
         async with session.begin():
-            row = await session.get(GovernanceRun, run_id, with_for_update=True)
-            if row is not None:
-                row.status, row.reason = "cancelled", f"the workflow could not be started: {exc.message}"
+            await governance_runs.cancel(session, run_id, f"the workflow could not be started: {exc.message}")
         raise Unavailable(f"could not start the governance workflow: {exc.message}") from None
     return await run_public(session, await reload_run(session, run_id), live=None)
 
@@ -173,7 +162,7 @@ async def my_runs(user: CurrentUser, session: SessionDep) -> ListOf[GovernanceRu
         await session.execute(
             select(GovernanceRun, Server.owner_id)
             .join(Server, Server.id == GovernanceRun.server_id)
-            .where(GovernanceRun.status == "running")
+            .where(GovernanceRun.status == RunStatus.RUNNING)
             .order_by(GovernanceRun.created_at.desc())
             .limit(500)
         )
@@ -215,28 +204,29 @@ async def stream_run(run_id: uuid.UUID, user: CurrentUser, session: SessionDep, 
     """Server-sent events: an `audit` event per entry of the run's audit trail as it is written, then
     `end` with the final status."""
     run = await visible_run(session, user, run_id)
-    sessionmaker = state.sessionmaker
+    key = run.id
+    await session.close()
+    hub = state.server_events
+    assert hub is not None
+    last = 0
 
-    async def events() -> AsyncIterator[bytes]:
-        last = 0
-        while True:
-            async with sessionmaker() as db:
-                rows = (
-                    await db.scalars(
-                        select(GovernanceAudit)
-                        .where(GovernanceAudit.run_id == run.id, GovernanceAudit.id > last)
-                        .order_by(GovernanceAudit.id)
-                    )
-                ).all()
-                current = await db.get(GovernanceRun, run.id)
-            for row in rows:
-                last = row.id
-                body = GovernanceAuditPublic.model_validate(row).model_dump(mode="json")
-                yield f"id: {row.id}\nevent: audit\ndata: {json.dumps(body)}\n\n".encode()
-            if current is None or current.status != "running":
-                final = current.status if current else "deleted"
-                yield f"event: end\ndata: {json.dumps({'status': final})}\n\n".encode()
-                return
-            await asyncio.sleep(0.5)
+    async def step() -> tuple[list[bytes], bool]:
+        nonlocal last
+        async with state.sessionmaker() as db:
+            rows = (
+                await db.scalars(
+                    select(GovernanceAudit)
+                    .where(GovernanceAudit.run_id == key, GovernanceAudit.id > last)
+                    .order_by(GovernanceAudit.id)
+                )
+            ).all()
+            current = await db.get(GovernanceRun, key)
+        chunks = []
+        for row in rows:
+            last = row.id
+            chunks.append(event("audit", GovernanceAuditPublic.model_validate(row).model_dump(mode="json"), row.id))
+        if current is None or current.status != RunStatus.RUNNING:
+            return [*chunks, event("end", {"status": current.status if current else "deleted"})], True
+        return chunks, False
 
-    return sse_response(events())
+    return sse_response(follow(hub, "governance", str(key), step, RECHECK_SECONDS))

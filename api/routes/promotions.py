@@ -3,17 +3,14 @@ aborting it, rejecting a digest, holding auto-promotion, rolling a stage back, a
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -27,7 +24,7 @@ from api.schemas.promotions import (
     TrackCreate,
     TrackPublic,
 )
-from api.sse import SSE_RESPONSES, sse_response
+from api.sse import SSE_RESPONSES, event, follow, sse_response
 from api.voting import VOTE_RESPONSES, cast_vote
 from api.workflows import cancel_workflow
 from core import promotion as rules
@@ -42,9 +39,12 @@ from core.models import (
     User,
 )
 from core.policy import subject_of
+from records import promotions
 from workflows.contracts.starters import start_promotion
 
 router = APIRouter(prefix="/api/promotions", tags=["promotions"])
+# A promotion's stream wakes on its notifications; it also looks this often in case one was lost.
+RECHECK_SECONDS = 5.0
 
 
 async def _track(session: AsyncSession, user: User, track_id: uuid.UUID) -> PromotionTrack:
@@ -54,13 +54,9 @@ async def _track(session: AsyncSession, user: User, track_id: uuid.UUID) -> Prom
     return row
 
 
-async def _history(session: AsyncSession, track_id: uuid.UUID) -> list[Promotion]:
-    return list((await session.scalars(select(Promotion).where(Promotion.track_id == track_id))).all())
-
-
 async def _track_public(session: AsyncSession, row: PromotionTrack) -> TrackPublic:
     spec = rules.TrackSpec.model_validate(row.stages)
-    history = rules.facts_of(await _history(session, row.id))
+    history = rules.facts_of(await promotions.history(session, row.id))
     current = {}
     for stage in spec.stages:
         now = rules.current(stage.name, history)
@@ -175,57 +171,6 @@ async def release(track_id: uuid.UUID, stage: str, user: CurrentUser, session: S
     return await _set_hold(session, user, track_id, stage, False)
 
 
-async def _open(
-    session: AsyncSession,
-    *,
-    track: PromotionTrack,
-    stage: str,
-    index: int,
-    subject: str,
-    origin: uuid.UUID | None,
-    kind: str,
-    user: User,
-    reason: str,
-) -> Promotion:
-    """A new promotion record, or the open one of the same digest into the same stage."""
-    same = select(Promotion).where(
-        Promotion.track_id == track.id,
-        Promotion.stage == stage,
-        Promotion.subject == subject,
-        Promotion.status.in_(rules.OPEN),
-    )
-    found = await session.scalar(same)
-    if found is not None:
-        return found
-    promotion_id = uuid.uuid4()
-    row = Promotion(
-        id=promotion_id,
-        track_id=track.id,
-        stage=stage,
-        stage_index=index,
-        subject=subject,
-        kind=kind,
-        status="scheduled",
-        step="queued",
-        origin_deployment_id=origin,
-        requester_id=user.id,
-        workflow_id=rules.promotion_workflow_id(promotion_id),
-        deployments={},
-        notes=[],
-        reason=reason,
-    )
-    try:
-        async with session.begin_nested():
-            session.add(row)
-    except IntegrityError:
-        # The same digest was asked into the same stage at the same moment: that request's promotion is this one.
-        found = await session.scalar(same)
-        if found is None:
-            raise Conflict("another promotion of this digest into this stage was being made: ask again") from None
-        return found
-    return row
-
-
 async def _start(session: AsyncSession, state: StateDep, client: TemporalDep, row: Promotion) -> PromotionPublic:
     public = PromotionPublic.model_validate(row)
     try:
@@ -240,9 +185,9 @@ async def _start(session: AsyncSession, state: StateDep, client: TemporalDep, ro
     except Unavailable as exc:
         # Nothing will run it: close the record with the reason rather than leave it queued for ever.
         async with session.begin():
-            stuck = await session.get(Promotion, public.id, with_for_update=True)
-            if stuck is not None and stuck.status == "scheduled":
-                stuck.status, stuck.reason, stuck.finished_at = "failed", exc.message, datetime.now(UTC)
+            stuck = await promotions.load(session, public.id, lock=True)
+            if stuck is not None and stuck.status == rules.Status.SCHEDULED:
+                await promotions.finish(session, stuck, rules.Status.FAILED, exc.message)
         raise
     return public
 
@@ -264,7 +209,7 @@ async def schedule(
     async with session.begin():
         track = await _track(session, user, body.track_id)
         spec, index = _stage_index(track, body.stage)
-        history_rows = await _history(session, track.id)
+        history_rows = await promotions.history(session, track.id)
         if body.deployment_id is not None:
             deployment = await session.get(Deployment, body.deployment_id)
             server = await session.get(Server, deployment.server_id) if deployment else None
@@ -284,11 +229,7 @@ async def schedule(
             if not earlier:
                 raise NotFound(f"{subject} has not been promoted on this track: name its deployment instead")
             origin = earlier[0].origin_deployment_id
-        rejected = await session.scalar(
-            select(PromotionRejection).where(
-                PromotionRejection.track_id == track.id, PromotionRejection.subject == subject
-            )
-        )
+        rejected = await promotions.rejection(session, track.id, subject)
         if rejected is not None:
             raise Conflict(f"{subject} was rejected on this track ({rejected.reason or 'no reason given'})")
         history = rules.facts_of(history_rows)
@@ -298,15 +239,15 @@ async def schedule(
         now = rules.current(body.stage, history)
         if now is not None and now.subject == subject:
             raise Conflict(f"{subject} is already active in stage {body.stage!r}")
-        row = await _open(
+        row = await promotions.open_promotion(
             session,
-            track=track,
+            track_id=track.id,
             stage=body.stage,
             index=index,
             subject=subject,
             origin=origin,
             kind="manual",
-            user=user,
+            requester_id=user.id,
             reason=f"asked for by {user.email}",
         )
     return await _start(session, state, client, row)
@@ -326,7 +267,7 @@ async def rollback(
     async with session.begin():
         track = await _track(session, user, track_id)
         _, index = _stage_index(track, stage)
-        rows = await _history(session, track.id)
+        rows = await promotions.history(session, track.id)
         target = rules.rollback_target(stage, rules.facts_of(rows))
         if target is None:
             raise Conflict(f"stage {stage!r} has no earlier digest to roll back to")
@@ -334,15 +275,15 @@ async def rollback(
             (p for p in rows if p.stage == stage and p.subject == target and p.activated_at),
             key=lambda p: p.activated_at or p.created_at,
         )
-        row = await _open(
+        row = await promotions.open_promotion(
             session,
-            track=track,
+            track_id=track.id,
             stage=stage,
             index=index,
             subject=target,
             origin=earlier.origin_deployment_id,
             kind="rollback",
-            user=user,
+            requester_id=user.id,
             reason=f"rollback asked for by {user.email}",
         )
     return await _start(session, state, client, row)
@@ -361,27 +302,8 @@ async def reject_digest(
     promotions are aborted."""
     async with session.begin():
         track = await _track(session, user, track_id)
-        await session.execute(
-            insert(PromotionRejection)
-            .values(track_id=track.id, subject=body.subject, reason=body.reason, rejected_by=user.email)
-            .on_conflict_do_nothing(constraint="uq_promotion_rejections_subject")
-        )
-        row = await session.scalar(
-            select(PromotionRejection).where(
-                PromotionRejection.track_id == track.id, PromotionRejection.subject == body.subject
-            )
-        )
-        assert row is not None
+        row, running = await promotions.reject(session, track.id, body.subject, body.reason, user.email)
         public = DigestRejectionPublic.model_validate(row)
-        running = (
-            await session.scalars(
-                select(Promotion.workflow_id).where(
-                    Promotion.track_id == track.id,
-                    Promotion.subject == body.subject,
-                    Promotion.status.in_(rules.OPEN),
-                )
-            )
-        ).all()
     for workflow_id in running:
         await cancel_workflow(client, workflow_id, "the promotion workflow")
     return public
@@ -511,23 +433,25 @@ async def stream(promotion_id: uuid.UUID, user: CurrentUser, session: SessionDep
     `end` once it has ended."""
     row = await _promotion(session, user, promotion_id)
     key = row.id
-    sessionmaker = state.sessionmaker
+    await session.close()
 
-    async def events() -> AsyncIterator[bytes]:
-        last: tuple[str, str | None] | None = None
-        while True:
-            async with sessionmaker() as db:
-                current = await db.get(Promotion, key)
-            if current is None:
-                yield b'event: end\ndata: {"status": "deleted"}\n\n'
-                return
-            public = PromotionPublic.model_validate(current)
-            if (public.status, public.step) != last:
-                last = (public.status, public.step)
-                yield f"event: promotion\ndata: {public.model_dump_json()}\n\n".encode()
-            if public.status in rules.ENDED:
-                yield f"event: end\ndata: {json.dumps({'status': public.status})}\n\n".encode()
-                return
-            await asyncio.sleep(0.5)
+    hub = state.server_events
+    assert hub is not None
+    last: tuple[str, str | None] | None = None
 
-    return sse_response(events())
+    async def step() -> tuple[list[bytes], bool]:
+        nonlocal last
+        async with state.sessionmaker() as db:
+            current = await db.get(Promotion, key)
+        if current is None:
+            return [event("end", {"status": "deleted"})], True
+        public = PromotionPublic.model_validate(current)
+        chunks = []
+        if (public.status, public.step) != last:
+            last = (public.status, public.step)
+            chunks.append(event("promotion", json.loads(public.model_dump_json())))
+        if public.status in rules.ENDED:
+            return [*chunks, event("end", {"status": public.status})], True
+        return chunks, False
+
+    return sse_response(follow(hub, "promotion", str(key), step, RECHECK_SECONDS))

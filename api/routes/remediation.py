@@ -5,11 +5,9 @@ version it saw (`If-Match`); a stale one is 409."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -33,7 +31,7 @@ from api.schemas.remediation import (
     RemediationRunPublic,
     RemediationVoteBody,
 )
-from api.sse import KEEPALIVE_SECONDS, SSE_RESPONSES, event, sse_response
+from api.sse import KEEPALIVE_SECONDS, SSE_RESPONSES, event, follow, sse_response
 from api.voting import REFUSAL_STATUS, Accepted
 from core.errors import Conflict, InvalidInput, NotFound, Unavailable
 from core.models import RemediationArtifact, RemediationBinding, RemediationPlaybook, RemediationRun, Server, User
@@ -447,39 +445,31 @@ async def stream_run(run_id: uuid.UUID, user: CurrentUser, session: SessionDep, 
     hub = state.server_events
     assert hub is not None
 
-    async def events() -> AsyncIterator[bytes]:
-        wake = hub.follow("remediation", server_id)
-        seen_version, last_artifact = 0, 0
-        try:
-            while True:
-                wake.clear()
-                async with state.sessionmaker() as reading:
-                    current = await reading.get(RemediationRun, run_id)
-                    fresh = (
-                        await reading.scalars(
-                            select(RemediationArtifact)
-                            .where(RemediationArtifact.run_id == run_id, RemediationArtifact.id > last_artifact)
-                            .order_by(RemediationArtifact.id)
-                        )
-                    ).all()
-                if current is None:
-                    yield event("end", {"reason": "the run is gone"})
-                    return
-                for artifact in fresh:
-                    last_artifact = artifact.id
-                    body = RemediationArtifactPublic.model_validate(artifact).model_dump(mode="json")
-                    yield event("artifact", body, artifact.id)
-                if current.version != seen_version:
-                    seen_version = current.version
-                    yield event("run", json.loads(RemediationRunPublic.model_validate(current).model_dump_json()))
-                if current.status not in ACTIVE:
-                    yield event("end", {"status": current.status, "exit_code": current.exit_code})
-                    return
-                try:
-                    await asyncio.wait_for(wake.wait(), timeout=KEEPALIVE_SECONDS)
-                except TimeoutError:
-                    yield b": keep-alive\n\n"
-        finally:
-            hub.unfollow("remediation", server_id, wake)
+    seen_version, last_artifact = 0, 0
 
-    return sse_response(events())
+    async def step() -> tuple[list[bytes], bool]:
+        nonlocal seen_version, last_artifact
+        async with state.sessionmaker() as reading:
+            current = await reading.get(RemediationRun, run_id)
+            fresh = (
+                await reading.scalars(
+                    select(RemediationArtifact)
+                    .where(RemediationArtifact.run_id == run_id, RemediationArtifact.id > last_artifact)
+                    .order_by(RemediationArtifact.id)
+                )
+            ).all()
+        if current is None:
+            return [event("end", {"reason": "the run is gone"})], True
+        chunks = []
+        for artifact in fresh:
+            last_artifact = artifact.id
+            body = RemediationArtifactPublic.model_validate(artifact).model_dump(mode="json")
+            chunks.append(event("artifact", body, artifact.id))
+        if current.version != seen_version:
+            seen_version = current.version
+            chunks.append(event("run", json.loads(RemediationRunPublic.model_validate(current).model_dump_json())))
+        if current.status not in ACTIVE:
+            return [*chunks, event("end", {"status": current.status, "exit_code": current.exit_code})], True
+        return chunks, False
+
+    return sse_response(follow(hub, "remediation", server_id, step, KEEPALIVE_SECONDS))

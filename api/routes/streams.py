@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from api.deps import AppState, CurrentUser, SessionDep, StateDep, load_server
 from api.schemas.common import LogLine, MetricEvent
-from api.sse import KEEPALIVE_SECONDS, SSE_RESPONSES, event, sse_response
+from api.sse import KEEPALIVE_SECONDS, SSE_RESPONSES, event, follow, sse_response
 from core.models import Deployment, Server, ServerLog, UsageMetric
 
 router = APIRouter(prefix="/api/servers", tags=["streams"])
@@ -35,31 +35,18 @@ async def _follow(
     state: AppState, kind: str, server_id: uuid.UUID, poll: Callable[[], Awaitable[list[bytes] | None]]
 ) -> AsyncIterator[bytes]:
     """Run `poll` at once, then on each notification of `kind` for the server (or every second); stop when
-    it returns None (the server is gone). Keep-alive comments keep idle proxies from cutting the stream."""
+    it returns None (the server is gone)."""
     hub = state.server_events
     assert hub is not None
-    wake = hub.follow(kind, str(server_id))
-    idle = 0.0
-    try:
-        while True:
-            wake.clear()
-            chunks = await poll()
-            if chunks is None:
-                yield event("end", {"reason": "the server was deleted"})
-                return
-            for chunk in chunks:
-                yield chunk
-            if chunks:
-                idle = 0.0
-            try:
-                await asyncio.wait_for(wake.wait(), timeout=RECHECK_SECONDS)
-            except TimeoutError:
-                idle += RECHECK_SECONDS
-                if idle >= KEEPALIVE_SECONDS:
-                    idle = 0.0
-                    yield b": keep-alive\n\n"
-    finally:
-        hub.unfollow(kind, str(server_id), wake)
+
+    async def step() -> tuple[list[bytes], bool]:
+        chunks = await poll()
+        if chunks is None:
+            return [event("end", {"reason": "the server was deleted"})], True
+        return chunks, False
+
+    async for chunk in follow(hub, kind, str(server_id), step, RECHECK_SECONDS):
+        yield chunk
 
 
 @router.get("/stream", response_class=StreamingResponse, responses=SSE_RESPONSES)

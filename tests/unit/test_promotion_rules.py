@@ -104,3 +104,23 @@ def test_policy_notes_for_promotion_and_governance() -> None:
     assert not both.allowed and both.notes == ["evaluation:missing:gold:smoke"]
     free = decide(Facts(required=[], upstream_stage="dev", upstream_active=True, **base))  # type: ignore[arg-type]
     assert free.allowed and free.notes == ["policy:no-requirements"]
+
+
+def test_a_promotion_only_moves_forward_and_an_ended_one_stays_ended() -> None:
+    S = rules.Status
+    assert rules.may_move(S.SCHEDULED, S.IN_PROGRESS)
+    assert rules.may_move("in_progress", "awaiting_approval")
+    assert rules.may_move(S.AWAITING_APPROVAL, S.APPROVED)
+    assert rules.may_move(S.APPROVED, S.ACTIVE)
+    assert rules.may_move(S.SCHEDULED, S.ACTIVE)  # a rollback deploys straight away
+    assert rules.may_move(S.IN_PROGRESS, S.IN_PROGRESS)
+    for open_ in rules.OPEN:
+        for end in (S.REJECTED, S.FAILED, S.ABORTED):
+            assert rules.may_move(open_, end)
+    assert not rules.may_move(S.APPROVED, S.IN_PROGRESS)
+    assert not rules.may_move(S.AWAITING_APPROVAL, S.SCHEDULED)
+    assert rules.may_move(S.ACTIVE, S.SUPERSEDED) and rules.may_move(S.ACTIVE, S.ROLLED_BACK)
+    assert not rules.may_move(S.ACTIVE, S.FAILED)
+    for ended in (S.SUPERSEDED, S.ROLLED_BACK, S.REJECTED, S.FAILED, S.ABORTED):
+        assert not any(rules.may_move(ended, other) for other in S if other != ended)
+    assert set(rules.OPEN) | set(rules.ENDED) == set(S)
