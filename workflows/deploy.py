@@ -28,7 +28,7 @@ with workflow.unsafe.imports_passed_through():
         StepBatch,
         StepRecord,
     )
-    from activities.runtime import HostClaim, RetireInput, RuntimeActivities
+    from activities.runtime import RetireInput, RuntimeActivities
     from core import temporal
     from workflows import placement, policies
     from workflows.build import BuildInput, BuildOutcome, BuildWorkflow
@@ -50,6 +50,11 @@ STEPS = (
     "drain_sessions",
     "retire_previous",
 )
+# Retired changes: each shipped behind workflow.patched() and every run now takes its new branch. The
+# calls are workflow.deprecate_patch(), in the same places, so runs that recorded the markers still
+# replay; runs from before the changes cannot be open any more (a deployment ends within its step
+# timeouts, its supervision is a workflow of its own). The calls go once no open run has the markers.
+#
 # Earlier revisions keep serving their open sessions for a while before they are retired.
 DRAIN_PATCH = "drain-sessions"
 # A step that fails after the route switch leaves the new revision serving: its instance is never removed.
@@ -86,19 +91,13 @@ class DeployWorkflow:
     def __init__(self) -> None:
         self._progress = DeployProgress(step=None, status="pending")
         self._current = "resolve"
-        # The host queue this deployment's runtime steps go to; None (the shared queue) in runs from before.
+        # The host queue this deployment's runtime steps go to (claimed in `prepare`).
         self._host: str | None = None
         self._host_wait = timedelta(seconds=120)
-        self._local = False
-        self._batched = False
 
     async def _db(self, method: Any, arg: Any) -> Any:
         """One database record of this deployment (idempotent, retried through a database outage)."""
-        if self._local:
-            return await workflow.execute_local_activity_method(
-                method, arg, start_to_close_timeout=policies.DB_TIMEOUT, retry_policy=policies.DATABASE
-            )
-        return await workflow.execute_activity_method(
+        return await workflow.execute_local_activity_method(
             method, arg, start_to_close_timeout=policies.DB_TIMEOUT, retry_policy=policies.DATABASE
         )
 
@@ -120,13 +119,7 @@ class DeployWorkflow:
 
     async def _steps(self, *records: tuple[str, str, str | None], instance: InstanceRecord | None = None) -> None:
         """Records that follow each other with nothing between (and the instance just launched, first):
-        one transaction in runs that batch them, one record each in runs from before."""
-        if not self._batched:
-            if instance is not None:
-                await self._db(RecordActivities.record_instance, instance)
-            for step, status, message in records:
-                await self._step(step, status, message)
-            return
+        one transaction."""
         for step, status, message in records:
             self._note(step, status, message)
         batch = StepBatch(
@@ -170,8 +163,7 @@ class DeployWorkflow:
         await workflow.sleep(timedelta(seconds=1))
 
     def _child_attributes(self, server_id: str, kind: temporal.Kind) -> TypedSearchAttributes | None:
-        if not workflow.patched(KIND_PATCH):
-            return None
+        workflow.deprecate_patch(KIND_PATCH)
         return temporal.search_attributes(kind, server_id=server_id, deployment_id=self._deployment_id)
 
     @property
@@ -182,8 +174,8 @@ class DeployWorkflow:
     @workflow.run
     async def run(self, data: DeployInput) -> DeployOutcome:
         self._deployment_id = data.deployment_id
-        self._local = workflow.patched(LOCAL_RECORDS_PATCH)
-        self._batched = workflow.patched(BATCHED_RECORDS_PATCH)
+        workflow.deprecate_patch(LOCAL_RECORDS_PATCH)
+        workflow.deprecate_patch(BATCHED_RECORDS_PATCH)
         self._host_wait = timedelta(seconds=data.host_wait_seconds)
         self._progress.status = "deploying"
         instance: InstanceRecord | None = None
@@ -200,33 +192,32 @@ class DeployWorkflow:
                 await self._build(data)
             else:
                 before = (("resolve", "succeeded", resolved),)
-            if workflow.patched(POLICY_PATCH):
-                # Git sources are decided on once built: the decision is bound to the image digest.
-                self._current = "policy"
-                outcome: PolicyOutcome = await self._db(PolicyActivities.decide_policy, data.deployment_id)
-                if outcome.gated:
-                    before = (*before, ("policy", "succeeded" if outcome.allowed else "failed", outcome.message))
-                if not outcome.allowed:
-                    await self._steps(*before)
-                    blocked = await self._finish("blocked", outcome.message)
-                    blocked.notes = outcome.notes
-                    return blocked
+            workflow.deprecate_patch(POLICY_PATCH)
+            # Git sources are decided on once built: the decision is bound to the image digest.
+            self._current = "policy"
+            outcome: PolicyOutcome = await self._db(PolicyActivities.decide_policy, data.deployment_id)
+            if outcome.gated:
+                before = (*before, ("policy", "succeeded" if outcome.allowed else "failed", outcome.message))
+            if not outcome.allowed:
+                await self._steps(*before)
+                blocked = await self._finish("blocked", outcome.message)
+                blocked.notes = outcome.notes
+                return blocked
             self._current = "prepare"
             if before:
                 await self._steps(*before, ("prepare", "started", None))
             else:
                 await self._step("prepare", "started")
-            claim: HostClaim | None = None
-            if workflow.patched(placement.PATCH):
-                # Any worker of the shared queue may take this: the one that does becomes the host, which
-                # spreads deployments over the workers.
-                claim = await workflow.execute_activity_method(
-                    RuntimeActivities.claim_host,
-                    data.deployment_id,
-                    start_to_close_timeout=policies.CLAIM_TIMEOUT,
-                    retry_policy=policies.RUNTIME,
-                )
-                self._host = claim.host_queue
+            workflow.deprecate_patch(placement.PATCH)
+            # Any worker of the shared queue may take this: the one that does becomes the host, which
+            # spreads deployments over the workers.
+            claim = await workflow.execute_activity_method(
+                RuntimeActivities.claim_host,
+                data.deployment_id,
+                start_to_close_timeout=policies.CLAIM_TIMEOUT,
+                retry_policy=policies.RUNTIME,
+            )
+            self._host = claim.host_queue
             prepared: str = await workflow.execute_activity_method(
                 RuntimeActivities.prepare_source,
                 data.deployment_id,
@@ -247,17 +238,17 @@ class DeployWorkflow:
                 task_queue=self._host,
                 schedule_to_start_timeout=self._host_wait_bound,
             )
-            where = f" on host {claim.host_id}" if claim is not None else ""
+            where = f" on host {claim.host_id}"
             self._current = "health_check"
             await self._steps(
                 ("launch", "succeeded", f"{instance.runtime} instance {instance.ref}{where}"),
                 ("health_check", "started", None),
                 instance=instance,
             )
-            stored = workflow.patched(STORED_CAPABILITIES_PATCH)
+            workflow.deprecate_patch(STORED_CAPABILITIES_PATCH)
             health: HealthResult = await workflow.execute_activity_method(
                 HealthActivities.check_health,
-                HealthInput(instance=instance, timeout_seconds=data.health_timeout_seconds, store=stored),
+                HealthInput(instance=instance, timeout_seconds=data.health_timeout_seconds, store=True),
                 start_to_close_timeout=timedelta(seconds=data.health_timeout_seconds + 30),
                 heartbeat_timeout=policies.HEARTBEAT,
                 retry_policy=policies.HEALTH,
@@ -275,8 +266,8 @@ class DeployWorkflow:
                 ActivateInput(
                     deployment_id=data.deployment_id,
                     instance=instance,
-                    capabilities={} if stored else health.capabilities(),
-                    stored_capabilities=stored,
+                    capabilities={},
+                    stored_capabilities=True,
                 ),
             )
             if not activated.activated:
@@ -285,34 +276,19 @@ class DeployWorkflow:
                 return await self._finish("superseded", "a newer deployment or a stop came first")
             switched = True
             await self._step("switch_route", "succeeded", f"gateway now serves {_where(instance.url)}")
-            if workflow.patched(DRAIN_PATCH):
-                await self._drain_sessions(data.server_id)
+            workflow.deprecate_patch(DRAIN_PATCH)
+            await self._drain_sessions(data.server_id)
 
             self._current = "retire_previous"
             await self._step("retire_previous", "started")
-            if workflow.patched(RUNNING_FIRST_PATCH):
-                return await self._running_then_retire(data, instance)
-            stopped, warnings = await self._retire(data)
-            await self._step(
-                "retire_previous",
-                "succeeded",
-                "; ".join([f"stopped {len(stopped)} earlier instance(s)", *warnings]),
-            )
-            final: str = await self._db(RecordActivities.complete_deployment, data.deployment_id)
-            if final != "running":
-                # A newer revision or a stop took over while this one was finishing: it must not linger.
-                await self._cleanup(instance)
-                self._progress.status = final
-                return DeployOutcome(deployment_id=data.deployment_id, status=final, error=f"{final} meanwhile")
-            self._progress.status = "running"
-            await self._supervise(data, instance)
-            return DeployOutcome(deployment_id=data.deployment_id, status="running", upstream_url=instance.url)
+            workflow.deprecate_patch(RUNNING_FIRST_PATCH)
+            return await self._running_then_retire(data, instance)
         except asyncio.CancelledError:
-            if not workflow.patched(CANCEL_PATCH):
-                raise
+            workflow.deprecate_patch(CANCEL_PATCH)
             return await self._failed(data, instance, switched, CANCELLED, "cancelled")
         except (ActivityError, ChildWorkflowError) as err:
-            if isinstance(err.cause, CancelledError) and workflow.patched(CANCEL_PATCH):
+            if isinstance(err.cause, CancelledError):
+                workflow.deprecate_patch(CANCEL_PATCH)
                 return await self._failed(data, instance, switched, CANCELLED, "cancelled")
             return await self._failed(data, instance, switched, failure_reason(err))
 
@@ -378,7 +354,8 @@ class DeployWorkflow:
         is let go). Before the route switch what this deployment started is removed and the previous
         revision keeps serving; after it the new revision already serves, and stays."""
         await self._step(self._current, "failed", reason)
-        if switched and instance is not None and workflow.patched(KEEP_SERVING_PATCH):
+        if switched and instance is not None:
+            workflow.deprecate_patch(KEEP_SERVING_PATCH)
             outcome = await self._serving_despite(instance, reason)
             if outcome.status == "running":
                 await self._supervise(data, instance)
@@ -393,8 +370,9 @@ class DeployWorkflow:
 
     async def _supervise(self, data: DeployInput, instance: InstanceRecord) -> None:
         """Hand the running revision to its own SupervisorWorkflow, which outlives this one."""
-        if data.supervise_interval_seconds <= 0 or not workflow.patched(SUPERVISE_PATCH):
+        if data.supervise_interval_seconds <= 0:
             return
+        workflow.deprecate_patch(SUPERVISE_PATCH)
         await workflow.start_child_workflow(
             SupervisorWorkflow.run,
             SupervisorInput(

@@ -8,7 +8,6 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.records import RecordActivities, ServerNote, ServerRef
-    from activities.runtime import RetireInput, RuntimeActivities
     from workflows import placement, policies
     from workflows.contracts.server_lifecycle import ServerInput, ServerOutcome
 
@@ -21,20 +20,12 @@ async def _take_down(data: ServerInput) -> placement.Retired:
         start_to_close_timeout=policies.DB_TIMEOUT,
         retry_policy=policies.DATABASE,
     )
-    if workflow.patched(placement.PATCH):
-        # A gone host is given up on after the wait: the server is still taken off the gateway and
-        # stopped everywhere else, and the warning says what may still run there.
-        return await placement.retire_on_hosts(
-            data.server_id, keep_deployment_id=None, also=None, wait=timedelta(seconds=data.host_wait_seconds)
-        )
-    retired = await workflow.execute_activity_method(
-        RuntimeActivities.retire_instances,
-        RetireInput(server_id=data.server_id, keep_deployment_id=None, remove=True),
-        start_to_close_timeout=policies.RETIRE_TIMEOUT,
-        heartbeat_timeout=policies.HEARTBEAT,
-        retry_policy=policies.CLEANUP,
+    # Retired change (see workflows.deploy): a gone host is given up on after the wait; the server is
+    # still taken off the gateway and stopped everywhere else, and the warning says what may still run there.
+    workflow.deprecate_patch(placement.PATCH)
+    return await placement.retire_on_hosts(
+        data.server_id, keep_deployment_id=None, also=None, wait=timedelta(seconds=data.host_wait_seconds)
     )
-    return placement.Retired(stopped_deployment_ids=retired.stopped_deployment_ids)
 
 
 @workflow.defn(name="StopServerWorkflow")

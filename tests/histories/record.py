@@ -1,7 +1,8 @@
 """Record workflow histories for the replay tests (tests/unit/test_replay.py).
 
 Run when a workflow changes on purpose (behind `workflow.patched()`), to add histories of the new
-code next to the old ones; never delete old histories while workers might still replay them.
+code next to the old ones. A history goes only with the patch it guards: when the patch is retired
+(`workflow.deprecate_patch()`), the histories that need its old branch fail to replay and are removed.
 
     .venv/bin/python tests/histories/record.py TAG [evaluation|promotion|remediation]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
 from worker.main import WORKFLOWS
+from workflows import placement
 
 HISTORIES = sorted((Path(__file__).resolve().parents[1] / "histories").glob("*.json"))
 
@@ -36,23 +38,50 @@ def test_every_workflow_has_a_recorded_history() -> None:
     assert {w.__temporal_workflow_definition.name for w in WORKFLOWS} <= recorded  # type: ignore[attr-defined]
 
 
-def test_both_sides_of_every_patch_are_recorded() -> None:
+def _patch_ids(call: str) -> set[str]:
+    """The patch ids the workflows pass to `workflow.<call>(...)`, by constant or literal."""
+    import workflows.deploy as deploy
+    import workflows.promotion as promotion
+
+    code = "".join(p.read_text() for p in sorted((Path(__file__).resolve().parents[2] / "workflows").glob("*.py")))
+    ids = set()
+    for name in re.findall(rf"workflow\.{call}\(([\w.\"-]+)\)", code):
+        if name.startswith('"'):
+            ids.add(name.strip('"'))
+        elif name == "placement.PATCH":
+            ids.add(placement.PATCH)
+        else:
+            ids.add(str(getattr(deploy, name, None) or getattr(promotion, name)))
+    return ids
+
+
+def _retired_in_code() -> set[str]:
+    """The patch ids the workflows only deprecate: their old branch is gone."""
+    return _patch_ids("deprecate_patch")
+
+
+def test_both_sides_of_every_live_patch_are_recorded() -> None:
     # Runs from before a patch may still be in flight: a workflow that has a patched history keeps an
-    # unpatched one too, until the patch is deprecated.
+    # unpatched one too, until the patch is retired (deprecated, and the histories that need its old
+    # branch removed with it).
+    retired = _retired_in_code()
     by_type: dict[str, list[set[str]]] = {}
     for path in HISTORIES:
         by_type.setdefault(_workflow_type(path), []).append(_patches(path))
     for workflow_type, histories in by_type.items():
-        for patch in set().union(*histories):
+        for patch in set().union(*histories) - retired:
             assert any(patch not in h for h in histories), f"{workflow_type}: no history from before {patch!r}"
-    assert any("host-placement" in h for h in by_type["DeployWorkflow"])
-    assert any("host-placement" in h for h in by_type["StopServerWorkflow"])
-    assert any("host-placement" in h for h in by_type["DeleteServerWorkflow"])
-    assert any("drain-sessions" in h for h in by_type["DeployWorkflow"])
-    assert any("capabilities-stored-by-activity" in h for h in by_type["DeployWorkflow"])
-    assert any("supervise" in h for h in by_type["DeployWorkflow"])
-    assert any("policy-gate" in h for h in by_type["DeployWorkflow"])
-    assert any("child-search-attributes" in h for h in by_type["DeployWorkflow"])
+    assert any("promotion-governance-started-first" in h for h in by_type["PromotionWorkflow"])
+    assert any("remediation-trigger" in h for h in by_type["SupervisorWorkflow"])
+
+
+def test_retired_patches_are_only_deprecated_and_their_markers_still_replay() -> None:
+    retired = _retired_in_code()
+    assert {"host-placement", "drain-sessions", "policy-gate", "child-search-attributes"} <= retired
+    assert not retired & _patch_ids("patched")
+    # Runs that recorded the markers are kept and replay (test_recorded_history_replays): one per workflow.
+    marked = {_workflow_type(p) for p in HISTORIES if _patches(p) & retired}
+    assert {"DeployWorkflow", "StopServerWorkflow", "DeleteServerWorkflow"} <= marked
 
 
 def test_the_supervisor_history_holds_a_restart() -> None:
