@@ -1,4 +1,4 @@
-"""The executor protocol every runtime implements, and the errors runtimes raise."""
+"""The executor protocol every runtime implements (the failures runtimes raise are in `core.failures`)."""
 
 from __future__ import annotations
 
@@ -25,34 +25,6 @@ def free_loopback_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-class RuntimeFailure(Exception):
-    """A failure of the runtime. `permanent` ones will fail the same way on retry (bad input)."""
-
-    kind = "runtime_error"
-    permanent = False
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class PermanentFailure(RuntimeFailure):
-    kind = "runtime_rejected"
-    permanent = True
-
-
-class PackageNotFound(PermanentFailure):
-    kind = "package_not_found"
-
-
-class ImageNotFound(PermanentFailure):
-    kind = "image_not_found"
-
-
-class CommandNotFound(PermanentFailure):
-    kind = "command_not_found"
 
 
 @dataclass(frozen=True)

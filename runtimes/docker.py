@@ -35,20 +35,11 @@ from docker.errors import APIError, DockerException, NotFound
 from docker.errors import ImageNotFound as DockerImageNotFound
 from docker.types import DeviceRequest, Mount
 
+from core.failures import ImageNotFound, PermanentFailure, RuntimeFailure
 from core.sources import ImageSource, PackageSource
 from core.tenancy import image_refusal, prepare_data_dir
 from runtimes import package_images
-from runtimes.base import (
-    LABEL_DEPLOYMENT,
-    LABEL_SERVER,
-    LABEL_SLUG,
-    ImageNotFound,
-    Instance,
-    InstanceStatus,
-    LaunchSpec,
-    PermanentFailure,
-    RuntimeFailure,
-)
+from runtimes.base import LABEL_DEPLOYMENT, LABEL_SERVER, LABEL_SLUG, Instance, InstanceStatus, LaunchSpec
 from runtimes.package_images import PackageImageConfig
 
 MIB = 1024 * 1024

@@ -30,9 +30,9 @@ from pathlib import Path
 
 from builds.images import host_arch as engine_arch
 from builds.wheels import PIP_ARCH, platform_tags
+from core.failures import CommandNotFound, PackageNotFound, RuntimeFailure
 from core.settings import child_environment
 from core.sources import PackageSource
-from runtimes.base import CommandNotFound, PackageNotFound, RuntimeFailure
 
 # Part of every image's key: raise it when what an image holds or how it is laid out changes.
 RECIPE_VERSION = 1

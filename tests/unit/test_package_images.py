@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from core.failures import CommandNotFound, PermanentFailure
 from core.sources import PackageSource
 from runtimes import base, bridge
-from runtimes.base import CommandNotFound, LaunchSpec, PermanentFailure
+from runtimes.base import LaunchSpec
 from runtimes.docker import DockerExecutor
 from runtimes.package_images import (
     BRIDGE_PYTHON,
