@@ -18,6 +18,8 @@ LABEL_DEPLOYMENT = "io.mcphost.deployment"
 LABEL_SLUG = "io.mcphost.slug"
 # The environment variable that tells the stdio bridge its (secret) HTTP path.
 BRIDGE_PATH_ENV = "MCPHOST_BRIDGE_PATH"
+# The stdio bridge's source: the docker runtime runs a copy of it inside the images of package sources.
+BRIDGE_SOURCE = Path(__file__).with_name("bridge.py")
 
 
 def free_loopback_port() -> int:
@@ -104,3 +106,18 @@ class Executor(Protocol):
     async def logs(self, instance: Instance, tail: int = 200) -> list[str]: ...
 
     async def close(self) -> None: ...
+
+
+class PackageImages(Protocol):
+    """Builds the images the docker runtime runs PyPI package sources from (laid out as `core.package_image`
+    says): the worker gives it `builds.package_images.PackageImageBuilder`; a process that only reads the
+    runtime's instances (the API) gives it none."""
+
+    def name(self, source: PackageSource) -> tuple[str, str]:
+        """The key of the image `source` runs from (a digest of what it is made of) and the tag it is built under."""
+        ...
+
+    async def build(self, source: PackageSource, key: str, tag: str) -> str:
+        """Build that image under `tag`, labelled with its key (LABEL_PACKAGE_BUILD), on the engine the runtime
+        runs it on; returns its id."""
+        ...
