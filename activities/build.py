@@ -27,12 +27,12 @@ from activities.telemetry import EventWriter
 from builds import git, recipes, wheels
 from builds.dockerfile import name_problem, network_refusals
 from builds.images import LABEL_BUILD_KEY, BuildFailed, ImageBuilder, emulation_missing
+from core.failures import RuntimeFailure
 from core.gitpolicy import GitUrlRejected, check_git_url_resolves_public
 from core.models import BuildArtifactPlatform, BuildArtifactRun, Deployment, Server
 from core.settings import Settings
 from core.sources import GitSource, parse_source
 from core.tenancy import image_repository
-from runtimes.base import RuntimeFailure
 
 
 @dataclass

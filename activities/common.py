@@ -10,7 +10,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from core.crypto import EnvCipher, SecretsKeyError
-from runtimes.base import RuntimeFailure
+from core.failures import RuntimeFailure
 
 T = TypeVar("T")
 

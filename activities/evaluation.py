@@ -24,9 +24,10 @@ from activities.common import as_application_error, heartbeating
 from activities.mcpclient import platform_mcp_client
 from activities.runtime import from_record
 from core.evaluation import Answer, Score, answer_from_result, evaluate, excerpt, parse_expectation
+from core.failures import RuntimeFailure
 from core.models import Certification, Deployment, EvalResult, EvalRun, Server, ServerLog
 from records.deployments import InstanceRecord, instance_of
-from runtimes.base import Executor, RuntimeFailure
+from runtimes.base import Executor
 
 SERVING = ("running", "degraded")
 FINISHED = ("passed", "failed", "error", "cancelled")

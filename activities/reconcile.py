@@ -29,10 +29,11 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.common import heartbeating
 from core import temporal
+from core.failures import RuntimeFailure
 from core.models import Deployment, DeploymentStep, Server, ServerLog
 from records.deployments import IN_PROGRESS
 from records.deployments import notify as notify_deployment
-from runtimes.base import Executor, RuntimeFailure
+from runtimes.base import Executor
 
 MARK = "reconciler"
 

@@ -19,12 +19,12 @@ from temporalio.exceptions import ApplicationError
 from activities.build import ArtifactImage
 from activities.common import as_application_error
 from core.db import notify_route_changed
+from core.failures import RuntimeFailure
 from core.files import remove_data_dir
 from core.models import Deployment, DeploymentStep, GatewaySession, Server, ServerLog, ServerSecret
 from core.secretstore import SecretStore, SecretStoreError
 from records.deployments import TERMINAL, InstanceRecord, write_instance
 from records.deployments import notify as notify_deployment
-from runtimes.base import RuntimeFailure
 
 # Set in a deployment's instance record once its host has retired everything of it: no host need be asked again.
 RETIRED = "retired"

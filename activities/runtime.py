@@ -21,6 +21,7 @@ from activities.common import as_application_error, heartbeating, open_env
 from activities.records import RETIRED, InstanceRecord
 from activities.vm import VmGuests
 from core.crypto import EnvCipher, SecretsKeyError
+from core.failures import RuntimeFailure
 from core.isolation import effective_isolation, isolation_refusal
 from core.models import (
     BuildArtifactRun,
@@ -37,7 +38,7 @@ from core.secretstore import SecretStore, SecretStoreError
 from core.settings import Settings
 from core.sources import GitSource, ImageSource, parse_source
 from core.tenancy import Resources, server_data_dir, slot_uid
-from runtimes.base import Executor, Instance, LaunchSpec, RuntimeFailure
+from runtimes.base import Executor, Instance, LaunchSpec
 from runtimes.kubernetes import DockerFallback
 from runtimes.vm import VirtualMachineExecutor
 

@@ -20,9 +20,10 @@ from activities.health import probe_mcp
 from activities.records import InstanceRecord, write_instance
 from activities.runtime import RuntimeActivities, from_record
 from core.db import notify_route_changed
+from core.failures import RuntimeFailure
 from core.models import Deployment, Server, ServerLog, UsageMetric
 from core.telemetry import BuildEvent, log_event
-from runtimes.base import Instance, RuntimeFailure
+from runtimes.base import Instance
 
 SERVING = ("running", "degraded")
 

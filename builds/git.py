@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from runtimes.base import PermanentFailure, RuntimeFailure
+from core.failures import PermanentFailure, RuntimeFailure
 
 
 class GitFailure(RuntimeFailure):

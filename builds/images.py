@@ -20,7 +20,7 @@ from docker.api.build import process_dockerfile
 
 from builds.network import UNREACHABLE, BuildNetwork, BuildNetworkError, engine_params, host_problem
 from builds.registry import RegistryAuthError, RegistryError, RegistryRejected
-from runtimes.base import PermanentFailure, RuntimeFailure
+from core.failures import PermanentFailure, RuntimeFailure
 
 ARCH_ALIASES = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le", "s390x": "s390x"}
 QEMU_NAMES = {

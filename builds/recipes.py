@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from runtimes.base import PermanentFailure
+from core.failures import PermanentFailure
 
 MANIFEST_MAX_BYTES = 64 * 1024
 DEFAULT_PORT = 8000

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from runtimes.base import PermanentFailure, RuntimeFailure
+from core.failures import PermanentFailure, RuntimeFailure
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 from builds.recipes import RecipeError
+from core.failures import RuntimeFailure
 from core.settings import child_environment
-from runtimes.base import RuntimeFailure
 
 PIP_ARCH = {"amd64": "x86_64", "arm64": "aarch64", "386": "i686", "ppc64le": "ppc64le", "s390x": "s390x"}
 

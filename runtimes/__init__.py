@@ -8,14 +8,18 @@ from typing import TYPE_CHECKING
 # Kept light: the sandbox launcher (`python -m runtimes.sandbox`) imports this package on every start.
 if TYPE_CHECKING:
     from core.settings import Settings
-    from runtimes.base import Executor
+    from runtimes.base import Executor, PackageImages
 
 # Given an image reference and the id of the server pulling it, the credentials to pull it with (docker
 # SDK auth_config), or None.
 AuthLookup = Callable[[str, str], "dict[str, str] | None"]
 
 
-def build_executors(settings: Settings, auth_for: AuthLookup | None = None) -> dict[str, Executor]:
+def build_executors(
+    settings: Settings, auth_for: AuthLookup | None = None, package_images: PackageImages | None = None
+) -> dict[str, Executor]:
+    """`package_images` builds the images of package sources on the docker runtime: the worker passes the
+    builds' one; the API, which only reads what runs (log tails, live status), passes none."""
     from pathlib import Path
 
     from core.tenancy import installer_uid
@@ -40,23 +44,13 @@ def build_executors(settings: Settings, auth_for: AuthLookup | None = None) -> d
     }
     if settings.container_runtime == "docker" or settings.docker_host:
         from runtimes.docker import DockerExecutor
-        from runtimes.package_images import PackageImageConfig
 
-        packages = PackageImageConfig(
-            base_image=settings.package_python_image,
-            python_version=settings.build_python_version,
-            allow_sdist=settings.package_allow_sdist,
-            find_links=tuple((settings.package_find_links or "").split()),
-            download_timeout=settings.package_install_timeout_seconds,
-            build_timeout=settings.build_timeout_seconds,
-            bridge_max_sessions=settings.bridge_max_sessions,
-            bridge_idle_seconds=settings.bridge_idle_timeout_seconds,
-            isolated=settings.build_network_isolation == "required",
-        )
         executors["docker"] = DockerExecutor(
             settings.docker_host,
             auth_for=auth_for,
-            packages=packages,
+            package_images=package_images,
+            bridge_max_sessions=settings.bridge_max_sessions,
+            bridge_idle_seconds=settings.bridge_idle_timeout_seconds,
             registry=settings.registry,
             gvisor_runtime=settings.container_gvisor_runtime,
             gvisor_base_url=settings.container_gvisor_docker_host,

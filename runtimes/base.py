@@ -1,4 +1,4 @@
-"""The executor protocol every runtime implements, and the errors runtimes raise."""
+"""The executor protocol every runtime implements (the failures runtimes raise are in `core.failures`)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ LABEL_DEPLOYMENT = "io.mcphost.deployment"
 LABEL_SLUG = "io.mcphost.slug"
 # The environment variable that tells the stdio bridge its (secret) HTTP path.
 BRIDGE_PATH_ENV = "MCPHOST_BRIDGE_PATH"
+# The stdio bridge's source: the docker runtime runs a copy of it inside the images of package sources.
+BRIDGE_SOURCE = Path(__file__).with_name("bridge.py")
 
 
 def free_loopback_port() -> int:
@@ -25,34 +27,6 @@ def free_loopback_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-class RuntimeFailure(Exception):
-    """A failure of the runtime. `permanent` ones will fail the same way on retry (bad input)."""
-
-    kind = "runtime_error"
-    permanent = False
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class PermanentFailure(RuntimeFailure):
-    kind = "runtime_rejected"
-    permanent = True
-
-
-class PackageNotFound(PermanentFailure):
-    kind = "package_not_found"
-
-
-class ImageNotFound(PermanentFailure):
-    kind = "image_not_found"
-
-
-class CommandNotFound(PermanentFailure):
-    kind = "command_not_found"
 
 
 @dataclass(frozen=True)
@@ -132,3 +106,18 @@ class Executor(Protocol):
     async def logs(self, instance: Instance, tail: int = 200) -> list[str]: ...
 
     async def close(self) -> None: ...
+
+
+class PackageImages(Protocol):
+    """Builds the images the docker runtime runs PyPI package sources from (laid out as `core.package_image`
+    says): the worker gives it `builds.package_images.PackageImageBuilder`; a process that only reads the
+    runtime's instances (the API) gives it none."""
+
+    def name(self, source: PackageSource) -> tuple[str, str]:
+        """The key of the image `source` runs from (a digest of what it is made of) and the tag it is built under."""
+        ...
+
+    async def build(self, source: PackageSource, key: str, tag: str) -> str:
+        """Build that image under `tag`, labelled with its key (LABEL_PACKAGE_BUILD), on the engine the runtime
+        runs it on; returns its id."""
+        ...

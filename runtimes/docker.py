@@ -1,5 +1,6 @@
 """The docker runtime: image sources, and PyPI package sources built into images of their own
-(`runtimes.package_images`), run as containers through the Docker Engine API.
+(`core.package_image`, built by the `PackageImages` the worker gives it), run as containers through the
+Docker Engine API.
 
 Works with Docker and with Podman's Docker-compatible service. Containers publish their MCP port
 on loopback only; the gateway is the way in. Each container carries labels that tie it to its
@@ -20,14 +21,10 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import shutil
 import tarfile
-import tempfile
-import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import docker
@@ -35,21 +32,19 @@ from docker.errors import APIError, DockerException, NotFound
 from docker.errors import ImageNotFound as DockerImageNotFound
 from docker.types import DeviceRequest, Mount
 
+from core import package_image
+from core.failures import ImageNotFound, PermanentFailure, RuntimeFailure
 from core.sources import ImageSource, PackageSource
 from core.tenancy import image_refusal, prepare_data_dir
-from runtimes import package_images
 from runtimes.base import (
     LABEL_DEPLOYMENT,
     LABEL_SERVER,
     LABEL_SLUG,
-    ImageNotFound,
     Instance,
     InstanceStatus,
     LaunchSpec,
-    PermanentFailure,
-    RuntimeFailure,
+    PackageImages,
 )
-from runtimes.package_images import PackageImageConfig
 
 MIB = 1024 * 1024
 # What a container killed with SIGKILL exits with.
@@ -126,10 +121,6 @@ class _Target:
     description: str = ""
 
 
-class PackageBuildFailed(PermanentFailure):
-    kind = "build_failed"
-
-
 class IsolationUnavailable(PermanentFailure):
     """The engine cannot give the isolation a server must run under: the deployment fails rather than
     run it under less."""
@@ -169,7 +160,9 @@ class DockerExecutor:
         *,
         stop_timeout: int = 10,
         auth_for: Callable[[str, str], dict[str, str] | None] | None = None,
-        packages: PackageImageConfig | None = None,
+        package_images: PackageImages | None = None,
+        bridge_max_sessions: int = 32,
+        bridge_idle_seconds: float = 600.0,
         registry: str | None = None,
         gvisor_runtime: str = "runsc",
         gvisor_base_url: str | None = None,
@@ -183,7 +176,9 @@ class DockerExecutor:
         self.registry = registry
         self.stop_timeout = stop_timeout
         self.auth_for = auth_for
-        self.packages = packages or PackageImageConfig()
+        self.package_images = package_images
+        self.bridge_max_sessions = bridge_max_sessions
+        self.bridge_idle_seconds = bridge_idle_seconds
         self._client: docker.DockerClient | None = None
         self._podman: bool | None = None
         self._package_locks: dict[str, asyncio.Lock] = {}
@@ -373,17 +368,17 @@ class DockerExecutor:
         assert isinstance(source, PackageSource)
         tag, image_id, built = await self._package_image(source)
         scripts = await self._read_entry_points(image_id)
-        script = package_images.choose_script(source, scripts)
-        command, env = package_images.container_command(source, script)
+        script = package_image.choose_script(source, scripts)
+        command, env = package_image.container_command(source, script)
         if source.transport == "stdio":
             env = env | {
-                "MCPHOST_BRIDGE_MAX_SESSIONS": str(self.packages.bridge_max_sessions),
-                "MCPHOST_BRIDGE_IDLE_SECONDS": str(self.packages.bridge_idle_seconds),
+                "MCPHOST_BRIDGE_MAX_SESSIONS": str(self.bridge_max_sessions),
+                "MCPHOST_BRIDGE_IDLE_SECONDS": str(self.bridge_idle_seconds),
             }
         how = "built" if built else "present"
         return _Target(
             image=tag,
-            port=package_images.CONTAINER_PORT,
+            port=package_image.CONTAINER_PORT,
             path=source.path,
             command=command,
             env=env,
@@ -392,8 +387,10 @@ class DockerExecutor:
 
     async def _package_image(self, source: PackageSource) -> tuple[str, str, bool]:
         """The package's image (tag, id), built unless an image of the same key is there already."""
-        key = package_images.image_key(source, self.packages)
-        tag = package_images.image_tag(key)
+        images = self.package_images
+        if images is None:
+            raise PermanentFailure("this process builds no package images: package sources are prepared by the worker")
+        key, tag = images.name(source)
         found = await self._find_package_image(tag, key)
         if found is not None:
             return tag, found, False
@@ -403,78 +400,16 @@ class DockerExecutor:
             found = await self._find_package_image(tag, key)
             if found is not None:
                 return tag, found, False
-            return tag, await self._build_package_image(source, key, tag), True
+            return tag, await images.build(source, key, tag), True
 
     async def _find_package_image(self, tag: str, key: str) -> str | None:
         try:
             image = await self._call(self._docker().images.get, tag)
         except (NotFound, DockerImageNotFound):
             return None
-        if (image.labels or {}).get(package_images.LABEL_PACKAGE_BUILD) != key:
+        if (image.labels or {}).get(package_image.LABEL_PACKAGE_BUILD) != key:
             return None
         return str(image.id)
-
-    async def _build_package_image(self, source: PackageSource, key: str, tag: str) -> str:
-        context = Path(tempfile.mkdtemp(prefix="mcphost-package-"))
-        try:
-            from_index = await package_images.prepare_context(context, source, self.packages)
-            return await self._build(context, tag, key, from_index)
-        finally:
-            await asyncio.to_thread(shutil.rmtree, context, True)
-
-    async def _build(self, context: Path, tag: str, key: str, from_index: bool) -> str:
-        """Build the package image with the builder git builds use. Installing fetched wheels runs no package
-        code and needs no network, so RUN steps get none; a source build from the index (PACKAGE_ALLOW_SDIST)
-        runs the package's setup code, so it gets the isolated build network where one is required, and is
-        refused where this engine cannot give one."""
-        from builds.images import BuildFailed, ImageBuilder
-
-        tail: list[str] = []
-
-        def on_line(line: str) -> None:
-            tail.append(line)
-            del tail[:-40]
-
-        stop = threading.Event()
-        builder = ImageBuilder(self.base_url)
-        isolated = self.packages.isolated and from_index
-        if isolated:
-            problem = await builder.isolation_problem()
-            if problem:
-                raise PackageBuildFailed(
-                    "this package has no wheels, and building it from source runs its setup code on a network that "
-                    f"reaches the internet but not the build host, which {problem}. Set BUILD_NETWORK_ISOLATION=off "
-                    "only where every tenant is trusted"
-                )
-        try:
-            return await asyncio.wait_for(
-                builder.build(
-                    context,
-                    "Dockerfile",
-                    tag=tag,
-                    platform=f"linux/{package_images.engine_arch()}",
-                    labels={package_images.LABEL_PACKAGE_BUILD: key},
-                    cache_from=[],
-                    nocache=False,
-                    on_line=on_line,
-                    stop=stop,
-                    isolated=isolated,
-                    offline=not from_index,
-                ),
-                self.packages.build_timeout,
-            )
-        except TimeoutError:
-            raise RuntimeFailure(
-                f"building {tag} took longer than {self.packages.build_timeout:.0f}s (BUILD_TIMEOUT_SECONDS)"
-            ) from None
-        except BuildFailed as exc:
-            output = "\n".join(tail[-10:])
-            raise PackageBuildFailed(
-                f"building the package image from {self.packages.base_image} (PACKAGE_PYTHON_IMAGE) failed: "
-                f"{exc.message}\n{output}"
-            ) from None
-        finally:
-            stop.set()
 
     async def _read_entry_points(self, image_id: str) -> list[str]:
         """The console scripts the image's build recorded, read from a container that is never started."""
@@ -487,10 +422,10 @@ class DockerExecutor:
 
     def _read_entry_points_file(self, image_id: str) -> list[str]:
         container = self._docker().containers.create(
-            image_id, command=[package_images.BRIDGE_PYTHON], network_mode="none"
+            image_id, command=[package_image.BRIDGE_PYTHON], network_mode="none"
         )
         try:
-            chunks, _ = container.get_archive(package_images.ENTRY_POINTS_FILE)
+            chunks, _ = container.get_archive(package_image.ENTRY_POINTS_FILE)
             with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as archive:
                 member = archive.next()
                 handle = archive.extractfile(member) if member is not None else None

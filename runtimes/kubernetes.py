@@ -30,15 +30,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from core.failures import ImageNotFound, PermanentFailure, RuntimeFailure
 from core.tenancy import image_refusal, is_build_of
-from runtimes.base import (
-    ImageNotFound,
-    Instance,
-    InstanceStatus,
-    LaunchSpec,
-    PermanentFailure,
-    RuntimeFailure,
-)
+from runtimes.base import Instance, InstanceStatus, LaunchSpec
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 K_SERVER = "mcphost.io/server"

@@ -34,20 +34,11 @@ from typing import Any
 
 import psutil
 
+from core.failures import CommandNotFound, PackageNotFound, PermanentFailure, RuntimeFailure
 from core.sources import CommandSource, ImageSource, PackageSource
 from core.tenancy import prepare_data_dir
 from runtimes import sandbox
-from runtimes.base import (
-    BRIDGE_PATH_ENV,
-    CommandNotFound,
-    Instance,
-    InstanceStatus,
-    LaunchSpec,
-    PackageNotFound,
-    PermanentFailure,
-    RuntimeFailure,
-    free_loopback_port,
-)
+from runtimes.base import BRIDGE_PATH_ENV, Instance, InstanceStatus, LaunchSpec, free_loopback_port
 
 # What installers and server processes inherit from the worker: locale, the host's trust store and proxies
 # (without them TLS through an intercepting proxy fails, and npm retries for minutes), and package index

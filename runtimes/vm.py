@@ -37,8 +37,9 @@ from xml.sax.saxutils import escape, quoteattr
 
 import httpx
 
+from core.failures import PermanentFailure, RuntimeFailure
 from core.sources import ImageSource
-from runtimes.base import Instance, InstanceStatus, LaunchSpec, PermanentFailure, RuntimeFailure
+from runtimes.base import Instance, InstanceStatus, LaunchSpec
 
 log = logging.getLogger("mcphost.runtime.vm")
 

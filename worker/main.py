@@ -31,12 +31,13 @@ from activities.runtime import RuntimeActivities
 from activities.supervision import SupervisionActivities
 from activities.vm import VmGuests
 from builds.images import ImageBuilder
+from builds.package_images import PackageImageBuilder, package_image_config
 from core import temporal
 from core.db import make_engine, make_sessionmaker
 from core.secretstore import store_from_settings
 from core.settings import Settings, load_settings_or_exit
 from runtimes import build_executors, check_cluster
-from runtimes.base import Executor
+from runtimes.base import BRIDGE_SOURCE, Executor
 from runtimes.kubernetes import DockerFallback, KubernetesExecutor
 from runtimes.vm import VirtualMachineExecutor
 from worker.metrics import MetricsInterceptor
@@ -124,7 +125,9 @@ async def run_worker(
     sessionmaker = make_sessionmaker(engine)
     builder = ImageBuilder(settings.docker_host)
     registry = RegistryActivities(sessionmaker, settings, builder)
-    executors = build_executors(settings, auth_for=registry.auth_for)
+    # Package images are built with the builder git builds use, on the engine the docker runtime runs them on.
+    packages = PackageImageBuilder(package_image_config(settings, BRIDGE_SOURCE), builder)
+    executors = build_executors(settings, auth_for=registry.auth_for, package_images=packages)
     kube = await start_kubernetes(executors, registry)
     secrets = store_from_settings(settings)
     remediation = RemediationActivities(

@@ -16,9 +16,10 @@ import docker
 import httpx
 import pytest
 
+from core.failures import PermanentFailure
 from core.sources import ImageSource
 from core.tenancy import image_repository
-from runtimes.base import LABEL_SERVER, Instance, LaunchSpec, PermanentFailure
+from runtimes.base import LABEL_SERVER, Instance, LaunchSpec
 from runtimes.docker import DockerExecutor, container_name
 from tests.support.components import Podman
 from tests.support.stack import Stack

@@ -113,6 +113,18 @@ def test_the_api_loads_no_activity_build_or_workflow_module() -> None:
     assert not [m for m in modules if m.startswith("workflows.") and not m.startswith("workflows.contracts")], modules
 
 
+def test_the_api_s_runtimes_load_no_build_module(tmp_path: Path) -> None:
+    """The API makes its executors (for log tails and live status) as its lifespan does; the docker runtime's
+    package images are built by the worker's builder, so nothing of builds/ comes with them."""
+    modules = _loaded(
+        "import api.app; from core.settings import Settings; from runtimes import build_executors; "
+        "build_executors(Settings(_env_file=None, jwt_secret='j' * 40, secrets_key='s' * 40, "
+        f"state_dir={str(tmp_path)!r}, docker_host='unix:///nowhere.sock'))"
+    )
+    assert "runtimes.docker" in modules
+    assert not [m for m in modules if m.split(".")[0] == "builds"], modules
+
+
 PROBE = """
 from temporalio import workflow
 

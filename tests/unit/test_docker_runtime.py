@@ -9,11 +9,16 @@ from typing import Any
 
 import pytest
 
-from core.sources import ImageSource
+from builds.images import ImageBuilder
+from builds.package_images import PackageBuildFailed, PackageImageBuilder, PackageImageConfig, package_image_config
+from core.failures import PermanentFailure
+from core.package_image import LABEL_PACKAGE_BUILD
+from core.settings import Settings
+from core.sources import ImageSource, PackageSource
 from core.tenancy import Resources
-from runtimes.base import LaunchSpec
-from runtimes.docker import DockerExecutor, PackageBuildFailed, image_uid, network_name, oom_detail
-from runtimes.package_images import LABEL_PACKAGE_BUILD, PackageImageConfig
+from runtimes import build_executors
+from runtimes.base import BRIDGE_SOURCE, LaunchSpec
+from runtimes.docker import DockerExecutor, image_uid, network_name, oom_detail
 
 MIB = 1024 * 1024
 
@@ -95,53 +100,78 @@ def test_a_missing_network_is_told_apart_from_a_missing_image() -> None:
     [(True, True, None, True), (False, True, None, False), (True, False, None, False), (True, True, "no podman", None)],
 )
 async def test_package_source_builds_run_on_the_isolated_build_network(
-    required: bool, from_index: bool, problem: str | None, isolated: bool | None, tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+    required: bool, from_index: bool, problem: str | None, isolated: bool | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A source build runs the package's own setup code: its RUN steps get the build network git builds get
     (BUILD_NETWORK_ISOLATION), and where the engine cannot give one the build is refused, never run on the
-    engine's network; `off` is the unsafe control. Installing fetched wheels runs no package code: no network."""
-    from builds import images
+    engine's network; `off` is the unsafe control. Installing fetched wheels runs no package code: no network.
+    The docker runtime builds a missing package image through the builder it was given, as the worker gives it."""
+    from builds import package_images
 
     seen: dict[str, Any] = {}
 
     class Recorder:
-        def __init__(self, docker_host: str | None = None) -> None:
-            seen["host"] = docker_host
+        """The engine's builder (builds.images.ImageBuilder), as far as package images use it."""
 
         async def isolation_problem(self) -> str | None:
             return problem
 
         async def build(self, context: Path, dockerfile: str, **options: Any) -> str:
-            seen.update(options, context=context, dockerfile=dockerfile)
+            seen.update(
+                options, context=context, dockerfile=dockerfile, files=sorted(p.name for p in context.iterdir())
+            )
             return "sha256:built"
 
-    monkeypatch.setattr(images, "ImageBuilder", Recorder)
-    executor = DockerExecutor("unix:///nowhere.sock", packages=PackageImageConfig(isolated=required))
+    async def prepared(context: Path, source: PackageSource, config: PackageImageConfig) -> bool:
+        (context / "Dockerfile").write_text("FROM scratch\n")
+        return from_index
+
+    async def absent(tag: str, key: str) -> None:
+        return None
+
+    monkeypatch.setattr(package_images, "prepare_context", prepared)
+    engine: Any = Recorder()
+    builder = PackageImageBuilder(PackageImageConfig(bridge=BRIDGE_SOURCE, isolated=required), engine)
+    executor = DockerExecutor("unix:///nowhere.sock", package_images=builder)
+    monkeypatch.setattr(executor, "_find_package_image", absent)
+    source = PackageSource(package="mcp-server-time")
+    key, tag = builder.name(source)
     if isolated is None:
         with pytest.raises(PackageBuildFailed, match="BUILD_NETWORK_ISOLATION=off"):
-            await executor._build(tmp_path, "localhost/mcphost/pkg-x:1", "key", from_index)
+            await executor._package_image(source)
         assert "isolated" not in seen
         return
-    assert await executor._build(tmp_path, "localhost/mcphost/pkg-x:1", "key", from_index) == "sha256:built"
+    assert await executor._package_image(source) == (tag, "sha256:built", True)
     assert seen["isolated"] is isolated and seen["offline"] is (not from_index)
-    assert seen["host"] == "unix:///nowhere.sock"
-    assert seen["dockerfile"] == "Dockerfile" and seen["labels"] == {LABEL_PACKAGE_BUILD: "key"}
+    # Built from the context prepare_context filled, which is gone once the build is.
+    assert seen["tag"] == tag and seen["files"] == ["Dockerfile"] and not seen["context"].exists()
+    assert seen["dockerfile"] == "Dockerfile" and seen["labels"] == {LABEL_PACKAGE_BUILD: key}
+
+
+def _settings(tmp_path: Path, **values: Any) -> Settings:
+    defaults: dict[str, Any] = {
+        "_env_file": None,
+        "jwt_secret": "j" * 40,
+        "secrets_key": "s" * 40,
+        "state_dir": tmp_path,
+        "docker_host": "unix:///nowhere.sock",
+    }
+    return Settings(**(defaults | values))
 
 
 def test_the_platform_turns_package_build_isolation_on_with_git_builds(tmp_path: Path) -> None:
-    from core.settings import Settings
-    from runtimes import build_executors
-
     for mode, isolated in (("required", True), ("off", False)):
-        values: dict[str, Any] = {
-            "_env_file": None,
-            "jwt_secret": "j" * 40,
-            "secrets_key": "s" * 40,
-            "state_dir": tmp_path,
-            "docker_host": "unix:///nowhere.sock",
-            "build_network_isolation": mode,
-        }
-        settings = Settings(**values)
-        executor = build_executors(settings)["docker"]
-        assert isinstance(executor, DockerExecutor) and executor.packages.isolated is isolated
+        settings = _settings(tmp_path, build_network_isolation=mode)
+        assert package_image_config(settings, BRIDGE_SOURCE).isolated is isolated
+
+
+async def test_only_a_docker_runtime_given_a_builder_builds_package_images(tmp_path: Path) -> None:
+    """The worker gives the docker runtime the builder of package images; the API, which only reads, none."""
+    settings = _settings(tmp_path)
+    builder = PackageImageBuilder(package_image_config(settings, BRIDGE_SOURCE), ImageBuilder(settings.docker_host))
+    worker = build_executors(settings, package_images=builder)["docker"]
+    assert isinstance(worker, DockerExecutor) and worker.package_images is builder
+    api = build_executors(settings)["docker"]
+    assert isinstance(api, DockerExecutor) and api.package_images is None
+    with pytest.raises(PermanentFailure, match="builds no package images"):
+        await api._package_image(PackageSource(package="mcp-server-time"))

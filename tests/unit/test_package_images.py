@@ -4,42 +4,37 @@ tag, its Dockerfile, which entry point a server runs and how, and the bridge's m
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from builds.package_images import PackageImageConfig, bridge_requirements, dockerfile, image_key, image_tag
+from core.failures import CommandNotFound, PermanentFailure
+from core.package_image import BRIDGE_PYTHON, CONTAINER_PORT, ENTRY_POINTS_FILE, choose_script, container_command
 from core.sources import PackageSource
 from runtimes import base, bridge
-from runtimes.base import CommandNotFound, LaunchSpec, PermanentFailure
+from runtimes.base import BRIDGE_SOURCE, LaunchSpec
 from runtimes.docker import DockerExecutor
-from runtimes.package_images import (
-    BRIDGE_PYTHON,
-    CONTAINER_PORT,
-    ENTRY_POINTS_FILE,
-    PackageImageConfig,
-    bridge_requirements,
-    choose_script,
-    container_command,
-    dockerfile,
-    image_key,
-    image_tag,
-)
 
 TIME = PackageSource(package="mcp-server-time", args=["--local-timezone", "UTC"])
+CONFIG = PackageImageConfig(bridge=BRIDGE_SOURCE)
 
 
-def test_the_image_key_covers_what_the_image_is_made_of() -> None:
-    config = PackageImageConfig()
-    key = image_key(TIME, config)
-    assert key == image_key(PackageSource(package="mcp-server-time", args=["other"]), config)
-    assert key == image_key(PackageSource(package="mcp-server-time", command="x"), config)
+def test_the_image_key_covers_what_the_image_is_made_of(tmp_path: Path) -> None:
+    key = image_key(TIME, CONFIG)
+    assert key == image_key(PackageSource(package="mcp-server-time", args=["other"]), CONFIG)
+    assert key == image_key(PackageSource(package="mcp-server-time", command="x"), CONFIG)
     others = [
-        image_key(PackageSource(package="mcp-server-time", version="1.0"), config),
-        image_key(TIME, PackageImageConfig(allow_sdist=True)),
-        image_key(TIME, PackageImageConfig(base_image="localhost/other:1")),
-        image_key(TIME, PackageImageConfig(python_version="3.12")),
+        image_key(PackageSource(package="mcp-server-time", version="1.0"), CONFIG),
+        image_key(TIME, replace(CONFIG, allow_sdist=True)),
+        image_key(TIME, replace(CONFIG, base_image="localhost/other:1")),
+        image_key(TIME, replace(CONFIG, python_version="3.12")),
     ]
-    assert len({key, *others}) == 5
+    other_bridge = tmp_path / "bridge.py"
+    other_bridge.write_text(BRIDGE_SOURCE.read_text() + "\n# changed\n")
+    others.append(image_key(TIME, replace(CONFIG, bridge=other_bridge)))
+    assert len({key, *others}) == 6
     assert image_tag(key) == f"localhost/mcphost/pkg-{key[:16]}:1"
 
 

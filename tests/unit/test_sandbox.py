@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from core.failures import PermanentFailure
 from core.sources import PackageSource
 from runtimes import sandbox
-from runtimes.base import LaunchSpec, PermanentFailure
+from runtimes.base import LaunchSpec
 from runtimes.process import ProcessExecutor
 
 

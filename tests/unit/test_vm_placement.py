@@ -9,9 +9,9 @@ import xml.etree.ElementTree as ET
 import pytest
 from pydantic import ValidationError
 
+from core.failures import PermanentFailure
 from core.policy import vm_placement
 from core.settings import Settings
-from runtimes.base import PermanentFailure
 from runtimes.vm import DEFAULT_TEMPLATE, dhcp_range, mac_for, render
 
 

@@ -1,12 +1,12 @@
-"""PyPI package sources on the docker runtime: one image per requirement, built from PACKAGE_PYTHON_IMAGE.
+"""PyPI package sources on the docker runtime: one image per requirement, built from PACKAGE_PYTHON_IMAGE and
+laid out as `core.package_image` says. The docker runtime finds and runs these images; the worker gives it a
+`PackageImageBuilder` to build the ones it lacks (`runtimes.base.PackageImages`).
 
 The package's wheels are fetched on the worker with `pip download --only-binary=:all:` for the image's
 Python (BUILD_PYTHON_VERSION) and platform, so nothing of the package runs on the worker, and installed
-offline in the image, so containers need no package index. The image holds two environments: the
-package in /opt/venv, and the stdio bridge (this platform's `runtimes/bridge.py`, with the `mcp` and
-`uvicorn` versions the platform runs it with) in /opt/mcphost/venv, so neither side's dependencies
-constrain the other's. The build records the package's console scripts in /opt/mcphost/entry-points.json,
-read by an interpreter that never imports the package's environment; a server runs only one of them.
+offline in the image, so containers need no package index. The stdio bridge goes in with the `mcp` and
+`uvicorn` versions the platform runs it with. The package's console scripts are listed by an interpreter
+that never imports the package's environment.
 
 With PACKAGE_ALLOW_SDIST a requirement without a complete set of wheels is installed from the index
 inside the image build instead: its source build runs in the engine's build container, never on the
@@ -22,27 +22,33 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import sys
+import tempfile
+import threading
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
+from builds.images import BuildFailed, ImageBuilder
 from builds.images import host_arch as engine_arch
 from builds.wheels import PIP_ARCH, platform_tags
-from core.settings import child_environment
+from core.failures import PackageNotFound, PermanentFailure, RuntimeFailure
+from core.package_image import (
+    BRIDGE_HOME,
+    BRIDGE_PYTHON,
+    BRIDGE_SCRIPT,
+    CONTAINER_PORT,
+    ENTRY_POINTS_FILE,
+    LABEL_PACKAGE_BUILD,
+    VENV,
+)
+from core.settings import Settings, child_environment
 from core.sources import PackageSource
-from runtimes.base import CommandNotFound, PackageNotFound, RuntimeFailure
 
 # Part of every image's key: raise it when what an image holds or how it is laid out changes.
 RECIPE_VERSION = 1
-CONTAINER_PORT = 8080
-LABEL_PACKAGE_BUILD = "io.mcphost.package-build"
-VENV = "/opt/venv"
-BRIDGE_HOME = "/opt/mcphost"
-BRIDGE_PYTHON = f"{BRIDGE_HOME}/venv/bin/python"
-ENTRY_POINTS_FILE = f"{BRIDGE_HOME}/entry-points.json"
-BRIDGE_SOURCE = Path(__file__).with_name("bridge.py")
 # The image's own PATH is not relied on: a base image made by `import` has none.
 IMAGE_PATH = f"{VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _NOT_FOUND = re.compile(r"No matching distribution found|Could not find a version that satisfies")
@@ -69,17 +75,31 @@ with open(sys.argv[3], "w") as fh:
 
 @dataclass(frozen=True)
 class PackageImageConfig:
+    # The stdio bridge's source, copied into every image: the one the runtime runs (runtimes.base.BRIDGE_SOURCE).
+    bridge: Path
     base_image: str = "python:3.11-slim-bookworm"
     python_version: str = "3.11"
     allow_sdist: bool = False
     find_links: tuple[str, ...] = ()
     download_timeout: float = 600.0
     build_timeout: float = 1800.0
-    bridge_max_sessions: int = 32
-    bridge_idle_seconds: float = 600.0
     # RUN steps on a build network of their own that reaches the internet, never the build host
     # (BUILD_NETWORK_ISOLATION, as for git builds): a source build runs the package's own code.
     isolated: bool = False
+
+
+def package_image_config(settings: Settings, bridge: Path) -> PackageImageConfig:
+    """The worker's: PACKAGE_* and BUILD_* settings, with the bridge the docker runtime runs."""
+    return PackageImageConfig(
+        bridge=bridge,
+        base_image=settings.package_python_image,
+        python_version=settings.build_python_version,
+        allow_sdist=settings.package_allow_sdist,
+        find_links=tuple((settings.package_find_links or "").split()),
+        download_timeout=settings.package_install_timeout_seconds,
+        build_timeout=settings.build_timeout_seconds,
+        isolated=settings.build_network_isolation == "required",
+    )
 
 
 def bridge_requirements() -> list[str]:
@@ -95,7 +115,7 @@ def image_key(source: PackageSource, config: PackageImageConfig) -> str:
         "base": config.base_image,
         "python": config.python_version,
         "bridge": bridge_requirements(),
-        "bridge_source": hashlib.sha256(BRIDGE_SOURCE.read_bytes()).hexdigest(),
+        "bridge_source": hashlib.sha256(config.bridge.read_bytes()).hexdigest(),
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
@@ -119,45 +139,12 @@ def dockerfile(base_image: str, source: PackageSource, *, from_index: bool) -> s
     return (
         f"FROM {base_image}\n"
         "COPY wheels /wheels\n"
-        f"COPY bridge.py {BRIDGE_HOME}/bridge.py\n"
+        f"COPY bridge.py {BRIDGE_SCRIPT}\n"
         f"RUN {' && '.join(steps)}\n"
         f"ENV PATH={IMAGE_PATH} PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1\n"
         "WORKDIR /tmp\n"
         f"EXPOSE {CONTAINER_PORT}\n"
     )
-
-
-def choose_script(source: PackageSource, scripts: list[str]) -> str:
-    """The console script a server runs: the one it names, else the one named after its package, else the
-    only one. Anything the package does not declare fails, listing what it does."""
-    wanted = source.command
-    if wanted is None:
-        normalized = re.sub(r"[-_.]+", "-", source.package).lower()
-        named = [s for s in scripts if re.sub(r"[-_.]+", "-", s).lower() == normalized]
-        if named:
-            wanted = named[0]
-        elif len(scripts) == 1:
-            wanted = scripts[0]
-        else:
-            raise CommandNotFound(
-                f"package {source.package!r} has {len(scripts)} console scripts ({', '.join(scripts) or 'none'}); "
-                "set source.command to the one that starts the MCP server"
-            )
-    if wanted not in scripts:
-        raise CommandNotFound(
-            f"package {source.package!r} declares no console script {wanted!r}; its entry points: "
-            f"{', '.join(scripts) or 'none'} (set source.command to one of them)"
-        )
-    return wanted
-
-
-def container_command(source: PackageSource, script: str) -> tuple[list[str], dict[str, str]]:
-    """What a container of the image runs for this server, and the environment that adds."""
-    server = [f"{VENV}/bin/{script}", *source.args]
-    if source.transport == "http":
-        return server, {"HOST": "0.0.0.0"}
-    bridge = [BRIDGE_PYTHON, f"{BRIDGE_HOME}/bridge.py", "--host", "0.0.0.0", "--port", str(CONTAINER_PORT)]
-    return [*bridge, "--path", source.path, "--report-oom", "--", *server], {}
 
 
 def host_arch() -> str:
@@ -222,6 +209,81 @@ async def prepare_context(context: Path, source: PackageSource, config: PackageI
         raise RuntimeFailure(f"fetching the stdio bridge's wheels failed: {complaint}")
     (wheels / "package").mkdir(parents=True, exist_ok=True)
     (wheels / "entry_points.py").write_text(ENTRY_POINTS_SCRIPT)
-    (context / "bridge.py").write_bytes(BRIDGE_SOURCE.read_bytes())
+    (context / "bridge.py").write_bytes(config.bridge.read_bytes())
     (context / "Dockerfile").write_text(dockerfile(config.base_image, source, from_index=from_index))
     return from_index
+
+
+class PackageBuildFailed(PermanentFailure):
+    kind = "build_failed"
+
+
+class PackageImageBuilder:
+    """Builds the images of package sources for the docker runtime (its `runtimes.base.PackageImages`), through
+    the builder git builds use, on the engine the runtime runs them on."""
+
+    def __init__(self, config: PackageImageConfig, engine: ImageBuilder) -> None:
+        self.config = config
+        self.engine = engine
+
+    def name(self, source: PackageSource) -> tuple[str, str]:
+        key = image_key(source, self.config)
+        return key, image_tag(key)
+
+    async def build(self, source: PackageSource, key: str, tag: str) -> str:
+        context = Path(tempfile.mkdtemp(prefix="mcphost-package-"))
+        try:
+            from_index = await prepare_context(context, source, self.config)
+            return await self._build(context, tag, key, from_index)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, context, True)
+
+    async def _build(self, context: Path, tag: str, key: str, from_index: bool) -> str:
+        """Installing fetched wheels runs no package code and needs no network, so RUN steps get none; a
+        source build from the index (PACKAGE_ALLOW_SDIST) runs the package's setup code, so it gets the
+        isolated build network where one is required, and is refused where this engine cannot give one."""
+        tail: list[str] = []
+
+        def on_line(line: str) -> None:
+            tail.append(line)
+            del tail[:-40]
+
+        stop = threading.Event()
+        isolated = self.config.isolated and from_index
+        if isolated:
+            problem = await self.engine.isolation_problem()
+            if problem:
+                raise PackageBuildFailed(
+                    "this package has no wheels, and building it from source runs its setup code on a network that "
+                    f"reaches the internet but not the build host, which {problem}. Set BUILD_NETWORK_ISOLATION=off "
+                    "only where every tenant is trusted"
+                )
+        try:
+            return await asyncio.wait_for(
+                self.engine.build(
+                    context,
+                    "Dockerfile",
+                    tag=tag,
+                    platform=f"linux/{engine_arch()}",
+                    labels={LABEL_PACKAGE_BUILD: key},
+                    cache_from=[],
+                    nocache=False,
+                    on_line=on_line,
+                    stop=stop,
+                    isolated=isolated,
+                    offline=not from_index,
+                ),
+                self.config.build_timeout,
+            )
+        except TimeoutError:
+            raise RuntimeFailure(
+                f"building {tag} took longer than {self.config.build_timeout:.0f}s (BUILD_TIMEOUT_SECONDS)"
+            ) from None
+        except BuildFailed as exc:
+            output = "\n".join(tail[-10:])
+            raise PackageBuildFailed(
+                f"building the package image from {self.config.base_image} (PACKAGE_PYTHON_IMAGE) failed: "
+                f"{exc.message}\n{output}"
+            ) from None
+        finally:
+            stop.set()
