@@ -65,8 +65,8 @@ test: install system-deps vm-deps
 test-unit: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m unit $(PYTEST_ARGS)
 
-## test-<room>: one room's unit and integration tests: test-api, test-gateway, test-builds, test-runtimes,
-## test-governance, test-workflows (markers in tests/markers.py)
+## test-<room>: one room's tests (tests/unit/<room>, tests/integration/<room>, its security files): test-api,
+## test-gateway, test-builds, test-runtimes, test-governance, test-workflows (markers in tests/markers.py)
 $(addprefix test-,$(ROOMS)): test-%: install system-deps vm-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m $* $(PYTEST_ARGS)
 

@@ -1,4 +1,4 @@
-"""Record workflow histories for the replay tests (tests/unit/test_replay.py).
+"""Record workflow histories for the replay tests (tests/unit/workflows/test_replay.py).
 
 Run when a workflow changes on purpose (behind `workflow.patched()`), to add histories of the new
 code next to the old ones. A history goes only with the patch it guards: when the patch is retired

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from gateway import proxy
-from tests.integration.test_gateway import (
+from tests.integration.gateway.test_gateway import (
     ACCEPT,
     LEGACY,
     Hosted,

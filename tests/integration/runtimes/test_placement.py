@@ -26,7 +26,7 @@ from core.db import make_engine, make_sessionmaker
 from core.models import Deployment
 from runtimes.base import Executor
 from runtimes.process import ProcessExecutor
-from tests.integration.test_revision_races import RecordingExecutor, make_server, run
+from tests.integration.workflows.test_revision_races import RecordingExecutor, make_server, run
 from tests.support.components import CACHE, server_ids, stop_process_instances
 from tests.support.stack import Stack, WorkerProcess, deploy, make_settings
 

@@ -17,7 +17,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.integration.test_gateway import modern_call, rpc_result, text_of
+from tests.integration.gateway.test_gateway import modern_call, rpc_result, text_of
 from tests.support import everything
 from tests.support.stack import Stack, wait_deployment
 

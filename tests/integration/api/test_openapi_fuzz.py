@@ -32,7 +32,7 @@ async def test_schemathesis_finds_nothing(stack: Stack, tmp_path: Path) -> None:
         token = (await client.post("/api/tokens", json={"name": "fuzz"})).json()["token"]
     report = tmp_path / "schemathesis.txt"
     # The API answers in this event loop: the fuzzer runs beside it, not blocking it.
-    config = Path(__file__).resolve().parents[1] / "support" / "schemathesis.toml"
+    config = Path(__file__).resolve().parents[2] / "support" / "schemathesis.toml"
     proc = await asyncio.create_subprocess_exec(
         binary,
         "--config-file",

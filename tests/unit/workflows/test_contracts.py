@@ -38,7 +38,7 @@ from workflows.remediation import RemediationWorkflow
 from workflows.server_lifecycle import DeleteServerWorkflow, StopServerWorkflow
 from workflows.supervisor import SupervisorWorkflow
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 CONTRACTS: list[tuple[type, type]] = [
     (DeployWorkflowContract, DeployWorkflow),

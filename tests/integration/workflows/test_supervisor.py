@@ -15,7 +15,7 @@ import psutil
 from temporalio.service import RPCError
 
 from runtimes.process import ProcessExecutor
-from tests.integration.test_lifecycle import create_time_server, current_time
+from tests.integration.api.test_lifecycle import create_time_server, current_time
 from tests.support.sse import EventStream
 from tests.support.stack import Stack, WorkerProcess, deploy, make_settings, running, wait_for
 from workflows.supervisor import SupervisorWorkflow

@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.test_lifecycle import create_time_server, current_time
-from tests.integration.test_supervisor import kill_instance, running_count
+from tests.integration.api.test_lifecycle import create_time_server, current_time
+from tests.integration.workflows.test_supervisor import kill_instance, running_count
 from tests.support.cli import Cli
 from tests.support.stack import Stack, WorkerProcess, deploy, make_settings, running, wait_for
 

@@ -19,8 +19,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from core import temporal as attributes
 from core.models import Deployment
 from runtimes.process import ProcessExecutor
-from tests.integration.test_evaluations import TESTS, add_tests
-from tests.integration.test_governance import RELEASE, grant
+from tests.integration.governance.test_evaluations import TESTS, add_tests
+from tests.integration.governance.test_governance import RELEASE, grant
 from tests.support import everything
 from tests.support.hostile import local_wheel
 from tests.support.mcp_client import call_tool
@@ -305,7 +305,7 @@ async def test_a_git_server_is_promoted_by_its_image_digest_built_once(
     registry: Any,
     workdir: Any,
 ) -> None:
-    from tests.integration.test_git_builds import platform, registry_settings
+    from tests.integration.builds.test_git_builds import platform, registry_settings
     from tests.support.components import ECHO_IMAGE
 
     docker_engine.ensure_echo_image()

@@ -23,7 +23,7 @@ from activities.promotion import (
     PromotionUpdate,
     StageDeployments,
 )
-from tests.integration.test_governance_timers import _binary
+from tests.integration.governance.test_governance_timers import _binary
 from tests.support.components import require
 from workflows.contracts.promotion import PromotionInput, PromotionState
 from workflows.promotion import PromotionWorkflow

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.test_git_builds import (  # noqa: F401 - build_settings is a fixture
+from tests.integration.builds.test_git_builds import (  # noqa: F401 - build_settings is a fixture
     build_settings,
     create_git_server,
     events,

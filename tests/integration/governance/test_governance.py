@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from tests.integration.test_evaluations import TESTS, add_tests, until_ended
+from tests.integration.governance.test_evaluations import TESTS, add_tests, until_ended
 from tests.support import everything
 from tests.support.stack import Stack, WorkerProcess, wait_deployment
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.test_gateway import Hosted, eventually, host, rpc_result, text_of
+from tests.integration.gateway.test_gateway import Hosted, eventually, host, rpc_result, text_of
 from tests.support.components import terminate
 from tests.support.everything import DirectServer
 from tests.support.stack import Stack, settings_env

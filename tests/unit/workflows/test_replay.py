@@ -15,7 +15,7 @@ from temporalio.worker import Replayer
 from worker.main import WORKFLOWS
 from workflows import placement
 
-HISTORIES = sorted((Path(__file__).resolve().parents[1] / "histories").glob("*.json"))
+HISTORIES = sorted((Path(__file__).resolve().parents[2] / "histories").glob("*.json"))
 
 
 def _workflow_type(path: Path) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from api.routes.streams import new_lines
-from tests.integration.test_lifecycle import create_time_server
+from tests.integration.api.test_lifecycle import create_time_server
 from tests.support.sse import EventStream
 from tests.support.stack import Stack, deploy
 

@@ -14,7 +14,7 @@ import yaml
 from cli.main import app
 from core.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 PLATFORM = {name: svc for name, svc in COMPOSE["services"].items() if svc.get("image") == "mcphost:latest"}
 

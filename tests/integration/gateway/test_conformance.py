@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_gateway import Hosted, host
+from tests.integration.gateway.test_gateway import Hosted, host
 from tests.support import node_tools
 from tests.support.components import require
 from tests.support.everything import DirectServer

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from core.models import Certification
 from runtimes.process import ProcessExecutor
-from tests.integration.test_evaluations import TESTS, add_tests, until_ended
+from tests.integration.governance.test_evaluations import TESTS, add_tests, until_ended
 from tests.support import everything
 from tests.support.mcp_client import call_tool
 from tests.support.stack import Stack, wait_deployment
@@ -162,7 +162,7 @@ async def test_an_unpinned_package_cannot_be_certified_and_stays_blocked(owner: 
 async def test_a_git_build_is_gated_and_certified_by_its_image_digest(
     database_url: str, temporal_address: str, process_state_dir: Any, docker_engine: Any, git_server: Any
 ) -> None:
-    from tests.integration.test_git_builds import platform
+    from tests.integration.builds.test_git_builds import platform
     from tests.support.components import ECHO_IMAGE
 
     docker_engine.ensure_echo_image()
