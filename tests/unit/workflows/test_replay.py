@@ -43,7 +43,7 @@ def _patch_ids(call: str) -> set[str]:
     import workflows.deploy as deploy
     import workflows.promotion as promotion
 
-    code = "".join(p.read_text() for p in sorted((Path(__file__).resolve().parents[2] / "workflows").glob("*.py")))
+    code = "".join(p.read_text() for p in sorted((Path(__file__).resolve().parents[3] / "workflows").glob("*.py")))
     ids = set()
     for name in re.findall(rf"workflow\.{call}\(([\w.\"-]+)\)", code):
         if name.startswith('"'):
