@@ -4,6 +4,7 @@ queue, and the runtime steps of the instances on this host on the host's own que
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -12,7 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from temporalio.client import Client, ScheduleAlreadyRunningError, ScheduleUpdate
+from temporalio.client import Client, Schedule, ScheduleAlreadyRunningError, ScheduleUpdate, ScheduleUpdateInput
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Interceptor, Worker
 
@@ -205,25 +206,35 @@ async def run_worker(
         await engine.dispose()
 
 
-async def keep_reconcile_schedule(client: Client, settings: Settings) -> None:
-    """The schedule of this host's reconciler: created, brought up to date with the settings, or (interval
-    0) removed. A failure here is logged; the worker serves either way."""
-    schedule_id = reconcile_schedule_id(settings)
+async def keep_schedule(client: Client, schedule_id: str, schedule: Schedule | None) -> None:
+    """Create the schedule, or bring the one there up to date: several workers starting at once all try,
+    and those that find it made update it. Its state (paused, a note) stays as an operator set it. None
+    removes it. A failure is logged; the worker serves either way."""
     try:
-        if settings.reconcile_interval_seconds <= 0:
+        if schedule is None:
             try:
                 await client.get_schedule_handle(schedule_id).delete()
             except RPCError as exc:
                 if exc.status != RPCStatusCode.NOT_FOUND:
                     raise
             return
-        schedule = reconcile_schedule(settings)
         try:
             await client.create_schedule(schedule_id, schedule)
         except ScheduleAlreadyRunningError:
-            await client.get_schedule_handle(schedule_id).update(lambda _: ScheduleUpdate(schedule=schedule))
+
+            def updated(current: ScheduleUpdateInput) -> ScheduleUpdate:
+                return ScheduleUpdate(dataclasses.replace(schedule, state=current.description.schedule.state))
+
+            await client.get_schedule_handle(schedule_id).update(updated)
     except RPCError as exc:
-        log.warning("the reconciler's schedule %s could not be set: %s", schedule_id, exc.message)
+        log.warning("the schedule %s could not be set: %s", schedule_id, exc.message)
+
+
+async def keep_reconcile_schedule(client: Client, settings: Settings) -> None:
+    """The schedule of this host's reconciler: created, brought up to date with the settings, or (interval
+    0) removed."""
+    schedule = reconcile_schedule(settings) if settings.reconcile_interval_seconds > 0 else None
+    await keep_schedule(client, reconcile_schedule_id(settings), schedule)
 
 
 def main() -> None:
