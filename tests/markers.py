@@ -36,7 +36,8 @@ ROOMS: dict[str, tuple[str, ...]] = {
     ),
     "workflows": (
         "test_cancel_cleanup", "test_contracts", "test_durability", "test_health_heartbeat", "test_markers",
-        "test_reconcile", "test_replay", "test_revision_races", "test_supervisor",
+        "test_prune_history", "test_prune_schedule", "test_reconcile", "test_replay", "test_revision_races",
+        "test_supervisor",
     ),
 }  # fmt: skip
 ROOM_OF = {name: room for room, names in ROOMS.items() for name in names}

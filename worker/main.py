@@ -24,6 +24,7 @@ from activities.governance import GovernanceActivities
 from activities.health import HealthActivities
 from activities.policy import PolicyActivities
 from activities.promotion import PromotionActivities
+from activities.prune_history import PruneActivities
 from activities.reconcile import ReconcileActivities
 from activities.records import RecordActivities
 from activities.registry import RegistryActivities
@@ -42,11 +43,18 @@ from runtimes.kubernetes import DockerFallback, KubernetesExecutor
 from runtimes.vm import VirtualMachineExecutor
 from worker.metrics import MetricsInterceptor
 from workflows.build import BuildWorkflow
-from workflows.contracts.starters import reconcile_schedule, reconcile_schedule_id, start_remediation
+from workflows.contracts.starters import (
+    PRUNE_SCHEDULE_ID,
+    prune_schedule,
+    reconcile_schedule,
+    reconcile_schedule_id,
+    start_remediation,
+)
 from workflows.deploy import DeployWorkflow
 from workflows.evaluation import EvaluationRunWorkflow
 from workflows.governance import GovernanceRunWorkflow
 from workflows.promotion import PromotionWorkflow
+from workflows.prune_history import PruneHistoryWorkflow
 from workflows.push import PushWorkflow
 from workflows.reconcile import ReconcileWorkflow
 from workflows.remediation import RemediationWorkflow
@@ -63,6 +71,7 @@ WORKFLOWS = [
     DeleteServerWorkflow,
     SupervisorWorkflow,
     ReconcileWorkflow,
+    PruneHistoryWorkflow,
     EvaluationRunWorkflow,
     GovernanceRunWorkflow,
     PromotionWorkflow,
@@ -145,6 +154,7 @@ async def run_worker(
         *PolicyActivities(sessionmaker).all(),
         *GovernanceActivities(sessionmaker).all(),
         *PromotionActivities(sessionmaker, settings.container_runtime).all(),
+        *PruneActivities(sessionmaker).all(),
         *registry.all(),
         *remediation.all(),
     ]
@@ -192,6 +202,7 @@ async def run_worker(
             ),
         ):
             await keep_reconcile_schedule(client, settings)
+            await keep_prune_schedule(client, settings)
             log.info(
                 "worker ready: task queues %s and %s on %s (runtimes: %s)",
                 settings.temporal_task_queue,
@@ -235,6 +246,13 @@ async def keep_reconcile_schedule(client: Client, settings: Settings) -> None:
     0) removed."""
     schedule = reconcile_schedule(settings) if settings.reconcile_interval_seconds > 0 else None
     await keep_schedule(client, reconcile_schedule_id(settings), schedule)
+
+
+async def keep_prune_schedule(client: Client, settings: Settings) -> None:
+    """The installation's history prune, one schedule whichever worker keeps it: created, brought up to date
+    with the settings, or (interval 0) removed."""
+    schedule = prune_schedule(settings) if settings.prune_history_interval_seconds > 0 else None
+    await keep_schedule(client, PRUNE_SCHEDULE_ID, schedule)
 
 
 def main() -> None:

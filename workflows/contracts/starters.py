@@ -29,6 +29,7 @@ from workflows.contracts.deploy import DeployWorkflowContract, deploy_input
 from workflows.contracts.evaluation import EvaluationInput, EvaluationRunWorkflowContract
 from workflows.contracts.governance import GovernanceInput, GovernanceRunWorkflowContract
 from workflows.contracts.promotion import PromotionInput, PromotionWorkflowContract
+from workflows.contracts.prune_history import PruneHistoryWorkflowContract, PruneRun
 from workflows.contracts.reconcile import ReconcileRun, ReconcileWorkflowContract
 from workflows.contracts.remediation import RemediationInput, RemediationWorkflowContract
 from workflows.contracts.server_lifecycle import (
@@ -207,5 +208,23 @@ def reconcile_schedule(settings: Settings) -> Schedule:
         ReconcileRun(host_queue=settings.host_task_queue, grace_seconds=settings.reconcile_grace_seconds),
         workflow_id=reconcile_schedule_id(settings),
         every_seconds=settings.reconcile_interval_seconds,
+        settings=settings,
+    )
+
+
+# One for the installation, whichever worker keeps it: the history it prunes is global.
+PRUNE_SCHEDULE_ID = "prune-history"
+
+
+def prune_schedule(settings: Settings) -> Schedule:
+    """The history prune: a PruneHistoryWorkflow every PRUNE_HISTORY_INTERVAL_SECONDS."""
+    return interval_schedule(
+        PruneHistoryWorkflowContract.run,
+        PruneRun(
+            log_retention_days=settings.server_log_retention_days,
+            event_retention_days=settings.server_event_retention_days,
+        ),
+        workflow_id=PRUNE_SCHEDULE_ID,
+        every_seconds=settings.prune_history_interval_seconds,
         settings=settings,
     )
