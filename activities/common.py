@@ -17,7 +17,7 @@ T = TypeVar("T")
 HEARTBEAT_EVERY = 1.0
 
 
-async def heartbeating(work: Awaitable[T], detail: str = "") -> T:
+async def heartbeating(work: Awaitable[T], detail: object = "") -> T:
     """Run `work`, heartbeating meanwhile so a dead worker is noticed within the heartbeat timeout."""
     task = asyncio.ensure_future(work)
     try:

@@ -3,18 +3,14 @@ process) and the mapping of domain errors to HTTP responses."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
-from sqlalchemy import delete
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api import openapi
 from api.deps import AppState
@@ -41,7 +37,6 @@ from api.routes import (
 from core.accesslog import install_access_log_redaction
 from core.db import make_engine, make_sessionmaker
 from core.errors import DomainError, RateLimited
-from core.models import ServerLog, UsageMetric
 from core.ratelimit import retry_after_seconds
 from core.settings import Settings
 from gateway.app import metrics_response
@@ -51,28 +46,6 @@ from records.setup_tokens import ensure_setup_token
 from runtimes import build_executors
 
 log = logging.getLogger("mcphost.api")
-
-
-async def prune_history(settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
-    """Keep server log lines and telemetry events for their retention (hourly, in every API process:
-    the deletes are idempotent)."""
-    while True:
-        try:
-            async with sessionmaker() as session, session.begin():
-                now = datetime.now(UTC)
-                await session.execute(
-                    delete(ServerLog).where(
-                        ServerLog.created_at < now - timedelta(days=settings.server_log_retention_days)
-                    )
-                )
-                await session.execute(
-                    delete(UsageMetric).where(
-                        UsageMetric.created_at < now - timedelta(days=settings.server_event_retention_days)
-                    )
-                )
-        except Exception as exc:  # the database may be away for a while: try again next time
-            log.warning("pruning old logs and events failed: %s", exc)
-        await asyncio.sleep(3600)
 
 
 def create_app(settings: Settings) -> WithGateway:
@@ -99,7 +72,6 @@ def create_app(settings: Settings) -> WithGateway:
         await state.deployment_events.start()
         assert state.server_events is not None
         await state.server_events.start()
-        pruning = asyncio.create_task(prune_history(settings, sessionmaker), name="prune-history")
         try:
             await ensure_setup_token(settings, sessionmaker)
         except Exception as exc:  # the database away, or not migrated yet: the next start makes the token
@@ -111,7 +83,6 @@ def create_app(settings: Settings) -> WithGateway:
         try:
             yield
         finally:
-            pruning.cancel()
             await state.gateway.stop()
             await state.deployment_events.stop()
             await state.server_events.stop()

@@ -224,6 +224,12 @@ class Settings(BaseSettings):
     server_event_retention_days: float = Field(
         default=90.0, gt=0, description="How long telemetry events (build, registry, supervisor) are kept."
     )
+    prune_history_interval_seconds: float = Field(
+        default=3600.0,
+        ge=0,
+        description="How often server log lines and telemetry events past their retention are deleted: one "
+        "Temporal schedule `prune-history` for the installation, kept by the workers (0: off).",
+    )
     webhook_max_body_bytes: int = Field(
         default=2 * 1024 * 1024, ge=1024, description="Largest webhook request body accepted (413 beyond it)."
     )

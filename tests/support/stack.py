@@ -54,6 +54,9 @@ def make_settings(database_url: str, temporal_address: str, state_dir: Path, **o
         "supervisor_interval_seconds": 0,
         # A reconciler would remove what other tests leave for a moment; its own tests run it by hand.
         "reconcile_interval_seconds": 0,
+        # One prune schedule serves a whole Temporal namespace: each test platform's worker would aim it at its own
+        # task queue, which is gone once that platform stops. Its own tests keep it by hand.
+        "prune_history_interval_seconds": 0,
     }
     values.update(overrides)
     return Settings.model_validate(values)

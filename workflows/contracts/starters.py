@@ -4,6 +4,7 @@ and conflict policies and its search attributes. The API and the worker start wo
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -28,6 +29,7 @@ from workflows.contracts.deploy import DeployWorkflowContract, deploy_input
 from workflows.contracts.evaluation import EvaluationInput, EvaluationRunWorkflowContract
 from workflows.contracts.governance import GovernanceInput, GovernanceRunWorkflowContract
 from workflows.contracts.promotion import PromotionInput, PromotionWorkflowContract
+from workflows.contracts.prune_history import PruneHistoryWorkflowContract, PruneRun
 from workflows.contracts.reconcile import ReconcileRun, ReconcileWorkflowContract
 from workflows.contracts.remediation import RemediationInput, RemediationWorkflowContract
 from workflows.contracts.server_lifecycle import (
@@ -188,18 +190,41 @@ def reconcile_schedule_id(settings: Settings) -> str:
     return f"reconcile-{settings.host_task_queue}"
 
 
-def reconcile_schedule(settings: Settings) -> Schedule:
-    """This host's reconciler: a ReconcileWorkflow every RECONCILE_INTERVAL_SECONDS; a pass still going
-    skips the next."""
+def interval_schedule(
+    run: Callable[..., Awaitable[Any]], arg: Any, *, workflow_id: str, every_seconds: float, settings: Settings
+) -> Schedule:
+    """A workflow on the shared task queue every `every_seconds`; a run still going skips the next."""
     return Schedule(
-        action=ScheduleActionStartWorkflow(
-            ReconcileWorkflowContract.run,
-            ReconcileRun(host_queue=settings.host_task_queue, grace_seconds=settings.reconcile_grace_seconds),
-            id=reconcile_schedule_id(settings),
-            task_queue=settings.temporal_task_queue,
-        ),
-        spec=ScheduleSpec(
-            intervals=[ScheduleIntervalSpec(every=timedelta(seconds=settings.reconcile_interval_seconds))]
-        ),
+        action=ScheduleActionStartWorkflow(run, arg, id=workflow_id, task_queue=settings.temporal_task_queue),
+        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=timedelta(seconds=every_seconds))]),
         policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+    )
+
+
+def reconcile_schedule(settings: Settings) -> Schedule:
+    """This host's reconciler: a ReconcileWorkflow every RECONCILE_INTERVAL_SECONDS."""
+    return interval_schedule(
+        ReconcileWorkflowContract.run,
+        ReconcileRun(host_queue=settings.host_task_queue, grace_seconds=settings.reconcile_grace_seconds),
+        workflow_id=reconcile_schedule_id(settings),
+        every_seconds=settings.reconcile_interval_seconds,
+        settings=settings,
+    )
+
+
+# One for the installation, whichever worker keeps it: the history it prunes is global.
+PRUNE_SCHEDULE_ID = "prune-history"
+
+
+def prune_schedule(settings: Settings) -> Schedule:
+    """The history prune: a PruneHistoryWorkflow every PRUNE_HISTORY_INTERVAL_SECONDS."""
+    return interval_schedule(
+        PruneHistoryWorkflowContract.run,
+        PruneRun(
+            log_retention_days=settings.server_log_retention_days,
+            event_retention_days=settings.server_event_retention_days,
+        ),
+        workflow_id=PRUNE_SCHEDULE_ID,
+        every_seconds=settings.prune_history_interval_seconds,
+        settings=settings,
     )

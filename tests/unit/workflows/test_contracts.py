@@ -25,6 +25,7 @@ from workflows.contracts.deploy import DeployInput, DeployWorkflowContract
 from workflows.contracts.evaluation import EvaluationRunWorkflowContract
 from workflows.contracts.governance import GovernanceRunWorkflowContract
 from workflows.contracts.promotion import PromotionWorkflowContract
+from workflows.contracts.prune_history import PruneHistoryWorkflowContract
 from workflows.contracts.reconcile import ReconcileWorkflowContract
 from workflows.contracts.remediation import RemediationWorkflowContract
 from workflows.contracts.server_lifecycle import DeleteServerWorkflowContract, StopServerWorkflowContract
@@ -33,6 +34,7 @@ from workflows.deploy import DeployWorkflow
 from workflows.evaluation import EvaluationRunWorkflow
 from workflows.governance import GovernanceRunWorkflow
 from workflows.promotion import PromotionWorkflow
+from workflows.prune_history import PruneHistoryWorkflow
 from workflows.reconcile import ReconcileWorkflow
 from workflows.remediation import RemediationWorkflow
 from workflows.server_lifecycle import DeleteServerWorkflow, StopServerWorkflow
@@ -49,6 +51,7 @@ CONTRACTS: list[tuple[type, type]] = [
     (StopServerWorkflowContract, StopServerWorkflow),
     (DeleteServerWorkflowContract, DeleteServerWorkflow),
     (ReconcileWorkflowContract, ReconcileWorkflow),
+    (PruneHistoryWorkflowContract, PruneHistoryWorkflow),
     (SupervisorWorkflowContract, SupervisorWorkflow),
 ]
 
@@ -99,7 +102,8 @@ def _loaded(statement: str) -> list[str]:
 def test_the_contracts_load_no_workflow_activity_build_or_runtime_module() -> None:
     modules = _loaded(
         "import workflows.contracts.deploy, workflows.contracts.evaluation, workflows.contracts.governance, "
-        "workflows.contracts.promotion, workflows.contracts.reconcile, workflows.contracts.remediation, "
+        "workflows.contracts.promotion, workflows.contracts.prune_history, workflows.contracts.reconcile, "
+        "workflows.contracts.remediation, "
         "workflows.contracts.server_lifecycle, workflows.contracts.supervisor, workflows.contracts.starters"
     )
     assert all(m in ("workflows", "workflows.contracts") or m.startswith("workflows.contracts.") for m in modules), (
@@ -129,7 +133,7 @@ PROBE = """
 from temporalio import workflow
 
 from workflows.contracts import deploy, evaluation, governance, promotion, reconcile, remediation
-from workflows.contracts import server_lifecycle, supervisor
+from workflows.contracts import prune_history, server_lifecycle, supervisor
 
 
 @workflow.defn(name="ContractsProbe")
