@@ -10,11 +10,11 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
@@ -25,12 +25,12 @@ from activities.mcpclient import platform_mcp_client
 from activities.runtime import from_record
 from core.evaluation import Answer, Score, answer_from_result, evaluate, excerpt, parse_expectation
 from core.failures import RuntimeFailure
-from core.models import Certification, Deployment, EvalResult, EvalRun, Server, ServerLog
+from core.models import Deployment, EvalResult, EvalRun, Server
+from records import evaluation_runs
 from records.deployments import InstanceRecord, instance_of
+from records.evaluation_runs import FINISHED, Status
+from records.servers import SERVING
 from runtimes.base import Executor
-
-SERVING = ("running", "degraded")
-FINISHED = ("passed", "failed", "error", "cancelled")
 
 
 @dataclass
@@ -123,8 +123,8 @@ class EvaluationActivities:
             server = await session.get(Server, run.server_id)
             if deployment is None or server is None:
                 return EvalTarget(error="the revision to evaluate no longer exists")
-            if run.status == "pending":
-                run.status = "running"
+            if run.status == Status.PENDING:
+                run.status = Status.RUNNING
                 run.started_at = datetime.now(UTC)
             serving = (
                 server.active_deployment_id == deployment.id and server.status in SERVING and _instance(deployment)
@@ -196,47 +196,9 @@ class EvaluationActivities:
             if run.status in FINISHED:
                 return run.status
             expected = len(run.tests.get("tests", []))
-            if data.cancelled:
-                status = "cancelled"
-            elif data.error:
-                status = "error"
-            else:
-                status = "passed" if summary.passed == expected == summary.total else "failed"
-            await session.execute(
-                update(EvalRun)
-                .where(EvalRun.id == run_id)
-                .values(
-                    status=status,
-                    total=summary.total,
-                    passed=summary.passed,
-                    score=summary.score,
-                    error=data.error or None,
-                    finished_at=datetime.now(UTC),
-                )
-            )
-            certified = ""
-            if run.certify:
-                now = datetime.now(UTC)
-                passed = status == "passed"
-                await session.execute(
-                    update(Certification)
-                    .where(Certification.evaluation_run_id == run_id, Certification.status == "pending")
-                    .values(
-                        status="pass" if passed else "fail",
-                        valid_from=now if passed else None,
-                        valid_until=now + timedelta(days=float(run.certify["valid_days"])) if passed else None,
-                    )
-                )
-                verdict = "certified" if passed else "not certified"
-                certified = f"; {run.subject} {verdict} {run.certify['tier']}:{run.certify['requirement']}"
-            score = f", score {summary.score:.3f}" if summary.score is not None else ""
-            session.add(
-                ServerLog(
-                    server_id=run.server_id,
-                    message=f"evaluation of revision {run.seq}: {status} ({summary.passed}/{expected} passed{score})"
-                    + (f": {data.error}" if data.error else "")
-                    + certified,
-                )
+            status = evaluation_runs.outcome(data.cancelled, data.error, expected, summary.total, summary.passed)
+            await evaluation_runs.finish(
+                session, run, status, total=summary.total, passed=summary.passed, score=summary.score, error=data.error
             )
             return status
 

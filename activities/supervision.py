@@ -23,9 +23,9 @@ from core.db import notify_route_changed
 from core.failures import RuntimeFailure
 from core.models import Deployment, Server, ServerLog, UsageMetric
 from core.telemetry import BuildEvent, log_event
+from records.servers import SERVING
+from records.servers import Status as ServerStatus
 from runtimes.base import Instance
-
-SERVING = ("running", "degraded")
 
 
 @dataclass
@@ -173,7 +173,7 @@ class SupervisionActivities:
                 await session.execute(
                     update(Server)
                     .where(Server.id == server_id, Server.active_deployment_id == dep_id, Server.status.in_(SERVING))
-                    .values(status="degraded" if data.degraded else "running")
+                    .values(status=ServerStatus.DEGRADED if data.degraded else ServerStatus.RUNNING)
                 )
         log_event(data.server_id, data.event, details)
 

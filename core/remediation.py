@@ -19,6 +19,7 @@ Every run ends with a structured exit code and, unless it succeeded, a typed rea
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
@@ -31,8 +32,21 @@ EXIT_STEP_FAILED = 10
 EXIT_REJECTED = 20
 EXIT_CANCELLED = 30
 
-ACTIVE = ("awaiting_approval", "running")
-ENDED = ("succeeded", "failed", "rejected", "cancelled")
+
+class RunStatus(StrEnum):
+    """A run waits for its approval (`awaiting_approval`) when its playbook asks for one, runs its steps
+    (`running`) and ends `succeeded`, `failed`, `rejected` or `cancelled`."""
+
+    AWAITING_APPROVAL = "awaiting_approval"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    CANCELLED = "cancelled"
+
+
+ACTIVE = (RunStatus.AWAITING_APPROVAL, RunStatus.RUNNING)
+ENDED = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.REJECTED, RunStatus.CANCELLED)
 TRIGGERS = ("manual", "degraded", "untrusted")
 
 

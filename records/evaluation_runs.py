@@ -4,13 +4,31 @@ certification, a promotion's verification). Runs in the caller's transaction."""
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import Conflict
 from core.models import Certification, Deployment, EvalRun, EvalTest, Server, ServerLog
 from core.policy import subject_of
+
+
+class Status(StrEnum):
+    """A run is `pending` until its workflow takes it (`running`), and ends `passed` (every test
+    passed), `failed`, `error` (it could not run) or `cancelled`."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    PASSED = "passed"
+    FAILED = "failed"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+
+
+FINISHED = (Status.PASSED, Status.FAILED, Status.ERROR, Status.CANCELLED)
 
 
 def evaluation_workflow_id(run_id: uuid.UUID) -> str:
@@ -58,7 +76,7 @@ async def open_run(
         seq=deployment.seq,
         workflow_id=evaluation_workflow_id(run_id),
         idempotency_key=key,
-        status="pending",
+        status=Status.PENDING,
         candidate=False,
         tests={"tests": tests},
         certify=certify,
@@ -93,3 +111,74 @@ async def open_run(
         )
     )
     return run
+
+
+def outcome(cancelled: bool, error: str, expected: int, total: int, passed: int) -> Status:
+    """How a run that was taken ends."""
+    if cancelled:
+        return Status.CANCELLED
+    if error:
+        return Status.ERROR
+    return Status.PASSED if passed == expected == total else Status.FAILED
+
+
+async def finish(
+    session: AsyncSession,
+    run: EvalRun,
+    status: Status,
+    *,
+    total: int,
+    passed: int,
+    score: float | None,
+    error: str = "",
+) -> None:
+    """End a run (locked by the caller, not yet ended) with its results, settle the certification it
+    asked for, and say so in the server's log."""
+    await session.execute(
+        update(EvalRun)
+        .where(EvalRun.id == run.id)
+        .values(status=status, total=total, passed=passed, score=score, error=error or None,
+                finished_at=datetime.now(UTC))
+    )  # fmt: skip
+    certified = ""
+    if run.certify:
+        now = datetime.now(UTC)
+        ok = status == Status.PASSED
+        await session.execute(
+            update(Certification)
+            .where(Certification.evaluation_run_id == run.id, Certification.status == "pending")
+            .values(
+                status="pass" if ok else "fail",
+                valid_from=now if ok else None,
+                valid_until=now + timedelta(days=float(run.certify["valid_days"])) if ok else None,
+            )
+        )
+        verdict = "certified" if ok else "not certified"
+        certified = f"; {run.subject} {verdict} {run.certify['tier']}:{run.certify['requirement']}"
+    expected = len(run.tests.get("tests", []))
+    shown = f", score {score:.3f}" if score is not None else ""
+    session.add(
+        ServerLog(
+            server_id=run.server_id,
+            message=f"evaluation of revision {run.seq}: {status} ({passed}/{expected} passed{shown})"
+            + (f": {error}" if error else "")
+            + certified,
+        )
+    )
+
+
+async def end_unstarted(session: AsyncSession, run_id: uuid.UUID, status: Status, error: str | None = None) -> bool:
+    """End a run no workflow has taken (`error`: it could not be started; `cancelled`), and fail the
+    certification it asked for. False when it was taken or had ended meanwhile."""
+    row = await session.get(EvalRun, run_id, with_for_update=True)
+    if row is None or row.status != Status.PENDING:
+        return False
+    row.status = status
+    if error is not None:
+        row.error = error
+    await session.execute(
+        update(Certification)
+        .where(Certification.evaluation_run_id == run_id, Certification.status == "pending")
+        .values(status="fail")
+    )
+    return True

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.db import SERVERS_CHANNEL, notify
 from core.models import RemediationPlaybook, RemediationRun, Server
-from core.remediation import Playbook
+from core.remediation import Playbook, RunStatus
 
 
 async def notify_run(session: AsyncSession, run_id: uuid.UUID | str, server_id: uuid.UUID | str) -> None:
@@ -29,7 +29,7 @@ async def open_run(
         playbook_id=playbook.id,
         server_id=server.id,
         trigger=trigger,
-        status="awaiting_approval" if definition.approval else "running",
+        status=RunStatus.AWAITING_APPROVAL if definition.approval else RunStatus.RUNNING,
         requester_id=requester,
         version=1,
         workflow_id=f"remediation-{run_id}",

@@ -25,7 +25,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.supervision import RestartInput, RestartResult, SupervisionActivities
     from core import temporal
     from core.governance import Vote, Voter, outcome, refusal
-    from core.remediation import EXIT_CANCELLED, EXIT_OK, EXIT_REJECTED, EXIT_STEP_FAILED, Playbook
+    from core.remediation import ACTIVE, EXIT_CANCELLED, EXIT_OK, EXIT_REJECTED, EXIT_STEP_FAILED, Playbook
     from workflows import policies
     from workflows.contracts.deploy import DeployInput, DeployOutcome, DeployWorkflowContract
     from workflows.contracts.remediation import RemediationInput, RemediationState, RemediationVote
@@ -132,7 +132,7 @@ class RemediationWorkflow:
 
     async def _sla(self, seconds: float) -> None:
         await workflow.sleep(timedelta(seconds=seconds))
-        if self._state.status in ("awaiting_approval", "running"):
+        if self._state.status in ACTIVE:
             await self._record(f"the run passed its SLA of {seconds:g} s", kind="sla", sla_breached=True)
 
     async def _step(self, data: RemediationInput, index: int, step: Any) -> StepResult:

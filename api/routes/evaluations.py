@@ -7,7 +7,7 @@ import uuid
 from typing import Any, Literal
 
 from fastapi import APIRouter, Header, Query, Response, status
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import Client
@@ -44,12 +44,12 @@ from core.models import (
     User,
 )
 from core.remediation import ACTIVE as REMEDIATION_ACTIVE
-from records.evaluation_runs import open_run, snapshot
+from records import evaluation_runs
+from records.evaluation_runs import FINISHED, Status, open_run, snapshot
 from workflows.contracts.starters import start_evaluation
 
 router = APIRouter(prefix="/api", tags=["evaluations"])
 MAX_TESTS = 200
-FINISHED = ("passed", "failed", "error", "cancelled")
 RunStatus = Literal["pending", "running", "passed", "failed", "error", "cancelled"]
 
 
@@ -168,7 +168,7 @@ async def _new_run(session: AsyncSession, server: Server, user: User, body: Eval
 
 async def start_run(session: AsyncSession, state: AppState, client: Client, run: EvalRun) -> None:
     """Start a committed run's workflow; when Temporal cannot take it, the run ends `error` saying so."""
-    if run.status != "pending":
+    if run.status != Status.PENDING:
         return
     try:
         await start_evaluation(client, state.settings, server_id=run.server_id, run_id=run.id)
@@ -176,15 +176,8 @@ async def start_run(session: AsyncSession, state: AppState, client: Client, run:
         run_id = run.id
         await session.rollback()  # reading the run back began a transaction
         async with session.begin():
-            row = await session.get(EvalRun, run_id, with_for_update=True)
-            if row is not None and row.status == "pending":
-                row.status = "error"
-                row.error = f"the evaluation workflow could not be started: {getattr(exc, 'message', exc)}"
-                await session.execute(
-                    update(Certification)
-                    .where(Certification.evaluation_run_id == run_id, Certification.status == "pending")
-                    .values(status="fail")
-                )
+            why = f"the evaluation workflow could not be started: {getattr(exc, 'message', exc)}"
+            await evaluation_runs.end_unstarted(session, run_id, Status.ERROR, why)
         raise
 
 
@@ -385,9 +378,7 @@ async def cancel_run(run_id: uuid.UUID, user: CurrentUser, session: SessionDep, 
         run_key = run.id
         await session.rollback()
         async with session.begin():
-            row = await session.get(EvalRun, run_key, with_for_update=True)
-            if row is not None and row.status == "pending":
-                row.status = "cancelled"
+            await evaluation_runs.end_unstarted(session, run_key, Status.CANCELLED)
         await session.refresh(run)
     return EvalRunPublic.model_validate(run)
 

@@ -35,7 +35,7 @@ from api.sse import KEEPALIVE_SECONDS, SSE_RESPONSES, event, follow, sse_respons
 from api.voting import REFUSAL_STATUS, Accepted
 from core.errors import Conflict, InvalidInput, NotFound, Unavailable
 from core.models import RemediationArtifact, RemediationBinding, RemediationPlaybook, RemediationRun, Server, User
-from core.remediation import ACTIVE, Playbook
+from core.remediation import ACTIVE, Playbook, RunStatus
 from records.remediation_runs import notify_run, open_run
 from workflows.contracts.remediation import RemediationVote, RemediationWorkflowContract
 from workflows.contracts.starters import start_remediation
@@ -327,7 +327,7 @@ async def _vote(
     refused: Exception | None = None
     try:
         _check_version(run, if_match)
-        if run.status != "awaiting_approval":
+        if run.status != RunStatus.AWAITING_APPROVAL:
             raise Conflict(f"the run is not awaiting an approval ({run.status})")
     except Conflict as exc:
         refused = exc

@@ -32,6 +32,8 @@ from core.security import SERVER_KEY_PREFIX, display_prefix, generate_secret_tok
 from core.settings import IMPLEMENTED_RUNTIMES, Settings
 from core.sources import CommandSource, GitSource, ImageSource, default_runtime_for, parse_source, runtime_refusal
 from core.tenancy import image_refusal
+from records.servers import Status as ServerStatus
+from records.servers import open_server
 from workflows.contracts.starters import start_delete_server, start_stop_server
 
 router = APIRouter(prefix="/api/servers", tags=["servers"])
@@ -188,8 +190,9 @@ async def create_server(body: ServerCreate, user: CurrentUser, session: SessionD
                 raise Conflict(f"you already have a server named {body.name!r}")
             if await session.scalar(select(Server.id).where(Server.slug == slug)):
                 raise Conflict(f'slug {slug!r} is taken; choose another with "slug"')
-            server = Server(
-                id=uuid.uuid4(),
+            server = await open_server(
+                session,
+                created_by=user.email,
                 owner_id=user.id,
                 name=body.name,
                 slug=slug,
@@ -199,7 +202,6 @@ async def create_server(body: ServerCreate, user: CurrentUser, session: SessionD
                 api_key_hash=hash_token(api_key),
                 api_key_prefix=display_prefix(api_key),
                 webhook_secret=state.env_cipher.seal_text(webhook_secret),
-                status="created",
                 cpu_limit=body.cpu_limit,
                 memory_limit=body.memory_limit,
                 use_gpu=body.use_gpu,
@@ -207,10 +209,6 @@ async def create_server(body: ServerCreate, user: CurrentUser, session: SessionD
                 gateway=body.gateway.model_dump(exclude_none=True),
                 required_certifications=[r.model_dump() for r in body.required_certifications],
             )
-            session.add(server)
-            session.add(ServerLog(server_id=server.id, message=f"server created by {user.email}"))
-            # Other API processes may have cached "no such server" for this slug.
-            await notify_route_changed(session, slug)
     except IntegrityError as exc:
         # Lost a race with a concurrent create of the same name or slug; anything else is a real bug.
         if not any(c in str(exc.orig) for c in ("uq_servers_owner_name", "servers_slug_key")):
@@ -247,7 +245,7 @@ async def update_server(
     """Change a server's name, source, env or runtime. Source, env and runtime take effect on the next deploy."""
     async with session.begin():
         server = await load_server(session, user, server_id, lock=True)
-        if server.status == "deleting":
+        if server.status == ServerStatus.DELETING:
             raise Conflict("the server is being deleted")
         source = body.source or parse_source(server.source)
         runtime = body.runtime if "runtime" in body.model_fields_set else server.runtime
@@ -313,7 +311,7 @@ async def delete_server(
     async with session.begin():
         server = await load_server(session, user, server_id, lock=True)
         previous = server.status
-        server.status = "deleting"
+        server.status = ServerStatus.DELETING
     try:
         workflow_id = await start_delete_server(client, state.settings, server.id)
     except Exception:
@@ -334,7 +332,7 @@ async def stop_server(
 ) -> WorkflowStarted:
     """Take the server off the gateway and stop its instances (a StopServerWorkflow)."""
     server = await load_server(session, user, server_id)
-    if server.status == "deleting":
+    if server.status == ServerStatus.DELETING:
         raise Conflict("the server is being deleted")
     workflow_id = await start_stop_server(client, state.settings, server.id)
     return WorkflowStarted(workflow_id=workflow_id, status="stopping")

@@ -12,10 +12,9 @@ import typer
 from rich.markup import escape
 
 from cli.client import Api, console, err, sse_lines
+from records.deployments import TERMINAL, Status
 
 app = typer.Typer()
-
-TERMINAL = ("running", "failed", "superseded", "stopped", "cancelled", "blocked")
 
 
 def _print_steps(detail: dict[str, Any], seen: dict[str, str]) -> None:
@@ -85,7 +84,7 @@ def deploy(
         deployment_id = accepted["deployment_id"]
         console.print(f"deploying {found['name']} revision {accepted['seq']} (workflow {accepted['workflow_id']})")
     detail = follow_deployment(client, deployment_id, timeout)
-    if detail["status"] == "running":
+    if detail["status"] == Status.RUNNING:
         console.print(f"[green]running[/] - MCP endpoint: {client.url}/mcp/{server if follow else found['slug']}")
         return
     err.print(f"[red]{detail['status']}:[/] {detail.get('error') or ''}")
@@ -127,7 +126,7 @@ def rollback(
         f"(workflow {accepted['workflow_id']})"
     )
     detail = follow_deployment(client, accepted["deployment_id"], timeout)
-    if detail["status"] == "running":
+    if detail["status"] == Status.RUNNING:
         console.print(f"[green]running[/] revision {accepted['rolled_back_to']} again")
         return
     err.print(f"[red]{detail['status']}:[/] {detail.get('error') or ''} (the revision serving before keeps serving)")

@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli.client import Api, console, err
+from records.evaluation_runs import FINISHED
 
 app = typer.Typer(
     help="Evaluation tests of a server: add, list, remove, run them against a revision, see results and rankings.",
@@ -175,7 +176,7 @@ def eval_run(
     deadline = time.monotonic() + timeout
     while True:
         detail = client.request("GET", f"/api/evaluations/{run['id']}")
-        if detail["run"]["status"] not in ("pending", "running"):
+        if detail["run"]["status"] in FINISHED:
             break
         if time.monotonic() > deadline:
             err.print(f"[yellow]still {detail['run']['status']} after {timeout:g} s[/]; see `mcphost eval results`")
