@@ -39,6 +39,7 @@ from core.remediation import ACTIVE as REMEDIATION_ACTIVE
 from records import governance_runs, promotions
 from records.deployments import current_spec, open_deployment
 from records.evaluation_runs import open_run, snapshot
+from records.servers import Status as ServerStatus
 
 
 @dataclass
@@ -399,7 +400,7 @@ class PromotionActivities:
                 )
                 if (
                     active is not None
-                    and server.status == "running"
+                    and server.status == ServerStatus.RUNNING
                     and subject_of(active.spec.get("source", {}), active.image_digest) == row.subject
                 ):
                     made[str(server_id)] = str(active.id)

@@ -31,8 +31,9 @@ from activities.common import heartbeating
 from core import temporal
 from core.failures import RuntimeFailure
 from core.models import Deployment, DeploymentStep, Server, ServerLog
-from records.deployments import IN_PROGRESS
+from records.deployments import IN_PROGRESS, Status
 from records.deployments import notify as notify_deployment
+from records.servers import Status as ServerStatus
 from runtimes.base import Executor
 
 MARK = "reconciler"
@@ -101,13 +102,13 @@ class ReconcileActivities:
             serving = server.active_deployment_id == deployment.id
             why = f"its workflow {workflow_id} {ended} before recording how the deployment ended"
             if serving:
-                deployment.status = "running"
+                deployment.status = Status.RUNNING
                 deployment.error = f"{why}; it serves, so it is running ({MARK})"
             else:
-                deployment.status = "failed"
+                deployment.status = Status.FAILED
                 deployment.error = f"{why}; set to failed by the {MARK}, its instance is removed"
-                if server.active_deployment_id is None and server.status == "deploying":
-                    server.status = "failed"
+                if server.active_deployment_id is None and server.status == ServerStatus.DEPLOYING:
+                    server.status = ServerStatus.FAILED
             deployment.finished_at = datetime.now(UTC)
             # Steps it had started never finished.
             await session.execute(

@@ -23,8 +23,9 @@ from core.failures import RuntimeFailure
 from core.files import remove_data_dir
 from core.models import Deployment, DeploymentStep, GatewaySession, Server, ServerLog, ServerSecret
 from core.secretstore import SecretStore, SecretStoreError
-from records.deployments import TERMINAL, InstanceRecord, write_instance
+from records.deployments import TERMINAL, InstanceRecord, Status, write_instance
 from records.deployments import notify as notify_deployment
+from records.servers import Status as ServerStatus
 
 # Set in a deployment's instance record once its host has retired everything of it: no host need be asked again.
 RETIRED = "retired"
@@ -251,7 +252,7 @@ class RecordActivities:
                 queue = str(instance.get("host_queue") or "")
                 # A record from before hosts had queues names none; while it may still serve, the shared queue
                 # stands in for its host, as it did when it was launched.
-                if queue or status in ("deploying", "running"):
+                if queue or status in (Status.DEPLOYING, Status.RUNNING):
                     queues.add(queue)
         return InstanceHosts(host_queues=sorted(queues))
 
@@ -278,7 +279,7 @@ class RecordActivities:
             previous = server.active_deployment_id
             server.active_deployment_id = dep_id
             server.active_seq = deployment.seq
-            server.status = "running"
+            server.status = ServerStatus.RUNNING
             server.capabilities = deployment.capabilities if data.stored_capabilities else data.capabilities
             # The deployment itself turns "running" in complete_deployment, once the earlier revision
             # is retired and every step is recorded: a client that sees "running" sees a finished record.
@@ -344,19 +345,19 @@ class RecordActivities:
             server = await session.get(Server, deployment.server_id, with_for_update=True)
             assert server is not None
             if server.active_deployment_id == dep_id:
-                status = "running"
+                status = Status.RUNNING
                 await session.execute(
                     update(Deployment)
                     .where(
                         Deployment.server_id == server.id,
-                        Deployment.status == "running",
+                        Deployment.status == Status.RUNNING,
                         Deployment.seq < deployment.seq,
                     )
-                    .values(status="stopped", finished_at=func.coalesce(Deployment.finished_at, func.now()))
+                    .values(status=Status.STOPPED, finished_at=func.coalesce(Deployment.finished_at, func.now()))
                 )
             else:
-                status = "stopped" if server.active_deployment_id is None else "superseded"
-                deployment.error = "a stop came first" if status == "stopped" else "a newer deployment took over"
+                status = Status.STOPPED if server.active_deployment_id is None else Status.SUPERSEDED
+                deployment.error = "a stop came first" if status == Status.STOPPED else "a newer deployment took over"
             deployment.status = status
             deployment.finished_at = func.now()
             await notify_deployment(session, dep_id)
@@ -374,8 +375,9 @@ class RecordActivities:
             deployment.finished_at = func.now()
             server = await session.get(Server, deployment.server_id, with_for_update=True)
             assert server is not None
-            if server.active_deployment_id is None and server.status == "deploying":
-                server.status = data.status if data.status in ("failed", "blocked") else "stopped"
+            if server.active_deployment_id is None and server.status == ServerStatus.DEPLOYING:
+                ended = data.status in (Status.FAILED, Status.BLOCKED)
+                server.status = ServerStatus(data.status) if ended else ServerStatus.STOPPED
             level = "error" if data.status == "failed" else "warning" if data.status == "blocked" else "info"
             await self._log(session, server.id, dep_id, f"deployment {data.status}: {data.error or ''}".strip(), level)
             await notify_deployment(session, dep_id)
@@ -401,12 +403,12 @@ class RecordActivities:
                 return
             server.active_deployment_id = None
             server.active_seq = server.deploy_seq
-            if server.status != "deleting":
-                server.status = "stopping"
+            if server.status != ServerStatus.DELETING:
+                server.status = ServerStatus.STOPPING
             await session.execute(
                 update(Deployment)
-                .where(Deployment.server_id == server.id, Deployment.status == "running")
-                .values(status="stopped")
+                .where(Deployment.server_id == server.id, Deployment.status == Status.RUNNING)
+                .values(status=Status.STOPPED)
             )
             await self._log(session, server.id, None, "server stopped")
             await notify_route_changed(session, server.slug)
@@ -417,8 +419,8 @@ class RecordActivities:
         async with self.sessionmaker() as session, session.begin():
             await session.execute(
                 update(Server)
-                .where(Server.id == uuid.UUID(data.server_id), Server.status == "stopping")
-                .values(status="stopped")
+                .where(Server.id == uuid.UUID(data.server_id), Server.status == ServerStatus.STOPPING)
+                .values(status=ServerStatus.STOPPED)
             )
 
     @activity.defn(name="delete_server_records")

@@ -21,6 +21,7 @@ from core.db import ROUTES_CHANNEL
 from core.gateway_options import GatewayOptions
 from core.listen import PgListener
 from core.models import Deployment, GatewaySession, Server, ServerApiKey
+from records.deployments import Status as DeploymentStatus
 
 SLUG = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 DEFAULT_KEY_NAME = "default"
@@ -158,7 +159,7 @@ class RouteTable:
                             GatewaySession.ended_at.is_(None),
                             GatewaySession.deployment_id != row[6],
                             # An earlier revision serves only until it is retired (it turns "stopped" then).
-                            Deployment.status == "running",
+                            Deployment.status == DeploymentStatus.RUNNING,
                             Deployment.upstream_url.is_not(None),
                         )
                         .distinct()
