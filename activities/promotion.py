@@ -5,7 +5,6 @@ promotion, or by looking at its record first."""
 
 from __future__ import annotations
 
-import copy
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -123,36 +122,6 @@ class FinishPromotion:
 
 def _gone() -> ApplicationError:
     return ApplicationError("the promotion no longer exists", type="gone", non_retryable=True)
-
-
-def pinned_source(server: Server, origin: Deployment) -> dict[str, Any]:
-    """The server's own source, pinned to exactly the artifact the origin deployment ran; or a
-    DomainError when the server does not build from the same thing."""
-    mine = copy.deepcopy(server.source)
-    theirs = origin.spec.get("source", {})
-    kind = mine.get("type")
-    if kind != theirs.get("type"):
-        raise DomainError(f"server {server.name!r} is a {kind} source; the promoted artifact is {theirs.get('type')}")
-    if kind == "git":
-        if (mine.get("repo_url"), mine.get("subdirectory")) != (theirs.get("repo_url"), theirs.get("subdirectory")):
-            raise DomainError(f"server {server.name!r} does not build from {theirs.get('repo_url')}")
-        if not origin.revision or not origin.artifact_id:
-            raise DomainError("the promoted revision was never built")
-        mine["ref"] = origin.revision
-        return mine
-    if kind == "package":
-        same = (mine.get("registry") or "pypi", mine.get("package")) == (
-            theirs.get("registry") or "pypi",
-            theirs.get("package"),
-        )
-        if not same:
-            raise DomainError(f"server {server.name!r} does not run package {theirs.get('package')}")
-        mine["version"] = theirs.get("version")
-        return mine
-    if kind == "image":
-        mine["image"] = theirs.get("image")
-        return mine
-    raise DomainError(f"a {kind} source cannot be promoted")
 
 
 class PromotionActivities:
@@ -407,7 +376,9 @@ class PromotionActivities:
                     out.append(StageDeployment(str(server_id), str(active.id), active.workflow_id, start=False))
                     continue
                 try:
-                    source = pinned_source(server, origin)
+                    source = rules.pinned_source(
+                        server.name, server.source, origin.spec.get("source", {}), origin.revision, origin.artifact_id
+                    )
                     spec_, runtime = current_spec(server, self.container_runtime, source=source)
                 except DomainError as exc:
                     return StageDeployments(error=str(exc))

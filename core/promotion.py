@@ -19,6 +19,7 @@ promotion windows.
 
 from __future__ import annotations
 
+import copy
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
@@ -27,6 +28,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from core.errors import DomainError
 from core.governance import MAX_SECONDS
 
 STAGE_NAME = r"^[a-z0-9][a-z0-9_.-]{0,31}$"
@@ -272,3 +274,35 @@ def auto_candidate(
         return False
     # Tried there already (whatever came of it): a person decides about it from now on.
     return not any(p.stage == stage.name and p.subject == subject for p in history)
+
+
+def pinned_source(
+    name: str, mine: dict[str, Any], theirs: dict[str, Any], revision: str | None, artifact_id: Any
+) -> dict[str, Any]:
+    """Server `name`'s own source (`mine`), pinned to exactly the artifact a deployment of source `theirs`
+    ran (its git `revision` and built `artifact_id`); a DomainError when the server does not build from
+    the same thing."""
+    pinned = copy.deepcopy(mine)
+    kind = pinned.get("type")
+    if kind != theirs.get("type"):
+        raise DomainError(f"server {name!r} is a {kind} source; the promoted artifact is {theirs.get('type')}")
+    if kind == "git":
+        if (pinned.get("repo_url"), pinned.get("subdirectory")) != (theirs.get("repo_url"), theirs.get("subdirectory")):
+            raise DomainError(f"server {name!r} does not build from {theirs.get('repo_url')}")
+        if not revision or not artifact_id:
+            raise DomainError("the promoted revision was never built")
+        pinned["ref"] = revision
+        return pinned
+    if kind == "package":
+        same = (pinned.get("registry") or "pypi", pinned.get("package")) == (
+            theirs.get("registry") or "pypi",
+            theirs.get("package"),
+        )
+        if not same:
+            raise DomainError(f"server {name!r} does not run package {theirs.get('package')}")
+        pinned["version"] = theirs.get("version")
+        return pinned
+    if kind == "image":
+        pinned["image"] = theirs.get("image")
+        return pinned
+    raise DomainError(f"a {kind} source cannot be promoted")

@@ -11,11 +11,12 @@ import asyncio
 import functools
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gateway.channel import Channel, Disconnected
 from gateway.jsonrpc import Call, SseToolFilter, _reply, filter_tools, rpc_error_body
-from gateway.metering import Invocation
+from gateway.limits import Slots
+from gateway.metering import Invocation, Meter
 from gateway.routes import KeyGrant, Route
 from gateway.sessions import SessionPins
 from gateway.upstream import (
@@ -28,9 +29,6 @@ from gateway.upstream import (
     UpstreamResponse,
 )
 
-if TYPE_CHECKING:
-    from gateway.proxy import Gateway
-
 FORWARD_RESPONSE = frozenset(
     {b"content-type", b"cache-control", b"allow", b"retry-after", b"x-accel-buffering", b"content-language"}
 )
@@ -41,6 +39,10 @@ class Relay:
 
     upstream: UpstreamPool
     sessions: SessionPins
+    meter: Meter
+    server_slots: Slots
+    key_slots: Slots
+    in_flight: int
     connect_timeout: float
     read_timeout: float
     keepalive: float
@@ -326,7 +328,8 @@ class Relay:
 
 
 class _Flight:
-    """A request `Gateway.forward_now` sent, until its answer is passed on (or handed to a task)."""
+    """A request `Gateway.forward_now` sent, until its answer is passed on (or handed to a task);
+    `gateway` is that Gateway, seen as its Relay base."""
 
     __slots__ = (
         "gateway",
@@ -347,7 +350,7 @@ class _Flight:
 
     def __init__(
         self,
-        gateway: Gateway,
+        gateway: Relay,
         out: Channel,
         inv: Invocation,
         route: Route,

@@ -9,6 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from core import promotion as rules
+from core.errors import DomainError
 from core.policy import Facts, Requirement, decide, explain
 
 T0 = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)  # a Monday
@@ -124,3 +125,19 @@ def test_a_promotion_only_moves_forward_and_an_ended_one_stays_ended() -> None:
     for ended in (S.SUPERSEDED, S.ROLLED_BACK, S.REJECTED, S.FAILED, S.ABORTED):
         assert not any(rules.may_move(ended, other) for other in S if other != ended)
     assert set(rules.OPEN) | set(rules.ENDED) == set(S)
+
+
+def test_a_stage_server_is_pinned_to_the_promoted_artifact_of_its_own_source() -> None:
+    git = {"type": "git", "repo_url": "https://git.example/a.git", "subdirectory": None, "ref": "main"}
+    pinned = rules.pinned_source("b", git, dict(git), "abc123", uuid.uuid4())
+    assert pinned["ref"] == "abc123" and git["ref"] == "main"
+    package = {"type": "package", "package": "mcp-time", "version": "1"}
+    assert rules.pinned_source("b", package, {**package, "version": "2"}, None, None)["version"] == "2"
+    with pytest.raises(DomainError, match="was never built"):
+        rules.pinned_source("b", git, dict(git), "abc123", None)
+    with pytest.raises(DomainError, match="does not build from"):
+        rules.pinned_source("b", git, {**git, "repo_url": "https://git.example/other.git"}, "abc123", uuid.uuid4())
+    with pytest.raises(DomainError, match="does not run package"):
+        rules.pinned_source("b", package, {**package, "package": "other"}, None, None)
+    with pytest.raises(DomainError, match="is a git source"):
+        rules.pinned_source("b", git, package, None, None)
