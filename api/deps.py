@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy import select, update
@@ -215,3 +215,18 @@ async def load_server(session: AsyncSession, user: User, server_id: uuid.UUID, *
     if server is None:
         raise NotFound(f"server {server_id} not found")
     return server
+
+
+async def load_visible_run(
+    session: AsyncSession, user: User, model: Any, run_id: uuid.UUID, what: str, named: Callable[[Any, User], bool]
+) -> Any:
+    """A run of a server (`model` has `id` and `server_id`) if the user may see it: its server's owner,
+    administrators, and the people the run itself `named` (its approvers). To anyone else it does not exist."""
+    row = (
+        await session.execute(
+            select(model, Server.owner_id).join(Server, Server.id == model.server_id).where(model.id == run_id)
+        )
+    ).first()
+    if row is None or (user.role != "admin" and row[1] != user.id and not named(row[0], user)):
+        raise NotFound(f"{what} {run_id} not found")
+    return row[0]

@@ -16,11 +16,12 @@ from temporalio.client import WorkflowUpdateFailedError, WorkflowUpdateRPCTimeou
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from api.deps import load_visible_run
 from api.schemas.common import GovernanceAuditPublic, GovernanceRunPublic, error_responses
 from api.workflows import has_ended
-from core.errors import Conflict, DomainError, Forbidden, NotFound, Unavailable
+from core.errors import Conflict, DomainError, Forbidden, Unavailable
 from core.governance import RunStatus
-from core.models import GovernanceAudit, GovernanceRun, Server, User
+from core.models import GovernanceAudit, GovernanceRun, User
 from records import governance_runs
 from workflows.contracts.governance import GovernanceRunWorkflowContract, GovernanceState, VoteInput
 
@@ -58,18 +59,7 @@ def named_in(run: GovernanceRun, user: User) -> bool:
 async def visible_run(session: AsyncSession, user: User, run_id: uuid.UUID) -> GovernanceRun:
     """A run is seen by its server's owner, administrators, and the people its approval steps name;
     to anyone else it does not exist."""
-    row = (
-        await session.execute(
-            select(GovernanceRun, Server.owner_id)
-            .join(Server, Server.id == GovernanceRun.server_id)
-            .where(GovernanceRun.id == run_id)
-        )
-    ).first()
-    if row is None:
-        raise NotFound(f"governance run {run_id} not found")
-    run, owner_id = row
-    if user.role != "admin" and owner_id != user.id and not named_in(run, user):
-        raise NotFound(f"governance run {run_id} not found")
+    run: GovernanceRun = await load_visible_run(session, user, GovernanceRun, run_id, "governance run", named_in)
     return run
 
 

@@ -21,7 +21,7 @@ from temporalio.client import WorkflowUpdateFailedError, WorkflowUpdateRPCTimeou
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.deps import CurrentUser, SessionDep, StateDep, TemporalDep, load_server
+from api.deps import CurrentUser, SessionDep, StateDep, TemporalDep, load_server, load_visible_run
 from api.schemas.common import ListOf, error_responses
 from api.schemas.remediation import (
     PlaybookCreate,
@@ -229,18 +229,7 @@ def _named_in(run: RemediationRun, user: User) -> bool:
 
 async def _visible_run(session: AsyncSession, user: User, run_id: uuid.UUID) -> RemediationRun:
     """Seen by its server's owner, administrators and the approvers its playbook names; 404 to others."""
-    row = (
-        await session.execute(
-            select(RemediationRun, Server.owner_id)
-            .join(Server, Server.id == RemediationRun.server_id)
-            .where(RemediationRun.id == run_id)
-        )
-    ).first()
-    if row is None:
-        raise NotFound(f"remediation run {run_id} not found")
-    run, owner_id = row
-    if user.role != "admin" and owner_id != user.id and not _named_in(run, user):
-        raise NotFound(f"remediation run {run_id} not found")
+    run: RemediationRun = await load_visible_run(session, user, RemediationRun, run_id, "remediation run", _named_in)
     return run
 
 

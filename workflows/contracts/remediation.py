@@ -10,6 +10,7 @@ from temporalio import workflow
 
 from core.governance import Vote
 from workflows.contracts.deploy import DeployInput
+from workflows.contracts.governance import VoteInput
 
 
 @dataclass
@@ -21,13 +22,8 @@ class RemediationInput:
     deploy: DeployInput = field(default_factory=lambda: DeployInput(deployment_id="", server_id=""))
 
 
-@dataclass
-class RemediationVote:
-    user_id: str
-    email: str
-    roles: list[str]
-    approve: bool
-    comment: str = ""
+# A vote on a run's approval is cast as on a governance step.
+RemediationVote = VoteInput
 
 
 @dataclass
