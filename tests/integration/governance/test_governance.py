@@ -12,9 +12,12 @@ import uuid
 from typing import Any
 
 import httpx
+import pytest
 
+from api.routes import governance as governance_routes
 from tests.integration.governance.test_evaluations import TESTS, add_tests, until_ended
 from tests.support import everything
+from tests.support.sse import EventStream
 from tests.support.stack import Stack, WorkerProcess, wait_deployment
 
 RELEASE = {
@@ -56,7 +59,12 @@ async def until_status(client: httpx.AsyncClient, run_id: str, wanted: str, boun
     raise AssertionError(f"governance run {run_id} never became {wanted}: {body}")
 
 
-async def test_quorum_four_eyes_and_refusals_in_the_audit_not_in_history(stack: Stack) -> None:
+async def test_quorum_four_eyes_and_refusals_in_the_audit_not_in_history(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The run's event stream looks again only when notified: with no timer to fall back on, every event
+    # below arrives because the vote's record announced it.
+    monkeypatch.setattr(governance_routes, "RECHECK_SECONDS", 3600.0)
     everything.build_wheel()
     owner, owner_user = await stack.user()
     rm1, rm1_user = await stack.user()
@@ -81,22 +89,30 @@ async def test_quorum_four_eyes_and_refusals_in_the_audit_not_in_history(stack: 
         run = started.json()
         assert run["subject"] == f"pypi:{everything.NAME}@{everything.VERSION}"
         path = f"/api/governance/runs/{run['id']}"
+        async with EventStream(owner, f"{path}/stream") as events:
+            await events.until(lambda name, data: name == "audit" and data["action"] == "step_started")
 
-        own = await owner.post(f"{path}/approve", json={"comment": "mine, looks fine"})
-        assert own.status_code == 403 and "four eyes" in own.json()["detail"], own.text
-        # Someone the definition does not name cannot even see the run.
-        assert (await stranger.post(f"{path}/approve")).status_code == 404
-        first = await rm1.post(f"{path}/approve", json={"comment": "ok from rm1"})
-        assert first.status_code == 200, first.text
-        assert first.json()["status"] == "running"  # one of two
-        twice = await rm1.post(f"{path}/approve")
-        assert twice.status_code == 409 and "already voted" in twice.json()["detail"], twice.text
-        second = await rm2.post(f"{path}/approve", json={"comment": "ok from rm2"})
-        assert second.status_code == 200, second.text
+            own = await owner.post(f"{path}/approve", json={"comment": "mine, looks fine"})
+            assert own.status_code == 403 and "four eyes" in own.json()["detail"], own.text
+            # A refused vote never reaches the workflow: only its own record's notification shows it.
+            _, refusal = await events.until(lambda name, data: name == "audit" and data["action"] == "refused")
+            assert refusal["actor"] == owner_user["email"] and "four eyes" in refusal["comment"], refusal
+            # Someone the definition does not name cannot even see the run.
+            assert (await stranger.post(f"{path}/approve")).status_code == 404
+            first = await rm1.post(f"{path}/approve", json={"comment": "ok from rm1"})
+            assert first.status_code == 200, first.text
+            assert first.json()["status"] == "running"  # one of two
+            twice = await rm1.post(f"{path}/approve")
+            assert twice.status_code == 409 and "already voted" in twice.json()["detail"], twice.text
+            await events.until(lambda name, data: name == "audit" and data["action"] == "approve")
+            second = await rm2.post(f"{path}/approve", json={"comment": "ok from rm2"})
+            assert second.status_code == 200, second.text
 
-        # The check step then needs a gold certification, which this artifact lacks: the run is rejected.
-        ended = await until_status(owner, run["id"], "rejected")
-        assert "evaluation:missing:gold:smoke" in ended["reason"]
+            # The check step then needs a gold certification, which this artifact lacks: the run is rejected.
+            ended = await until_status(owner, run["id"], "rejected")
+            assert "evaluation:missing:gold:smoke" in ended["reason"]
+            _, end = await events.until(lambda name, _: name == "end")
+            assert end == {"status": "rejected"}
         late = await rm2.post(f"{path}/reject")
         assert late.status_code == 409, late.text
 

@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from api.routes import promotions as promotion_routes
 from core import temporal as attributes
 from core.models import Deployment
 from runtimes.process import ProcessExecutor
@@ -451,7 +452,11 @@ async def test_a_worker_killed_during_the_deploy_step_ends_active_once(api_only:
             await owner.delete(f"/api/servers/{server['id']}")
 
 
-async def test_one_promotion_at_a_time_per_stage_abort_reject_and_the_stream(stack: Stack) -> None:
+async def test_one_promotion_at_a_time_per_stage_abort_reject_and_the_stream(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The promotion's stream looks again only when notified: each event below was announced by its record.
+    monkeypatch.setattr(promotion_routes, "RECHECK_SECONDS", 3600.0)
     """A second digest waits for the stage while the first awaits approval; aborting the first lets the second
     go on; a reject vote ends it `rejected`; the stream shows each change and ends."""
     everything.build_wheel()
