@@ -37,7 +37,8 @@ import uvicorn  # noqa: E402
 import uvloop  # noqa: E402
 from pydantic import SecretStr  # noqa: E402
 
-from bench.gateway import LEGACY, MODERN, RawSession, method_of, seed, write_results  # noqa: E402
+from bench.gateway import method_of, seed, write_results  # noqa: E402
+from bench.gateway_sessions import LEGACY, MODERN, RawSession  # noqa: E402
 from core.db import make_engine, make_sessionmaker  # noqa: E402
 from core.migrate import upgrade_async  # noqa: E402
 from core.settings import Settings  # noqa: E402
