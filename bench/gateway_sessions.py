@@ -159,6 +159,3 @@ class HttpxSession:
 
 
 CLIENTS: dict[str, Any] = {"raw": RawSession, "httpx": HttpxSession}
-
-
-CLIENTS: dict[str, Any] = {"raw": RawSession, "httpx": HttpxSession}
