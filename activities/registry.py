@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.build import ArtifactImage, platform_suffix
+from activities.build_types import ArtifactImage, platform_suffix
 from activities.common import heartbeating
 from activities.telemetry import EventWriter
 from builds.images import ImageBuilder
