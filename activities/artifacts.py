@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.build import ArtifactImage, FailArtifact, FinishBuild
+from activities.build_types import ArtifactImage, FailArtifact, FinishBuild
 from builds import recipes
 from core.models import BuildArtifactPlatform, BuildArtifactRun
 from core.policy import DIGEST

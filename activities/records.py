@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.build import ArtifactImage
+from activities.build_types import ArtifactImage
 from activities.common import as_application_error
 from core.db import notify_route_changed
 from core.failures import RuntimeFailure

@@ -15,9 +15,9 @@ from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from activities.artifacts import ArtifactActivities
-    from activities.build import (
+    from activities.build import BuildActivities
+    from activities.build_types import (
         ArtifactImage,
-        BuildActivities,
         BuildRequest,
         BuiltImage,
         FailArtifact,

@@ -13,7 +13,7 @@ from temporalio.exceptions import ActivityError, CancelledError, ChildWorkflowEr
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
-    from activities.build import ArtifactImage
+    from activities.build_types import ArtifactImage
     from activities.health import HealthActivities, HealthInput, HealthResult
     from activities.policy import PolicyActivities, PolicyOutcome
     from activities.records import (

@@ -15,7 +15,7 @@ from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from activities.artifacts import ArtifactActivities
-    from activities.build import ArtifactImage, BuiltImage, FailArtifact, GitPlan
+    from activities.build_types import ArtifactImage, BuiltImage, FailArtifact, GitPlan
     from activities.registry import (
         FinishPush,
         IndexRequest,

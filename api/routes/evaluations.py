@@ -4,22 +4,31 @@ a scoreboard across the caller's servers and a ranking of servers by score."""
 from __future__ import annotations
 
 import uuid
-from typing import Any, Literal
+from typing import Literal
 
 from fastapi import APIRouter, Header, Query, Response, status
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
-from temporalio.client import Client
 
 from api.deploying import check_idempotency_key
-from api.deps import AppState, CurrentUser, SessionDep, StateDep, TemporalDep, load_server
+from api.deps import CurrentUser, SessionDep, StateDep, TemporalDep, load_server
+from api.evaluating import (
+    artifact_deployment,
+    new_run,
+    ranked,
+    refuse_under_remediation,
+    replayed_run,
+    start_run,
+    visible,
+    visible_artifact,
+    visible_run,
+    with_results,
+)
 from api.schemas.common import ListOf, error_responses
 from api.schemas.evaluations import (
     ArtifactEvaluationCreate,
     CertificationPublic,
     CertifyRequest,
-    EvalResultPublic,
     EvalRunCreate,
     EvalRunPublic,
     EvalRunResults,
@@ -30,31 +39,14 @@ from api.schemas.evaluations import (
     PolicyDecisionPublic,
 )
 from api.workflows import cancel_workflow
-from core.errors import Conflict, InvalidInput, NotFound
-from core.models import (
-    BuildArtifactRun,
-    Certification,
-    Deployment,
-    EvalResult,
-    EvalRun,
-    EvalTest,
-    PolicyDecision,
-    RemediationRun,
-    Server,
-    User,
-)
-from core.remediation import ACTIVE as REMEDIATION_ACTIVE
+from core.errors import Conflict, NotFound
+from core.models import Certification, Deployment, EvalRun, EvalTest, PolicyDecision, Server
 from records import evaluation_runs
-from records.evaluation_runs import FINISHED, Status, open_run, snapshot
-from workflows.contracts.starters import start_evaluation
+from records.evaluation_runs import FINISHED, Status, open_run
 
 router = APIRouter(prefix="/api", tags=["evaluations"])
 MAX_TESTS = 200
 RunStatus = Literal["pending", "running", "passed", "failed", "error", "cancelled"]
-
-
-def _visible(stmt: Any, user: User) -> Any:
-    return stmt if user.role == "admin" else stmt.where(Server.owner_id == user.id)
 
 
 @router.get(
@@ -120,67 +112,6 @@ async def delete_test(server_id: uuid.UUID, test_id: uuid.UUID, user: CurrentUse
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-async def _target(session: AsyncSession, server: Server, deployment_id: uuid.UUID | None) -> Deployment:
-    if deployment_id is None:
-        if server.active_deployment_id is None:
-            raise Conflict("no revision of this server serves: deploy it, or name a deployment to evaluate")
-        deployment = await session.get(Deployment, server.active_deployment_id)
-    else:
-        deployment = await session.scalar(
-            select(Deployment).where(Deployment.id == deployment_id, Deployment.server_id == server.id)
-        )
-        if deployment is None:
-            raise NotFound(f"deployment {deployment_id} not found on this server")
-    assert deployment is not None
-    if deployment.status in ("pending", "deploying") and deployment.id != server.active_deployment_id:
-        raise Conflict(f"revision {deployment.seq} is still being deployed: evaluate it once it has ended")
-    if deployment.spec.get("source", {}).get("type") == "git" and not deployment.spec.get("built"):
-        raise Conflict(f"revision {deployment.seq} was never built: there is nothing to evaluate")
-    return deployment
-
-
-async def _replayed(session: AsyncSession, server_id: uuid.UUID, key: str | None) -> EvalRun | None:
-    if not key:
-        return None
-    found: EvalRun | None = await session.scalar(
-        select(EvalRun).where(EvalRun.server_id == server_id, EvalRun.idempotency_key == key)
-    )
-    return found
-
-
-async def _new_run(session: AsyncSession, server: Server, user: User, body: EvalRunCreate, key: str | None) -> EvalRun:
-    deployment = await _target(session, server, body.deployment_id)
-    tests = list(
-        (
-            await session.scalars(select(EvalTest).where(EvalTest.server_id == server.id).order_by(EvalTest.created_at))
-        ).all()
-    )
-    if body.tests is not None:
-        unknown = sorted(set(body.tests) - {t.name for t in tests})
-        if unknown:
-            raise InvalidInput(f"no such test on this server: {', '.join(unknown)}")
-        tests = [t for t in tests if t.name in set(body.tests)]
-    if not tests:
-        raise Conflict("this server has no evaluation tests: add some at POST .../eval/tests")
-    certify = body.certify.model_dump() if body.certify else None
-    return await open_run(session, server, deployment, user.id, user.email, snapshot(tests), certify, key)
-
-
-async def start_run(session: AsyncSession, state: AppState, client: Client, run: EvalRun) -> None:
-    """Start a committed run's workflow; when Temporal cannot take it, the run ends `error` saying so."""
-    if run.status != Status.PENDING:
-        return
-    try:
-        await start_evaluation(client, state.settings, server_id=run.server_id, run_id=run.id)
-    except Exception as exc:
-        run_id = run.id
-        await session.rollback()  # reading the run back began a transaction
-        async with session.begin():
-            why = f"the evaluation workflow could not be started: {getattr(exc, 'message', exc)}"
-            await evaluation_runs.end_unstarted(session, run_id, Status.ERROR, why)
-        raise
-
-
 @router.post(
     "/servers/{server_id}/eval/run",
     status_code=status.HTTP_202_ACCEPTED,
@@ -205,36 +136,21 @@ async def run_tests(
     try:
         async with session.begin():
             server = await load_server(session, user, server_id, lock=True)
-            run = await _replayed(session, server.id, idempotency_key)
+            run = await replayed_run(session, server.id, idempotency_key)
             if run is None:
                 await refuse_under_remediation(session, server.id)
-                run = await _new_run(session, server, user, body, idempotency_key)
+                run = await new_run(session, server, user, body, idempotency_key)
             else:
                 response.headers["Idempotent-Replayed"] = "true"
     except IntegrityError:
         # The same key from a concurrent request won: that request's run is this one's.
-        run = await _replayed(session, server_id, idempotency_key)
+        run = await replayed_run(session, server_id, idempotency_key)
         if run is None:
             raise
         response.headers["Idempotent-Replayed"] = "true"
     await session.refresh(run)
     await start_run(session, state, client, run)
     return EvalRunPublic.model_validate(run)
-
-
-async def refuse_under_remediation(session: AsyncSession, server_id: uuid.UUID) -> None:
-    """An evaluation is not scheduled on a server a remediation run is working on (its result would
-    judge a revision in the middle of being repaired)."""
-    active = await session.scalar(
-        select(RemediationRun.id).where(
-            RemediationRun.server_id == server_id, RemediationRun.status.in_(REMEDIATION_ACTIVE)
-        )
-    )
-    if active is not None:
-        raise Conflict(
-            f"policy_hook:remediation_gate: remediation run {active} is active on this server; wait for it to "
-            "end or cancel it"
-        )
 
 
 @router.get(
@@ -251,15 +167,6 @@ async def list_runs(
         )
     ).all()
     return ListOf[EvalRunPublic](count=len(rows), data=[EvalRunPublic.model_validate(r) for r in rows])
-
-
-async def _with_results(session: AsyncSession, run: EvalRun) -> EvalRunResults:
-    results = (
-        await session.scalars(select(EvalResult).where(EvalResult.run_id == run.id).order_by(EvalResult.id))
-    ).all()
-    return EvalRunResults(
-        run=EvalRunPublic.model_validate(run), results=[EvalResultPublic.model_validate(r) for r in results]
-    )
 
 
 @router.get(
@@ -279,7 +186,7 @@ async def latest_results(
     run = await session.scalar(stmt)
     if run is None:
         raise NotFound(f"evaluation run {run_id} not found" if run_id else "this server has no evaluation runs yet")
-    return await _with_results(session, run)
+    return await with_results(session, run)
 
 
 @router.get("/evaluations", response_model=ListOf[EvalScoreboardRow], responses=error_responses(401, 422))
@@ -290,7 +197,7 @@ async def scoreboard(
     limit: int = Query(default=100, ge=1, le=1000),
 ) -> ListOf[EvalScoreboardRow]:
     """Evaluation runs across the servers the caller can see, newest first."""
-    stmt = _visible(select(EvalRun, Server.name).join(Server, Server.id == EvalRun.server_id), user)
+    stmt = visible(select(EvalRun, Server.name).join(Server, Server.id == EvalRun.server_id), user)
     if run_status:
         stmt = stmt.where(EvalRun.status == run_status)
     rows = (await session.execute(stmt.order_by(EvalRun.created_at.desc()).limit(limit))).all()
@@ -303,7 +210,7 @@ async def summary(user: CurrentUser, session: SessionDep) -> ListOf[EvalSummaryR
     """The caller's servers ranked by the mean score of their finished evaluation runs (best first)."""
     finished = EvalRun.status.in_(("passed", "failed"))
     stats = (
-        _visible(
+        visible(
             select(
                 EvalRun.server_id,
                 Server.name,
@@ -315,7 +222,7 @@ async def summary(user: CurrentUser, session: SessionDep) -> ListOf[EvalSummaryR
         .where(finished, EvalRun.score.is_not(None))
         .group_by(EvalRun.server_id, Server.name)
     )
-    rows = (await session.execute(_ranked(stats))).all()
+    rows = (await session.execute(ranked(stats))).all()
     data: list[EvalSummaryRow] = []
     for rank, (server_id, name, runs, average) in enumerate(rows, start=1):
         latest = await session.scalar(
@@ -341,24 +248,10 @@ async def summary(user: CurrentUser, session: SessionDep) -> ListOf[EvalSummaryR
     return ListOf[EvalSummaryRow](count=len(data), data=data)
 
 
-def _ranked(stats: Any) -> Any:
-    subquery = stats.subquery()
-    return select(subquery).order_by(subquery.c.average.desc(), subquery.c.name)
-
-
-async def _visible_run(session: AsyncSession, user: User, run_id: uuid.UUID) -> EvalRun:
-    run = await session.scalar(
-        _visible(select(EvalRun).join(Server, Server.id == EvalRun.server_id), user).where(EvalRun.id == run_id)
-    )
-    if run is None:
-        raise NotFound(f"evaluation run {run_id} not found")
-    return run
-
-
 @router.get("/evaluations/{run_id}", response_model=EvalRunResults, responses=error_responses(401, 404, 422))
 async def get_run(run_id: uuid.UUID, user: CurrentUser, session: SessionDep) -> EvalRunResults:
     """One evaluation run with its results so far."""
-    return await _with_results(session, await _visible_run(session, user, run_id))
+    return await with_results(session, await visible_run(session, user, run_id))
 
 
 @router.post(
@@ -370,7 +263,7 @@ async def get_run(run_id: uuid.UUID, user: CurrentUser, session: SessionDep) -> 
 async def cancel_run(run_id: uuid.UUID, user: CurrentUser, session: SessionDep, client: TemporalDep) -> EvalRunPublic:
     """Cancel a run under way: the test being called stops, a launched candidate is removed and the run ends
     `cancelled` with the results it had."""
-    run = await _visible_run(session, user, run_id)
+    run = await visible_run(session, user, run_id)
     if run.status in FINISHED:
         raise Conflict(f"evaluation run {run_id} has already ended ({run.status})")
     if not await cancel_workflow(client, run.workflow_id, "the evaluation workflow"):
@@ -395,7 +288,7 @@ async def retry_run(
     """Run an ended evaluation again: the same tests (as that run had them) against the same revision, and
     the same certification asked for. A new run; the first keeps its results."""
     async with session.begin():
-        earlier = await _visible_run(session, user, run_id)
+        earlier = await visible_run(session, user, run_id)
         if earlier.status not in FINISHED:
             raise Conflict(f"evaluation run {run_id} is still {earlier.status}: retry it once it has ended")
         server = await load_server(session, user, earlier.server_id, lock=True)
@@ -428,31 +321,6 @@ async def list_certifications(
     return ListOf[CertificationPublic](count=len(rows), data=[CertificationPublic.model_validate(r) for r in rows])
 
 
-async def _visible_artifact(
-    session: AsyncSession, user: User, artifact_id: uuid.UUID
-) -> tuple[BuildArtifactRun, Server]:
-    row = (
-        await session.execute(
-            _visible(
-                select(BuildArtifactRun, Server).join(Server, Server.id == BuildArtifactRun.server_id), user
-            ).where(BuildArtifactRun.id == artifact_id)
-        )
-    ).first()
-    if row is None:
-        raise NotFound(f"artifact {artifact_id} not found")
-    return row[0], row[1]
-
-
-async def _artifact_deployment(session: AsyncSession, artifact: BuildArtifactRun) -> Deployment | None:
-    found: Deployment | None = await session.scalar(
-        select(Deployment)
-        .where(Deployment.artifact_id == artifact.id, Deployment.image_digest.is_not(None))
-        .order_by(Deployment.seq.desc())
-        .limit(1)
-    )
-    return found
-
-
 @router.get(
     "/artifacts/{artifact_id}/evaluations",
     response_model=ListOf[CertificationPublic],
@@ -462,8 +330,8 @@ async def artifact_certifications(
     artifact_id: uuid.UUID, user: CurrentUser, session: SessionDep
 ) -> ListOf[CertificationPublic]:
     """The certifications of a build artifact (bound to its image digest), newest first."""
-    artifact, server = await _visible_artifact(session, user, artifact_id)
-    deployment = await _artifact_deployment(session, artifact)
+    artifact, server = await visible_artifact(session, user, artifact_id)
+    deployment = await artifact_deployment(session, artifact)
     subjects = {d for d in (artifact.manifest_digest, deployment.image_digest if deployment else None) if d}
     stmt = select(Certification).where(Certification.server_id == server.id)
     stmt = stmt.where(
@@ -492,9 +360,9 @@ async def certify_artifact(
     """Evaluate a build artifact and certify it (`tier`, `requirement`, `valid_days`) when every test
     passes. It runs on the newest deployment of the artifact: the serving one, or launched beside it."""
     async with session.begin():
-        artifact, server = await _visible_artifact(session, user, artifact_id)
+        artifact, server = await visible_artifact(session, user, artifact_id)
         server = await load_server(session, user, server.id, lock=True)
-        deployment = await _artifact_deployment(session, artifact)
+        deployment = await artifact_deployment(session, artifact)
         if deployment is None:
             raise Conflict(f"no deployment has run artifact {artifact_id} yet: deploy it first (it may be blocked)")
         run_body = EvalRunCreate(
@@ -502,7 +370,7 @@ async def certify_artifact(
             tests=body.tests,
             certify=CertifyRequest(tier=body.tier, requirement=body.requirement, valid_days=body.valid_days),
         )
-        run = await _new_run(session, server, user, run_body, None)
+        run = await new_run(session, server, user, run_body, None)
     await session.refresh(run)
     await start_run(session, state, client, run)
     return EvalRunPublic.model_validate(run)

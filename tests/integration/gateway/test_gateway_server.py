@@ -19,7 +19,8 @@ import httptools
 import httpx
 import pytest
 
-from gateway.server import MAX_HEAD_BYTES, GatewayServer
+from gateway.exchange import MAX_HEAD_BYTES
+from gateway.server import GatewayServer
 
 Handler = Callable[[Any, Any, Any], Awaitable[None]]
 
