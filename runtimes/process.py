@@ -37,7 +37,7 @@ import psutil
 from core.failures import CommandNotFound, PackageNotFound, PermanentFailure, RuntimeFailure
 from core.sources import CommandSource, ImageSource, PackageSource
 from core.tenancy import prepare_data_dir
-from runtimes import sandbox
+from runtimes import sandbox, sandbox_limits, sandbox_plan
 from runtimes.base import BRIDGE_PATH_ENV, Instance, InstanceStatus, LaunchSpec, free_loopback_port
 
 # What installers and server processes inherit from the worker: locale, the host's trust store and proxies
@@ -121,7 +121,9 @@ class ProcessExecutor:
             d.mkdir(parents=True, exist_ok=True)
         for d in (self.plans_dir, self.records_dir, self.logs_dir):
             os.chmod(d, 0o700)
-        self.seccomp_program = sandbox.write_seccomp_program(self.plans_dir / "seccomp.bpf") if self.sandboxed else None
+        self.seccomp_program = (
+            sandbox_plan.write_seccomp_program(self.plans_dir / "seccomp.bpf") if self.sandboxed else None
+        )
 
     @property
     def sandboxed(self) -> bool:
@@ -191,15 +193,15 @@ class ProcessExecutor:
             env["PIP_FIND_LINKS"] = " ".join(filter(None, [self.find_links, env.get("PIP_FIND_LINKS")]))
         command = list(argv)
         if self.sandboxed and cwd is not None:
-            env["HOME"] = sandbox.HOME
+            env["HOME"] = sandbox_plan.HOME
             env["TMPDIR"] = "/tmp"
             # Named per run: installs of the same package by workers of other state directories may overlap.
             install_id = f"install-{cwd.name}-{uuid.uuid4().hex[:8]}"
-            plan = sandbox.SandboxPlan(
+            plan = sandbox_plan.SandboxPlan(
                 uid=self.installer_uid,
                 argv=command,
                 cgroup=install_id,
-                ro_binds=[[p, p] for p in sandbox.exposed_paths(env, self.hidden)],
+                ro_binds=[[p, p] for p in sandbox_plan.exposed_paths(env, self.hidden)],
                 rw_binds=[[str(cwd), str(cwd)]],
                 hidden=list(self.hidden),
                 chdir=str(cwd),
@@ -235,7 +237,7 @@ class ProcessExecutor:
             if installer is not None and proc.returncode is not None:
                 installer.unlink(missing_ok=True)
         if self.sandboxed and cwd is not None:
-            await asyncio.to_thread(sandbox.remove_cgroup, install_id)
+            await asyncio.to_thread(sandbox_limits.remove_cgroup, install_id)
             plan_path.unlink(missing_ok=True)
         return proc.returncode or 0, out.decode(errors="replace")
 
@@ -259,7 +261,7 @@ class ProcessExecutor:
             return
         await asyncio.to_thread(_kill_group, pid, started)
         if data.get("cgroup"):
-            await asyncio.to_thread(sandbox.remove_cgroup, str(data["cgroup"]))
+            await asyncio.to_thread(sandbox_limits.remove_cgroup, str(data["cgroup"]))
         record.unlink(missing_ok=True)
 
     def _own_env_dir(self, env_dir: Path) -> None:
@@ -421,7 +423,7 @@ class ProcessExecutor:
         log_path = self.logs_dir / f"{spec.deployment_id}.log"
         plan = None
         if sandboxed:
-            server_env |= {"HOME": sandbox.HOME, "TMPDIR": "/tmp"}
+            server_env |= {"HOME": sandbox_plan.HOME, "TMPDIR": "/tmp"}
             plan = self._plan(spec, argv)
             if source.transport == "http":
                 server_env |= {"PORT": str(SANDBOX_PORT), "HOST": "0.0.0.0"}
@@ -431,7 +433,7 @@ class ProcessExecutor:
         elif self.support is not None:
             self._note(log_path, f"NOT sandboxed (administrator's server): {self.support.describe()}")
         helper = plan is not None or source.transport == "stdio"
-        env_fd = sandbox.env_descriptor(server_env) if helper else None
+        env_fd = sandbox_plan.env_descriptor(server_env) if helper else None
         if plan is not None:
             plan_path = self.plans_dir / f"{spec.deployment_id}.json"
             plan.write(plan_path)
@@ -491,11 +493,11 @@ class ProcessExecutor:
         self._record(instance)
         return instance
 
-    def _plan(self, spec: LaunchSpec, argv: list[str]) -> sandbox.SandboxPlan:
+    def _plan(self, spec: LaunchSpec, argv: list[str]) -> sandbox_plan.SandboxPlan:
         if spec.uid is None:
             raise PermanentFailure("the sandbox needs the server's uid; this worker was not given one")
         # What the sandbox shows is decided by the platform's own settings, never by the server's env.
-        ro = [[p, p] for p in sandbox.exposed_paths(self._base_env(), self.hidden)]
+        ro = [[p, p] for p in sandbox_plan.exposed_paths(self._base_env(), self.hidden)]
         if argv and argv[0].startswith(str(self.envs_dir)):
             env_dir = self.envs_dir.joinpath(*Path(argv[0]).relative_to(self.envs_dir).parts[:2])
             ro.append([str(env_dir), str(env_dir)])
@@ -504,7 +506,7 @@ class ProcessExecutor:
             prepare_data_dir(spec.data_dir, spec.uid)
             rw.append([str(spec.data_dir), "/data"])
         resources = spec.resources
-        return sandbox.SandboxPlan(
+        return sandbox_plan.SandboxPlan(
             uid=spec.uid,
             argv=argv,
             cgroup=spec.deployment_id,
@@ -648,7 +650,7 @@ class ProcessExecutor:
         await self.stop(instance)
         await asyncio.to_thread(self._stop_unrecorded, instance.deployment_id)
         shutil.rmtree(self.work_dir / instance.deployment_id, ignore_errors=True)
-        await asyncio.to_thread(sandbox.remove_cgroup, instance.deployment_id)
+        await asyncio.to_thread(sandbox_limits.remove_cgroup, instance.deployment_id)
         for leftover in (
             self._record_path(instance.server_id, instance.deployment_id),
             self.plans_dir / f"{instance.deployment_id}.json",
