@@ -39,7 +39,7 @@ from core.settings import Settings
 from core.sources import GitSource, ImageSource, parse_source
 from core.tenancy import Resources, server_data_dir, slot_uid
 from runtimes.base import Executor, Instance, LaunchSpec
-from runtimes.kubernetes import DockerFallback
+from runtimes.kubernetes_fallback import DockerFallback
 from runtimes.vm import VirtualMachineExecutor
 
 

@@ -30,7 +30,8 @@ from core.models import PolicyDecision, Server, ServerLog, VmEvent, VmInstance, 
 from core.policy import vm_placement
 from core.settings import Settings
 from runtimes.base import Executor, Instance, LaunchSpec
-from runtimes.vm import NAME, EventSink, VirtualMachineExecutor
+from runtimes.vm import NAME, VirtualMachineExecutor
+from runtimes.vm_events import EventSink
 
 log = logging.getLogger("mcphost.vm")
 

@@ -92,7 +92,8 @@ async def check_cluster(executors: dict[str, Executor]) -> str | None:
     """At worker start: if the kubernetes runtime's cluster cannot be reached and docker is enabled, the
     kubernetes runtime falls back to docker (each launch records it as a policy note). Returns why, or
     None when nothing had to change."""
-    from runtimes.kubernetes import DockerFallback, KubernetesExecutor
+    from runtimes.kubernetes import KubernetesExecutor
+    from runtimes.kubernetes_fallback import DockerFallback
 
     kube = executors.get("kubernetes")
     if not isinstance(kube, KubernetesExecutor):

@@ -20,6 +20,8 @@ names it: an image a server's source names is pulled with the cluster's own mean
 platform's namespace that is not the server's own build is refused.
 
 The kubernetes client is synchronous: every call runs in a thread.
+The objects themselves are built in `runtimes.kubernetes_spec`; the stand-in used while the cluster
+cannot be reached is `runtimes.kubernetes_fallback.DockerFallback`.
 """
 
 from __future__ import annotations
@@ -33,25 +35,23 @@ from typing import Any
 from core.failures import ImageNotFound, PermanentFailure, RuntimeFailure
 from core.tenancy import image_refusal, is_build_of
 from runtimes.base import Instance, InstanceStatus, LaunchSpec
-
-MANAGED_BY = "app.kubernetes.io/managed-by"
-K_SERVER = "mcphost.io/server"
-K_DEPLOYMENT = "mcphost.io/deployment"
-K_SLUG = "mcphost.io/slug"
-A_PORT = "mcphost.io/port"
-A_PATH = "mcphost.io/path"
-READY_GATE = "mcphost.io/mcp-ready"
-CONTAINER = "server"
-# Waiting reasons after which a pod will not start without a change (a new image, new credentials).
-STUCK = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError"}
-
-
-def object_name(deployment_id: str) -> str:
-    return f"mcp-{deployment_id}"
-
-
-def claim_name(server_id: str) -> str:
-    return f"mcp-data-{server_id}"
+from runtimes.kubernetes_spec import (
+    A_PATH,
+    A_PORT,
+    CONTAINER,
+    K_DEPLOYMENT,
+    K_SERVER,
+    MANAGED_BY,
+    READY_GATE,
+    claim_name,
+    claim_object,
+    deployment_object,
+    env_secret,
+    object_name,
+    pod_exit_code,
+    pod_stuck,
+    service_object,
+)
 
 
 class KubernetesExecutor:
@@ -200,111 +200,16 @@ class KubernetesExecutor:
             await self._call(core.patch_namespaced_secret, self.registry_secret, self.namespace, {"data": data})
         return True
 
-    def _labels(self, spec: LaunchSpec) -> dict[str, str]:
-        return {
-            MANAGED_BY: "mcphost",
-            K_SERVER: spec.server_id,
-            K_DEPLOYMENT: spec.deployment_id,
-            K_SLUG: spec.slug[:63].strip("-_.") or "server",
-        }
-
-    def _deployment(self, spec: LaunchSpec, image: str, port: int, path: str) -> Any:
-        from kubernetes import client
-
-        name = object_name(spec.deployment_id)
-        labels = self._labels(spec)
-        limits: dict[str, str] = {}
-        if spec.resources is not None:
-            limits = {"cpu": f"{int(spec.resources.cpu * 1000)}m", "memory": f"{spec.resources.memory_mib}Mi"}
-        uid = spec.uid if spec.uid is not None else 65534
-        container = client.V1Container(
-            name=CONTAINER,
-            image=image,
-            env=[client.V1EnvVar(name="PORT", value=str(port))],
-            env_from=[client.V1EnvFromSource(secret_ref=client.V1SecretEnvSource(name=name))],
-            ports=[client.V1ContainerPort(container_port=port, name="mcp")],
-            resources=client.V1ResourceRequirements(limits=limits or None, requests=limits or None),
-            readiness_probe=client.V1Probe(
-                tcp_socket=client.V1TCPSocketAction(port=port), period_seconds=2, failure_threshold=3
-            ),
-            security_context=client.V1SecurityContext(
-                allow_privilege_escalation=False,
-                privileged=False,
-                capabilities=client.V1Capabilities(drop=["ALL"]),
-                run_as_user=uid,
-                run_as_group=uid,
-                run_as_non_root=True,
-                seccomp_profile=client.V1SeccompProfile(type="RuntimeDefault"),
-            ),
-            volume_mounts=[
-                client.V1VolumeMount(name="data", mount_path="/data"),
-                client.V1VolumeMount(name="tmp", mount_path="/tmp"),
-            ],
-        )
-        pod = client.V1PodSpec(
-            containers=[container],
-            service_account_name=self.service_account,
-            automount_service_account_token=False,
-            enable_service_links=False,
-            security_context=client.V1PodSecurityContext(fs_group=uid),
-            readiness_gates=[client.V1PodReadinessGate(condition_type=READY_GATE)],
-            image_pull_secrets=self._pull_secrets(spec, image),
-            volumes=[
-                client.V1Volume(
-                    name="data",
-                    persistent_volume_claim=client.V1PersistentVolumeClaimVolumeSource(
-                        claim_name=claim_name(spec.server_id)
-                    ),
-                ),
-                client.V1Volume(name="tmp", empty_dir=client.V1EmptyDirVolumeSource(medium="Memory")),
-            ],
-        )
-        return client.V1Deployment(
-            metadata=client.V1ObjectMeta(name=name, labels=labels, annotations={A_PORT: str(port), A_PATH: path}),
-            spec=client.V1DeploymentSpec(
-                replicas=1,
-                selector=client.V1LabelSelector(match_labels={K_DEPLOYMENT: spec.deployment_id}),
-                strategy=client.V1DeploymentStrategy(type="Recreate"),
-                template=client.V1PodTemplateSpec(metadata=client.V1ObjectMeta(labels=labels), spec=pod),
-            ),
-        )
-
     async def _ensure_supporting(self, spec: LaunchSpec, port: int) -> None:
         """The server's claim and the revision's env Secret and Service (each left as it is if present)."""
-        from kubernetes import client
-
         core = self._core()
-        name = object_name(spec.deployment_id)
-        labels = self._labels(spec)
-        claim = client.V1PersistentVolumeClaim(
-            metadata=client.V1ObjectMeta(
-                name=claim_name(spec.server_id), labels={MANAGED_BY: "mcphost", K_SERVER: spec.server_id}
-            ),
-            spec=client.V1PersistentVolumeClaimSpec(
-                access_modes=["ReadWriteOnce"],
-                resources=client.V1VolumeResourceRequirements(requests={"storage": self.data_size}),
-                storage_class_name=self.storage_class,
-            ),
-        )
+        claim = claim_object(spec, self.data_size, self.storage_class)
         await self._call(core.create_namespaced_persistent_volume_claim, self.namespace, claim, exists_ok=True)
-        secret = client.V1Secret(
-            metadata=client.V1ObjectMeta(name=name, labels=labels),
-            type="Opaque",
-            string_data=dict(spec.env),
-        )
         # The env is the revision's: a retry (same revision) writes the same values again.
+        name = object_name(spec.deployment_id)
         if await self._call(core.read_namespaced_secret, name, self.namespace, missing_ok=True) is None:
-            await self._call(core.create_namespaced_secret, self.namespace, secret, exists_ok=True)
-        service = client.V1Service(
-            metadata=client.V1ObjectMeta(name=name, labels=labels),
-            spec=client.V1ServiceSpec(
-                selector={K_DEPLOYMENT: spec.deployment_id},
-                ports=[client.V1ServicePort(name="mcp", port=port, target_port=port)],
-                # The platform's health check must reach the pod before the readiness gate is set.
-                publish_not_ready_addresses=True,
-            ),
-        )
-        await self._call(core.create_namespaced_service, self.namespace, service, exists_ok=True)
+            await self._call(core.create_namespaced_secret, self.namespace, env_secret(spec), exists_ok=True)
+        await self._call(core.create_namespaced_service, self.namespace, service_object(spec, port), exists_ok=True)
 
     async def launch(self, spec: LaunchSpec) -> Instance:
         image, port, path = self._image(spec)
@@ -316,7 +221,14 @@ class KubernetesExecutor:
             await self._call(
                 apps.create_namespaced_deployment,
                 self.namespace,
-                self._deployment(spec, image, port, path),
+                deployment_object(
+                    spec,
+                    image,
+                    port,
+                    path,
+                    service_account=self.service_account,
+                    pull_secrets=self._pull_secrets(spec, image),
+                ),
                 exists_ok=True,
             )
         elif not found.spec.replicas:
@@ -330,7 +242,7 @@ class KubernetesExecutor:
         while True:
             pods = await self._pods(deployment_id)
             for pod in pods:
-                stuck = _stuck(pod)
+                stuck = pod_stuck(pod)
                 if stuck:
                     raise (
                         ImageNotFound(f"the pod cannot start: {stuck}")
@@ -405,11 +317,11 @@ class KubernetesExecutor:
         if not found.spec.replicas:
             return InstanceStatus(state="exited", detail="scaled to zero")
         for pod in await self._pods(instance.deployment_id):
-            stuck = _stuck(pod)
+            stuck = pod_stuck(pod)
             if stuck:
                 return InstanceStatus(state="exited", detail=stuck)
             if pod.status and pod.status.phase in ("Failed", "Succeeded"):
-                return InstanceStatus(state="exited", exit_code=_exit_code(pod), detail=pod.status.phase)
+                return InstanceStatus(state="exited", exit_code=pod_exit_code(pod), detail=pod.status.phase)
         return InstanceStatus(state="running")
 
     async def mark_ready(self, instance: Instance) -> None:
@@ -490,62 +402,3 @@ def _reason(exc: Any) -> str:
     except ValueError:
         body = {}
     return str(body.get("message") or exc.reason or exc.status)[:500]
-
-
-def _stuck(pod: Any) -> str | None:
-    for status in (pod.status.container_statuses if pod.status else None) or []:
-        waiting = status.state.waiting if status.state else None
-        if waiting is not None and waiting.reason in STUCK:
-            return f"{waiting.reason}: {waiting.message or ''}".strip(": ")
-    return None
-
-
-def _exit_code(pod: Any) -> int | None:
-    for status in (pod.status.container_statuses if pod.status else None) or []:
-        terminated = status.state.terminated if status.state else None
-        if terminated is not None:
-            return int(terminated.exit_code)
-    return None
-
-
-class DockerFallback:
-    """The kubernetes runtime while its cluster could not be reached at worker start: revisions launch on
-    the docker runtime instead (their instances are docker's, so every later step goes there), and
-    each launch records why as a policy note. Restart the worker once the cluster is back."""
-
-    name = "kubernetes"
-
-    def __init__(self, docker: Any, kubernetes: KubernetesExecutor, reason: str) -> None:
-        self.docker = docker
-        self.kubernetes = kubernetes
-        self.reason = reason
-
-    async def prepare(self, spec: LaunchSpec) -> str:
-        return f"cluster unreachable, on docker instead: {await self.docker.prepare(spec)}"
-
-    async def launch(self, spec: LaunchSpec) -> Instance:
-        instance: Instance = await self.docker.launch(spec)
-        return instance
-
-    async def instances(self, server_id: str) -> list[Instance]:
-        return []  # the docker runtime lists them
-
-    async def server_ids(self) -> list[str]:
-        return []
-
-    async def status(self, instance: Instance) -> InstanceStatus:
-        status: InstanceStatus = await self.docker.status(instance)
-        return status
-
-    async def stop(self, instance: Instance) -> None:
-        await self.docker.stop(instance)
-
-    async def remove(self, instance: Instance) -> None:
-        await self.docker.remove(instance)
-
-    async def logs(self, instance: Instance, tail: int = 200) -> list[str]:
-        lines: list[str] = await self.docker.logs(instance, tail)
-        return lines
-
-    async def close(self) -> None:
-        await self.kubernetes.close()

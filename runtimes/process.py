@@ -4,7 +4,9 @@ installation turned it off, in its own sandbox (`runtimes.sandbox`).
 Packages are installed once into cached environments (a venv per PyPI requirement, an npm prefix per
 npm requirement), by a sandboxed installer that runs as a uid of its own: servers get their environment
 read-only and can never write into it. Installs take binary wheels only and skip npm install scripts
-unless PACKAGE_ALLOW_SDIST is set. A server's command must be an entry point its package declares.
+unless PACKAGE_ALLOW_SDIST is set. A server's command must be an entry point its package declares. The
+installs, and the resolution of a source to its command line, are `runtimes.process_install`'s; this
+module launches, records, watches and stops the instances.
 
 Each instance is recorded in a file of the platform's own (pid, start time, URL), so a launch repeated
 after a worker crash finds the process it already started instead of starting a second one, and no
@@ -15,8 +17,6 @@ worker that started them.
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import hashlib
 import json
 import os
 import re
@@ -24,62 +24,23 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import time
-import uuid
 from collections import deque
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import psutil
 
-from core.failures import CommandNotFound, PackageNotFound, PermanentFailure, RuntimeFailure
-from core.sources import CommandSource, ImageSource, PackageSource
+from core.failures import CommandNotFound, PermanentFailure
+from core.sources import ImageSource
 from core.tenancy import prepare_data_dir
-from runtimes import sandbox
+from runtimes import sandbox, sandbox_limits, sandbox_plan
 from runtimes.base import BRIDGE_PATH_ENV, Instance, InstanceStatus, LaunchSpec, free_loopback_port
+from runtimes.process_install import ISOLATED_PYTHON, PackageInstaller
 
-# What installers and server processes inherit from the worker: locale, the host's trust store and proxies
-# (without them TLS through an intercepting proxy fails, and npm retries for minutes), and package index
-# settings. Everything else a server gets comes from its own config env.
-_PASSTHROUGH_ENV = (
-    "PATH",
-    "HOME",
-    "LANG",
-    "LC_ALL",
-    "TZ",
-    "TMPDIR",
-    "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
-    "REQUESTS_CA_BUNDLE",
-    "NODE_EXTRA_CA_CERTS",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "NO_PROXY",
-    "http_proxy",
-    "https_proxy",
-    "no_proxy",
-    "PIP_INDEX_URL",
-    "PIP_EXTRA_INDEX_URL",
-    "PIP_FIND_LINKS",
-    "PIP_TRUSTED_HOST",
-    "PIP_CERT",
-    "NPM_CONFIG_REGISTRY",
-    "npm_config_registry",
-)
-_NOT_FOUND_PIP = re.compile(r"No matching distribution found|Could not find a version that satisfies")
 SANDBOX_PORT = 8000  # where an HTTP server listens inside its own network namespace
-# How the platform runs its own Python helpers (bridge, sandbox launcher): isolated mode ignores PYTHON*
-# variables, the user site directory and the working directory.
-ISOLATED_PYTHON = (sys.executable, "-I")
 
 
-def _tail(text: str, lines: int = 15) -> str:
-    return "\n".join(text.strip().splitlines()[-lines:])
-
-
-class ProcessExecutor:
+class ProcessExecutor(PackageInstaller):
     name = "process"
     # Each MCP session of a bridged stdio server starts a server process of its own: a health check must
     # not give up on one attempt and open another while the first server is still starting.
@@ -121,12 +82,9 @@ class ProcessExecutor:
             d.mkdir(parents=True, exist_ok=True)
         for d in (self.plans_dir, self.records_dir, self.logs_dir):
             os.chmod(d, 0o700)
-        self.seccomp_program = sandbox.write_seccomp_program(self.plans_dir / "seccomp.bpf") if self.sandboxed else None
-
-    @property
-    def sandboxed(self) -> bool:
-        """Whether installs and servers run sandboxed on this host."""
-        return self.support is not None and self.support.ok
+        self.seccomp_program = (
+            sandbox_plan.write_seccomp_program(self.plans_dir / "seccomp.bpf") if self.sandboxed else None
+        )
 
     def _require_sandbox(self, spec: LaunchSpec) -> bool:
         """Whether this server runs sandboxed; refuses an untrusted server where no sandbox can be had."""
@@ -149,246 +107,7 @@ class ProcessExecutor:
         how = f"sandboxed ({self.support.limits})" if self.sandboxed and self.support else "not sandboxed"
         return f"{' '.join(argv)} [{how}]"
 
-    async def _resolve_argv(self, source: Any) -> list[str]:
-        if isinstance(source, ImageSource):
-            raise PermanentFailure("the process runtime cannot run image sources; use the docker runtime")
-        if isinstance(source, CommandSource):
-            path = shutil.which(source.command)
-            if path is None:
-                raise CommandNotFound(f"command {source.command!r} was not found on the worker host")
-            return [path, *source.args]
-        assert isinstance(source, PackageSource)
-        if source.registry == "pypi":
-            exe = await self._install_pypi(source)
-        else:
-            exe = await self._install_npm(source)
-        return [exe, *source.args]
-
-    def _env_dir(self, source: PackageSource) -> Path:
-        # Environments made with source builds / install scripts allowed are kept apart from wheel-only ones.
-        key = f"{source.registry}:{source.requirement}:{'sdist' if self.allow_sdist else 'binary'}"
-        digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", source.package)[:60]
-        return self.envs_dir / source.registry / f"{safe}-{digest}"
-
-    @asynccontextmanager
-    async def _env_lock(self, env_dir: Path):  # type: ignore[no-untyped-def]
-        env_dir.parent.mkdir(parents=True, exist_ok=True)
-        lock_path = env_dir.with_suffix(".lock")
-        fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
-        try:
-            await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
-            await self._stop_leftover_installer(env_dir)
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
-
-    async def _run(self, *argv: str, cwd: Path | None = None) -> tuple[int, str]:
-        """Run an install step; in the sandbox (as the installer uid, writing only `cwd`) when there is one."""
-        env = self._base_env()
-        if self.find_links:
-            env["PIP_FIND_LINKS"] = " ".join(filter(None, [self.find_links, env.get("PIP_FIND_LINKS")]))
-        command = list(argv)
-        if self.sandboxed and cwd is not None:
-            env["HOME"] = sandbox.HOME
-            env["TMPDIR"] = "/tmp"
-            # Named per run: installs of the same package by workers of other state directories may overlap.
-            install_id = f"install-{cwd.name}-{uuid.uuid4().hex[:8]}"
-            plan = sandbox.SandboxPlan(
-                uid=self.installer_uid,
-                argv=command,
-                cgroup=install_id,
-                ro_binds=[[p, p] for p in sandbox.exposed_paths(env, self.hidden)],
-                rw_binds=[[str(cwd), str(cwd)]],
-                hidden=list(self.hidden),
-                chdir=str(cwd),
-                pids=1024,
-                seccomp_program=self.seccomp_program,
-            )
-            plan_path = self.plans_dir / f"{install_id}.json"
-            plan.write(plan_path)
-            command = [*ISOLATED_PYTHON, "-m", "runtimes.sandbox", "--plan", str(plan_path)]
-        proc = await asyncio.create_subprocess_exec(
-            *command,
-            cwd=cwd,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-        # Named where the next attempt looks: a worker killed mid-install cannot kill its installer, which
-        # lives on in a session of its own; whoever takes the environment's lock next stops it first.
-        installer = _installer_record(cwd) if cwd is not None else None
-        if installer is not None:
-            _write_installer(installer, proc.pid, install_id if self.sandboxed else None)
-        try:
-            out, _ = await asyncio.wait_for(proc.communicate(), timeout=self.install_timeout)
-        except TimeoutError:
-            await self._kill(proc)
-            raise RuntimeFailure(f"{argv[0]} did not finish within {self.install_timeout:.0f}s") from None
-        except asyncio.CancelledError:
-            # A cancelled install must not keep running beside the next attempt.
-            await self._kill(proc)
-            raise
-        finally:
-            if installer is not None and proc.returncode is not None:
-                installer.unlink(missing_ok=True)
-        if self.sandboxed and cwd is not None:
-            await asyncio.to_thread(sandbox.remove_cgroup, install_id)
-            plan_path.unlink(missing_ok=True)
-        return proc.returncode or 0, out.decode(errors="replace")
-
-    @staticmethod
-    async def _kill(proc: asyncio.subprocess.Process) -> None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        await proc.wait()
-
-    async def _stop_leftover_installer(self, env_dir: Path) -> None:
-        """Stop an installer an earlier attempt left running (its worker was killed), with everything in
-        its process group, before this attempt touches the environment. Called holding the lock."""
-        record = _installer_record(env_dir)
-        try:
-            data = json.loads(record.read_text())
-            pid, started = int(data["pid"]), float(data["started"])
-        except (OSError, ValueError, KeyError, TypeError):
-            record.unlink(missing_ok=True)
-            return
-        await asyncio.to_thread(_kill_group, pid, started)
-        if data.get("cgroup"):
-            await asyncio.to_thread(sandbox.remove_cgroup, str(data["cgroup"]))
-        record.unlink(missing_ok=True)
-
-    def _own_env_dir(self, env_dir: Path) -> None:
-        """A fresh environment directory the sandboxed installer (and nobody else) may write."""
-        shutil.rmtree(env_dir, ignore_errors=True)
-        env_dir.mkdir(parents=True)
-        if self.sandboxed:
-            os.chown(env_dir, self.installer_uid, self.installer_uid)
-        else:
-            os.chmod(env_dir, 0o755)
-
-    async def _install_pypi(self, source: PackageSource) -> str:
-        env_dir = self._env_dir(source)
-        marker = env_dir / ".mcphost-ready.json"
-        async with self._env_lock(env_dir):
-            if not marker.exists():
-                self._own_env_dir(env_dir)
-                code, out = await self._run(os.path.realpath(sys.executable), "-m", "venv", str(env_dir), cwd=env_dir)
-                if code != 0:
-                    raise RuntimeFailure(f"could not create a virtual environment: {_tail(out)}")
-                binary = [] if self.allow_sdist else ["--only-binary=:all:"]
-                code, out = await self._run(
-                    str(env_dir / "bin" / "python"),
-                    "-m",
-                    "pip",
-                    "install",
-                    "--disable-pip-version-check",
-                    "--no-input",
-                    "--no-cache-dir",
-                    "-q",
-                    *binary,
-                    source.requirement,
-                    cwd=env_dir,
-                )
-                if code != 0:
-                    shutil.rmtree(env_dir, ignore_errors=True)
-                    if _NOT_FOUND_PIP.search(out):
-                        hint = "" if self.allow_sdist else " as a binary wheel (source builds need PACKAGE_ALLOW_SDIST)"
-                        raise PackageNotFound(
-                            f"package {source.requirement!r} was not found on PyPI{hint}; check the name and version"
-                        )
-                    raise RuntimeFailure(f"pip install {source.requirement} failed: {_tail(out)}")
-                code, out = await self._run(
-                    str(env_dir / "bin" / "python"),
-                    "-c",
-                    "import importlib.metadata as m, json, sys; d = m.distribution(sys.argv[1]); "
-                    "print(json.dumps(sorted(e.name for e in d.entry_points if e.group == 'console_scripts')))",
-                    source.package,
-                    cwd=env_dir,
-                )
-                try:
-                    scripts = json.loads(out.strip().splitlines()[-1]) if code == 0 else None
-                except (ValueError, IndexError):
-                    scripts = None
-                if scripts is None:
-                    shutil.rmtree(env_dir, ignore_errors=True)
-                    raise RuntimeFailure(f"could not read the entry points of {source.requirement}: {_tail(out)}")
-                marker.write_text(json.dumps({"requirement": source.requirement, "scripts": scripts}))
-            scripts = json.loads(marker.read_text())["scripts"]
-        wanted = source.command or self._default_script(source.package, scripts)
-        exe = env_dir / "bin" / wanted
-        if wanted not in scripts or not exe.exists():
-            raise CommandNotFound(
-                f"package {source.package!r} declares no console script {wanted!r}; its entry points: "
-                f"{', '.join(scripts) or 'none'} (set source.command to one of them)"
-            )
-        return str(exe)
-
-    @staticmethod
-    def _default_script(package: str, scripts: list[str]) -> str:
-        normalized = re.sub(r"[-_.]+", "-", package).lower()
-        for script in scripts:
-            if re.sub(r"[-_.]+", "-", script).lower() == normalized:
-                return script
-        if len(scripts) == 1:
-            return scripts[0]
-        raise CommandNotFound(
-            f"package {package!r} has {len(scripts)} console scripts ({', '.join(scripts) or 'none'}); "
-            "set source.command to the one that starts the MCP server"
-        )
-
-    async def _install_npm(self, source: PackageSource) -> str:
-        if shutil.which("npm") is None:
-            raise PermanentFailure("npm is not installed on the worker host; npm packages need Node.js and npm")
-        env_dir = self._env_dir(source)
-        marker = env_dir / ".mcphost-ready.json"
-        async with self._env_lock(env_dir):
-            if not marker.exists():
-                self._own_env_dir(env_dir)
-                scripts_flag = [] if self.allow_sdist else ["--ignore-scripts"]
-                code, out = await self._run(
-                    os.path.realpath(shutil.which("npm") or "npm"),
-                    "install",
-                    "--prefix",
-                    str(env_dir),
-                    "--no-audit",
-                    "--no-fund",
-                    "--no-update-notifier",
-                    "--omit=dev",
-                    *scripts_flag,
-                    source.requirement,
-                    cwd=env_dir,
-                )
-                if code != 0:
-                    shutil.rmtree(env_dir, ignore_errors=True)
-                    if "E404" in out or "ETARGET" in out:
-                        raise PackageNotFound(
-                            f"package {source.requirement!r} was not found on npm; check the name and version"
-                        )
-                    raise RuntimeFailure(f"npm install {source.requirement} failed: {_tail(out)}")
-                manifest = json.loads((env_dir / "node_modules" / source.package / "package.json").read_text())
-                bins = manifest.get("bin") or {}
-                if isinstance(bins, str):
-                    bins = {source.package.split("/")[-1]: bins}
-                marker.write_text(json.dumps({"requirement": source.requirement, "scripts": sorted(bins)}))
-            scripts = json.loads(marker.read_text())["scripts"]
-        wanted = source.command or self._default_script(source.package.split("/")[-1], scripts)
-        exe = env_dir / "node_modules" / ".bin" / wanted
-        if wanted not in scripts or not exe.exists():
-            raise CommandNotFound(
-                f"npm package {source.package!r} declares no executable {wanted!r}; its bin entries: "
-                f"{', '.join(scripts) or 'none'} (set source.command to one of them)"
-            )
-        return str(exe)
-
     # ---- instances ---------------------------------------------------------------------------
-
-    def _base_env(self) -> dict[str, str]:
-        return {k: v for k, v in os.environ.items() if k in _PASSTHROUGH_ENV}
 
     def _helper_env(self) -> dict[str, str]:
         """The environment of the platform's helpers that run as the worker's uid (bridge, launcher): the
@@ -421,7 +140,7 @@ class ProcessExecutor:
         log_path = self.logs_dir / f"{spec.deployment_id}.log"
         plan = None
         if sandboxed:
-            server_env |= {"HOME": sandbox.HOME, "TMPDIR": "/tmp"}
+            server_env |= {"HOME": sandbox_plan.HOME, "TMPDIR": "/tmp"}
             plan = self._plan(spec, argv)
             if source.transport == "http":
                 server_env |= {"PORT": str(SANDBOX_PORT), "HOST": "0.0.0.0"}
@@ -431,7 +150,7 @@ class ProcessExecutor:
         elif self.support is not None:
             self._note(log_path, f"NOT sandboxed (administrator's server): {self.support.describe()}")
         helper = plan is not None or source.transport == "stdio"
-        env_fd = sandbox.env_descriptor(server_env) if helper else None
+        env_fd = sandbox_plan.env_descriptor(server_env) if helper else None
         if plan is not None:
             plan_path = self.plans_dir / f"{spec.deployment_id}.json"
             plan.write(plan_path)
@@ -491,11 +210,11 @@ class ProcessExecutor:
         self._record(instance)
         return instance
 
-    def _plan(self, spec: LaunchSpec, argv: list[str]) -> sandbox.SandboxPlan:
+    def _plan(self, spec: LaunchSpec, argv: list[str]) -> sandbox_plan.SandboxPlan:
         if spec.uid is None:
             raise PermanentFailure("the sandbox needs the server's uid; this worker was not given one")
         # What the sandbox shows is decided by the platform's own settings, never by the server's env.
-        ro = [[p, p] for p in sandbox.exposed_paths(self._base_env(), self.hidden)]
+        ro = [[p, p] for p in sandbox_plan.exposed_paths(self._base_env(), self.hidden)]
         if argv and argv[0].startswith(str(self.envs_dir)):
             env_dir = self.envs_dir.joinpath(*Path(argv[0]).relative_to(self.envs_dir).parts[:2])
             ro.append([str(env_dir), str(env_dir)])
@@ -504,7 +223,7 @@ class ProcessExecutor:
             prepare_data_dir(spec.data_dir, spec.uid)
             rw.append([str(spec.data_dir), "/data"])
         resources = spec.resources
-        return sandbox.SandboxPlan(
+        return sandbox_plan.SandboxPlan(
             uid=spec.uid,
             argv=argv,
             cgroup=spec.deployment_id,
@@ -648,7 +367,7 @@ class ProcessExecutor:
         await self.stop(instance)
         await asyncio.to_thread(self._stop_unrecorded, instance.deployment_id)
         shutil.rmtree(self.work_dir / instance.deployment_id, ignore_errors=True)
-        await asyncio.to_thread(sandbox.remove_cgroup, instance.deployment_id)
+        await asyncio.to_thread(sandbox_limits.remove_cgroup, instance.deployment_id)
         for leftover in (
             self._record_path(instance.server_id, instance.deployment_id),
             self.plans_dir / f"{instance.deployment_id}.json",
@@ -668,54 +387,3 @@ class ProcessExecutor:
 
     async def close(self) -> None:
         return None
-
-
-def _installer_record(env_dir: Path) -> Path:
-    return env_dir.with_suffix(".installer")
-
-
-def _write_installer(record: Path, pid: int, cgroup: str | None) -> None:
-    """Name a running installer: its pid with its start time (so a reused pid is never mistaken for it)."""
-    try:
-        started = psutil.Process(pid).create_time()
-    except psutil.NoSuchProcess:
-        return  # already gone
-    tmp = record.with_suffix(".installer-tmp")
-    tmp.write_text(json.dumps({"pid": pid, "started": started, "cgroup": cgroup}))
-    os.chmod(tmp, 0o600)
-    tmp.replace(record)
-
-
-def _kill_group(pid: int, started: float, wait: float = 10.0) -> None:
-    """SIGKILL the process group led by `pid` if that process is still the one recorded, and wait until
-    every member is gone."""
-    try:
-        leader = psutil.Process(pid)
-        if abs(leader.create_time() - started) > 0.01:
-            return  # the pid now belongs to someone else; the installer is long gone
-    except psutil.NoSuchProcess:
-        return
-    members = []
-    for proc in psutil.process_iter():
-        try:
-            if os.getpgid(proc.pid) == pid:
-                members.append(proc)
-        except (ProcessLookupError, psutil.Error, OSError):
-            continue
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    deadline = time.monotonic() + wait
-    while members and time.monotonic() < deadline:
-        members = [m for m in members if _alive(m)]
-        if members:
-            time.sleep(0.02)
-
-
-def _alive(proc: psutil.Process) -> bool:
-    """Still running: a killed process whose parent has not reaped it yet is a zombie, which runs nothing."""
-    try:
-        return proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False

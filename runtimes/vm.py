@@ -14,182 +14,46 @@ Hypervisor lifecycle events (defined, started, stopped, crashed, undefined, ...)
 which the worker writes to `runtime_vm_events`.
 
 Production uses `qemu:///system`; the tests use libvirt's built-in `test:///default` hypervisor.
+
+The domain XML is made in `runtimes.vm_domain`, guest addresses are reserved by `runtimes.vm_network`;
+hypervisor events are named and pumped by `runtimes.vm_events`; this module holds the executor and its
+libvirt connection.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import io
-import ipaddress
 import json
 import logging
 import os
 import shutil
-import string
 import threading
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from xml.sax.saxutils import escape, quoteattr
 
 import httpx
 
 from core.failures import PermanentFailure, RuntimeFailure
 from core.sources import ImageSource
 from runtimes.base import Instance, InstanceStatus, LaunchSpec
+from runtimes.vm_domain import (
+    DEFAULT_TEMPLATE,
+    PREFIX,
+    XMLNS,
+    domain_name,
+    metadata_element,
+    render,
+    with_traffic_filter,
+)
+from runtimes.vm_events import EventPump, EventSink, describe_event
+from runtimes.vm_network import release, reserve, reserved_address
 
 log = logging.getLogger("mcphost.runtime.vm")
 
 NAME = "virtual-machine"
-XMLNS = "https://mcphost.io/xmlns/vm/1"
-PREFIX = "mcp-"
-# (domain name, server id, deployment id, event, detail): what the hypervisor reported.
-EventSink = Callable[[str, str, str, str, str], None]
-
-DEFAULT_TEMPLATE = """<domain type='kvm'>
-  <name>$name</name>
-  <uuid>$uuid</uuid>
-  <metadata>$metadata</metadata>
-  <memory unit='MiB'>$memory_mib</memory>
-  <vcpu>$vcpus</vcpu>
-  <os><type arch='x86_64' machine='q35'>hvm</type><boot dev='hd'/></os>
-  <features><acpi/></features>
-  <on_crash>destroy</on_crash>
-  <devices>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2'/>
-      <source file='$base_image'/>
-      <target dev='vda' bus='virtio'/>
-      <transient/>
-    </disk>
-    <filesystem type='mount' accessmode='squash'>
-      <source dir='$workload_dir'/>
-      <target dir='mcphost-workload'/>
-      <readonly/>
-    </filesystem>
-    <interface type='network'>
-      <source network='$network'/>
-      <mac address='$mac'/>
-      <model type='virtio'/>
-    </interface>
-    <serial type='file'><source path='$console_log'/></serial>
-    <memballoon model='virtio'/>
-  </devices>
-</domain>
-"""
-
-# libvirt's lifecycle event and detail codes, as words.
-EVENTS = ["defined", "undefined", "started", "suspended", "resumed", "stopped", "shutdown", "pmsuspended", "crashed"]
-STOP_DETAILS = ["shutdown", "destroyed", "crashed", "migrated", "saved", "failed", "from-snapshot"]
-
-
-def domain_name(deployment_id: str) -> str:
-    return f"{PREFIX}{deployment_id}"
-
-
-def mac_for(deployment_id: str, attempt: int = 0) -> str:
-    """A stable locally administered MAC (QEMU's 52:54:00 prefix) for the revision."""
-    digest = hashlib.sha256(f"{deployment_id}:{attempt}".encode()).digest()
-    return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
-
-
-def render(template: str, values: dict[str, str]) -> str:
-    """The template with `$placeholders` filled: every value XML-escaped except the metadata element."""
-    safe = {k: (v if k == "metadata" else escape(v, {"'": "&apos;", '"': "&quot;"})) for k, v in values.items()}
-    try:
-        return string.Template(template).substitute(safe)
-    except (KeyError, ValueError) as exc:
-        raise PermanentFailure(f"VM_DOMAIN_TEMPLATE has an unknown or broken placeholder: {exc}") from None
-
-
-# libvirt's filter (nwfilter) that holds a guest to its own MAC and IP addresses: no spoofed ARP, IP or MAC
-# traffic, so one guest cannot take another's address (and the gateway's traffic meant for it).
-TRAFFIC_FILTER = "clean-traffic"
-_FILTERED_INTERFACES = ("network", "bridge", "ethernet")
-
-
-def with_traffic_filter(xml: str, network: str, address: str | None) -> str:
-    """The domain XML with `clean-traffic` on every interface that names no filter of its own, pinned to the
-    guest's reserved address on `network` (so the filter need not learn it from the guest's first packet)."""
-    try:
-        # Written back with the template's own namespace prefixes (the metadata's among them).
-        for _event, (prefix, uri) in ET.iterparse(io.StringIO(xml), events=("start-ns",)):
-            try:
-                ET.register_namespace(prefix, uri)
-            except ValueError:  # a prefix ElementTree keeps for itself; it names its own
-                pass
-        root = ET.fromstring(xml)
-    except ET.ParseError as exc:
-        raise PermanentFailure(f"VM_DOMAIN_TEMPLATE does not give well-formed XML: {exc}") from None
-    changed = False
-    for interface in root.iter("interface"):
-        if interface.get("type") not in _FILTERED_INTERFACES or interface.find("filterref") is not None:
-            continue
-        ref = ET.SubElement(interface, "filterref", {"filter": TRAFFIC_FILTER})
-        source = interface.find("source")
-        if address and interface.get("type") == "network" and source is not None and source.get("network") == network:
-            ET.SubElement(ref, "parameter", {"name": "IP", "value": address})
-        changed = True
-    return ET.tostring(root, encoding="unicode") if changed else xml
-
-
-def metadata_element(spec: LaunchSpec, port: int, path: str) -> str:
-    return (
-        f"<mcphost:instance xmlns:mcphost={quoteattr(XMLNS)} server={quoteattr(spec.server_id)} "
-        f"deployment={quoteattr(spec.deployment_id)} slug={quoteattr(spec.slug)} port='{port}' "
-        f"path={quoteattr(path)}/>"
-    )
-
-
-def dhcp_range(network_xml: str) -> tuple[list[ipaddress.IPv4Address], dict[str, tuple[str, str]], str]:
-    """The addresses a network's DHCP range offers, its reservations (name -> (mac, ip)), and its own
-    address. PermanentFailure when the network has no IPv4 DHCP range."""
-    root = ET.fromstring(network_xml)
-    for ip in root.findall("ip"):
-        if ip.get("family", "ipv4") != "ipv4":
-            continue
-        dhcp = ip.find("dhcp")
-        span = dhcp.find("range") if dhcp is not None else None
-        if dhcp is None or span is None:
-            continue
-        start = ipaddress.IPv4Address(span.get("start", ""))
-        end = ipaddress.IPv4Address(span.get("end", ""))
-        hosts = {
-            h.get("name", ""): (h.get("mac", "").lower(), h.get("ip", "")) for h in dhcp.findall("host") if h.get("ip")
-        }
-        offered = [ipaddress.IPv4Address(n) for n in range(int(start), int(end) + 1)]
-        return offered, hosts, ip.get("address", "")
-    raise PermanentFailure("the VM network has no IPv4 DHCP range to reserve guest addresses in")
-
-
-class _EventPump:
-    """libvirt delivers domain events through an event loop registered before the first connection; one
-    thread per process runs it and calls each executor's callback."""
-
-    started = False
-    lock = threading.Lock()
-
-    @classmethod
-    def ensure(cls) -> None:
-        import libvirt
-
-        with cls.lock:
-            if cls.started:
-                return
-            libvirt.virEventRegisterDefaultImpl()  # must come before the first connection is opened
-
-            def run() -> None:
-                while True:
-                    try:
-                        libvirt.virEventRunDefaultImpl()
-                    except Exception:  # noqa: BLE001 - the pump must outlive a bad callback
-                        log.exception("libvirt event loop iteration failed")
-
-            threading.Thread(target=run, name="libvirt-events", daemon=True).start()
-            cls.started = True
 
 
 class VirtualMachineExecutor:
@@ -233,7 +97,7 @@ class VirtualMachineExecutor:
             if self._conn is not None and self._conn.isAlive():
                 return self._conn
             if self.event_sink is not None:
-                _EventPump.ensure()
+                EventPump.ensure()
             try:
                 self._conn = libvirt.open(self.uri)
             except libvirt.libvirtError as exc:
@@ -252,10 +116,7 @@ class VirtualMachineExecutor:
             name = domain.name()
             if not name.startswith(PREFIX):
                 return
-            what = EVENTS[event] if 0 <= event < len(EVENTS) else f"event-{event}"
-            how = STOP_DETAILS[detail] if what == "stopped" and 0 <= detail < len(STOP_DETAILS) else str(detail)
-            if what == "stopped" and how == "crashed":
-                what = "crashed"
+            what, how = describe_event(event, detail)
             server_id, deployment_id = "", name[len(PREFIX) :]
             meta = self._meta(domain)
             if meta is not None:
@@ -308,33 +169,7 @@ class VirtualMachineExecutor:
             if exc.get_error_code() == libvirt.VIR_ERR_NO_NETWORK:
                 raise PermanentFailure(f"libvirt has no network {self.network!r} (VM_NETWORK)") from None
             raise
-        flags = libvirt.VIR_NETWORK_UPDATE_AFFECT_CONFIG
-        if network.isActive():
-            flags |= libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE
-        for attempt in range(8):
-            offered, hosts, own = dhcp_range(network.XMLDesc())
-            if name in hosts:
-                return hosts[name]
-            taken = {ip for _mac, ip in hosts.values()} | {own}
-            free = next((str(a) for a in offered if str(a) not in taken), None)
-            if free is None:
-                raise RuntimeFailure(f"network {self.network!r} has no free address left for another guest")
-            mac = mac_for(deployment_id, attempt)
-            entry = f"<host mac='{mac}' name='{name}' ip='{free}'/>"
-            try:
-                network.update(
-                    libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST,
-                    libvirt.VIR_NETWORK_SECTION_IP_DHCP_HOST,
-                    -1,
-                    entry,
-                    flags,
-                )
-                return mac, free
-            except libvirt.libvirtError as exc:
-                if "existing dhcp host entry" not in str(exc):
-                    raise
-                # Another launch took the address (or the MAC) meanwhile: look again.
-        raise RuntimeFailure(f"could not reserve an address in network {self.network!r}")
+        return reserve(network, self.network, name, deployment_id)
 
     def _release(self, name: str) -> None:
         import libvirt
@@ -343,20 +178,7 @@ class VirtualMachineExecutor:
             network = self._connection().networkLookupByName(self.network)
         except libvirt.libvirtError:
             return
-        _offered, hosts, _own = dhcp_range(network.XMLDesc())
-        if name not in hosts:
-            return
-        mac, ip = hosts[name]
-        flags = libvirt.VIR_NETWORK_UPDATE_AFFECT_CONFIG
-        if network.isActive():
-            flags |= libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE
-        network.update(
-            libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE,
-            libvirt.VIR_NETWORK_SECTION_IP_DHCP_HOST,
-            -1,
-            f"<host mac='{mac}' name='{name}' ip='{ip}'/>",
-            flags,
-        )
+        release(network, name)
 
     def _address(self, name: str) -> str | None:
         import libvirt
@@ -365,7 +187,7 @@ class VirtualMachineExecutor:
             network = self._connection().networkLookupByName(self.network)
         except libvirt.libvirtError:
             return None
-        return dhcp_range(network.XMLDesc())[1].get(name, ("", None))[1]
+        return reserved_address(network, name)
 
     # -- the executor protocol ---------------------------------------------------------------------------
 

@@ -40,7 +40,8 @@ from core.secretstore import store_from_settings
 from core.settings import Settings, load_settings_or_exit
 from runtimes import build_executors, check_cluster
 from runtimes.base import BRIDGE_SOURCE, Executor
-from runtimes.kubernetes import DockerFallback, KubernetesExecutor
+from runtimes.kubernetes import KubernetesExecutor
+from runtimes.kubernetes_fallback import DockerFallback
 from runtimes.vm import VirtualMachineExecutor
 from worker.metrics import MetricsInterceptor
 from workflows.build import BuildWorkflow

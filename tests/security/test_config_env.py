@@ -20,7 +20,7 @@ import pytest
 
 from core.tenancy import server_data_dir
 from runtimes import process as process_runtime
-from runtimes import sandbox
+from runtimes import sandbox, sandbox_plan
 from runtimes.process import ProcessExecutor
 from tests.support.components import require
 from tests.support.hostile import NAME, VERSION, attack, build_wheel
@@ -144,7 +144,7 @@ async def test_a_servers_env_does_not_decide_what_its_sandbox_shows(stack: Stack
 
 
 def test_control_a_sandbox_planned_from_a_servers_env_would_show_the_state_directory(tmp_path: Path) -> None:
-    assert str(tmp_path) in sandbox.exposed_paths({"SSL_CERT_DIR": str(tmp_path)})
+    assert str(tmp_path) in sandbox_plan.exposed_paths({"SSL_CERT_DIR": str(tmp_path)})
 
 
 async def test_a_servers_args_are_never_read_by_a_shell(stack: Stack, tenant: Any, markers: Path) -> None:

@@ -20,7 +20,9 @@ from core.isolation import effective_isolation, isolation_refusal, weakening_ref
 from core.sources import ImageSource
 from core.tenancy import server_data_dir
 from runtimes.base import LABEL_SERVER, LaunchSpec
-from runtimes.docker import DockerExecutor, IsolationUnavailable, container_name
+from runtimes.docker import DockerExecutor
+from runtimes.docker_engine import IsolationUnavailable
+from runtimes.docker_spec import container_name
 from tests.support.components import Podman, labelled_containers, require
 from tests.support.mcp_client import call_tool
 from tests.support.stack import Stack, deploy, make_settings, running, wait_for

@@ -20,7 +20,8 @@ from core.failures import PermanentFailure
 from core.sources import ImageSource
 from core.tenancy import image_repository
 from runtimes.base import LABEL_SERVER, Instance, LaunchSpec
-from runtimes.docker import DockerExecutor, container_name
+from runtimes.docker import DockerExecutor
+from runtimes.docker_spec import container_name
 from tests.support.components import Podman
 from tests.support.stack import Stack
 
@@ -206,7 +207,7 @@ async def test_the_docker_runtime_runs_a_build_only_for_its_server(
 async def test_control_without_the_runtime_check_another_servers_build_runs(
     docker_engine: Podman, engine: Any, builds: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("runtimes.docker.image_refusal", lambda *args, **kwargs: None)
+    monkeypatch.setattr("runtimes.docker_images.image_refusal", lambda *args, **kwargs: None)
     executor = DockerExecutor(docker_engine.url, registry=REGISTRY)
     try:
         await _launched(executor, engine, _spec(builds["other"], builds["named"]))

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from runtimes import sandbox
+from runtimes import sandbox, sandbox_plan
 from tests.support.components import require
 from tests.support.hostile import NAME, SOURCE, VERSION, attack, build_wheel
 from tests.support.stack import Stack, deploy
@@ -48,13 +48,13 @@ async def _listing(hostile: tuple[str, str], path: str) -> Any:
 async def test_the_server_sees_only_what_the_sandbox_lists(stack: Stack, hostile: tuple[str, str]) -> None:
     # Besides the system: the way down to the server's package environment and to what the operator
     # named for installs (a local wheel directory, a trust store), nothing beside them.
-    bound = [*sandbox.exposed_paths(dict(os.environ)), str(stack.settings.state_dir)]
+    bound = [*sandbox_plan.exposed_paths(dict(os.environ)), str(stack.settings.state_dir)]
     tops = {path.split("/")[1] for path in bound}
     root = set(await _listing(hostile, "/"))
-    assert root <= {*sandbox.SYSTEM_DIRS, *tops, "etc", "dev", "proc", "data", "tmp", "var", "home"}, root
+    assert root <= {*sandbox_plan.SYSTEM_DIRS, *tops, "etc", "dev", "proc", "data", "tmp", "var", "home"}, root
     for gone in {"sys", "run", "srv", "opt", "work", "mnt", "media", "boot"} - tops:
         assert gone not in root
-    assert set(await _listing(hostile, "/etc")) <= set(sandbox.SYSTEM_ETC)
+    assert set(await _listing(hostile, "/etc")) <= set(sandbox_plan.SYSTEM_ETC)
     assert await _listing(hostile, "/var") == ["tmp"]
     # Every deployment's cgroup used to be listed under /sys/fs/cgroup.
     assert str(await _listing(hostile, "/sys/fs/cgroup")).startswith("DENIED")

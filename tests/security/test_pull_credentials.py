@@ -19,7 +19,8 @@ from core.failures import PermanentFailure
 from core.sources import ImageSource
 from core.tenancy import image_repository
 from runtimes.base import Instance, LaunchSpec
-from runtimes.kubernetes import K_DEPLOYMENT, KubernetesExecutor, object_name
+from runtimes.kubernetes import KubernetesExecutor
+from runtimes.kubernetes_spec import K_DEPLOYMENT, object_name
 from tests.support.components import require
 from tests.support.kube import Cluster, ensure_binaries
 

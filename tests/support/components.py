@@ -66,7 +66,7 @@ def stop_process_instances(process_dir: Path, server_ids: set[str]) -> int:
             os.killpg(proc.pid, signal.SIGKILL)
         except OSError:
             pass
-    from runtimes.sandbox import remove_cgroup
+    from runtimes.sandbox_limits import remove_cgroup
 
     for record in (process_dir / "instances").glob("*/*.json"):
         if record.parent.name in server_ids:

@@ -111,7 +111,7 @@ class GuestPlayer:
             self._stop.wait(0.1)
 
     def _address(self, name: str) -> str | None:
-        from runtimes.vm import dhcp_range
+        from runtimes.vm_network import dhcp_range
 
         hosts = dhcp_range(self.conn.networkLookupByName(self.network).XMLDesc())[1]
         return hosts[name][1] if name in hosts else None

@@ -16,7 +16,8 @@ import pytest
 
 from core.tenancy import server_data_dir
 from runtimes.base import LABEL_SERVER, Instance
-from runtimes.docker import DockerExecutor, network_name
+from runtimes.docker import DockerExecutor
+from runtimes.docker_spec import network_name
 from tests.support.components import Podman, labelled_containers
 from tests.support.mcp_client import call_tool
 from tests.support.stack import Stack, deploy

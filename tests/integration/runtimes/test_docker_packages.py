@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 from core.package_image import ENTRY_POINTS_FILE
 from core.tenancy import server_data_dir
 from runtimes.base import LABEL_SERVER
-from runtimes.docker import network_name
+from runtimes.docker_spec import network_name
 from tests.support.components import Podman, labelled_containers
 from tests.support.hostile import NAME, VERSION, assert_no_privileges_and_bounded, attack, attack_may_die, build_wheel
 from tests.support.mcp_client import call_tool

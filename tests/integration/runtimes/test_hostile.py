@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from core.tenancy import server_data_dir
-from runtimes import sandbox
+from runtimes import sandbox, sandbox_limits
 from runtimes.process import ProcessExecutor
 from tests.support.components import require
 from tests.support.hostile import NAME, VERSION, assert_no_privileges_and_bounded, attack, attack_may_die, build_wheel
@@ -136,7 +136,7 @@ async def test_hostile_server_gets_nothing_and_the_platform_keeps_serving(
 
     # Its limits are in force: the cgroup of its deployment carries them (or, without cgroups, rlimits do).
     deployment_id = (await owner.get(f"/api/servers/{hostile['id']}")).json()["active_deployment_id"]
-    limits = sandbox.cgroup_mode()
+    limits = sandbox_limits.cgroup_mode()
     if limits == "cgroup-v1":
         group = Path("/sys/fs/cgroup")
         assert (group / "cpu/mcphost" / deployment_id / "cpu.cfs_quota_us").read_text().strip() == "50000"

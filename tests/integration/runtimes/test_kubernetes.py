@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from core.settings import Settings
-from runtimes.kubernetes import K_DEPLOYMENT, K_SERVER, K_SLUG, MANAGED_BY, READY_GATE, claim_name, object_name
+from runtimes.kubernetes_spec import K_DEPLOYMENT, K_SERVER, K_SLUG, MANAGED_BY, READY_GATE, claim_name, object_name
 from tests.support.components import Podman, free_port, require
 from tests.support.kube import Cluster, FakeKubelet, ensure_binaries
 from tests.support.mcp_client import call_tool

@@ -92,7 +92,7 @@ def domains() -> dict[str, Any]:
 def reservations() -> dict[str, tuple[str, str]]:
     import libvirt
 
-    from runtimes.vm import dhcp_range
+    from runtimes.vm_network import dhcp_range
 
     conn = libvirt.open(URI)
     try:
@@ -328,7 +328,8 @@ async def test_a_guest_is_held_to_its_own_addresses_by_libvirts_clean_traffic_fi
 
     from core.sources import ImageSource
     from runtimes.base import LaunchSpec
-    from runtimes.vm import VirtualMachineExecutor, with_traffic_filter
+    from runtimes.vm import VirtualMachineExecutor
+    from runtimes.vm_domain import with_traffic_filter
     from tests.support.vmguest import define_network
 
     conn = libvirt.open(URI)  # held open: the test hypervisor's state lives while a connection does

@@ -18,7 +18,8 @@ from core.sources import ImageSource, PackageSource
 from core.tenancy import Resources
 from runtimes import build_executors
 from runtimes.base import BRIDGE_SOURCE, LaunchSpec
-from runtimes.docker import DockerExecutor, image_uid, network_name, oom_detail
+from runtimes.docker import DockerExecutor
+from runtimes.docker_spec import image_uid, network_name, oom_detail
 
 MIB = 1024 * 1024
 
@@ -87,12 +88,12 @@ async def test_launch_options_confine_and_pass_gpus() -> None:
 
 
 def test_a_missing_network_is_told_apart_from_a_missing_image() -> None:
-    from runtimes.docker import _is_missing_network
+    from runtimes.docker_spec import is_missing_network
 
     podman = "container create: unable to find network with name or ID mcphost-srv-1: network not found"
-    assert _is_missing_network(podman)
-    assert _is_missing_network("network mcphost-srv-1 not found")
-    assert not _is_missing_network("No such image: localhost/x:1")
+    assert is_missing_network(podman)
+    assert is_missing_network("network mcphost-srv-1 not found")
+    assert not is_missing_network("No such image: localhost/x:1")
 
 
 @pytest.mark.parametrize(

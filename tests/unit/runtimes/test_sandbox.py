@@ -9,12 +9,12 @@ import pytest
 
 from core.failures import PermanentFailure
 from core.sources import PackageSource
-from runtimes import sandbox
+from runtimes import sandbox, sandbox_plan
 from runtimes.base import LaunchSpec
 from runtimes.process import ProcessExecutor
 
 
-def _plan(**overrides: object) -> sandbox.SandboxPlan:
+def _plan(**overrides: object) -> sandbox_plan.SandboxPlan:
     values: dict[str, object] = {
         "uid": 201234,
         "argv": ["mcp-server-time"],
@@ -24,7 +24,7 @@ def _plan(**overrides: object) -> sandbox.SandboxPlan:
         "rw_binds": [["/srv/mcphost/data/s1", "/data"]],
     }
     values.update(overrides)
-    return sandbox.SandboxPlan(**values)  # type: ignore[arg-type]
+    return sandbox_plan.SandboxPlan(**values)  # type: ignore[arg-type]
 
 
 def _pairs(argv: list[str], flag: str) -> list[str]:
@@ -32,7 +32,7 @@ def _pairs(argv: list[str], flag: str) -> list[str]:
 
 
 def test_the_command_runs_as_the_servers_uid_without_privileges(monkeypatch: pytest.MonkeyPatch) -> None:
-    argv = sandbox.bwrap_argv(_plan(), 3, 4, 5)
+    argv = sandbox_plan.bwrap_argv(_plan(), 3, 4, 5)
     # Named by its path: the barrier shell (root) resolves nothing through a PATH.
     tail = argv[argv.index("/usr/bin/setpriv") :]
     assert tail[:7] == [
@@ -52,22 +52,22 @@ def test_the_command_runs_as_the_servers_uid_without_privileges(monkeypatch: pyt
 
 
 def test_the_servers_env_is_applied_only_after_the_uid_drop() -> None:
-    argv = sandbox.bwrap_argv(_plan(), 3, 4, 5, env_fd=6)
+    argv = sandbox_plan.bwrap_argv(_plan(), 3, 4, 5, env_fd=6)
     tail = argv[argv.index("/usr/bin/setpriv") :]
     after = tail[tail.index("--") + 1 :]
     # setpriv execs the isolated interpreter that reads descriptor 6 and becomes the server.
-    assert after[1:4] == ["-I", "-S", "-c"] and after[4] == sandbox.APPLY_ENV
+    assert after[1:4] == ["-I", "-S", "-c"] and after[4] == sandbox_plan.APPLY_ENV
     assert after[5:] == ["6", "mcp-server-time"]
 
 
 def test_the_env_descriptor_round_trips_and_refuses_what_is_not_an_env() -> None:
-    fd = sandbox.env_descriptor({"A": "1", "LD_PRELOAD": "/data/x.so"})
-    assert sandbox.read_env_descriptor(fd) == {"A": "1", "LD_PRELOAD": "/data/x.so"}
+    fd = sandbox_plan.env_descriptor({"A": "1", "LD_PRELOAD": "/data/x.so"})
+    assert sandbox_plan.read_env_descriptor(fd) == {"A": "1", "LD_PRELOAD": "/data/x.so"}
     r, w = os.pipe()
     os.write(w, b'["A=1"]')
     os.close(w)
     with pytest.raises(ValueError):
-        sandbox.read_env_descriptor(r)
+        sandbox_plan.read_env_descriptor(r)
 
 
 def test_what_the_sandbox_shows_does_not_follow_a_servers_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -84,11 +84,11 @@ def test_what_the_sandbox_shows_does_not_follow_a_servers_env(tmp_path: Path, mo
 
 
 def test_the_sandbox_shows_what_it_lists_and_nothing_else_of_the_host() -> None:
-    argv = sandbox.bwrap_argv(_plan(), 3, 4, 5, seccomp_fd=7)
+    argv = sandbox_plan.bwrap_argv(_plan(), 3, 4, 5, seccomp_fd=7)
     assert argv[argv.index("--tmpfs") + 1] == "/"  # a root of its own
     shown = {os.path.normpath(p).split("/")[1] for p in _pairs(argv, "--ro-bind") + _pairs(argv, "--symlink")}
     # The package environment's way down is made (srv), the rest are system folders.
-    assert shown <= {*sandbox.SYSTEM_DIRS, "etc", "srv"}, shown
+    assert shown <= {*sandbox_plan.SYSTEM_DIRS, "etc", "srv"}, shown
     for absent in ("/sys", "/run", "/var", "/home", "/root", "/opt", "/work", "/srv/mcphost/process"):
         assert absent not in _pairs(argv, "--ro-bind") and absent not in _pairs(argv, "--bind")
     assert all(p.startswith("/etc/") for p in _pairs(argv, "--ro-bind") if p.startswith("/etc"))
@@ -110,13 +110,13 @@ def test_a_folder_that_holds_the_state_directory_is_never_exposed(tmp_path: Path
     state = tmp_path / "state"
     state.mkdir()
     env = {"SSL_CERT_DIR": str(tmp_path), "PIP_FIND_LINKS": str(tmp_path / "state")}
-    assert not {str(tmp_path), str(state)} & set(sandbox.exposed_paths(env, (str(state),)))
+    assert not {str(tmp_path), str(state)} & set(sandbox_plan.exposed_paths(env, (str(state),)))
 
 
 def test_network_is_cut_unless_the_plan_wants_slirp() -> None:
-    assert "--unshare-net" in sandbox.bwrap_argv(_plan(network=True), 3, 4, 5)
+    assert "--unshare-net" in sandbox_plan.bwrap_argv(_plan(network=True), 3, 4, 5)
     # Without a network namespace the sandbox would share the host's loopback: the platform never asks for it.
-    assert "--unshare-net" not in sandbox.bwrap_argv(_plan(network=False), 3, 4, 5)
+    assert "--unshare-net" not in sandbox_plan.bwrap_argv(_plan(network=False), 3, 4, 5)
 
 
 def test_probe_names_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:

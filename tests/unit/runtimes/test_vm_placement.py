@@ -12,7 +12,8 @@ from pydantic import ValidationError
 from core.failures import PermanentFailure
 from core.policy import vm_placement
 from core.settings import Settings
-from runtimes.vm import DEFAULT_TEMPLATE, dhcp_range, mac_for, render
+from runtimes.vm_domain import DEFAULT_TEMPLATE, render
+from runtimes.vm_network import dhcp_range, mac_for
 
 
 def test_only_a_trusted_guest_serves() -> None:
