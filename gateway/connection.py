@@ -11,17 +11,29 @@ import logging
 import socket
 from collections import deque
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import httptools
 
 from gateway.channel import Message
 from gateway.exchange import BODY_HIGH_WATER, DISCARD_LIMIT, EAGER_BODY, MAX_HEAD_BYTES, STATUS_LINES, Exchange
 from gateway.jsonrpc import rpc_error_body
-from gateway.proxy import PREFIX
+from gateway.proxy import PREFIX, Gateway
 
-if TYPE_CHECKING:
-    from gateway.server import GatewayServer
+
+class Server(Protocol):
+    """What a connection uses of the server that accepted it (gateway.server.GatewayServer)."""
+
+    native: Gateway | None
+    keep_alive: float
+    loop: asyncio.AbstractEventLoop
+    connections: set[GatewayProtocol]
+    tasks: set[asyncio.Task[None]]
+    closing: bool
+    settled: asyncio.Event | None
+
+    async def dispatch(self, exchange: Exchange) -> None: ...
+
 
 log = logging.getLogger("mcphost.gateway.server")
 
@@ -29,7 +41,7 @@ log = logging.getLogger("mcphost.gateway.server")
 class GatewayProtocol(asyncio.Protocol):
     """One client connection."""
 
-    def __init__(self, server: GatewayServer) -> None:
+    def __init__(self, server: Server) -> None:
         self.server = server
         self.loop = server.loop
         self.transport: asyncio.Transport | None = None

@@ -8,12 +8,29 @@ import asyncio
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from gateway.channel import Disconnected, Message
 
-if TYPE_CHECKING:
-    from gateway.connection import GatewayProtocol
+
+class Connection(Protocol):
+    """What an exchange uses of its client connection (gateway.connection.GatewayProtocol)."""
+
+    loop: asyncio.AbstractEventLoop
+    gone: bool
+    paused_writing: bool
+    body_since: float | None
+
+    def write(self, data: bytes) -> None: ...
+
+    async def drained(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def exchange_done(self, exchange: Exchange) -> None: ...
+
+    def _spawn(self, exchange: Exchange, answer: Coroutine[Any, Any, None] | None = None) -> None: ...
+
 
 MAX_HEAD_BYTES = 64 * 1024  # request line and headers together
 BODY_HIGH_WATER = 256 * 1024  # unread request body bytes past which reading from the client pauses
@@ -58,7 +75,7 @@ class Exchange:
         "length",
     )
 
-    def __init__(self, conn: GatewayProtocol, headers: list[tuple[bytes, bytes]]) -> None:
+    def __init__(self, conn: Connection, headers: list[tuple[bytes, bytes]]) -> None:
         self.conn = conn
         self.method = ""
         self.path = ""
