@@ -6,6 +6,7 @@ and the same container runs as root."""
 from __future__ import annotations
 
 import io
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -76,5 +77,16 @@ def test_control_such_an_image_left_to_its_own_user_runs_as_root(
     "toor" to be root, and let the engine run the image as its own user, which is uid 0."""
     name = engine.images.get(root_images[label]).attrs["Config"]["User"].split(":", 1)[0]
     assert name not in ("", "root", "0")
-    output = engine.containers.run(root_images[label], ["id", "-u"], entrypoint=[], remove=True)
+    # Polled rather than waited on: the engine's wait endpoint can miss a container that exits at once.
+    container = engine.containers.create(root_images[label], ["id", "-u"], entrypoint=[])
+    try:
+        container.start()
+        deadline = time.monotonic() + 120
+        while container.status != "exited":
+            assert time.monotonic() < deadline, f"the container never exited ({container.status})"
+            time.sleep(0.1)
+            container.reload()
+        output = container.logs(stdout=True, stderr=False)
+    finally:
+        container.remove(force=True)
     assert output.decode().strip() == "0"
