@@ -117,7 +117,7 @@ class GuestPlayer:
         return hosts[name][1] if name in hosts else None
 
     def _sync(self) -> None:
-        running = {d.name() for d in self.conn.listAllDomains() if d.name().startswith("mcp-") and d.isActive()}
+        running = {name for name in map(self._active_name, self.conn.listAllDomains()) if name}
         for name in set(self.guests) - running:
             self._shut(name)
         for name in running - set(self.guests):
@@ -126,6 +126,20 @@ class GuestPlayer:
             except Exception as exc:  # noqa: BLE001 - e.g. the address still held by a guest just gone
                 self.boot_retries.append(repr(exc))
                 self._remove_container(f"guest-{name[4:16]}")
+
+    @staticmethod
+    def _active_name(domain: Any) -> str | None:
+        """The platform domain's name while it runs; None for others, and for one undefined since it was
+        listed (the platform removes domains while this loop looks)."""
+        import libvirt
+
+        try:
+            name: str = domain.name()
+            return name if name.startswith("mcp-") and domain.isActive() else None
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise
 
     def _boot(self, name: str) -> None:
         workload = json.loads((self.workload_root / name / "workload.json").read_text())
