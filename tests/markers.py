@@ -74,4 +74,24 @@ def markers_for(path: Path, fixtures: list[str]) -> list[str]:
 
 
 # Tests that take more than 20 s on a 2-core machine (pytest --durations), by node id without parameters.
-SLOW: frozenset[str] = frozenset()
+SLOW: frozenset[str] = frozenset(
+    {
+        "tests/integration/api/test_cli.py::test_eval_add_run_results_and_board",
+        "tests/integration/api/test_cli.py::test_promote_create_track_schedule_follow_history_and_refusals",
+        "tests/integration/api/test_openapi_fuzz.py::test_schemathesis_finds_nothing",
+        "tests/integration/builds/test_git_builds.py::test_build_cache_is_used_unless_disabled",
+        "tests/integration/builds/test_git_builds.py::test_python_repo_is_built_pushed_deployed_and_reused",
+        "tests/integration/builds/test_git_builds.py::test_transient_registry_faults_are_retried_then_fail_cleanly",
+        "tests/integration/builds/test_git_builds.py::test_worker_killed_during_build_or_push_finishes_once",
+        "tests/integration/builds/test_git_webhooks.py::test_github_and_gitlab_pushes_deploy_each_commit_once_and_rollback_reuses_the_artifact",
+        "tests/integration/gateway/test_conformance.py::test_the_gateway_passes_what_the_server_passes",
+        "tests/integration/gateway/test_gateway.py::test_random_slugs_leave_the_route_cache_bounded",
+        "tests/integration/gateway/test_gateway_server.py::test_a_slow_reader_holds_the_stream_back_instead_of_filling_memory",
+        "tests/integration/governance/test_evaluations.py::test_a_worker_killed_mid_run_ends_the_run_correct_once",
+        "tests/integration/runtimes/test_docker_packages.py::test_the_hostile_server_gets_nothing_in_its_container",
+        "tests/integration/runtimes/test_hostile.py::test_hostile_server_gets_nothing_and_the_platform_keeps_serving",
+        "tests/integration/runtimes/test_install_kill.py::test_a_killed_workers_install_is_stopped_before_the_next_attempt",
+        "tests/integration/runtimes/test_placement.py::test_runtime_steps_reach_the_host_holding_the_instance",
+        "tests/integration/workflows/test_supervisor.py::test_a_worker_killed_during_a_restart_leaves_exactly_one_instance",
+    }
+)

@@ -46,7 +46,7 @@ async def test_schemathesis_finds_nothing(stack: Stack, tmp_path: Path) -> None:
         "--exclude-path-regex",
         EXCLUDED,
         "--max-examples",
-        os.environ.get("SCHEMATHESIS_EXAMPLES", "10"),
+        os.environ.get("SCHEMATHESIS_EXAMPLES", "5"),
         "--workers",
         "1",
         "--request-timeout",
