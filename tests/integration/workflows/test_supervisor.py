@@ -116,9 +116,13 @@ async def test_a_killed_server_is_restarted_recorded_once_and_degraded_when_it_k
             assert await running_count(stack, sid) == 1
 
             # Stopping the server ends its supervision; nothing is restarted after it.
-            assert (await client.post(f"/api/servers/{sid}/stop")).status_code == 202
+            # The supervisor ends as soon as the route is off, which is before the stop has removed the
+            # instance: the count is read once the stop itself has finished.
+            stopping = await client.post(f"/api/servers/{sid}/stop")
+            assert stopping.status_code == 202, stopping.text
             final = await asyncio.wait_for(supervisor.result(), timeout=60)
             assert final.status == "ended"
+            await asyncio.wait_for(temporal.get_workflow_handle(stopping.json()["workflow_id"]).result(), timeout=60)
             assert await running_count(stack, sid) == 0
 
 
