@@ -10,6 +10,10 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 SANDBOX_PACKAGES := bubblewrap slirp4netns
 
 ROOMS := api gateway builds runtimes governance workflows
+# Integration tests spend most of their time waiting on real components, so two run at once (one file, or
+# all the Kubernetes or all the VM tests, per worker: tests/conftest.py). TEST_WORKERS=0 runs one at a time.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup
 
 .PHONY: up test test-unit test-security test-quick $(addprefix test-,$(ROOMS)) lint bench install system-deps sandbox-deps vm-deps clean
 
@@ -59,7 +63,7 @@ vm-deps: install system-deps
 
 ## test: install what the tests need, start the real components, run the whole suite
 test: install system-deps vm-deps
-	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 
 ## test-unit: the unit tests alone: pure logic, no component started (about a minute)
 test-unit: install
@@ -68,15 +72,15 @@ test-unit: install
 ## test-<room>: one room's tests (tests/unit/<room>, tests/integration/<room>, its security files): test-api,
 ## test-gateway, test-builds, test-runtimes, test-governance, test-workflows (markers in tests/markers.py)
 $(addprefix test-,$(ROOMS)): test-%: install system-deps vm-deps
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m $* $(PYTEST_ARGS)
+	$(PYTEST) -m $* $(PYTEST_ARGS)
 
 ## test-security: the attacks by input channel (tests/security), each with its control
 test-security: install system-deps vm-deps
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m security $(PYTEST_ARGS)
+	$(PYTEST) -m security $(PYTEST_ARGS)
 
 ## test-quick: everything but the slow tests and the Kubernetes and virtual-machine runtimes
 test-quick: install system-deps vm-deps
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow and not kube and not vm" $(PYTEST_ARGS)
+	$(PYTEST) -m "not slow and not kube and not vm" $(PYTEST_ARGS)
 
 ## lint: ruff (format check + lint) and mypy on the whole tree
 lint: install

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import tempfile
 import uuid
@@ -26,9 +27,11 @@ from tests.support.components import (
     free_port,
     require,
     server_ids,
+    set_uid_slots,
     start_temporal,
     stop_process_instances,
     temporal_cli,
+    worker_number,
 )
 from tests.support.git_server import GitHttpServer
 from tests.support.registry import FaultProxy, Registry
@@ -44,7 +47,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(marker)
         if item.nodeid.split("[")[0] in SLOW:
             item.add_marker("slow")
+        item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
 
+
+def xdist_group(item: pytest.Item) -> str:
+    """What runs on one worker under `--dist loadgroup`: a file's tests together (they share module fixtures
+    and the names they build), and every test that uses the container engine on one worker. The engine's
+    network firewall is host-wide state that one server's containers going away can change for every other
+    (test_docker_isolation.py), and the Kubernetes and virtual-machine harnesses clear their leftovers on the
+    engine when they start."""
+    if any(item.get_closest_marker(needs) is not None for needs in ("docker", "kube", "vm")):
+        return "engine"
+    return str(Path(str(item.fspath)).relative_to(Path(__file__).parent))
+
+
+# Far more servers than one run makes (a few hundred).
+UID_SLOTS_PER_WORKER = 8192
 
 # Chosen before podman starts: podman reads which registries may use plain HTTP once, at start.
 REGISTRY_PORTS = (free_port(), free_port())
@@ -85,6 +103,9 @@ async def database_url() -> AsyncIterator[str]:
         require(False, f"PostgreSQL at {admin}: {exc}")
         raise
     await upgrade_async(url)
+    # Two test workers share the host: their servers' sandbox uids must differ as two servers' of one
+    # installation do, so each worker numbers its servers' uid slots from a range of its own.
+    await set_uid_slots(url, UID_SLOTS_PER_WORKER * worker_number())
     yield url
     # Server processes outlive workers by design; those of this run's servers go with it (other runs may
     # share the cached state directory, so nothing else is touched).
@@ -101,16 +122,21 @@ def process_state_dir() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def podman(workdir: Path) -> Iterator[Podman | None]:
+def podman(workdir: Path, request: pytest.FixtureRequest) -> Iterator[Podman | None]:
     """The podman API service when podman is installed; docker-runtime tests require it via `docker_engine`."""
     if not Podman.available():
         yield None
         return
+    # The run's database outlives the service, so at the end it still says which servers were this run's.
+    try:
+        url: str | None = request.getfixturevalue("database_url")
+    except pytest.skip.Exception:
+        url = None
     (workdir / "podman").mkdir()
     service = Podman(workdir / "podman", insecure_registries=[f"127.0.0.1:{port}" for port in REGISTRY_PORTS])
     service.start()
     yield service
-    service.stop()
+    service.stop(asyncio.run(server_ids(url)) if url else None)
 
 
 @pytest.fixture(scope="session")

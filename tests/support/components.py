@@ -5,6 +5,9 @@ Under CI=true a missing component fails the test loudly; elsewhere the test is s
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
 import shutil
 import socket
@@ -12,6 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +38,30 @@ def require(ok: bool, what: str) -> None:
     pytest.skip(f"component not available: {what}")
 
 
+@contextlib.contextmanager
+def cache_lock(name: str) -> Iterator[None]:
+    """Hold the lock of one thing built into CACHE (an image, a wheel directory): two test workers, or two
+    runs, that both find it missing build it once, one after the other."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def worker_number() -> int:
+    """Which pytest-xdist worker this process is (gw0, gw1, ...), 0 when the tests run in one process."""
+    name = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return int(name[2:]) if name.startswith("gw") and name[2:].isdigit() else 0
+
+
 def stop_process_instances(process_dir: Path, server_ids: set[str]) -> int:
     """Stop the MCP server processes the process runtime under `process_dir` runs for the given servers
     (the ones this test run made: other runs may share the directory). They run in their own session, so
     they outlive the tests' workers and platform on purpose; each is stopped with its session (the
     bridge, the sandbox and the server)."""
-    import json
     import signal
 
     import psutil
@@ -173,6 +195,19 @@ async def server_ids(database_url: str) -> set[str]:
         await conn.close()
 
 
+async def set_uid_slots(database_url: str, first: int) -> None:
+    """Number the servers made from now on from uid slot `first`."""
+    import asyncpg
+
+    if first == 0:
+        return
+    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    try:
+        await conn.execute("SELECT setval('server_uid_slots', $1, false)", first)
+    finally:
+        await conn.close()
+
+
 async def drop_database(admin_url: str, name: str) -> None:
     import asyncpg
 
@@ -239,18 +274,22 @@ class Podman:
     def gvisor_available() -> bool:
         return RUNSC.exists()
 
-    def _platform_containers(self) -> set[str]:
-        listed = self.podman("ps", "-aq", "--no-trunc", "--filter", "label=io.mcphost.server", check=False)
-        return set(listed.stdout.split())
+    def _platform_containers(self) -> dict[str, str]:
+        """The platform's containers: id -> the server it belongs to."""
+        listed = self.podman("ps", "-a", "--format", "json", "--filter", "label=io.mcphost.server", check=False)
+        rows = json.loads(listed.stdout or "[]") if listed.returncode == 0 else []
+        return {row["Id"]: (row.get("Labels") or {}).get("io.mcphost.server", "") for row in rows}
 
-    def _platform_networks(self) -> set[str]:
-        listed = self.podman("network", "ls", "-q", "--filter", "label=io.mcphost.server", check=False)
-        return set(listed.stdout.split())
+    def _platform_networks(self) -> dict[str, str]:
+        """The platform's per-server networks: name -> the server it belongs to."""
+        listed = self.podman("network", "ls", "--format", "json", "--filter", "label=io.mcphost.server", check=False)
+        rows = json.loads(listed.stdout or "[]") if listed.returncode == 0 else []
+        return {row["name"]: (row.get("labels") or {}).get("io.mcphost.server", "") for row in rows}
 
     def start(self) -> None:
         # Containers the platform made before this run (a developer's own) are left alone at the end.
-        self._preexisting = self._platform_containers()
-        self._preexisting_networks = self._platform_networks()
+        self._preexisting = set(self._platform_containers())
+        self._preexisting_networks = set(self._platform_networks())
         self.proc = self._serve([], self.socket, "podman.log")
 
     def start_gvisor(self) -> str:
@@ -286,15 +325,21 @@ class Podman:
         terminate(proc)
         raise RuntimeError(f"podman service did not start; see {self.workdir / log_name}")
 
-    def stop(self) -> None:
-        # Containers outlive the API service; the ones this run deployed go with it.
-        leftover = self._platform_containers() - self._preexisting
+    def stop(self, server_ids: set[str] | None = None) -> None:
+        """Stop the service. Containers outlive it; the ones this run deployed go with it, and so do the
+        per-server networks they were on. With `server_ids` (the servers this run made), only theirs: another
+        run on the same engine (a second test worker) keeps its own."""
+
+        def ours(found: dict[str, str], before: set[str]) -> list[str]:
+            mine = (k for k, sid in found.items() if server_ids is None or sid in server_ids)
+            return sorted(k for k in mine if k not in before)
+
+        leftover = ours(self._platform_containers(), self._preexisting)
         if leftover:
-            self.podman("rm", "-f", "-t", "0", *sorted(leftover), check=False)
-        # So do the per-server networks they were on (one still in use by another run is refused).
-        networks = self._platform_networks() - self._preexisting_networks
+            self.podman("rm", "-f", "-t", "0", *leftover, check=False)
+        networks = ours(self._platform_networks(), self._preexisting_networks)
         if networks:
-            self.podman("network", "rm", *sorted(networks), check=False)
+            self.podman("network", "rm", *networks, check=False)
         for proc in (self.gvisor_proc, self.proc):
             terminate(proc, timeout=15)
 
@@ -304,6 +349,11 @@ class Podman:
     def ensure_base_image(self) -> None:
         if self.podman("image", "exists", BASE_IMAGE, check=False).returncode == 0:
             return
+        with cache_lock("base-image"):
+            if self.podman("image", "exists", BASE_IMAGE, check=False).returncode != 0:
+                self._build_base_image()
+
+    def _build_base_image(self) -> None:
         script = REPO / "tests" / "support" / "build_base_image.sh"
         result = subprocess.run(
             ["bash", str(script), BASE_IMAGE, str(CACHE)], env=self.env, capture_output=True, text=True
@@ -316,6 +366,12 @@ class Podman:
         if self.podman("image", "exists", ECHO_IMAGE, check=False).returncode == 0:
             return ECHO_IMAGE
         self.ensure_base_image()
+        with cache_lock("echo-image"):
+            if self.podman("image", "exists", ECHO_IMAGE, check=False).returncode != 0:
+                self._build_echo_image()
+        return ECHO_IMAGE
+
+    def _build_echo_image(self) -> None:
         context = CACHE / "echo-context"
         shutil.rmtree(context, ignore_errors=True)
         shutil.copytree(REPO / "tests" / "support" / "echo_server", context)
@@ -333,7 +389,6 @@ class Podman:
             client.images.build(path=str(context), tag=ECHO_IMAGE, rm=True)
         finally:
             client.close()
-        return ECHO_IMAGE
 
 
 def labelled_containers(engine: Any, label: str) -> list[Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,8 @@ def local_wheel(name: str, version: str, source: Path, script: str) -> Path:
         f"{info}/entry_points.txt": f"[console_scripts]\n{script} = {module}:main\n".encode(),
     }
     record = [_record_line(n, data) for n, data in files.items()] + [f"{info}/RECORD,,"]
-    tmp = wheel.with_suffix(".tmp")
+    # Written aside and renamed into place: another test worker may be writing the same wheel.
+    tmp = wheel.with_name(f".{wheel.name}.{os.getpid()}.tmp")
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
         for n, data in files.items():
             zf.writestr(n, data)
