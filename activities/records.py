@@ -80,9 +80,6 @@ class ServerNote:
 class ActivateInput:
     deployment_id: str
     instance: InstanceRecord
-    capabilities: dict[str, Any] = field(default_factory=dict)
-    # The health check stored them on the deployment record (runs from before pass them here).
-    stored_capabilities: bool = False
 
 
 @dataclass
@@ -233,11 +230,6 @@ class RecordActivities:
                 "built": {"image": image.image_ref, "port": image.port, "path": image.path},
             }
 
-    @activity.defn(name="record_instance")
-    async def record_instance(self, instance: InstanceRecord) -> None:
-        async with self.sessionmaker() as session, session.begin():
-            await write_instance(session, instance)
-
     @activity.defn(name="instance_hosts")
     async def instance_hosts(self, data: ServerRef) -> InstanceHosts:
         """Where the server's instances may still be: the hosts of its recorded instances not yet retired."""
@@ -280,7 +272,8 @@ class RecordActivities:
             server.active_deployment_id = dep_id
             server.active_seq = deployment.seq
             server.status = ServerStatus.RUNNING
-            server.capabilities = deployment.capabilities if data.stored_capabilities else data.capabilities
+            # The health check stored them on the deployment record.
+            server.capabilities = deployment.capabilities
             # The deployment itself turns "running" in complete_deployment, once the earlier revision
             # is retired and every step is recorded: a client that sees "running" sees a finished record.
             deployment.upstream_url = data.instance.url
@@ -463,7 +456,6 @@ class RecordActivities:
             self.record_step,
             self.record_steps,
             self.record_image,
-            self.record_instance,
             self.instance_hosts,
             self.note_server,
             self.activate,

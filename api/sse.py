@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from fastapi.responses import StreamingResponse
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.events import ServerEvents
 from api.schemas.common import error_responses
@@ -21,6 +24,16 @@ SSE_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 # A comment line at least this often keeps idle connections open through proxies.
 KEEPALIVE_SECONDS = 15.0
+
+
+Row = TypeVar("Row")
+
+
+async def rows_after(db: AsyncSession, model: type[Row], run_id: uuid.UUID, after: int) -> Sequence[Row]:
+    """A run's entries (a governance run's audit, a remediation run's artifacts) written after id `after`,
+    oldest first: what a stream has not sent yet."""
+    table: Any = model
+    return (await db.scalars(select(model).where(table.run_id == run_id, table.id > after).order_by(table.id))).all()
 
 
 def event(name: str, data: Any, event_id: int | None = None) -> bytes:

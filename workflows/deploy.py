@@ -28,7 +28,7 @@ with workflow.unsafe.imports_passed_through():
         StepBatch,
         StepRecord,
     )
-    from activities.runtime import RetireInput, RuntimeActivities
+    from activities.runtime import RuntimeActivities
     from core import temporal
     from workflows import placement, policies
     from workflows.build import BuildInput, BuildOutcome, BuildWorkflow
@@ -266,8 +266,6 @@ class DeployWorkflow:
                 ActivateInput(
                     deployment_id=data.deployment_id,
                     instance=instance,
-                    capabilities={},
-                    stored_capabilities=True,
                 ),
             )
             if not activated.activated:
@@ -293,21 +291,13 @@ class DeployWorkflow:
             return await self._failed(data, instance, switched, failure_reason(err))
 
     async def _retire(self, data: DeployInput) -> tuple[list[str], list[str]]:
-        """Stop the server's earlier instances; the deployments stopped, and what could not be reached."""
-        if self._host is not None:
-            # Earlier revisions may live on other hosts than this one: each is retired where it is.
-            placed = await placement.retire_on_hosts(
-                data.server_id, keep_deployment_id=data.deployment_id, also=self._host, wait=self._host_wait
-            )
-            return placed.stopped_deployment_ids, placed.warnings
-        retired = await workflow.execute_activity_method(
-            RuntimeActivities.retire_instances,
-            RetireInput(server_id=data.server_id, keep_deployment_id=data.deployment_id),
-            start_to_close_timeout=policies.RETIRE_TIMEOUT,
-            heartbeat_timeout=policies.HEARTBEAT,
-            retry_policy=policies.CLEANUP,
+        """Stop the server's earlier instances; the deployments stopped, and what could not be reached. Earlier
+        revisions may live on other hosts than this one's: each is retired where it is."""
+        assert self._host is not None, "a revision serves only once its host is claimed"
+        placed = await placement.retire_on_hosts(
+            data.server_id, keep_deployment_id=data.deployment_id, also=self._host, wait=self._host_wait
         )
-        return retired.stopped_deployment_ids, []
+        return placed.stopped_deployment_ids, placed.warnings
 
     async def _running_then_retire(self, data: DeployInput, instance: InstanceRecord) -> DeployOutcome:
         """The new revision serves: say `running` now, then stop the earlier ones. The retire_previous step
@@ -448,8 +438,8 @@ class DeployWorkflow:
                 start_to_close_timeout=policies.RETIRE_TIMEOUT,
                 heartbeat_timeout=policies.HEARTBEAT,
                 retry_policy=policies.CLEANUP,
-                # The instance says where it is; runs from before placement keep to the shared queue.
-                task_queue=(instance.host_queue or self._host) if self._host is not None else None,
+                # The instance says where it is (it was launched on the claimed host).
+                task_queue=instance.host_queue or self._host,
                 schedule_to_start_timeout=self._host_wait_bound,
             )
         else:

@@ -15,7 +15,7 @@ from temporalio.service import RPCError
 from api.deps import CurrentUser, SessionDep, StateDep, TemporalDep, load_server
 from api.schemas.common import GovernanceAuditPublic, GovernanceRunPublic, GovernanceVote, ListOf, error_responses
 from api.schemas.governance import GovernanceDefinitionCreate, GovernanceDefinitionPublic, GovernanceRunCreate
-from api.sse import SSE_RESPONSES, event, follow, sse_response
+from api.sse import SSE_RESPONSES, event, follow, rows_after, sse_response
 from api.voting import VOTE_RESPONSES, cast_vote, live_state, named_in, reload_run, run_public, visible_run
 from core.errors import Conflict, NotFound, Unavailable
 from core.governance import Definition, RunStatus
@@ -213,13 +213,7 @@ async def stream_run(run_id: uuid.UUID, user: CurrentUser, session: SessionDep, 
     async def step() -> tuple[list[bytes], bool]:
         nonlocal last
         async with state.sessionmaker() as db:
-            rows = (
-                await db.scalars(
-                    select(GovernanceAudit)
-                    .where(GovernanceAudit.run_id == key, GovernanceAudit.id > last)
-                    .order_by(GovernanceAudit.id)
-                )
-            ).all()
+            rows = await rows_after(db, GovernanceAudit, key, last)
             current = await db.get(GovernanceRun, key)
         chunks = []
         for row in rows:

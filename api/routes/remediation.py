@@ -31,7 +31,7 @@ from api.schemas.remediation import (
     RemediationRunPublic,
     RemediationVoteBody,
 )
-from api.sse import KEEPALIVE_SECONDS, SSE_RESPONSES, event, follow, sse_response
+from api.sse import KEEPALIVE_SECONDS, SSE_RESPONSES, event, follow, rows_after, sse_response
 from api.voting import REFUSAL_STATUS, Accepted
 from core.errors import Conflict, InvalidInput, NotFound, Unavailable
 from core.models import RemediationArtifact, RemediationBinding, RemediationPlaybook, RemediationRun, Server, User
@@ -440,13 +440,7 @@ async def stream_run(run_id: uuid.UUID, user: CurrentUser, session: SessionDep, 
         nonlocal seen_version, last_artifact
         async with state.sessionmaker() as reading:
             current = await reading.get(RemediationRun, run_id)
-            fresh = (
-                await reading.scalars(
-                    select(RemediationArtifact)
-                    .where(RemediationArtifact.run_id == run_id, RemediationArtifact.id > last_artifact)
-                    .order_by(RemediationArtifact.id)
-                )
-            ).all()
+            fresh = await rows_after(reading, RemediationArtifact, run_id, last_artifact)
         if current is None:
             return [event("end", {"reason": "the run is gone"})], True
         chunks = []

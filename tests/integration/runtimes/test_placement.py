@@ -24,6 +24,7 @@ from activities.runtime import RetireInput, RuntimeActivities
 from core.crypto import EnvCipher
 from core.db import make_engine, make_sessionmaker
 from core.models import Deployment
+from records.deployments import write_instance
 from runtimes.base import Executor
 from runtimes.process import ProcessExecutor
 from tests.integration.workflows.test_revision_races import RecordingExecutor, make_server, run
@@ -250,10 +251,11 @@ async def test_a_host_is_asked_until_it_has_retired_what_it_holds(database_url: 
             )
             for host_id, executor in executors.items()
         }
-        await run(records.record_instance, replace(executors["a"].add(server_id, on_a), host_queue="q-host-a"))
-        # Recorded before hosts had queues: it names none.
-        await run(records.record_instance, executors["a"].add(server_id, legacy))
-        await run(records.record_instance, replace(executors["b"].add(server_id, on_b), host_queue="q-host-b"))
+        async with sessions() as session, session.begin():
+            await write_instance(session, replace(executors["a"].add(server_id, on_a), host_queue="q-host-a"))
+            # Recorded before hosts had queues: it names none.
+            await write_instance(session, executors["a"].add(server_id, legacy))
+            await write_instance(session, replace(executors["b"].add(server_id, on_b), host_queue="q-host-b"))
 
         async def hosts() -> list[str]:
             return list((await run(records.instance_hosts, ServerRef(server_id))).host_queues)

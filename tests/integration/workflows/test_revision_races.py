@@ -110,9 +110,9 @@ async def test_slow_older_revision_never_retires_the_newer_one(sessions: async_s
     newer_instance = executor.add(server_id, newer)
 
     # The older revision switches the route, then the newer one overtakes it before it retires anything.
-    assert (await run(records.activate, ActivateInput(older, older_instance, {}))).activated
-    assert (await run(records.activate, ActivateInput(newer, newer_instance, {}))).activated
-    assert not (await run(records.activate, ActivateInput(older, older_instance, {}))).activated
+    assert (await run(records.activate, ActivateInput(older, older_instance))).activated
+    assert (await run(records.activate, ActivateInput(newer, newer_instance))).activated
+    assert not (await run(records.activate, ActivateInput(older, older_instance))).activated
 
     # The newer revision retires the older; the older one, finishing late, must keep the newer one alive.
     retired = await run(runtime.retire_instances, RetireInput(server_id=server_id, keep_deployment_id=older))
@@ -134,7 +134,7 @@ async def test_deployment_turns_running_only_when_complete(sessions: async_sessi
     records = RecordActivities(sessions)
     for dep in (first, second):
         instance = executor.add(server_id, dep)
-        assert (await run(records.activate, ActivateInput(dep, instance, {}))).activated
+        assert (await run(records.activate, ActivateInput(dep, instance))).activated
         # Serving, but the record says "running" only after complete_deployment.
         assert (await statuses(sessions, [dep])) == ["deploying"]
         assert await run(records.complete_deployment, dep) == "running"
@@ -148,7 +148,7 @@ async def test_stop_during_the_last_steps_wins(sessions: async_sessionmaker[Asyn
     executor = RecordingExecutor()
     records = RecordActivities(sessions)
     instance = executor.add(server_id, dep)
-    assert (await run(records.activate, ActivateInput(dep, instance, {}))).activated
+    assert (await run(records.activate, ActivateInput(dep, instance))).activated
     await run(records.deactivate_server, ServerRef(server_id=server_id))
     assert await run(records.complete_deployment, dep) == "stopped"
     async with sessions() as session:
