@@ -5,7 +5,9 @@ port and /data, and what the memory limit does to a server that goes past it."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
+import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -90,6 +92,37 @@ def address(container: Any, network: str) -> tuple[str, str]:
     container.reload()
     settings = container.attrs["NetworkSettings"]["Networks"][network]
     return settings["IPAddress"], settings["Gateway"]
+
+
+# What podman's netavark 1.4 deletes whenever any isolated network loses its last container (see
+# test_a_server_stopping_leaves_the_others_isolated and docs/threat-model.md).
+ISOLATION_JUMP = ("FORWARD", "-j", "NETAVARK_ISOLATION_1")
+ENGINE_GAP = (
+    "the engine dropped the isolation of the running servers' networks when another server's last container "
+    "stopped (netavark 1.4 removes FORWARD -j NETAVARK_ISOLATION_1 on any complete teardown)"
+)
+
+
+def isolation_jump_gone() -> bool:
+    """Whether netavark's isolation chains exist but nothing jumps to them: the engine's known gap, not a
+    network the platform failed to isolate. False where that cannot be read (no iptables, not root)."""
+    iptables = shutil.which("iptables")
+    if iptables is None:
+        return False
+    chain = subprocess.run([iptables, "-S", ISOLATION_JUMP[2]], capture_output=True)
+    if chain.returncode != 0:
+        return False
+    return subprocess.run([iptables, "-C", *ISOLATION_JUMP], capture_output=True).returncode != 0
+
+
+def isolated(container: Any, host: str) -> bool:
+    """Whether a probe from `container` to `host`:8080 is refused; an open one that the engine's known gap
+    explains is reported as that gap (an expected failure), so it is never mistaken for the platform's."""
+    if probe(container, host, 8080) == "closed":
+        return True
+    if isolation_jump_gone():
+        pytest.xfail(ENGINE_GAP)
+    return False
 
 
 def outward_address() -> str | None:
@@ -182,8 +215,8 @@ async def test_servers_reach_neither_each_other_nor_the_hosts_loopback(
     # The probe itself works: a server reaches itself...
     assert probe(a, a_ip, 8080) == "open"
     # ...but not another server's container...
-    assert probe(a, b_ip, 8080) == "closed"
-    assert probe(b, a_ip, 8080) == "closed"
+    assert isolated(a, b_ip)
+    assert isolated(b, a_ip)
     # ...nor what the host serves on 127.0.0.1 (Postgres, the platform's API), through the gateway.
     api_port = int(stack.base_url.rsplit(":", 1)[1])
     for port in (5432, api_port):
@@ -216,7 +249,7 @@ async def test_a_server_stopping_leaves_the_others_isolated(
     b_server, b = await deployed(user, engine, echo_image)
     gone, _ = await deployed(user, engine, echo_image)
     b_ip, _ = address(b, network_name(b_server["id"]))
-    assert probe(a, b_ip, 8080) == "closed"
+    assert isolated(a, b_ip)
 
     stopping = await user.post(f"/api/servers/{gone['id']}/stop")
     assert stopping.status_code == 202, stopping.text
@@ -225,12 +258,8 @@ async def test_a_server_stopping_leaves_the_others_isolated(
         return not labelled_containers(engine, f"{LABEL_SERVER}={gone['id']}")
 
     await wait_for(removed, "the stopped server's container to go")
-    if probe(a, b_ip, 8080) == "open":
-        pytest.xfail(
-            "the engine dropped the isolation of the running servers' networks when another server's last "
-            "container stopped (netavark 1.4 removes FORWARD -j NETAVARK_ISOLATION_1 on any complete teardown)"
-        )
-    assert probe(b, address(a, network_name(a_server["id"]))[0], 8080) == "closed"
+    assert isolated(a, b_ip)
+    assert isolated(b, address(a, network_name(a_server["id"]))[0])
 
 
 async def test_a_server_past_its_memory_limit_is_killed_and_told(
