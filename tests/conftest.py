@@ -52,12 +52,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def xdist_group(item: pytest.Item) -> str:
     """What runs on one worker under `--dist loadgroup`: a file's tests together (they share module fixtures
-    and the names they build), and every test that uses the container engine on one worker. The engine's
-    network firewall is host-wide state that one server's containers going away can change for every other
-    (test_docker_isolation.py), and the Kubernetes and virtual-machine harnesses clear their leftovers on the
-    engine when they start."""
-    if any(item.get_closest_marker(needs) is not None for needs in ("docker", "kube", "vm")):
-        return "engine"
+    and the names they build), all the Kubernetes tests on one worker and all the virtual-machine tests on
+    one worker (each of those harnesses clears its own leftovers on the shared engine when it starts)."""
+    for component in ("kube", "vm"):
+        if item.get_closest_marker(component) is not None:
+            return component
     return str(Path(str(item.fspath)).relative_to(Path(__file__).parent))
 
 
