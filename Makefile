@@ -61,7 +61,7 @@ vm-deps: install system-deps
 	  if pkg-config --exists libvirt 2>/dev/null; then $(BIN)/pip install -q -e '.[vm]'; \
 	  else echo "libvirt development files missing (Debian: apt-get install libvirt-dev pkg-config): VM tests will skip"; fi; }
 
-## test: install what the tests need, start the real components, run the whole suite
+## test: install what the tests need, start the real components, run the whole suite on TEST_WORKERS (2) workers
 test: install system-deps vm-deps
 	$(PYTEST) $(PYTEST_ARGS)
 
