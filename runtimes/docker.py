@@ -44,7 +44,14 @@ from runtimes.base import (
 )
 from runtimes.docker_engine import IsolationUnavailable
 from runtimes.docker_images import DockerImages
-from runtimes.docker_spec import container_name, image_uid, is_missing_network, needs_passwd, oom_detail
+from runtimes.docker_spec import (
+    ContainerTarget,
+    container_name,
+    image_uid,
+    is_missing_network,
+    needs_passwd,
+    oom_detail,
+)
 
 
 class DockerExecutor(DockerImages):
@@ -165,6 +172,24 @@ class DockerExecutor(DockerImages):
         if target.command is not None:
             options["command"] = target.command
         env = extra_env | target.env | dict(spec.env) | {"PORT": str(target.port)}
+        try:
+            return await self._create_and_start(client, spec, name, target, options, env, gvisor)
+        except Exception:
+            # Whatever failed once the server's network was made, the network goes too unless a container of
+            # the server (its serving revision) still uses it: a deleted server's would otherwise stay for good.
+            await self._remove_network_if_unused(spec.server_id)
+            raise
+
+    async def _create_and_start(
+        self,
+        client: Any,
+        spec: LaunchSpec,
+        name: str,
+        target: ContainerTarget,
+        options: dict[str, Any],
+        env: dict[str, str],
+        gvisor: bool,
+    ) -> Instance:
         for attempt in range(2):
             network = await self._ensure_network(spec.server_id)
             try:

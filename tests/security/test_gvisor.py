@@ -22,7 +22,7 @@ from core.tenancy import server_data_dir
 from runtimes.base import LABEL_SERVER, LaunchSpec
 from runtimes.docker import DockerExecutor
 from runtimes.docker_engine import IsolationUnavailable
-from runtimes.docker_spec import container_name
+from runtimes.docker_spec import container_name, network_name
 from tests.support.components import Podman, labelled_containers, require
 from tests.support.mcp_client import call_tool
 from tests.support.stack import Stack, deploy, make_settings, running, wait_for
@@ -189,6 +189,9 @@ async def test_an_engine_that_would_ignore_the_runtime_fails_the_deployment(
         assert "would run this server on runtime 'runc', not gVisor's 'runsc'" in result["error"]
         assert "CONTAINER_GVISOR_DOCKER_HOST" in result["error"]
         assert labelled_containers(engine, f"{LABEL_SERVER}={server['id']}") == []
+        # The network made for the refused container goes with it: nothing else would ever remove it once
+        # the server is deleted.
+        assert engine.networks.list(names=[network_name(server["id"])]) == []
         await delete(client, engine, server["id"])
 
 
