@@ -11,9 +11,11 @@ SANDBOX_PACKAGES := bubblewrap slirp4netns
 
 ROOMS := api gateway builds runtimes governance workflows
 # Integration tests spend most of their time waiting on real components, so two run at once (one file, or
-# all the Kubernetes or all the VM tests, per worker: tests/conftest.py). TEST_WORKERS=0 runs one at a time.
+# all the Kubernetes or all the VM tests, per worker: tests/conftest.py), the longest groups first
+# (tests/markers.py::HEAVY_GROUPS, kept in that order by --no-loadscope-reorder). TEST_WORKERS=0 runs one
+# at a time.
 TEST_WORKERS ?= 2
-PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 .PHONY: up test test-unit test-security test-quick $(addprefix test-,$(ROOMS)) lint bench install system-deps sandbox-deps vm-deps clean
 

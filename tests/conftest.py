@@ -15,7 +15,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from core import temporal
 from core.migrate import upgrade_async
-from tests.markers import SLOW, markers_for
+from tests.markers import HEAVY_GROUPS, SLOW, markers_for
 from tests.support.components import (
     BASE_IMAGE,
     CACHE,
@@ -39,15 +39,40 @@ from tests.support.registry import available as registry_available
 from tests.support.stack import Stack, WorkerProcess, make_settings
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Each test's markers: its kind, its room, what it needs (see tests/markers.py)."""
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Each test's markers: its kind, its room, what it needs (see tests/markers.py). First among the
+    hooks: xdist's reads the `xdist_group` marks in the same hook. Under `--dist loadgroup` the heaviest
+    groups go first (xdist hands groups out in this order); otherwise the order is left as collected."""
+    groups: dict[str, str] = {}
     for item in items:
         path = Path(str(item.fspath))
         for marker in markers_for(path, list(getattr(item, "fixturenames", ()))):
             item.add_marker(marker)
         if item.nodeid.split("[")[0] in SLOW:
             item.add_marker("slow")
-        item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
+        groups[item.nodeid] = xdist_group(item)
+        item.add_marker(pytest.mark.xdist_group(groups[item.nodeid]))
+    if getattr(config.option, "loadgroup", False):
+        rank = {group: index for index, group in enumerate(HEAVY_GROUPS)}
+        items.sort(key=lambda item: rank.get(groups[item.nodeid], len(rank)))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
+    """Under `--dist loadgroup`, stop unless every test a worker collected carries its group. xdist hands
+    the group to its scheduler as a `@group` suffix of the node id; where that does not take (pytest-xdist
+    3.8 on pytest 9.2), tests are handed out one by one, two workers run one file's module fixtures at
+    once on the shared engine, and that fails in ways that look like flaky tests."""
+    if node.config.getvalue("dist") != "loadgroup":
+        return
+    ungrouped = [nodeid for nodeid in ids if "@" not in nodeid.rsplit("]", 1)[-1]]
+    if ungrouped:
+        pytest.exit(
+            f"--dist loadgroup did not group {len(ungrouped)} of {len(ids)} tests (first: {ungrouped[0]}): this "
+            "pytest-xdist does not group on this pytest; install the versions pyproject.toml names (make install)",
+            returncode=pytest.ExitCode.USAGE_ERROR,
+        )
 
 
 def xdist_group(item: pytest.Item) -> str:

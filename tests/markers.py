@@ -74,6 +74,33 @@ def markers_for(path: Path, fixtures: list[str]) -> list[str]:
 
 
 # Tests that take more than 20 s on a 2-core machine (pytest --durations), by node id without parameters.
+# The groups of `--dist loadgroup` (tests/conftest.py::xdist_group) that take longest, longest first, with
+# the seconds they took in a two-worker run (`--durations=0`, summed by group): `make test` hands them out
+# first (with xdist's reordering by test count turned off), so neither worker is left running a long one
+# alone at the end. Every other group follows in collection order.
+HEAVY_GROUPS: tuple[str, ...] = (
+    "integration/api/test_openapi_fuzz.py",  # 226
+    "integration/builds/test_git_builds.py",  # 179
+    "integration/api/test_cli.py",  # 90
+    "integration/gateway/test_gateway.py",  # 69
+    "integration/runtimes/test_hostile.py",  # 65
+    "integration/governance/test_promotions.py",  # 63
+    "integration/gateway/test_conformance.py",  # 62
+    "integration/runtimes/test_docker_packages.py",  # 58
+    "integration/workflows/test_durability.py",  # 55
+    "kube",  # 49
+    "integration/workflows/test_supervisor.py",  # 47
+    "integration/runtimes/test_placement.py",  # 45
+    "integration/governance/test_evaluations.py",  # 44
+    "security/test_build_network.py",  # 36
+    "integration/runtimes/test_install_kill.py",  # 35
+    "integration/runtimes/test_deploy_process.py",  # 35
+    "vm",  # 34
+    "integration/governance/test_remediation.py",  # 33
+    "integration/runtimes/test_docker_isolation.py",  # 33
+    "integration/gateway/test_gateway_server.py",  # 30
+)
+
 SLOW: frozenset[str] = frozenset(
     {
         "tests/integration/api/test_cli.py::test_eval_add_run_results_and_board",
