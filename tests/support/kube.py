@@ -374,6 +374,23 @@ class FakeKubelet:
             if exc.status != 404:
                 raise
 
+    def describe(self) -> str:
+        """What the node holds, for a failing test's message: its containers, their state and last log
+        lines, and the errors its loop met."""
+        lines = [f"kubelet errors: {self.errors[-5:]}"]
+        for uid, name in self.containers.items():
+            try:
+                found = self.docker.containers.get(name)
+                state = found.attrs.get("State", {})
+                tail = found.logs(tail=5).decode(errors="replace").strip().replace("\n", " | ")
+                lines.append(
+                    f"{name} pod {uid[:8]} at {self.addresses.get(uid)}: {state.get('Status')} "
+                    f"exit {state.get('ExitCode')} {state.get('Error') or ''} logs: {tail}"
+                )
+            except Exception as exc:  # noqa: BLE001 - a description, never a failure of its own
+                lines.append(f"{name}: {exc!r}")
+        return "\n".join(lines)
+
     def _remove_container(self, name: str) -> None:
         import docker.errors
 

@@ -169,7 +169,7 @@ async def test_a_revision_is_a_deployment_and_service_that_answers_and_goes_clea
             await owner.post(f"/api/servers/{server['id']}/secrets", json={"name": "UPSTREAM_TOKEN", "value": token})
         ).status_code == 201
         first = await deploy(owner, server["id"])
-        assert first["status"] == "running", first
+        assert first["status"] == "running", (first.get("error"), kubelet.describe())
 
         # The revision's objects, labelled and confined as promised.
         name = object_name(first["id"])
@@ -208,7 +208,7 @@ async def test_a_revision_is_a_deployment_and_service_that_answers_and_goes_clea
 
         # A redeploy makes the next revision's objects and removes the previous one's.
         second = await deploy(owner, server["id"])
-        assert second["status"] == "running", second
+        assert second["status"] == "running", (second.get("error"), kubelet.describe())
         assert await call_tool(gateway, server["api_key"], "echo", {"text": "again"}) == "echo: again"
         await until(
             lambda: set(left_of(control, server["id"]).get("deployments", [])) == {object_name(second["id"])},
@@ -310,7 +310,7 @@ async def test_a_worker_killed_mid_launch_leaves_exactly_one_revision(
     docker_engine: Podman,
     workdir: Path,
 ) -> None:
-    control, _ = cluster
+    control, kubelet = cluster
     _, apps = apis(control)
     settings = kube_settings(control, temporal_address, database_url, process_state_dir, docker_engine, workdir)
     platform = Stack(settings, in_process_worker=False)
@@ -338,7 +338,7 @@ async def test_a_worker_killed_mid_launch_leaves_exactly_one_revision(
             assert at_kill["status"] == "deploying", "the deployment finished before the kill; the test proved nothing"
             worker.start()
             done = await wait_deployment(owner, accepted["deployment_id"], timeout=180)
-            assert done["status"] == "running", (done.get("error"), done.get("steps"))
+            assert done["status"] == "running", (done.get("error"), kubelet.describe())
             held = left_of(control, server["id"])
             name = object_name(accepted["deployment_id"])
             assert held["deployments"] == [name] and held["services"] == [name] and len(held["pods"]) == 1, held
