@@ -73,7 +73,6 @@ def markers_for(path: Path, fixtures: list[str]) -> list[str]:
     return sorted(found)
 
 
-# Tests that take more than 20 s on a 2-core machine (pytest --durations), by node id without parameters.
 # The groups of `--dist loadgroup` (tests/conftest.py::xdist_group) that take longest, longest first, with
 # the seconds they took in a two-worker run (`--durations=0`, summed by group): `make test` hands them out
 # first (with xdist's reordering by test count turned off), so neither worker is left running a long one
@@ -101,6 +100,7 @@ HEAVY_GROUPS: tuple[str, ...] = (
     "integration/gateway/test_gateway_server.py",  # 30
 )
 
+# Tests that take more than 20 s on a 2-core machine (pytest --durations), by node id without parameters.
 SLOW: frozenset[str] = frozenset(
     {
         "tests/integration/api/test_cli.py::test_eval_add_run_results_and_board",

@@ -338,7 +338,7 @@ async def test_a_worker_killed_mid_launch_leaves_exactly_one_revision(
             assert at_kill["status"] == "deploying", "the deployment finished before the kill; the test proved nothing"
             worker.start()
             done = await wait_deployment(owner, accepted["deployment_id"], timeout=180)
-            assert done["status"] == "running", (done.get("error"), kubelet.describe())
+            assert done["status"] == "running", (done.get("error"), done.get("steps"), kubelet.describe())
             held = left_of(control, server["id"])
             name = object_name(accepted["deployment_id"])
             assert held["deployments"] == [name] and held["services"] == [name] and len(held["pods"]) == 1, held
