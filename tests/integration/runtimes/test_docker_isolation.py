@@ -94,9 +94,9 @@ def address(container: Any, network: str) -> tuple[str, str]:
     return settings["IPAddress"], settings["Gateway"]
 
 
-# Podman's network backend, whose 1.x releases up to this one leave isolated networks open to each other
-# after another isolated network's last container goes (see test_a_server_stopping_leaves_the_others_isolated
-# and docs/threat-model.md).
+# Podman's network backend, and its releases known to leave isolated networks open to each other after
+# another isolated network's last container goes (see test_a_server_stopping_leaves_the_others_isolated and
+# docs/threat-model.md).
 NETAVARK = ("/usr/lib/podman/netavark", "/usr/libexec/podman/netavark")
 GAP_VERSIONS = ("netavark 1.4.",)
 ENGINE_GAP = (
